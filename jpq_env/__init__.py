@@ -1,0 +1,38 @@
+"""jpq-env: joint pruning and quantization of PyTorch networks as a reinforcement-learning problem.
+
+The compression core (usable without any RL):
+
+- ``LayerGraph``: compressible layers, their features and channel wiring;
+- ``measure``: MACs, BOPs and size of a policy;
+- ``CompressedModel``: a policy applied to a working copy of a model, undone exactly;
+- ``LocalEvaluator``: the accuracy proxy;
+- ``Policy``: per-kernel bit-widths (0 = pruned) and per-layer activation bits.
+"""
+
+from jpq_env.compress import CompressedModel, kernel_ranking, register_importance
+from jpq_env.costs import CostReport, measure
+from jpq_env.evaluate import Evaluator, LocalEvaluator
+from jpq_env.graph import GraphError, LayerGraph
+from jpq_env.policy import Conventions, LayerPolicy, Policy, PolicyError
+from jpq_env.tasks import Task, TaskError, load_task
+
+__all__ = [
+    "CompressedModel",
+    "Conventions",
+    "CostReport",
+    "Evaluator",
+    "GraphError",
+    "LayerGraph",
+    "LayerPolicy",
+    "LocalEvaluator",
+    "Policy",
+    "PolicyError",
+    "Task",
+    "TaskError",
+    "kernel_ranking",
+    "load_task",
+    "measure",
+    "register_importance",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,182 @@
+"""The accuracy proxy, behind an evaluator interface.
+
+An ``Evaluator`` answers one question: what top-1 accuracy does a policy reach on the held-out
+split? ``LocalEvaluator`` answers it in this process: it applies the policy to a working copy of the
+model (``CompressedModel``), optionally re-calibrates BatchNorm statistics on the calibration split
+(the compressed network's activations differ from the FP32 ones, and stale statistics understate
+what a policy can do), then evaluates on ``task.val``, a held-out part of the *training* data. The
+test split is read only by ``test_accuracy``, for final reports, never by a search.
+
+The interface is the seam for other evaluators (a pool of remote workers, say): anything with
+``fp32_accuracy`` and ``accuracy(policy)`` can stand in for the local one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from jpq_env.compress import CompressedModel, calibrate_ranges
+from jpq_env.graph import LayerGraph
+from jpq_env.policy import Policy
+from jpq_env.tasks.base import Task, TaskError
+
+__all__ = ["Evaluator", "LocalEvaluator", "iter_batches"]
+
+
+class Evaluator(Protocol):
+    """Scores compression policies by accuracy on held-out data (fractions in [0, 1])."""
+
+    @property
+    def fp32_accuracy(self) -> float:
+        """Accuracy of the uncompressed model on the same data."""
+        ...
+
+    def accuracy(self, policy: Policy) -> float:
+        """Accuracy of the model compressed by ``policy``."""
+        ...
+
+
+def iter_batches(
+    dataset: Dataset, batch_size: int, split: str = "data"
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(inputs, labels)`` batches in a fixed order.
+
+    A ``TensorDataset`` is sliced directly (no per-sample collation); any other map-style dataset
+    goes through a ``DataLoader`` without shuffling.
+
+    Raises:
+        TaskError: If the split is empty or does not yield ``(input, label)`` pairs.
+    """
+    if isinstance(dataset, TensorDataset):
+        if len(dataset.tensors) != 2:
+            raise TaskError(
+                f"the {split} split must hold (inputs, labels), got {len(dataset.tensors)} tensors"
+            )
+        x, y = dataset.tensors
+        if len(x) == 0:
+            raise TaskError(f"the {split} split is empty")
+        for start in range(0, len(x), batch_size):
+            yield x[start : start + batch_size], y[start : start + batch_size]
+        return
+    try:
+        size = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        size = None
+    if size == 0:
+        raise TaskError(f"the {split} split is empty")
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+            raise TaskError(f"the {split} split must yield (input, label) pairs")
+        yield batch[0], batch[1]
+
+
+def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class LocalEvaluator:
+    """The accuracy proxy, run in this process.
+
+    Args:
+        task: Model and data splits. The model is copied; it is never written.
+        graph: The model's layer graph (built from ``task`` if not given).
+        bn_recalibration: Re-estimate BatchNorm statistics on ``task.calib`` after applying a
+            policy (default True).
+        act_range: How activation ranges are calibrated: ``"max"`` or ``"percentile"``.
+        weight_method: ``"max"`` or ``"mse"`` weight scales.
+        batch_size: Evaluation batch size (bounds memory on large models).
+        device: ``"cpu"``, ``"cuda"``, or ``None`` for CUDA when available.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        graph: LayerGraph | None = None,
+        *,
+        bn_recalibration: bool = True,
+        act_range: str = "max",
+        weight_method: str = "max",
+        batch_size: int = 512,
+        device: str | torch.device | None = "cpu",
+    ) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.task = task
+        self.batch_size = batch_size
+        self.bn_recalibration = bn_recalibration
+        self.graph = (
+            graph if graph is not None else LayerGraph.from_module(task.model, task.example_input)
+        )
+        self.compressed = CompressedModel(
+            task.model, self.graph, weight_method=weight_method, device=self.device
+        )
+        ranges = calibrate_ranges(
+            self.compressed.module, self.graph, (x for x, _ in self._batches("calib")), act_range
+        )
+        self.compressed.act_ranges = ranges
+
+    def _batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in iter_batches(getattr(self.task, split), self.batch_size, split):
+            yield x.to(self.device), y.to(self.device)
+
+    @torch.no_grad()
+    def _top1(self, split: str) -> float:
+        model = self.compressed.module
+        correct = total = 0
+        n = self.task.num_classes
+        for x, y in self._batches(split):
+            if y.dim() != 1 or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= n)):
+                raise TaskError(
+                    f"the {split} split has labels outside [0, {n}) or not one label per sample"
+                )
+            logits = model(x)
+            correct += int((logits.argmax(dim=1) == y).sum())
+            total += int(y.numel())
+        return correct / total
+
+    @torch.no_grad()
+    def _recalibrate(self) -> None:
+        bns = _batchnorms(self.compressed.module)
+        if not bns:
+            return
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the calibration split
+            bn.train()
+        try:
+            for x, _ in self._batches("calib"):
+                self.compressed.module(x)
+        finally:
+            for bn, momentum in zip(bns, momenta, strict=True):
+                bn.momentum = momentum
+                bn.eval()
+
+    def _score(self, policy: Policy | None, split: str) -> float:
+        if policy is None:
+            self.compressed.restore()
+        else:
+            self.compressed.apply(policy)
+            if self.bn_recalibration:
+                self._recalibrate()
+        return self._top1(split)
+
+    @cached_property
+    def fp32_accuracy(self) -> float:
+        """Top-1 of the uncompressed model on the held-out split (computed once)."""
+        return self._score(None, "val")
+
+    def accuracy(self, policy: Policy) -> float:
+        """Top-1 on the held-out split of the model compressed by ``policy``."""
+        return self._score(policy, "val")
+
+    def test_accuracy(self, policy: Policy | None) -> float:
+        """Top-1 on the test split (final reports only); ``None`` scores the FP32 model."""
+        return self._score(policy, "test")

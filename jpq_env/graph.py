@@ -1,0 +1,623 @@
+"""The layer graph: a network's compressible layers in execution order and their channel wiring.
+
+``LayerGraph.from_module(model, example_input)`` lists every ``nn.Conv2d`` (plain, grouped and
+depthwise) and ``nn.Linear`` the forward pass calls, with the static features a compression agent
+observes (channels, kernel, stride, groups, feature-map sizes, parameters, MACs), and records for
+each layer *where its input channels come from*: which earlier layer's output channel reaches which
+input position, through BatchNorm, activations, pooling, flatten, residual adds and concatenation.
+That wiring is what lets pruning an output kernel also remove the matching input channels of every
+consumer (``LayerGraph.liveness``), in the cost model and in the compressed view alike.
+
+Why torch.fx and not torch-pruning's DependencyGraph: fx ships with torch (no extra dependency in
+the core), gives an exact op-level graph in execution order (adds, concats and flattens are explicit
+nodes) on which ``ShapeProp`` records every tensor's shape from one example input, and it fails
+loudly on data-dependent control flow instead of silently mis-tracing. torch-pruning builds its own
+graph from autograd hooks and is the better tool for *physically* removing channels; it stays an
+optional extra for that purpose.
+
+Rules of the channel wiring (applied by ``liveness``):
+
+- an input channel of a layer is alive if any source feeding it is alive (a residual add is the
+  union of its operands); channels that come from the network input or from an op the graph does
+  not understand are always alive (a safe over-count, never a wrong mask);
+- an output kernel is alive if the decision keeps it *and* at least one of its input channels is
+  alive: a kernel that only sees dead inputs outputs its bias alone, so it is removed too (this is
+  how a depthwise conv's channels follow its input);
+- a BatchNorm channel is alive if its source is; the compressed view zeroes dead BN channels so a
+  masked channel is exactly zero downstream, as if it had been removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+__all__ = ["ChannelSources", "GraphError", "LayerGraph", "LayerInfo", "Liveness"]
+
+BoolArray = np.ndarray
+
+
+class GraphError(ValueError):
+    """The model cannot be turned into a layer graph (untraceable, nothing to compress, ...)."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Static features of one compressible layer (all counts per sample).
+
+    Attributes:
+        index: Position in execution order.
+        name: Qualified module name inside the model (``model.get_submodule(name)``).
+        kind: ``"conv"`` or ``"linear"``.
+        in_channels: Input channels (conv) or input features (linear).
+        out_channels: Output kernels: conv filters or linear output features.
+        kernel: Kernel height and width (1, 1 for linear layers).
+        stride: Stride (1, 1 for linear layers).
+        groups: Convolution groups (1 for linear layers).
+        in_hw: Input feature-map height and width ((1, 1) for linear layers).
+        out_hw: Output feature-map height and width ((1, 1) for linear layers).
+        params: Weight and bias elements.
+        weight_params: Weight elements only (what the size model counts).
+        macs: Multiply-accumulates of the dense layer.
+    """
+
+    index: int
+    name: str
+    kind: str
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    groups: int
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    params: int
+    weight_params: int
+    macs: int
+
+    @property
+    def depthwise(self) -> bool:
+        """True for a depthwise conv: one input channel per group."""
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels
+
+    @property
+    def in_per_group(self) -> int:
+        """Input channels each output kernel reads."""
+        return self.in_channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        """Output kernels per group."""
+        return self.out_channels // self.groups
+
+    @property
+    def macs_per_connection(self) -> int:
+        """MACs contributed by one (output kernel, input channel) pair: kh * kw * H_out * W_out."""
+        return self.kernel[0] * self.kernel[1] * self.out_hw[0] * self.out_hw[1]
+
+
+@dataclass(frozen=True)
+class ChannelSources:
+    """Where the channels of one tensor come from.
+
+    Attributes:
+        external: Per position, True if it is fed by something that is never pruned (the network
+            input, a constant, an op the graph cannot see through).
+        producers: ``(layer_index, positions, channels)`` triples: position ``positions[k]`` is fed
+            by output channel ``channels[k]`` of that layer.
+    """
+
+    external: BoolArray
+    producers: tuple[tuple[int, np.ndarray, np.ndarray], ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Number of channel positions."""
+        return int(self.external.shape[0])
+
+    def alive(self, alive_out: Sequence[BoolArray]) -> BoolArray:
+        """Which positions carry a live channel, given every producer's live output kernels."""
+        live = self.external.copy()
+        for layer, pos, ch in self.producers:
+            live[pos[alive_out[layer][ch]]] = True
+        return live
+
+
+def _opaque(n: int) -> ChannelSources:
+    return ChannelSources(np.ones(n, dtype=bool))
+
+
+def _union(a: ChannelSources, b: ChannelSources) -> ChannelSources:
+    return ChannelSources(a.external | b.external, a.producers + b.producers)
+
+
+def _concat(parts: Sequence[ChannelSources]) -> ChannelSources:
+    offset, producers = 0, []
+    for p in parts:
+        producers += [(layer, pos + offset, ch) for layer, pos, ch in p.producers]
+        offset += p.size
+    return ChannelSources(np.concatenate([p.external for p in parts]), tuple(producers))
+
+
+def _flatten(src: ChannelSources, spatial: int) -> ChannelSources:
+    """Channel c of a (N, C, H, W) tensor becomes features c*H*W ... (c+1)*H*W - 1."""
+    grid = np.arange(spatial)
+    producers = tuple(
+        (layer, (pos[:, None] * spatial + grid).ravel(), np.repeat(ch, spatial))
+        for layer, pos, ch in src.producers
+    )
+    return ChannelSources(np.repeat(src.external, spatial), producers)
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """Which kernels and channels survive a pruning decision, after propagation.
+
+    Attributes:
+        alive_out: Per layer, live output kernels.
+        alive_in: Per layer, live input channels (or features).
+        bn_alive: Per BatchNorm module name, its live channels.
+    """
+
+    alive_out: tuple[BoolArray, ...]
+    alive_in: tuple[BoolArray, ...]
+    bn_alive: dict[str, BoolArray]
+
+    def inputs_per_kernel(self, layer: LayerInfo) -> np.ndarray:
+        """Live input channels each output kernel of ``layer`` reads (int64, per kernel)."""
+        per_group = self.alive_in[layer.index].reshape(layer.groups, -1).sum(axis=1)
+        return np.repeat(per_group, layer.out_per_group).astype(np.int64)
+
+
+# Ops that map a zero channel to a zero channel and keep channel positions (f(0) == 0).
+_KEEP_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Tanh,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
+_KEEP_FUNCTIONS: set[Any] = {
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.hardtanh,
+    F.dropout,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    torch.relu,
+    torch.tanh,
+    torch.dropout,
+}
+_KEEP_METHODS = {"relu", "relu_", "tanh", "contiguous", "clone", "detach"}
+_ADD = {operator.add, operator.iadd, torch.add}
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class _NamingTracer(fx.Tracer):
+    """An fx tracer that remembers which module it was inside when tracing failed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_in: str | None = None
+
+    def call_module(
+        self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.path_of_module(m) or type(m).__name__
+            raise
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _NamingTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        where = tracer.failed_in or f"the forward of {type(model).__name__}"
+        raise GraphError(
+            f"cannot trace the model with torch.fx: tracing failed in module '{where}' "
+            f"({type(exc).__name__}: {exc}). Data-dependent control flow (if/for on tensor "
+            "values) is not traceable; move it out of forward() or wrap that module so "
+            "torch.fx treats it as a leaf."
+        ) from exc
+    return fx.GraphModule(tracer.root, graph)
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(int(s) for s in shape) if shape is not None else None
+
+
+@dataclass
+class LayerGraph:
+    """Compressible layers of a model in execution order, with their channel wiring.
+
+    Attributes:
+        layers: The compressible layers, in execution order.
+        sources: Per layer, where its input channels come from.
+        bn_sources: Per BatchNorm module (by name), where its channels come from.
+        output_layers: Layers whose output kernels reach the network output; they cannot be
+            pruned (pruning them would delete a logit).
+        input_layers: Layers that read the network input directly.
+        fingerprint: A string identifying the architecture (names and shapes of the layers); a
+            policy records it so that it is never applied to another model.
+    """
+
+    layers: tuple[LayerInfo, ...]
+    sources: tuple[ChannelSources, ...]
+    bn_sources: dict[str, ChannelSources]
+    output_layers: frozenset[int]
+    input_layers: frozenset[int]
+    fingerprint: str = field(default="")
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> LayerInfo:
+        return self.layers[index]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Module names of the compressible layers, in execution order."""
+        return tuple(layer.name for layer in self.layers)
+
+    @property
+    def total_macs(self) -> int:
+        """MACs of the dense network's compressible layers, per sample."""
+        return sum(layer.macs for layer in self.layers)
+
+    def consumers(self, index: int) -> list[int]:
+        """Layers that read at least one output channel of layer ``index``."""
+        return [
+            i
+            for i, src in enumerate(self.sources)
+            if any(layer == index for layer, _, _ in src.producers)
+        ]
+
+    def liveness(self, kept: Sequence[BoolArray]) -> Liveness:
+        """Propagate per-layer keep decisions through the channel wiring.
+
+        Args:
+            kept: Per layer, a boolean array over its output kernels: False where the policy gives
+                the kernel 0 bits.
+
+        Returns:
+            The kernels and channels that effectively survive (see the module docstring).
+        """
+        alive_out: list[BoolArray] = []
+        alive_in: list[BoolArray] = []
+        for layer, src in zip(self.layers, self.sources, strict=True):
+            live_in = src.alive(alive_out)
+            group_live = live_in.reshape(layer.groups, -1).any(axis=1)
+            alive_out.append(
+                np.asarray(kept[layer.index], dtype=bool)
+                & np.repeat(group_live, layer.out_per_group)
+            )
+            alive_in.append(live_in)
+        bn_alive = {name: src.alive(alive_out) for name, src in self.bn_sources.items()}
+        return Liveness(tuple(alive_out), tuple(alive_in), bn_alive)
+
+    @classmethod
+    def from_module(cls, model: nn.Module, example_input: torch.Tensor) -> LayerGraph:
+        """Trace ``model`` on ``example_input`` and build its layer graph.
+
+        The model is traced and run on a private deep copy in eval mode: the caller's module, its
+        weights, buffers and train/eval flags are left exactly as they were.
+
+        Raises:
+            GraphError: If the model cannot be traced, calls a compressible module more than once,
+                or has no compressible layer.
+        """
+        if not isinstance(model, nn.Module):
+            raise GraphError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(example_input, torch.Tensor):
+            raise GraphError(
+                f"example_input must be a torch.Tensor, got {type(example_input).__name__}"
+            )
+        if isinstance(model, (nn.Conv2d, nn.Linear)):
+            raise GraphError(
+                f"got a bare {type(model).__name__}: wrap it, e.g. nn.Sequential(layer), so that "
+                "it has a name inside a model"
+            )
+        private = copy.deepcopy(model).eval()
+        gm = _trace(private)
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(example_input.detach().to(_device_of(private)))
+        except Exception as exc:
+            raise GraphError(
+                f"the model failed on the example input of shape {tuple(example_input.shape)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return _Builder(gm).build()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class _Builder:
+    """Walks an fx graph once, in execution order, tracking channel sources per tensor."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.env: dict[fx.Node, ChannelSources | None] = {}
+        self.layers: list[LayerInfo] = []
+        self.sources: list[ChannelSources] = []
+        self.bn_sources: dict[str, ChannelSources] = {}
+        self.input_layers: set[int] = set()
+        self.outputs: set[int] = set()
+        self.called: set[str] = set()
+        self.placeholders: set[fx.Node] = set()
+
+    def build(self) -> LayerGraph:
+        for node in self.gm.graph.nodes:
+            self.env[node] = self._visit(node)
+        if not self.layers:
+            raise GraphError(
+                "the model has no compressible layer: jpq-env compresses nn.Conv2d (plain, "
+                "grouped, depthwise) and nn.Linear modules called in forward()"
+            )
+        fingerprint = ";".join(
+            f"{x.name}:{x.kind}:{x.in_channels}x{x.out_channels}:{x.kernel}:{x.groups}"
+            for x in self.layers
+        )
+        return LayerGraph(
+            layers=tuple(self.layers),
+            sources=tuple(self.sources),
+            bn_sources=self.bn_sources,
+            output_layers=frozenset(self.outputs),
+            input_layers=frozenset(self.input_layers),
+            fingerprint=fingerprint,
+        )
+
+    def _arg(self, node: Any) -> ChannelSources | None:
+        return self.env.get(node) if isinstance(node, fx.Node) else None
+
+    def _opaque_out(self, node: fx.Node) -> ChannelSources | None:
+        shape = _shape(node)
+        return _opaque(shape[1]) if shape is not None and len(shape) >= 2 else None
+
+    def _visit(self, node: fx.Node) -> ChannelSources | None:
+        if node.op == "placeholder":
+            self.placeholders.add(node)
+            return self._opaque_out(node)
+        if node.op == "output":
+            self._mark_outputs(node.args)
+            return None
+        if node.op == "call_module":
+            return self._module(node)
+        if node.op == "call_function":
+            return self._function(node)
+        if node.op == "call_method":
+            return self._method(node)
+        return self._opaque_out(node)
+
+    def _mark_outputs(self, value: Any) -> None:
+        if isinstance(value, fx.Node):
+            src = self.env.get(value)
+            if src is not None:
+                self.outputs.update(layer for layer, _, _ in src.producers)
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                self._mark_outputs(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                self._mark_outputs(v)
+
+    def _module(self, node: fx.Node) -> ChannelSources | None:
+        name = str(node.target)
+        module = self.gm.get_submodule(name)
+        x = node.args[0] if node.args else None
+        src = self._arg(x)
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            in_shape = _shape(x) if isinstance(x, fx.Node) else None
+            out_shape = _shape(node)
+            if (
+                in_shape is not None
+                and out_shape is not None
+                and (isinstance(module, nn.Conv2d) or len(in_shape) == 2)
+            ):
+                return self._layer(node, name, module, in_shape, out_shape, src)
+            return self._opaque_out(node)
+        if isinstance(module, _BN):
+            if src is not None:
+                self.bn_sources[name] = src
+            return src
+        if isinstance(module, _KEEP_MODULES):
+            return src
+        if isinstance(module, nn.Flatten):
+            return self._flatten(node, x, src, module.start_dim, module.end_dim)
+        return self._opaque_out(node)
+
+    def _layer(
+        self,
+        node: fx.Node,
+        name: str,
+        module: nn.Conv2d | nn.Linear,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        src: ChannelSources | None,
+    ) -> ChannelSources:
+        if name in self.called:
+            raise GraphError(
+                f"module '{name}' is called more than once in forward(); layers that share "
+                "weights cannot be compressed independently and are not supported"
+            )
+        self.called.add(name)
+        index = len(self.layers)
+        weight_params = int(module.weight.numel())
+        bias = getattr(module, "bias", None)
+        params = weight_params + (int(bias.numel()) if bias is not None else 0)
+        if isinstance(module, nn.Conv2d):
+            kind, cin, cout = "conv", int(module.in_channels), int(module.out_channels)
+            kernel = (int(module.kernel_size[0]), int(module.kernel_size[1]))
+            stride = (int(module.stride[0]), int(module.stride[1]))
+            groups = int(module.groups)
+            in_hw, out_hw = (in_shape[-2], in_shape[-1]), (out_shape[-2], out_shape[-1])
+        else:
+            kind, cin, cout = "linear", int(module.in_features), int(module.out_features)
+            kernel = stride = in_hw = out_hw = (1, 1)
+            groups = 1
+        macs = cout * (cin // groups) * kernel[0] * kernel[1] * out_hw[0] * out_hw[1]
+        info = LayerInfo(
+            index, name, kind, cin, cout, kernel, stride, groups, in_hw, out_hw, params,
+            weight_params, macs,
+        )  # fmt: skip
+        if src is None or src.size != info.in_channels:
+            src = _opaque(info.in_channels)
+        x = node.args[0]
+        if isinstance(x, fx.Node) and self._reads_input(x):
+            self.input_layers.add(index)
+        self.layers.append(info)
+        self.sources.append(src)
+        arange = np.arange(info.out_channels)
+        return ChannelSources(np.zeros(info.out_channels, dtype=bool), ((index, arange, arange),))
+
+    def _reads_input(self, node: fx.Node) -> bool:
+        """True if ``node`` is the network input, possibly behind channel-keeping ops."""
+        seen: set[fx.Node] = set()
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if n in self.placeholders:
+                return True
+            if n in seen or (
+                n.op == "call_module"
+                and isinstance(self.gm.get_submodule(str(n.target)), (nn.Conv2d, nn.Linear))
+            ):
+                continue
+            seen.add(n)
+            stack.extend(a for a in n.all_input_nodes)
+        return False
+
+    def _flatten(
+        self,
+        node: fx.Node,
+        x: Any,
+        src: ChannelSources | None,
+        start_dim: int = 1,
+        end_dim: int = -1,
+    ) -> ChannelSources | None:
+        in_shape = _shape(x) if isinstance(x, fx.Node) else None
+        out_shape = _shape(node)
+        if (
+            src is None
+            or in_shape is None
+            or out_shape is None
+            or len(out_shape) != 2
+            or start_dim != 1
+            or end_dim not in (-1, len(in_shape) - 1)
+        ):
+            return self._opaque_out(node)
+        spatial = int(np.prod(in_shape[2:], dtype=np.int64)) if len(in_shape) > 2 else 1
+        return _flatten(src, spatial)
+
+    def _flatten_call(self, node: fx.Node) -> ChannelSources | None:
+        """``torch.flatten(x, start, end)`` or ``x.flatten(start, end)``."""
+        args = node.args
+        start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
+        end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
+        if not isinstance(start, int) or not isinstance(end, int):
+            return self._opaque_out(node)
+        return self._flatten(node, args[0], self._arg(args[0]), start, end)
+
+    def _function(self, node: fx.Node) -> ChannelSources | None:
+        fn = node.target
+        args = node.args
+        if fn in _KEEP_FUNCTIONS:
+            return self._arg(args[0]) if args else None
+        if fn in _ADD:
+            return self._add(node, args)
+        if fn in (operator.mul, torch.mul) and len(args) == 2:
+            # Scaling by a plain number keeps zeros zero; a tensor product is left opaque.
+            a, b = args
+            if isinstance(b, (int, float)):
+                return self._arg(a)
+            if isinstance(a, (int, float)):
+                return self._arg(b)
+            return self._opaque_out(node)
+        if fn is torch.flatten:
+            return self._flatten_call(node)
+        if fn is torch.cat:
+            return self._cat(node)
+        return self._opaque_out(node)
+
+    def _add(self, node: fx.Node, args: tuple[Any, ...]) -> ChannelSources | None:
+        if len(args) == 2 and all(isinstance(a, fx.Node) for a in args):
+            a, b = (self._arg(x) for x in args)
+            if a is not None and b is not None and a.size == b.size:
+                out_shape = _shape(node)
+                same = all(_shape(x) == out_shape for x in args if isinstance(x, fx.Node))
+                if same:
+                    return _union(a, b)
+        return self._opaque_out(node)
+
+    def _cat(self, node: fx.Node) -> ChannelSources | None:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        out_shape = _shape(node)
+        if not isinstance(tensors, (list, tuple)) or out_shape is None:
+            return self._opaque_out(node)
+        ndim = len(out_shape)
+        parts = [self._arg(t) for t in tensors]
+        if isinstance(dim, int) and dim % ndim == 1 and all(p is not None for p in parts):
+            return _concat([p for p in parts if p is not None])
+        return self._opaque_out(node)
+
+    def _method(self, node: fx.Node) -> ChannelSources | None:
+        method = str(node.target)
+        args = node.args
+        if method in _KEEP_METHODS:
+            return self._arg(args[0])
+        if method in ("add", "add_"):
+            return self._add(node, args)
+        if method == "flatten":
+            return self._flatten_call(node)
+        if method in ("view", "reshape"):
+            # x.view(x.size(0), -1): a flatten of everything after the batch dimension.
+            in_shape = _shape(args[0]) if isinstance(args[0], fx.Node) else None
+            out_shape = _shape(node)
+            if in_shape and out_shape and len(out_shape) == 2 and out_shape[0] == in_shape[0]:
+                return self._flatten(node, args[0], self._arg(args[0]))
+            return self._opaque_out(node)
+        if method == "mean":
+            # Global average pooling written as x.mean((2, 3)) keeps channel positions.
+            out_shape = _shape(node)
+            in_shape = _shape(args[0]) if isinstance(args[0], fx.Node) else None
+            if in_shape and out_shape and len(out_shape) >= 2 and out_shape[:2] == in_shape[:2]:
+                return self._arg(args[0])
+        return self._opaque_out(node)

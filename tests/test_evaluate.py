@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from jpq_env.evaluate import LocalEvaluator
+from jpq_env.policy import Policy
+from jpq_env.tasks import Task, TaskError
+from tests.nets import PlainNet, randomize_bn
+
+
+class _Forbidden(Dataset):
+    def __len__(self) -> int:
+        raise AssertionError("the test split was read during search")
+
+    def __getitem__(self, i: int):
+        raise AssertionError("the test split was read during search")
+
+
+def _task(n=64, labels=None, test=None, seed=0) -> Task:
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = randomize_bn(PlainNet(), seed)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1) if labels is None else labels
+    y = y.clone()
+    y[: n // 4] = (y[: n // 4] + 1) % 5  # a quarter wrong: FP32 accuracy 75%
+    data = TensorDataset(x, y)
+    return Task(
+        "toy",
+        model,
+        x[:1],
+        data,
+        data,
+        TensorDataset(x[:32], y[:32]),
+        data if test is None else test,
+        5,
+    )
+
+
+def test_fp32_accuracy_is_computed_on_the_held_out_split():
+    ev = LocalEvaluator(_task(test=_Forbidden()), batch_size=10)
+    assert ev.fp32_accuracy == 0.75
+    assert ev.accuracy(Policy.uniform(ev.graph, 4, 8)) <= 1.0
+
+
+def test_search_never_reads_the_test_split():
+    ev = LocalEvaluator(_task(test=_Forbidden()))
+    ev.accuracy(Policy.uniform(ev.graph, 2, 4))
+    with pytest.raises(AssertionError, match="test split was read"):
+        ev.test_accuracy(None)
+
+
+def test_32_bit_policy_without_recalibration_equals_fp32():
+    ev = LocalEvaluator(_task(), bn_recalibration=False)
+    assert ev.accuracy(Policy.uniform(ev.graph)) == ev.fp32_accuracy == ev.test_accuracy(None)
+
+
+def test_bn_recalibration_uses_calibration_statistics():
+    task = _task()
+    ev = LocalEvaluator(task)
+    ev.accuracy(Policy.uniform(ev.graph))
+    x = task.calib.tensors[0]
+    with torch.no_grad():
+        h = task.model.conv1(x)
+    bn = ev.compressed.module.bn1
+    torch.testing.assert_close(bn.running_mean, h.mean((0, 2, 3)))
+    torch.testing.assert_close(
+        bn.running_var, h.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5
+    )
+    assert not bn.training and bn.momentum == 0.1
+
+
+def test_same_inputs_same_numbers():
+    a, b = LocalEvaluator(_task()), LocalEvaluator(_task())
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        bits = rng.choice([2, 3, 4, 8], size=4)
+        p = Policy.uniform(a.graph, int(bits[0]), int(bits[1]))
+        assert a.accuracy(p) == b.accuracy(p)
+
+
+def test_labels_out_of_range_name_the_split():
+    task = _task()
+    x, y = task.val.tensors
+    task.val = TensorDataset(x, torch.full_like(y, 7))
+    ev = LocalEvaluator(task)
+    with pytest.raises(TaskError, match=r"val split has labels outside \[0, 5\)"):
+        ev.fp32_accuracy  # noqa: B018
+
+
+def test_empty_split_is_named():
+    task = _task()
+    task.calib = TensorDataset(torch.empty(0, 3, 8, 8), torch.empty(0, dtype=torch.long))
+    with pytest.raises(TaskError, match="calib split is empty"):
+        LocalEvaluator(task)
+
+
+def test_evaluation_leaves_the_model_untouched():
+    task = _task()
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    ev = LocalEvaluator(task)
+    for w in (2, 3, 8):
+        ev.accuracy(Policy.uniform(ev.graph, w, w))
+    for k, v in task.model.state_dict().items():
+        assert torch.equal(v, before[k]), k

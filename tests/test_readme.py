@@ -1,0 +1,28 @@
+"""The README's Python examples run as written."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_python_examples():
+    assert BLOCKS
+
+
+@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+def test_readme_example_runs(code: str, capsys: pytest.CaptureFixture[str]):
+    exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_readme_starts_with_the_two_commands_ci_runs():
+    first_block = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    assert first_block is not None
+    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
+    assert commands == ["make run", "make test"]
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "make test" in ci.splitlines()[-1]
