@@ -7,6 +7,9 @@ The compression core (usable without any RL):
 - ``CompressedModel``: a policy applied to a working copy of a model, undone exactly;
 - ``LocalEvaluator``: the accuracy proxy;
 - ``Policy``: per-kernel bit-widths (0 = pruned) and per-layer activation bits.
+
+Importing the package registers the Gymnasium ids (``jpq_env/JPQ-v0`` and presets, see
+``jpq_env.registration``); the environment class is ``jpq_env.envs.JPQEnv``.
 """
 
 from jpq_env.compress import CompressedModel, kernel_ranking, register_importance
@@ -14,6 +17,7 @@ from jpq_env.costs import CostReport, measure
 from jpq_env.evaluate import Evaluator, LocalEvaluator
 from jpq_env.graph import GraphError, LayerGraph
 from jpq_env.policy import Conventions, LayerPolicy, Policy, PolicyError
+from jpq_env.registration import PRESETS, register_envs
 from jpq_env.tasks import Task, TaskError, load_task
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "LayerGraph",
     "LayerPolicy",
     "LocalEvaluator",
+    "PRESETS",
     "Policy",
     "PolicyError",
     "Task",
@@ -36,3 +41,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+register_envs()

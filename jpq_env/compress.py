@@ -136,6 +136,21 @@ def calibrate_ranges(
     return ranges
 
 
+class _ActivationQuantizer:
+    """Forward pre-hook quantizing a layer's input at its current width (picklable, no closure)."""
+
+    def __init__(self, owner: CompressedModel, index: int) -> None:
+        self.owner = owner
+        self.index = index
+
+    def __call__(self, _: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        bits = self.owner._act_bits[self.index]
+        ranges = self.owner.act_ranges
+        if bits >= FULL_PRECISION or ranges is None:
+            return None
+        return (quantize_activation(args[0], bits, ranges[self.index]), *args[1:])
+
+
 class CompressedModel:
     """A working copy of a model on which policies are applied and undone exactly.
 
@@ -175,29 +190,23 @@ class CompressedModel:
         self._quantizers = [
             WeightQuantizer(m.weight.detach().clone(), weight_method) for m in self._layers
         ]
+        # Held as (module, attribute name) rather than tensor aliases, which a pickle round trip
+        # would detach from the module.
         self._originals = [
-            (live, live.detach().clone())
+            (m, key, value.detach().clone())
             for m in [*self._layers, *self._bns.values()]
-            for key, live in m.state_dict().items()
+            for key, value in m.state_dict().items()
             if not (key == "weight" and isinstance(m, (nn.Conv2d, nn.Linear)))
         ]
         self._act_bits = [FULL_PRECISION] * len(graph.layers)
         self._hooks = [
-            m.register_forward_pre_hook(self._act_hook(i)) for i, m in enumerate(self._layers)
+            m.register_forward_pre_hook(_ActivationQuantizer(self, i))
+            for i, m in enumerate(self._layers)
         ]
 
-    def _act_hook(self, i: int) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
-        def hook(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            bits = self._act_bits[i]
-            if bits >= FULL_PRECISION or self.act_ranges is None:
-                return None
-            return (quantize_activation(args[0], bits, self.act_ranges[i]), *args[1:])
-
-        return hook
-
     def _restore_others(self) -> None:
-        for live, original in self._originals:
-            live.copy_(original)
+        for module, key, original in self._originals:
+            getattr(module, key).copy_(original)
 
     @torch.no_grad()
     def restore(self) -> None:

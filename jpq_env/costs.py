@@ -17,6 +17,7 @@ policy first by ``Conventions.apply`` in ``jpq_env.policy``; this module counts 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from jpq_env.graph import LayerGraph, Liveness
 from jpq_env.policy import Policy
 from jpq_env.quant import FULL_PRECISION
 
-__all__ = ["CostReport", "LayerCost", "measure"]
+__all__ = ["CostReport", "LayerCost", "bit_connections", "measure", "totals"]
 
 _FP32_PAIR = FULL_PRECISION * FULL_PRECISION
 
@@ -94,35 +95,74 @@ class CostReport:
         return self.size_bits / 8 / (1e6 if unit == "MB" else 2**20)
 
 
-def measure(graph: LayerGraph, policy: Policy, liveness: Liveness | None = None) -> CostReport:
+def bit_connections(
+    graph: LayerGraph, bits: Sequence[np.ndarray], live: Liveness
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer, live (kernel, input channel) pairs and the same pairs weighted by weight bits.
+
+    The building block of every count: MACs = pairs x kh x kw x H_out x W_out, BOPs = weighted
+    pairs x kh x kw x H_out x W_out x activation bits, size = weighted pairs x kh x kw.
+    """
+    pairs = np.empty(len(graph.layers), dtype=np.int64)
+    weighted = np.empty(len(graph.layers), dtype=np.int64)
+    for info in graph.layers:
+        i = info.index
+        alive, inputs = live.alive_out[i], live.inputs_per_kernel(info)
+        if isinstance(inputs, int):  # ungrouped: every kernel reads the same live inputs
+            pairs[i] = np.count_nonzero(alive) * inputs
+            weighted[i] = int(bits[i][alive].sum()) * inputs
+        else:
+            conn = np.where(alive, inputs, 0)
+            pairs[i] = conn.sum()
+            weighted[i] = (conn * bits[i]).sum()
+    return pairs, weighted
+
+
+def totals(
+    graph: LayerGraph, bits: Sequence[np.ndarray], act_bits: Sequence[int]
+) -> tuple[int, int]:
+    """Total BOPs and size in bits, without validation or a per-layer report (the fast path).
+
+    Args:
+        graph: The layer graph.
+        bits: Per layer, the weight width of each output kernel (0 = pruned), channel order.
+        act_bits: Per layer, the input activation width.
+    """
+    live = graph.liveness([b > 0 for b in bits], batchnorms=False)
+    _, weighted = bit_connections(graph, bits, live)
+    return (
+        int((weighted * graph.connection_macs * np.asarray(act_bits, dtype=np.int64)).sum()),
+        int((weighted * graph.kernel_areas).sum()),
+    )
+
+
+def measure(graph: LayerGraph, policy: Policy) -> CostReport:
     """Count MACs, BOPs and size of ``policy`` on ``graph``.
 
     Args:
         graph: The model's layer graph.
-        policy: A policy made for this graph (validated by the caller or here).
-        liveness: The policy's propagated liveness, if the caller already computed it.
+        policy: A policy made for this graph (validated here).
 
     Returns:
         Per-layer and total costs with the FP32 references.
     """
     policy.validate(graph)
-    live = liveness if liveness is not None else graph.liveness(policy.kept())
+    bits = [lp.bits for lp in policy.layers]
+    live = graph.liveness([b > 0 for b in bits], batchnorms=False)
+    pairs, weighted = bit_connections(graph, bits, live)
     layers = []
     for info, lp in zip(graph.layers, policy.layers, strict=True):
-        alive = live.alive_out[info.index]
-        inputs = live.inputs_per_kernel(info)
-        conn = np.where(alive, inputs, 0)  # live (kernel, input channel) pairs per kernel
-        macs = int(conn.sum()) * info.macs_per_connection
-        bit_conn = int((conn * lp.bits).sum())
+        i = info.index
+        alive = live.alive_out[i]
         layers.append(
             LayerCost(
                 name=info.name,
-                macs=macs,
-                bops=bit_conn * info.macs_per_connection * int(lp.act_bits),
-                size_bits=bit_conn * info.kernel[0] * info.kernel[1],
+                macs=int(pairs[i]) * info.macs_per_connection,
+                bops=int(weighted[i]) * info.macs_per_connection * lp.act_bits,
+                size_bits=int(weighted[i]) * info.kernel[0] * info.kernel[1],
                 kept_out=int(alive.sum()),
-                kept_in=int(live.alive_in[info.index].sum()),
-                act_bits=int(lp.act_bits),
+                kept_in=int(live.alive_in[i].sum()),
+                act_bits=lp.act_bits,
                 mean_w_bits=float(lp.bits[alive].mean()) if alive.any() else 0.0,
             )
         )

@@ -33,6 +33,7 @@ import copy
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,16 @@ class ChannelSources:
     external: BoolArray
     producers: tuple[tuple[int, np.ndarray, np.ndarray], ...] = ()
 
+    def __post_init__(self) -> None:
+        # The common case, one producer feeding position c with its channel c, is a plain copy.
+        direct = None
+        if len(self.producers) == 1 and not self.external.any():
+            layer, pos, ch = self.producers[0]
+            n = self.external.shape[0]
+            if np.array_equal(pos, np.arange(n)) and np.array_equal(ch, np.arange(n)):
+                direct = layer
+        object.__setattr__(self, "_direct", direct)
+
     @property
     def size(self) -> int:
         """Number of channel positions."""
@@ -126,6 +137,9 @@ class ChannelSources:
 
     def alive(self, alive_out: Sequence[BoolArray]) -> BoolArray:
         """Which positions carry a live channel, given every producer's live output kernels."""
+        direct: int | None = self._direct  # type: ignore[attr-defined]
+        if direct is not None:
+            return alive_out[direct]
         live = self.external.copy()
         for layer, pos, ch in self.producers:
             live[pos[alive_out[layer][ch]]] = True
@@ -172,9 +186,12 @@ class Liveness:
     alive_in: tuple[BoolArray, ...]
     bn_alive: dict[str, BoolArray]
 
-    def inputs_per_kernel(self, layer: LayerInfo) -> np.ndarray:
-        """Live input channels each output kernel of ``layer`` reads (int64, per kernel)."""
-        per_group = self.alive_in[layer.index].reshape(layer.groups, -1).sum(axis=1)
+    def inputs_per_kernel(self, layer: LayerInfo) -> np.ndarray | int:
+        """Live input channels each output kernel of ``layer`` reads (one count if ungrouped)."""
+        live_in = self.alive_in[layer.index]
+        if layer.groups == 1:
+            return int(np.count_nonzero(live_in))
+        per_group = live_in.reshape(layer.groups, -1).sum(axis=1)
         return np.repeat(per_group, layer.out_per_group).astype(np.int64)
 
 
@@ -292,6 +309,16 @@ class LayerGraph:
         """Module names of the compressible layers, in execution order."""
         return tuple(layer.name for layer in self.layers)
 
+    @cached_property
+    def connection_macs(self) -> np.ndarray:
+        """Per layer, MACs of one (kernel, input channel) pair: kh x kw x H_out x W_out."""
+        return np.array([x.macs_per_connection for x in self.layers], dtype=np.int64)
+
+    @cached_property
+    def kernel_areas(self) -> np.ndarray:
+        """Per layer, weights of one (kernel, input channel) pair: kh x kw."""
+        return np.array([x.kernel[0] * x.kernel[1] for x in self.layers], dtype=np.int64)
+
     @property
     def total_macs(self) -> int:
         """MACs of the dense network's compressible layers, per sample."""
@@ -305,12 +332,14 @@ class LayerGraph:
             if any(layer == index for layer, _, _ in src.producers)
         ]
 
-    def liveness(self, kept: Sequence[BoolArray]) -> Liveness:
+    def liveness(self, kept: Sequence[BoolArray], batchnorms: bool = True) -> Liveness:
         """Propagate per-layer keep decisions through the channel wiring.
 
         Args:
             kept: Per layer, a boolean array over its output kernels: False where the policy gives
                 the kernel 0 bits.
+            batchnorms: Also compute the live channels of every BatchNorm (the cost model does
+                not need them).
 
         Returns:
             The kernels and channels that effectively survive (see the module docstring).
@@ -319,13 +348,18 @@ class LayerGraph:
         alive_in: list[BoolArray] = []
         for layer, src in zip(self.layers, self.sources, strict=True):
             live_in = src.alive(alive_out)
-            group_live = live_in.reshape(layer.groups, -1).any(axis=1)
-            alive_out.append(
-                np.asarray(kept[layer.index], dtype=bool)
-                & np.repeat(group_live, layer.out_per_group)
-            )
+            keep = np.asarray(kept[layer.index], dtype=bool)
+            if layer.groups == 1:
+                alive_out.append(keep if live_in.any() else np.zeros_like(keep))
+            else:
+                group_live = live_in.reshape(layer.groups, -1).any(axis=1)
+                alive_out.append(keep & np.repeat(group_live, layer.out_per_group))
             alive_in.append(live_in)
-        bn_alive = {name: src.alive(alive_out) for name, src in self.bn_sources.items()}
+        bn_alive = (
+            {name: src.alive(alive_out) for name, src in self.bn_sources.items()}
+            if batchnorms
+            else {}
+        )
         return Liveness(tuple(alive_out), tuple(alive_in), bn_alive)
 
     @classmethod

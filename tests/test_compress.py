@@ -201,3 +201,20 @@ def test_activation_ranges_are_the_observed_input_ranges():
     assert ranges[1].lo == 0.0 and ranges[1].hi == pytest.approx(float(h.max()))
     clipped = calibrate_ranges(model, graph, [x], method="percentile", percentile=90.0)
     assert clipped[0].hi < ranges[0].hi and clipped[0].lo > ranges[0].lo
+
+
+def test_pickled_working_copy_applies_and_restores_like_the_original():
+    import pickle
+
+    model, graph, x = _setup(ResidualNet())
+    cm = CompressedModel(model, graph, act_ranges=calibrate_ranges(model, graph, [x]))
+    policy = _random_policy(graph, np.random.default_rng(5))
+    cm.apply(policy)
+    clone = pickle.loads(pickle.dumps(cm))
+    other = _random_policy(graph, np.random.default_rng(6))
+    cm.apply(other)
+    clone.apply(other)
+    with torch.no_grad():
+        assert torch.equal(cm.module(x), clone.module(x))
+        clone.restore()
+        assert torch.equal(clone.module(x), model(x))

@@ -16,7 +16,6 @@ def test_readme_has_python_examples():
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_example_runs(code: str, capsys: pytest.CaptureFixture[str]):
     exec(compile(code, str(README), "exec"), {"__name__": "readme"})
-    assert "accuracy" in capsys.readouterr().out
 
 
 def test_readme_starts_with_the_two_commands_ci_runs():

@@ -1,0 +1,481 @@
+"""The JPQ environment: compress a network layer by layer, pruning and quantizing it jointly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from jpq_env.budget import ENFORCEMENT, Budget, DecisionSpace, LayerDecision
+from jpq_env.compress import IMPORTANCE, kernel_ranking
+from jpq_env.costs import CostReport, measure, totals
+from jpq_env.envs.observation import FEATURES, N_STATIC, squash, static_features
+from jpq_env.evaluate import Evaluator, LocalEvaluator
+from jpq_env.graph import LayerGraph
+from jpq_env.policy import Conventions, Policy
+from jpq_env.quant import SUPPORTED_BITS
+from jpq_env.rewards import Outcome, RewardDesign, make_reward
+from jpq_env.tasks import Task, load_task
+
+__all__ = ["LAYER", "CHANNEL", "JPQEnv"]
+
+LAYER, CHANNEL = 0, 1
+_ACTION_TOLERANCE = 1e-6
+
+
+def _check_bits(name: str, values: Sequence[int], low: int) -> tuple[int, ...]:
+    vals = list(values)
+    if not vals:
+        raise ValueError(f"{name} must not be empty")
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in vals):
+        raise ValueError(f"{name} must be integers, got {vals}")
+    if len(set(vals)) != len(vals):
+        raise ValueError(f"{name} has duplicates: {vals}")
+    bad = [v for v in vals if v < low or v not in SUPPORTED_BITS]
+    if bad:
+        raise ValueError(f"{name} {bad} outside the supported widths {low}-16 and 32")
+    return tuple(sorted(int(v) for v in vals))
+
+
+class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Joint pruning and quantization of a PyTorch network as a sequential decision problem.
+
+    ## Description
+
+    An agent compresses a network one compressible layer (``nn.Conv2d`` incl. grouped and
+    depthwise, ``nn.Linear``) at a time, in execution order. Each layer takes two decisions, the
+    hierarchy of AJPQ: first a **layer decision**, the layer's sparsity (the share of its output
+    kernels that get 0 bits, the least important ones by the importance criterion), then a
+    **channel decision**, a weight bit-width for each remaining kernel (per importance group by
+    default). Pruning is quantization to 0 bits, so one mixed-precision policy covers both. When
+    every layer is decided, the compressed network is scored by the accuracy proxy (held-out split,
+    BatchNorm re-calibrated) and its BOPs and size are counted.
+
+    ## Action Space
+
+    ``Box(-1, 1, (1 + G,), float32)``; a step reads only the entries of its phase, each mapped from
+    [-1, 1] to [0, 1] first:
+
+    - layer phase: entry 0 is the sparsity as a fraction of ``max_sparsity``;
+    - channel phase: entries 1..G pick, for each importance group of the remaining kernels (most
+      important first), a width from ``bits`` (ascending: [0, 1/n) -> the smallest, ...).
+      ``channel_groups=0`` gives one entry per kernel of the widest layer (kernels in importance
+      order; entries beyond a layer's kernels are ignored).
+
+    Algorithm views over this interface (one step per layer, flat Box, MultiDiscrete with action
+    masks) live in ``jpq_env.wrappers``.
+
+    ## Observation Space
+
+    ``Box(0, 1, (22,), float32)``: the current layer's static features (index, linear or conv,
+    depthwise, in and out channels, kernel size, stride, feature-map size, parameters, MACs,
+    output layer, pinned layer; counts on a log scale normalised over the network), then the phase
+    (0 layer, 1 channel), the chosen sparsity and activation width during the channel phase,
+    progress through the layers, the previous layer's sparsity and mean weight width, and for
+    BOPs and size the budget used by decided layers and the budget left after the cheapest
+    possible rest, each squashed as ``x / (1 + x)`` (0.5 means exactly the budget).
+    ``jpq_env.envs.observation.FEATURES`` names the entries.
+
+    ## Rewards
+
+    By default the reward comes once, at the last step: a reward design (``reward``, see
+    ``jpq_env.rewards``: ``amc``, ``haq``, ``galen``, ``galen-r7``, ``mnasnet``, ``lagrangian``
+    or your own) applied to the accuracy and costs. Every term is in the final ``info`` as
+    ``reward_<term>``. ``shaping > 0`` adds potential-based per-step shaping with potential
+    ``-shaping * (projected BOPs / budget)``; it telescopes over an episode, so it does not change
+    which policies are optimal (Ng et al., 1999).
+
+    ## Starting State
+
+    The first layer's layer decision with nothing decided. The environment has no randomness:
+    an episode is determined by its actions, and the same actions give the same numbers.
+
+    ## Episode End
+
+    Terminated after the channel decision of the last layer (``2 x layers`` steps). Never
+    truncated. Stepping after termination or before ``reset`` raises.
+
+    ## Arguments
+
+    ```python
+    import gymnasium as gym
+    import jpq_env
+
+    env = gym.make("jpq_env/JPQ-v0", budget_bops=1 / 64, reward="galen", enforcement="wall")
+    obs, info = env.reset(seed=0)
+    ```
+
+    - ``task``: built-in name (``"digits"``, ``"digits-deep"``) or ``"package.module:factory"``
+      (or a ``Task`` object from Python).
+    - ``reward``: reward design name or ``RewardDesign`` instance (default ``"galen"``).
+    - ``budget_bops``, ``budget_size``: targets as fractions of FP32 in (0, 1] (None: no target;
+      default BOPs 1/64, size none). A budget that even the cheapest decisions exceed is refused.
+    - ``bits``: weight widths of kept kernels (default 2, 3, 4, 5, 6, 8).
+    - ``act_bits``: activation width of every layer input (default 8); the network input is
+      counted at ``input_bits``.
+    - ``max_sparsity``: largest share of a layer's kernels that may be pruned (default 0.8).
+    - ``channel_groups``: importance groups per channel decision (default 4; 0 = per kernel).
+    - ``importance``: kernel ranking criterion, ``"l1"`` or ``"l2"`` or a registered one.
+    - ``enforcement``: ``"wall"`` (default; AMC), ``"lowering"`` (HAQ) or ``"none"``.
+    - ``bn_recalibration``: re-estimate BatchNorm statistics in the proxy (default True).
+    - ``input_bits``, ``first_last_bits``: counting conventions (``jpq_env.Conventions``).
+    - ``shaping``: per-step potential-based shaping coefficient (default 0: terminal only).
+    - ``evaluator``: an object with ``fp32_accuracy`` and ``accuracy(policy)``; default a
+      ``LocalEvaluator`` on the task.
+    - ``render_mode``: ``"ansi"`` for a per-layer table of decisions and costs.
+
+    ## Version History
+
+    - v0: weights-only decisions (AJPQ): sparsity then per-group weight widths, activations fixed.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's convention
+
+    def __init__(
+        self,
+        task: str | Task = "digits",
+        reward: str | RewardDesign = "galen",
+        budget_bops: float | None = 1 / 64,
+        budget_size: float | None = None,
+        bits: Sequence[int] = (2, 3, 4, 5, 6, 8),
+        act_bits: int = 8,
+        max_sparsity: float = 0.8,
+        channel_groups: int = 4,
+        importance: str = "l1",
+        enforcement: str = "wall",
+        bn_recalibration: bool = True,
+        input_bits: int | None = 8,
+        first_last_bits: int | None = None,
+        shaping: float = 0.0,
+        evaluator: Evaluator | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"unknown render_mode '{render_mode}': use 'ansi' or None")
+        if enforcement not in ENFORCEMENT:
+            raise ValueError(
+                f"unknown enforcement '{enforcement}': choose one of {list(ENFORCEMENT)}"
+            )
+        if importance not in IMPORTANCE:
+            raise ValueError(
+                f"unknown importance criterion '{importance}': choose one of {sorted(IMPORTANCE)}"
+            )
+        if not isinstance(max_sparsity, (int, float)) or not 0.0 <= max_sparsity < 1.0:
+            raise ValueError(f"max_sparsity must be in [0, 1), got {max_sparsity!r}")
+        if (
+            isinstance(channel_groups, bool)
+            or not isinstance(channel_groups, int)
+            or channel_groups < 0
+        ):
+            raise ValueError(
+                f"channel_groups must be a non-negative integer, got {channel_groups!r}"
+            )
+        self.render_mode = render_mode
+        self.bits = _check_bits("bits", bits, 1)
+        act_choices = _check_bits(
+            "act_bits", [act_bits] if isinstance(act_bits, int) else act_bits, 1
+        )
+        self.budget = Budget(budget_bops, budget_size)
+        self.reward_design = make_reward(reward)
+        self.reward_design.reset()
+        self.enforcement = enforcement
+        self.shaping = float(shaping)
+        self.conventions = Conventions(input_bits=input_bits, first_last_bits=first_last_bits)
+
+        self.task = load_task(task)
+        self.graph = LayerGraph.from_module(self.task.model, self.task.example_input)
+        self.evaluator: Evaluator = evaluator or LocalEvaluator(
+            self.task, self.graph, bn_recalibration=bn_recalibration
+        )
+        modules = [self.task.model.get_submodule(name) for name in self.graph.names]
+        orders = [kernel_ranking(m.weight, importance) for m in modules]  # type: ignore[arg-type]
+        scores = [IMPORTANCE[importance](m.weight.detach().float().cpu()) for m in modules]  # type: ignore[operator]
+        # Importance of each layer's kernels in ranked order, scaled to [0, 1] (for agents).
+        self.ranked_importance = [
+            (s[o] / max(float(s.max()), 1e-12)).numpy().astype(np.float32)
+            for s, o in zip(scores, (torch.from_numpy(o) for o in orders), strict=True)
+        ]
+        self.space = DecisionSpace(
+            self.graph, orders, self.bits, act_choices, max_sparsity, self.conventions
+        )
+        if not self.budget.targets:
+            raise ValueError("give at least one budget: budget_bops and/or budget_size")
+        if not self.space.feasible(self.budget):
+            bops, size = self.space.ratios([None] * len(self.graph))
+            raise ValueError(
+                f"infeasible budget {self.budget.targets}: even the cheapest decisions (sparsity "
+                f"{max_sparsity}, {self.bits[0]}-bit weights, {act_choices[0]}-bit activations) "
+                f"reach BOPs {bops:.5f} and size {size:.5f} of FP32"
+            )
+        self.per_kernel = channel_groups == 0
+        widest = max(x.out_channels for x in self.graph.layers)
+        self.channel_slots = widest if self.per_kernel else channel_groups
+        self.layer_slots = 1
+        self.action_space = spaces.Box(
+            -1.0, 1.0, (self.layer_slots + self.channel_slots,), np.float32
+        )
+        self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
+        pinned = set(self.space.pinned_bits)
+        self._static = static_features(self.graph, pinned)
+        self._fp32 = measure(self.graph, Policy.uniform(self.graph))
+        self._layer = -1  # -1: not reset; len(graph): terminated
+        self._phase = LAYER
+        self._decisions: list[LayerDecision | None] = []
+        self._pending: tuple[int, int] | None = None  # (n_pruned, act_bits) of the layer phase
+        self._potential = 0.0
+        self.last_policy: Policy | None = None
+        self.last_cost: CostReport | None = None
+
+    # ---- public helpers for agents ------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        """Compressible layers (an episode has twice as many steps)."""
+        return len(self.graph)
+
+    @property
+    def current_layer(self) -> int:
+        """Index of the layer being decided (``num_layers`` once terminated, -1 before reset)."""
+        return self._layer
+
+    @property
+    def decisions(self) -> list[LayerDecision | None]:
+        """Applied decisions so far, per layer (None: not decided yet)."""
+        return list(self._decisions)
+
+    @property
+    def phase(self) -> int:
+        """``LAYER`` (0) or ``CHANNEL`` (1)."""
+        return self._phase
+
+    def kernel_importance(self, layer: int) -> np.ndarray:
+        """Importance of a layer's kernels in ranked order (most important first), in [0, 1]."""
+        return self.ranked_importance[layer]
+
+    def encode_levels(self, levels: Sequence[int] | np.ndarray, choices: int) -> np.ndarray:
+        """Action values in [-1, 1] that decode to the given choice indices (middle of each bin)."""
+        u = (np.asarray(levels, dtype=np.float64) + 0.5) / choices
+        return (2.0 * u - 1.0).astype(np.float32)
+
+    # ---- Gymnasium API ------------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start a new episode at the first layer's layer decision."""
+        super().reset(seed=seed)
+        self._layer, self._phase = 0, LAYER
+        self._decisions = [None] * len(self.graph)
+        self._pending = None
+        self._potential = self._potential_now()
+        return self._obs(), self._info()
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Apply one decision (see the class docstring for how actions are read)."""
+        if self._layer < 0:
+            raise RuntimeError("call reset() before step()")
+        if self._layer >= len(self.graph):
+            raise RuntimeError("the episode has terminated: call reset() to start a new one")
+        u = self._unit_action(action)
+        layer = self._layer
+        if self._phase == LAYER:
+            info = self._layer_step(layer, u[: self.layer_slots])
+        else:
+            info = self._channel_step(layer, u[self.layer_slots :])
+        terminated = self._layer >= len(self.graph)
+        reward = 0.0
+        if terminated:
+            info.update(self._finish())
+            reward = info["reward_total"]
+            new_potential = 0.0
+        else:
+            new_potential = self._potential_now()
+        if self.shaping:
+            info["reward_shaping"] = new_potential - self._potential
+            reward += info["reward_shaping"]
+        self._potential = new_potential
+        info.update(self._info())
+        return self._obs(), float(reward), terminated, False, info
+
+    def render(self) -> str | None:
+        """A per-layer table of the decisions so far and their costs (``render_mode="ansi"``)."""
+        if self.render_mode != "ansi":
+            return None
+        decided = self._decisions or [None] * len(self.graph)
+        policy = self.space.policy(decided)
+        cost = measure(self.graph, policy)
+        lines = [
+            f"{'layer':<24} {'kernels':>8} {'sparsity':>8} {'w bits':>7} {'a bits':>6} {'BOPs':>14}"
+        ]
+        for info, d, c in zip(self.graph.layers, decided, cost.layers, strict=True):
+            if d is None:
+                lines.append(
+                    f"{info.name:<24} {info.out_channels:>8} {'-':>8} {'-':>7} {'-':>6} {'-':>14}"
+                )
+                continue
+            lines.append(
+                f"{info.name:<24} {info.out_channels:>8} {d.n_pruned / info.out_channels:>8.2f} "
+                f"{c.mean_w_bits:>7.2f} {d.act_bits:>6} {c.bops:>14,}"
+            )
+        done = [d is not None for d in decided]
+        if all(done) and self.last_cost is not None:
+            last = self.last_cost
+            lines.append(f"BOPs {last.bops_ratio:.5f} of FP32, size {last.size_ratio:.4f} of FP32")
+        return "\n".join(lines)
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _unit_action(self, action: Any) -> np.ndarray:
+        try:
+            a = np.asarray(action, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"action must be a numeric array of shape {self.action_space.shape}"
+            ) from exc
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action has shape {a.shape}, expected {self.action_space.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"action contains NaN or inf: {a.tolist()}")
+        if (np.abs(a) > 1.0 + _ACTION_TOLERANCE).any():
+            raise ValueError(f"action values must lie in [-1, 1], got min {a.min()} max {a.max()}")
+        return (np.clip(a, -1.0, 1.0) + 1.0) / 2.0
+
+    def _level(self, u: np.ndarray | float, choices: int) -> np.ndarray:
+        return np.minimum((np.asarray(u) * choices).astype(np.int64), choices - 1)
+
+    def _layer_step(self, layer: int, u: np.ndarray) -> dict[str, Any]:
+        sparsity = float(u[0]) * self.space.max_sparsity
+        n = self.space.n_pruned(layer, sparsity)
+        act = self.space.act_for(layer, self.space.act_bits[-1])
+        proposed = (n, act)
+        if self.enforcement == "wall":
+            n, act = self.space.wall_layer(self.budget, self._decisions, layer, n, act)
+        self._pending = (n, act)
+        self._phase = CHANNEL
+        k = self.graph.layers[layer].out_channels
+        return {
+            "proposed_sparsity": proposed[0] / k,
+            "applied_sparsity": n / k,
+            "applied_act_bits": act,
+        }
+
+    def _channel_step(self, layer: int, u: np.ndarray) -> dict[str, Any]:
+        assert self._pending is not None
+        n, act = self._pending
+        k = self.graph.layers[layer].out_channels
+        kept = k - n
+        levels = self._level(u, len(self.bits))
+        if self.per_kernel:
+            per_kernel = levels[:kept]
+        else:  # equal chunks of the kept kernels in importance order, one level each
+            sizes = [len(g) for g in np.array_split(np.arange(kept), self.channel_slots)]
+            per_kernel = np.repeat(levels, sizes)
+        proposed = self.space.decision(layer, n, np.asarray(self.bits)[per_kernel], act)
+        applied = proposed
+        if self.enforcement == "wall":
+            applied = self.space.wall_channels(self.budget, self._decisions, layer, proposed)
+        self._decisions[layer] = applied
+        self._pending = None
+        self._layer += 1
+        self._phase = LAYER
+        kept_bits = applied.ranked_bits[:kept]
+        return {
+            "proposed_mean_bits": float(proposed.ranked_bits[:kept].mean()),
+            "applied_mean_bits": float(kept_bits.mean()),
+        }
+
+    def _finish(self) -> dict[str, Any]:
+        decisions: list[LayerDecision] = [d for d in self._decisions if d is not None]
+        if self.enforcement == "lowering":
+            decisions = self.space.lower_backwards(self.budget, decisions)
+            self._decisions = list(decisions)
+        policy = self.space.policy(decisions)
+        cost = measure(self.graph, policy)
+        accuracy = float(self.evaluator.accuracy(policy))
+        fp32 = float(self.evaluator.fp32_accuracy)
+        outcome = Outcome(
+            accuracy, fp32, float(cost.bops), cost.bops_ratio, cost.size_ratio, self.budget.targets
+        )
+        terms = self.reward_design(outcome)
+        self.last_policy, self.last_cost = policy, cost
+        info: dict[str, Any] = {f"reward_{k}": float(v) for k, v in terms.items()}
+        info.update(
+            accuracy=accuracy,
+            accuracy_fp32=fp32,
+            bops=cost.bops,
+            bops_fp32=cost.bops_fp32,
+            bops_ratio=cost.bops_ratio,
+            size_bits=cost.size_bits,
+            size_ratio=cost.size_ratio,
+            budget_met=self.budget.met(cost),
+            policy=[
+                {
+                    "name": lp.name,
+                    "sparsity": lp.sparsity,
+                    "act_bits": lp.act_bits,
+                    "bits": lp.bits.tolist(),
+                }
+                for lp in policy.layers
+            ],
+        )
+        return info
+
+    def _potential_now(self) -> float:
+        if not self.shaping or self.budget.bops is None:
+            return 0.0
+
+        def widest(i: int) -> LayerDecision:  # undecided layers at the widest choice, unpruned
+            k = self.graph.layers[i].out_channels
+            return self.space.decision(i, 0, np.full(k, self.bits[-1]), self.space.act_bits[-1])
+
+        full = self.space.policy(self._decisions, widest)
+        bops, _ = totals(
+            self.graph, [lp.bits for lp in full.layers], [lp.act_bits for lp in full.layers]
+        )
+        return -self.shaping * bops / self._fp32.bops / self.budget.bops
+
+    def _obs(self) -> np.ndarray:
+        layer = min(max(self._layer, 0), len(self.graph) - 1)
+        dyn = np.zeros(len(FEATURES) - N_STATIC)
+        dyn[0] = float(self._phase)
+        k = self.graph.layers[layer].out_channels
+        if self._phase == CHANNEL and self._pending is not None:
+            dyn[1] = self._pending[0] / k / max(self.space.max_sparsity, 1e-12)
+            dyn[2] = self._pending[1] / max(self.space.act_bits[-1], 1)
+        dyn[3] = max(self._layer, 0) / len(self.graph)
+        prev = self._decisions[layer - 1] if self._decisions and layer > 0 else None
+        if prev is not None:
+            pk = len(prev.ranked_bits)
+            dyn[4] = prev.n_pruned / pk
+            dyn[5] = float(prev.ranked_bits[: pk - prev.n_pruned].mean()) / self.bits[-1]
+        if self._decisions:
+            per_layer = self.space.layer_costs(self._decisions)
+            decided = np.array([d is not None for d in self._decisions])
+            for j, (key, fp32) in enumerate(
+                (("bops", self._fp32.bops), ("size", self._fp32.size_bits))
+            ):
+                target = self.budget.targets.get(key)
+                if target is None:
+                    continue
+                budget_abs = target * fp32
+                used, rest = per_layer[j][decided].sum(), per_layer[j][~decided].sum()
+                dyn[6 + 2 * j] = squash(used / budget_abs)
+                dyn[7 + 2 * j] = squash(max(budget_abs - used - rest, 0.0) / budget_abs)
+        obs = np.concatenate([self._static[layer], dyn]).astype(np.float32)
+        return np.clip(obs, 0.0, 1.0)
+
+    def _info(self) -> dict[str, Any]:
+        layer = min(max(self._layer, 0), len(self.graph) - 1)
+        info: dict[str, Any] = {
+            "layer": self._layer,
+            "layer_name": self.graph.layers[layer].name,
+            "phase": "layer" if self._phase == LAYER else "channel",
+        }
+        return info

@@ -1,0 +1,137 @@
+"""Algorithm views of the JPQ environment.
+
+The environment itself is the **native hierarchical interface**: two steps per layer (the layer
+decision, then the channel decision conditioned on it), actions in a normalised ``Box(-1, 1)``,
+and public helpers (``kernel_importance``, ``encode_levels``, ``current_layer``, ``phase``) for
+agents that act per kernel, such as the two-level controller.
+
+Flat algorithms learn more easily with one step per layer, so the views here fold both decisions
+of a layer into one action:
+
+- ``FlatBoxView``: ``Box(-1, 1, (1 + G,))``, for DDPG, TD3, SAC and PPO;
+- ``MultiDiscreteView``: ``MultiDiscrete([sparsity levels, G x widths])`` with an
+  ``action_masks()`` method, for PPO and sb3-contrib's MaskablePPO.
+
+Both keep the native observation (taken at each layer decision), the final ``info`` and the
+reward (the sum of the two native steps' rewards).
+"""
+
+from __future__ import annotations
+
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from jpq_env.envs.jpq import LAYER, JPQEnv
+
+__all__ = ["FlatBoxView", "MultiDiscreteView"]
+
+
+def _jpq(env: gym.Env[Any, Any]) -> JPQEnv:
+    base = env.unwrapped
+    if not isinstance(base, JPQEnv):
+        raise TypeError(f"this view wraps a JPQEnv, got {type(base).__name__}")
+    return base
+
+
+class _PerLayerView(gym.Wrapper[np.ndarray, Any, np.ndarray, np.ndarray]):
+    """Shared machinery: one step of the view is the layer step then the channel step."""
+
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray]) -> None:
+        super().__init__(env)
+        self.jpq = _jpq(env)
+
+    def _native(self, action: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Take the layer decision and the channel decision of one layer."""
+        native = self._native(action)
+        if self.jpq.phase != LAYER:
+            raise RuntimeError("the wrapped environment is not at a layer decision")
+        _, r1, terminated, truncated, info1 = self.env.step(native)
+        if terminated or truncated:
+            raise RuntimeError("the episode ended on a layer decision")
+        obs, r2, terminated, truncated, info = self.env.step(native)
+        info = {**{f"layer_{k}": v for k, v in info1.items() if k.startswith("applied_")}, **info}
+        return obs, float(r1) + float(r2), terminated, truncated, info
+
+
+class FlatBoxView(_PerLayerView):
+    """One step per layer with a flat ``Box(-1, 1)`` action: entry 0 the sparsity, then the widths.
+
+    The action is read exactly as the native environment reads it (see ``JPQEnv``): entry 0 at
+    the layer decision, entries 1..G at the channel decision.
+    """
+
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray]) -> None:
+        super().__init__(env)
+        self.action_space = env.action_space
+
+    def _native(self, action: Any) -> np.ndarray:
+        return np.asarray(action, dtype=np.float32)
+
+
+class MultiDiscreteView(_PerLayerView):
+    """One step per layer with a ``MultiDiscrete`` action and action masks.
+
+    Action ``[s, w_1, ..., w_G]``: ``s`` picks a sparsity among ``sparsity_levels`` evenly spaced
+    values from 0 to ``max_sparsity``; ``w_g`` picks the width of importance group ``g`` from the
+    environment's ``bits``. ``action_masks()`` (the method MaskablePPO calls) rules out sparsity
+    levels the forward wall would overrule anyway (too little pruning to stay within budget; any
+    pruning of an output or pinned layer) and, for pinned layers, every width but the first.
+
+    Args:
+        env: A JPQ environment (or a wrapper of one) with importance groups (``channel_groups >
+            0``).
+        sparsity_levels: Number of sparsity choices (default 9: 0, 0.1, ..., 0.8 by default).
+    """
+
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], sparsity_levels: int = 9) -> None:
+        super().__init__(env)
+        if self.jpq.per_kernel:
+            raise ValueError("MultiDiscreteView needs importance groups: set channel_groups > 0")
+        if sparsity_levels < 1:
+            raise ValueError(f"sparsity_levels must be at least 1, got {sparsity_levels}")
+        self.sparsity_levels = sparsity_levels
+        n_bits = len(self.jpq.bits)
+        self._nvec = np.array([sparsity_levels] + [n_bits] * self.jpq.channel_slots)
+        self.action_space = spaces.MultiDiscrete(self._nvec)
+
+    def _native(self, action: Any) -> np.ndarray:
+        a = np.asarray(action)
+        if a.shape != self._nvec.shape or not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"action must be {self._nvec.size} integers, got {a.dtype} {a.shape}")
+        nvec = self._nvec
+        if (a < 0).any() or (a >= nvec).any():
+            raise ValueError(f"action {a.tolist()} outside {nvec.tolist()}")
+        u = a[0] / max(self.sparsity_levels - 1, 1)
+        sparsity = np.float32(2.0 * u - 1.0)
+        return np.concatenate(
+            [[sparsity], self.jpq.encode_levels(a[1:], len(self.jpq.bits))]
+        ).astype(np.float32)
+
+    def action_masks(self) -> np.ndarray:
+        """Valid choices of each action dimension, concatenated (MaskablePPO's format)."""
+        jpq = self.jpq
+        layer = jpq.current_layer
+        n_bits = len(jpq.bits)
+        sparsity_mask = np.ones(self.sparsity_levels, dtype=bool)
+        bits_mask = np.ones((jpq.channel_slots, n_bits), dtype=bool)
+        if 0 <= layer < jpq.num_layers:
+            space = jpq.space
+            levels = np.linspace(0.0, space.max_sparsity, self.sparsity_levels)
+            pruned = np.array([space.n_pruned(layer, s) for s in levels])
+            if space.max_pruned(layer) == 0:
+                sparsity_mask[1:] = False
+            elif jpq.enforcement == "wall":
+                act = space.act_for(layer, space.act_bits[-1])
+                least, _ = space.wall_layer(jpq.budget, jpq.decisions, layer, 0, act)
+                sparsity_mask = pruned >= least
+                if not sparsity_mask.any():
+                    sparsity_mask[-1] = True
+            if layer in space.pinned_bits:
+                bits_mask[:, 1:] = False
+        return np.concatenate([sparsity_mask, bits_mask.ravel()])

@@ -1,0 +1,101 @@
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from jpq_env.envs import JPQEnv
+from jpq_env.wrappers import FlatBoxView, MultiDiscreteView
+
+# Gymnasium's checker warns whenever it is handed a wrapper rather than a raw env; a view *is* a
+# wrapper by design, so that one message is the whitelist.
+_WRAPPER_NOTE = r".*is different from the unwrapped version.*"
+
+
+@pytest.fixture(scope="module")
+def base() -> JPQEnv:
+    return JPQEnv()
+
+
+@pytest.mark.parametrize("view", [FlatBoxView, MultiDiscreteView])
+def test_views_pass_both_checkers(base: JPQEnv, view):
+    env = view(base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=_WRAPPER_NOTE)
+        gym_check_env(env, skip_render_check=True)
+        sb3_check_env(env)
+
+
+def test_flat_view_equals_two_native_steps(base: JPQEnv):
+    view = FlatBoxView(base)
+    other = JPQEnv(evaluator=base.evaluator)
+    view.action_space.seed(0)
+    actions = [view.action_space.sample() for _ in range(base.num_layers)]
+    view.reset(seed=0)
+    other.reset(seed=0)
+    for a in actions:
+        obs, r, done, _, info = view.step(a)
+        other.step(a)
+        obs2, r2, done2, _, info2 = other.step(a)
+        assert np.array_equal(obs, obs2) and r == r2 and done == done2
+    assert done and info["accuracy"] == info2["accuracy"]
+    assert "layer_applied_sparsity" in info
+
+
+def test_multidiscrete_view_maps_choices_to_native_decisions(base: JPQEnv):
+    view = MultiDiscreteView(base, sparsity_levels=5)
+    assert view.action_space.nvec.tolist() == [5, 6, 6, 6, 6]
+    view.reset(seed=0)
+    view.step(np.array([2, 5, 4, 1, 0]))  # sparsity 0.4 of conv1's 16 kernels -> 6 pruned
+    d = base.decisions[0]
+    assert d.n_pruned == 6
+    assert d.ranked_bits.tolist() == [8, 8, 8, 6, 6, 6, 3, 3, 2, 2] + [0] * 6
+
+
+def test_masks_allow_only_feasible_sparsities(base: JPQEnv):
+    view = MultiDiscreteView(base)
+    view.reset(seed=0)
+    masks = view.action_masks()
+    assert masks.shape == (9 + 4 * 6,) and masks.all()  # first layer: nothing forced yet
+    rich = np.array([0, 5, 5, 5, 5])
+    for _ in range(base.num_layers - 1):
+        view.step(rich)
+        mask = view.action_masks()[:9]
+        least, _ = base.space.wall_layer(base.budget, base.decisions, base.current_layer, 0, 8)
+        levels = np.linspace(0, base.space.max_sparsity, 9)
+        pruned = np.array([base.space.n_pruned(base.current_layer, s) for s in levels])
+        if base.space.max_pruned(base.current_layer) == 0:
+            assert mask.tolist() == [True] + [False] * 8
+        else:
+            assert mask.tolist() == (pruned >= least).tolist()
+    assert view.action_masks()[:9].tolist() == [True] + [False] * 8  # the output layer
+
+
+def test_view_rejects_bad_actions_and_per_kernel_envs(base: JPQEnv):
+    view = MultiDiscreteView(base)
+    view.reset(seed=0)
+    with pytest.raises(ValueError, match="outside"):
+        view.step(np.array([9, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="must be 5 integers"):
+        view.step(np.array([0.5, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="needs importance groups"):
+        MultiDiscreteView(JPQEnv(channel_groups=0, evaluator=base.evaluator))
+    with pytest.raises(TypeError, match="wraps a JPQEnv"):
+        FlatBoxView(gym.make("CartPole-v1"))
+
+
+def test_sb3_algorithms_run_on_the_views(base: JPQEnv):
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import DDPG, PPO
+
+    n = base.num_layers
+    PPO("MlpPolicy", FlatBoxView(base), n_steps=4 * n, batch_size=2 * n, gamma=1.0, seed=0).learn(
+        8 * n
+    )
+    DDPG("MlpPolicy", FlatBoxView(base), learning_starts=2 * n, gamma=1.0, seed=0).learn(4 * n)
+    MaskablePPO(
+        "MlpPolicy", MultiDiscreteView(base), n_steps=4 * n, batch_size=2 * n, seed=0
+    ).learn(8 * n)
