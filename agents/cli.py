@@ -1,7 +1,11 @@
 """The ``jpq`` command line.
 
-``jpq report --task NAME`` runs the compression core on a task: the layer graph, FP32 accuracy,
-MACs, BOPs and size, and the proxy accuracy of a few uniform policies (WxAy) for reference.
+- ``jpq search``: search a policy with an agent (two-level controller by default, SB3 agents,
+  baselines), logging every evaluation, keeping the best policy within budget;
+- ``jpq evaluate POLICY``: test accuracy, BOPs, size and a per-layer table;
+- ``jpq finetune POLICY``: short quantization-aware fine-tuning, accuracy before and after;
+- ``jpq export POLICY --out FILE``: a compressed checkpoint that reloads into the model;
+- ``jpq report``: the compression core on a task (layers, FP32 accuracy, MACs, BOPs, size).
 """
 
 from __future__ import annotations
@@ -99,7 +103,176 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fraction(text: str) -> float | None:
+    """A budget: a fraction of FP32 in (0, 1], as ``0.015625`` or ``1/64``; ``none`` for none."""
+    if text.lower() == "none":
+        return None
+    try:
+        num, _, den = text.partition("/")
+        value = float(num) / float(den) if den else float(num)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a fraction: '{text}'") from exc
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a budget must lie in (0, 1], got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _search(args: argparse.Namespace) -> int:
+    from agents.run import run_search
+
+    env_kwargs: dict[str, object] = {
+        "task": args.task,
+        "reward": args.reward,
+        "budget_bops": args.budget_bops,
+        "budget_size": args.budget_size,
+        "enforcement": args.enforcement,
+    }
+    summary = run_search(
+        args.agent,
+        args.out,
+        args.episodes,
+        seed=args.seed,
+        env_id=args.env,
+        env_kwargs=env_kwargs,
+        resume=args.resume,
+        progress=not args.quiet,
+        warmup_episodes=args.warmup_episodes,
+    )
+    best = summary["best"]
+    rows = [
+        ("agent", summary["agent"]),
+        ("evaluations", summary["evaluations"]),
+        ("wall time", f"{summary['seconds']:.1f} s"),
+        (
+            "FP32 accuracy (val / test)",
+            f"{summary['accuracy_fp32_val']:.2%} / {summary['accuracy_fp32_test']:.2%}",
+        ),
+        ("episodes over budget", summary["budget_violations"]),
+    ]
+    if best is None:
+        rows.append(("best within budget", "none found"))
+    else:
+        rows += [
+            ("best episode", best["episode"]),
+            (
+                "best accuracy (val / test)",
+                f"{best['accuracy_val']:.2%} / {best['accuracy_test']:.2%}",
+            ),
+            ("BOPs of FP32", f"{best['bops_ratio']:.5f} (1/{1 / best['bops_ratio']:.1f})"),
+            ("size of FP32", f"{best['size_ratio']:.4f} (1/{1 / best['size_ratio']:.1f})"),
+        ]
+    print(_table(("summary", ""), rows))
+    files = "policy.json, evaluations.jsonl, pareto.png, summary.json, tensorboard/"
+    print(f"\nfiles in {args.out}: {files}")
+    return 0
+
+
+def _load_policy(
+    path: str, task_name: str | None
+) -> tuple[Policy, LocalEvaluator, dict[str, object]]:
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file '{path}': {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"policy file '{path}' is not valid JSON: {exc}") from exc
+    policy = Policy.from_json(data)
+    task = load_task(task_name or str(data.get("task", "digits")))
+    env = data.get("env") if isinstance(data.get("env"), dict) else {}
+    evaluator = LocalEvaluator(task, bn_recalibration=bool(env.get("bn_recalibration", True)))
+    policy.validate(evaluator.graph)
+    return policy, evaluator, data
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    policy, evaluator, _ = _load_policy(args.policy, args.task)
+    graph = evaluator.graph
+    cost = measure(graph, policy)
+    rows = []
+    for info, lp, c in zip(graph.layers, policy.layers, cost.layers, strict=True):
+        rows.append(
+            (
+                info.name,
+                f"{c.kept_out}/{info.out_channels}",
+                f"{lp.sparsity:.2f}",
+                f"{c.mean_w_bits:.2f}",
+                c.act_bits,
+                f"{c.bops:,}",
+                f"{c.size_bits:,}",
+            )
+        )
+    print(
+        _table(
+            ("layer", "kernels kept", "sparsity", "mean w bits", "a bits", "BOPs", "size bits"),
+            rows,
+        )
+    )
+    test, fp32 = evaluator.test_accuracy(policy), evaluator.test_accuracy(None)
+    print(
+        f"\ntest accuracy {test:.2%} (FP32 {fp32:.2%}) | val accuracy "
+        f"{evaluator.accuracy(policy):.2%}\nBOPs {cost.bops:,} = {cost.bops_ratio:.5f} of FP32 "
+        f"(1/{1 / cost.bops_ratio:.1f}) | size {cost.size_bits:,} bits = {cost.size_ratio:.4f} "
+        f"of FP32 ({cost.size_bytes('MB'):.4f} MB)"
+    )
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from jpq_env.finetune import finetune
+
+    policy, evaluator, _ = _load_policy(args.policy, args.task)
+    result = finetune(evaluator, policy, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.policy).with_name("finetuned.pt")
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(result.state_dict, tmp)
+    tmp.replace(out)
+    print(
+        f"test accuracy before fine-tuning {result.accuracy_before:.2%}, after {args.epochs} "
+        f"epoch(s) {result.accuracy_after:.2%} (FP32 {evaluator.test_accuracy(None):.2%}); "
+        f"weights in {out}"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from jpq_env.evaluate import iter_batches
+    from jpq_env.export import export_compressed, load_compressed
+
+    policy, evaluator, _ = _load_policy(args.policy, args.task)
+    export_compressed(evaluator, policy, args.out)
+    task = evaluator.task
+    model = load_compressed(args.out, task.model, task.example_input)
+    correct = total = 0
+    import torch
+
+    with torch.no_grad():
+        for x, y in iter_batches(task.test, 512, "test"):
+            correct += int((model(x).argmax(1) == y).sum())
+            total += int(y.numel())
+    print(
+        f"exported to {args.out}; reloaded model test accuracy {correct / total:.2%} "
+        f"(evaluate: {evaluator.test_accuracy(policy):.2%})"
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
+    from agents.run import AGENTS
+
     parser = argparse.ArgumentParser(
         prog="jpq", description="Joint pruning and quantization of PyTorch networks."
     )
@@ -111,15 +284,66 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--quiet", action="store_true", help="no progress bar")
     report.set_defaults(func=_report)
+
+    search = sub.add_parser("search", help="search a compression policy with an agent")
+    search.add_argument("--agent", default="two-level", choices=sorted(AGENTS))
+    search.add_argument("--task", default="digits", help="built-in name or package.module:factory")
+    search.add_argument("--env", default="jpq_env/JPQ-v0", help="registered environment id")
+    search.add_argument(
+        "--budget-bops",
+        type=_fraction,
+        default=1 / 64,
+        help="fraction of FP32 BOPs (e.g. 1/64), or none",
+    )
+    search.add_argument(
+        "--budget-size", type=_fraction, default=None, help="fraction of FP32 weight bits, or none"
+    )
+    search.add_argument("--reward", default="galen", help="reward design name")
+    search.add_argument("--enforcement", default="wall", choices=["wall", "lowering", "none"])
+    search.add_argument("--episodes", type=_positive, default=300, help="evaluations to spend")
+    search.add_argument("--warmup-episodes", type=int, default=10, help="DDPG warm-up episodes")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--out", default="runs/search", help="output directory")
+    search.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (or start one there)"
+    )
+    search.add_argument("--quiet", action="store_true", help="no progress bar")
+    search.set_defaults(func=_search)
+
+    evaluate = sub.add_parser("evaluate", help="test accuracy, BOPs and size of a policy file")
+    evaluate.add_argument("policy", help="a policy.json written by jpq search")
+    evaluate.add_argument("--task", default=None, help="override the task named in the file")
+    evaluate.set_defaults(func=_evaluate)
+
+    finetune = sub.add_parser("finetune", help="quantization-aware fine-tuning of a policy")
+    finetune.add_argument("policy")
+    finetune.add_argument("--epochs", type=_positive, default=3)
+    finetune.add_argument("--lr", type=float, default=1e-3)
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--task", default=None)
+    finetune.add_argument(
+        "--out", default=None, help="weights file (default: finetuned.pt beside the policy)"
+    )
+    finetune.set_defaults(func=_finetune)
+
+    export = sub.add_parser(
+        "export", help="write a compressed checkpoint (integer weights, scales, masks)"
+    )
+    export.add_argument("policy")
+    export.add_argument("--out", required=True, help="checkpoint file to write")
+    export.add_argument("--task", default=None)
+    export.set_defaults(func=_export)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jpq`` command."""
+    from agents.search import SearchError
+
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (TaskError, GraphError, PolicyError) as exc:
+    except (TaskError, GraphError, PolicyError, SearchError, ValueError) as exc:
         print(f"jpq: error: {exc}", file=sys.stderr)
         return 2
 

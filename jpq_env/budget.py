@@ -45,7 +45,8 @@ class Budget:
         for name, value in (("BOPs", self.bops), ("size", self.size)):
             if value is None:
                 continue
-            if not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+            number = isinstance(value, (int, float, np.integer, np.floating))
+            if isinstance(value, bool) or not number or not 0.0 < float(value) <= 1.0:
                 raise ValueError(
                     f"the {name} budget must be a fraction of FP32 in (0, 1], got {value!r}"
                 )

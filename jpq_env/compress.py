@@ -136,6 +136,15 @@ def calibrate_ranges(
     return ranges
 
 
+def _tensor(module: nn.Module, key: str) -> torch.Tensor:
+    """The live tensor behind a ``state_dict`` key (dotted keys for nested or parametrized)."""
+    owner, _, name = key.rpartition(".")
+    value = getattr(module.get_submodule(owner) if owner else module, name)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"'{key}' is not a tensor")
+    return value
+
+
 class _ActivationQuantizer:
     """Forward pre-hook quantizing a layer's input at its current width (picklable, no closure)."""
 
@@ -180,39 +189,39 @@ class CompressedModel:
         self.module = copy.deepcopy(model).eval()
         if device is not None:
             self.module.to(device)
-        self._layers = _layer_inputs(self.module, graph)
+        self.layers = _layer_inputs(self.module, graph)
         # Originals of everything apply() writes: compressible layers and every BatchNorm.
         self._bns = {
             name: cast(_BatchNorm, self.module.get_submodule(name)) for name in graph.bn_sources
         }
         # Originals of everything apply() writes besides the weights: biases and BatchNorm
         # tensors, as (live tensor, copy) pairs. The weights' originals live in the quantizers.
-        self._quantizers = [
-            WeightQuantizer(m.weight.detach().clone(), weight_method) for m in self._layers
+        self.quantizers = [
+            WeightQuantizer(m.weight.detach().clone(), weight_method) for m in self.layers
         ]
         # Held as (module, attribute name) rather than tensor aliases, which a pickle round trip
         # would detach from the module.
         self._originals = [
             (m, key, value.detach().clone())
-            for m in [*self._layers, *self._bns.values()]
+            for m in [*self.layers, *self._bns.values()]
             for key, value in m.state_dict().items()
             if not (key == "weight" and isinstance(m, (nn.Conv2d, nn.Linear)))
         ]
         self._act_bits = [FULL_PRECISION] * len(graph.layers)
         self._hooks = [
             m.register_forward_pre_hook(_ActivationQuantizer(self, i))
-            for i, m in enumerate(self._layers)
+            for i, m in enumerate(self.layers)
         ]
 
     def _restore_others(self) -> None:
         for module, key, original in self._originals:
-            getattr(module, key).copy_(original)
+            _tensor(module, key).copy_(original)
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put the working copy back to the exact FP32 tensors (bitwise)."""
         self._restore_others()
-        for module, quantizer in zip(self._layers, self._quantizers, strict=True):
+        for module, quantizer in zip(self.layers, self.quantizers, strict=True):
             module.weight.copy_(quantizer.weight)
         self._act_bits = [FULL_PRECISION] * len(self.graph.layers)
 
@@ -234,7 +243,7 @@ class CompressedModel:
             )
         self._restore_others()
         live = self.graph.liveness(policy.kept())
-        layers = zip(self.graph.layers, policy.layers, self._layers, self._quantizers, strict=True)
+        layers = zip(self.graph.layers, policy.layers, self.layers, self.quantizers, strict=True)
         for info, lp, module, quantizer in layers:
             alive = torch.from_numpy(live.alive_out[info.index])
             bits = torch.from_numpy(np.where(live.alive_out[info.index], lp.bits, 0))
@@ -248,6 +257,16 @@ class CompressedModel:
                 if t is not None:
                     t.mul_(mask.to(t.device, t.dtype))
         self._act_bits = act_bits
+
+    def set_activation_bits(self, bits: list[int]) -> None:
+        """Quantize each layer's input at ``bits[i]`` (32 = off) without touching the weights."""
+        if len(bits) != len(self.graph.layers):
+            raise ValueError(
+                f"expected {len(self.graph.layers)} activation widths, got {len(bits)}"
+            )
+        if self.act_ranges is None and min(bits) < FULL_PRECISION:
+            raise ValueError("activation bits below 32 need calibrated ranges (act_ranges)")
+        self._act_bits = [int(b) for b in bits]
 
     def close(self) -> None:
         """Remove the activation hooks from the working copy."""

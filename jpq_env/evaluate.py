@@ -117,10 +117,38 @@ class LocalEvaluator:
         self.compressed = CompressedModel(
             task.model, self.graph, weight_method=weight_method, device=self.device
         )
+        for split in ("calib", "val"):  # the test split waits for the final report
+            self._check_split(split)
         ranges = calibrate_ranges(
             self.compressed.module, self.graph, (x for x, _ in self._batches("calib")), act_range
         )
         self.compressed.act_ranges = ranges
+
+    @torch.no_grad()
+    def _check_split(self, split: str) -> None:
+        """Fail early, naming the split, on data the model cannot score (first batch only)."""
+        n = self.task.num_classes
+        x, y = next(iter(self._batches(split)))
+        if y.dtype in (torch.float16, torch.float32, torch.float64) or y.dtype == torch.bool:
+            raise TaskError(
+                f"the {split} split has {y.dtype} labels: class indices must be integers"
+            )
+        try:
+            logits = self.compressed.module(x)
+        except Exception as exc:
+            raise TaskError(
+                f"the model cannot run on the {split} split (inputs of shape {tuple(x.shape)}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if logits.dim() != 2 or logits.shape[1] != n:
+            raise TaskError(
+                f"the model outputs shape {tuple(logits.shape)} on the {split} split, expected "
+                f"(batch, {n}) for {n} classes"
+            )
+        if isinstance(getattr(self.task, split), TensorDataset):
+            labels = getattr(self.task, split).tensors[1]
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n):
+                raise TaskError(f"the {split} split has labels outside [0, {n})")
 
     def _batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in iter_batches(getattr(self.task, split), self.batch_size, split):
@@ -159,24 +187,37 @@ class LocalEvaluator:
                 bn.momentum = momentum
                 bn.eval()
 
-    def _score(self, policy: Policy | None, split: str) -> float:
+    def prepare(self, policy: Policy | None) -> nn.Module:
+        """Apply ``policy`` (None: FP32) to the working copy, re-calibrate BN, return the copy.
+
+        The returned module is the evaluator's own working copy: read it (export, inspect) before
+        the next call, which overwrites it.
+        """
         if policy is None:
             self.compressed.restore()
         else:
             self.compressed.apply(policy)
             if self.bn_recalibration:
                 self._recalibrate()
+        return self.compressed.module
+
+    def _score(self, policy: Policy | None, split: str) -> float:
+        self.prepare(policy)
         return self._top1(split)
 
     @cached_property
     def fp32_accuracy(self) -> float:
-        """Top-1 of the uncompressed model on the held-out split (computed once)."""
-        return self._score(None, "val")
+        """Top-1 of the all-32-bit policy on the held-out split (computed once).
+
+        Scored through the same pipeline as every policy (BN re-calibration included), so that
+        ``accuracy(policy) - fp32_accuracy`` measures compression alone.
+        """
+        return self._score(Policy.uniform(self.graph), "val")
 
     def accuracy(self, policy: Policy) -> float:
         """Top-1 on the held-out split of the model compressed by ``policy``."""
         return self._score(policy, "val")
 
     def test_accuracy(self, policy: Policy | None) -> float:
-        """Top-1 on the test split (final reports only); ``None`` scores the FP32 model."""
+        """Top-1 on the test split (final reports only); ``None`` scores the FP32 model as is."""
         return self._score(policy, "test")

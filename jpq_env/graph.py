@@ -29,7 +29,9 @@ Rules of the channel wiring (applied by ``liveness``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -387,7 +389,8 @@ class LayerGraph:
         private = copy.deepcopy(model).eval()
         gm = _trace(private)
         try:
-            with torch.no_grad():
+            # ShapeProp prints the traceback itself before raising: keep stderr for our message.
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 ShapeProp(gm).propagate(example_input.detach().to(_device_of(private)))
         except Exception as exc:
             raise GraphError(
@@ -416,6 +419,7 @@ class _Builder:
         self.outputs: set[int] = set()
         self.called: set[str] = set()
         self.placeholders: set[fx.Node] = set()
+        self.layer_nodes: dict[fx.Node, int] = {}
 
     def build(self) -> LayerGraph:
         for node in self.gm.graph.nodes:
@@ -461,16 +465,26 @@ class _Builder:
         return self._opaque_out(node)
 
     def _mark_outputs(self, value: Any) -> None:
-        if isinstance(value, fx.Node):
-            src = self.env.get(value)
-            if src is not None:
-                self.outputs.update(layer for layer, _, _ in src.producers)
-        elif isinstance(value, (tuple, list)):
-            for v in value:
-                self._mark_outputs(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                self._mark_outputs(v)
+        # Every layer whose output reaches the network's output without passing through another
+        # compressible layer, whatever ops lie between (softmax, reshapes, ...), produces it.
+        self.outputs.update(self._upstream(value))
+
+    def _upstream(self, value: Any) -> tuple[int, ...]:
+        """Compressible layers reached walking back from ``value``, stopping at each layer."""
+        found: set[int] = set()
+        seen: set[fx.Node] = set()
+        stack: list[fx.Node] = []
+        fx.node.map_arg(value, stack.append)
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n in self.layer_nodes:
+                found.add(self.layer_nodes[n])
+                continue
+            stack.extend(n.all_input_nodes)
+        return tuple(sorted(found))
 
     def _module(self, node: fx.Node) -> ChannelSources | None:
         name = str(node.target)
@@ -480,11 +494,12 @@ class _Builder:
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             in_shape = _shape(x) if isinstance(x, fx.Node) else None
             out_shape = _shape(node)
-            if (
-                in_shape is not None
-                and out_shape is not None
-                and (isinstance(module, nn.Conv2d) or len(in_shape) == 2)
-            ):
+            if isinstance(module, nn.Linear) and in_shape is not None and len(in_shape) != 2:
+                raise GraphError(
+                    f"module '{name}' is an nn.Linear applied to a {len(in_shape)}-D input "
+                    f"{in_shape}: only (batch, features) inputs are supported; flatten first"
+                )
+            if in_shape is not None and out_shape is not None:
                 return self._layer(node, name, module, in_shape, out_shape, src)
             return self._opaque_out(node)
         if isinstance(module, _BN):
@@ -538,6 +553,7 @@ class _Builder:
             self.input_layers.add(index)
         self.layers.append(info)
         self.sources.append(src)
+        self.layer_nodes[node] = index
         arange = np.arange(info.out_channels)
         return ChannelSources(np.zeros(info.out_channels, dtype=bool), ((index, arange, arange),))
 

@@ -106,8 +106,8 @@ class Policy:
         Raises:
             PolicyError: Naming the first problem found.
         """
-        if self.fingerprint != graph.fingerprint:
-            names = [lp.name for lp in self.layers]
+        names = [lp.name for lp in self.layers]
+        if self.fingerprint != graph.fingerprint or names != list(graph.names):
             raise PolicyError(
                 "the policy was made for another model: its layers "
                 f"{_short(names)} do not match the model's {_short(list(graph.names))}"
@@ -180,6 +180,9 @@ class Policy:
                     f"layer entry {i}: needs 'name' (string), 'act_bits' (integer) and 'bits' "
                     "(non-empty list of integers)"
                 )
+            assert isinstance(bits, list) and isinstance(act, int)
+            if not all(-(2**31) < b < 2**31 for b in bits) or not -(2**31) < act < 2**31:
+                raise PolicyError(f"layer entry {i} ('{name}'): bit-widths out of range")
             parsed.append(LayerPolicy(name, np.asarray(bits, dtype=np.int64), act))
         return cls(tuple(parsed), fingerprint)
 
@@ -243,6 +246,18 @@ class Conventions:
 
     input_bits: int | None = 8
     first_last_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (
+            ("input_bits", self.input_bits),
+            ("first_last_bits", self.first_last_bits),
+        ):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer width or None, got {value!r}")
+            if value not in SUPPORTED_BITS or value == 0:
+                raise ValueError(f"{name}={value} is not a supported width (1-16 or 32)")
 
     def apply(self, graph: LayerGraph, policy: Policy) -> Policy:
         """Return ``policy`` with the conventions imposed (idempotent)."""

@@ -85,14 +85,8 @@ class WeightQuantizer:
             self._scale[b] = scales.reshape(len(ratios), -1)[best, torch.arange(best.numel())]
             self._searched[b] = True
 
-    def __call__(self, bits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Fake-quantize the weight, one width per output kernel (into ``out`` if given).
-
-        Args:
-            bits: Integer widths, one per output kernel, each in ``SUPPORTED_BITS``.
-            out: A tensor shaped like the weight to write into (e.g. the working copy's own
-                parameter); a new one is allocated otherwise.
-        """
+    def _prepare(self, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validated widths, and the per-kernel scale and largest level, shaped to broadcast."""
         w = self.weight
         if bits.shape != (w.shape[0],):
             raise ValueError(
@@ -100,19 +94,48 @@ class WeightQuantizer:
                 f"{tuple(bits.shape)}"
             )
         b = bits.to(device=w.device, dtype=torch.long)
+        unsupported = sorted({int(x) for x in b.unique().tolist()} - SUPPORTED_BITS)
+        if unsupported:
+            raise ValueError(f"unsupported weight widths {unsupported}: use 0-16 or 32")
         if self.method == "mse":
             todo = [x for x in torch.unique(b).tolist() if 2 <= x <= 16 and not self._searched[x]]
             if todo:
                 self._search(todo)
-        scale = self._scale[b, torch.arange(b.numel(), device=w.device)].reshape(self._view)
-        qmax = self._qmax[b].reshape(self._view)
+        scale = self._scale[b, torch.arange(b.numel(), device=w.device)]
+        scale = torch.where(b == 1, self._meanabs, scale).reshape(self._view)
+        return b, scale, self._qmax[b].reshape(self._view)
+
+    def codes(self, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer levels and per-kernel scales: ``codes * scale`` is the quantized weight.
+
+        Kernels at 32 bits have no integer form; their codes are 0 (take them from the weight).
+        """
+        b, scale, qmax = self._prepare(bits)
+        levels = torch.clamp(torch.round(self.weight / scale), -qmax, qmax)
+        levels = torch.where((b == 1).reshape(self._view), torch.sign(self.weight), levels)
+        levels = torch.where((b >= FULL_PRECISION).reshape(self._view), 0.0, levels)
+        return levels.to(torch.int32), scale.reshape(-1)
+
+    def __call__(self, bits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Fake-quantize the weight, one width per output kernel (into ``out`` if given).
+
+        Args:
+            bits: Integer widths, one per output kernel, each in ``SUPPORTED_BITS``.
+            out: A tensor shaped like the weight to write into (e.g. the working copy's own
+                parameter); a new one is allocated otherwise.
+
+        Raises:
+            ValueError: If the widths do not match the kernels or are not supported.
+        """
+        w = self.weight
+        b, scale, qmax = self._prepare(bits)
         out = torch.div(w, scale, out=out) if out is not None else torch.div(w, scale)
         out.round_()
         torch.clamp(out, -qmax, qmax, out=out)
-        out.mul_(scale)
         binary = b == 1
         if bool(binary.any()):
-            out[binary] = torch.sign(w[binary]) * self._meanabs[binary].reshape(self._view)
+            out[binary] = torch.sign(w[binary])
+        out.mul_(scale)
         full = b >= FULL_PRECISION
         if bool(full.any()):
             out[full] = w[full]
@@ -167,8 +190,10 @@ def quantize_activation(x: torch.Tensor, bits: int, rng: ActRange) -> torch.Tens
     if bits < 1:
         raise ValueError(f"activation bit-width must be at least 1, got {bits}")
     if rng.signed:
-        qmax = 2.0 ** (bits - 1) - 1 if bits > 1 else 1.0
         span = max(abs(rng.lo), abs(rng.hi))
+        if bits == 1:  # no symmetric level is left: binary, sign(x) * span / 2
+            return torch.where(x >= 0, 0.5 * span, -0.5 * span).to(x.dtype)
+        qmax = 2.0 ** (bits - 1) - 1
         lo_q = -qmax
     else:
         qmax = 2.0**bits - 1

@@ -107,11 +107,14 @@ class MultiDiscreteView(_PerLayerView):
         nvec = self._nvec
         if (a < 0).any() or (a >= nvec).any():
             raise ValueError(f"action {a.tolist()} outside {nvec.tolist()}")
-        u = a[0] / max(self.sparsity_levels - 1, 1)
-        sparsity = np.float32(2.0 * u - 1.0)
+        sparsity = self._sparsity_value(int(a[0]))
         return np.concatenate(
             [[sparsity], self.jpq.encode_levels(a[1:], len(self.jpq.bits))]
         ).astype(np.float32)
+
+    def _sparsity_value(self, level: int) -> np.float32:
+        """The native action entry of sparsity level ``level``."""
+        return np.float32(2.0 * level / max(self.sparsity_levels - 1, 1) - 1.0)
 
     def action_masks(self) -> np.ndarray:
         """Valid choices of each action dimension, concatenated (MaskablePPO's format)."""
@@ -122,8 +125,9 @@ class MultiDiscreteView(_PerLayerView):
         bits_mask = np.ones((jpq.channel_slots, n_bits), dtype=bool)
         if 0 <= layer < jpq.num_layers:
             space = jpq.space
-            levels = np.linspace(0.0, space.max_sparsity, self.sparsity_levels)
-            pruned = np.array([space.n_pruned(layer, s) for s in levels])
+            values = [self._sparsity_value(j) for j in range(self.sparsity_levels)]
+            # decoded exactly as the environment decodes the action
+            pruned = np.array([jpq.pruned_for(layer, float(v)) for v in values])
             if space.max_pruned(layer) == 0:
                 sparsity_mask[1:] = False
             elif jpq.enforcement == "wall":

@@ -54,6 +54,8 @@ def test_thousand_random_policies_leave_the_model_bitwise_unchanged():
     for k, v in model.state_dict().items():
         assert torch.equal(v, original[k]), k
     cm.restore()
+    for k, v in cm.module.state_dict().items():  # the working copy itself comes back bitwise
+        assert torch.equal(v, original[k]), k
     with torch.no_grad():
         assert torch.equal(cm.module(x), reference)
         assert torch.equal(model(x), reference)
@@ -218,3 +220,15 @@ def test_pickled_working_copy_applies_and_restores_like_the_original():
         assert torch.equal(cm.module(x), clone.module(x))
         clone.restore()
         assert torch.equal(clone.module(x), model(x))
+
+
+def test_parametrized_layers_are_applied_and_restored():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+    model[0] = nn.utils.parametrizations.weight_norm(model[0])
+    x = torch.randn(2, 1, 8, 8)
+    graph = LayerGraph.from_module(model, x[:1])
+    cm = CompressedModel(model, graph)
+    cm.apply(Policy.uniform(graph, 2, 32))
+    cm.restore()
+    with torch.no_grad():
+        assert torch.equal(cm.module(x), model(x))

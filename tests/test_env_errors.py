@@ -63,8 +63,16 @@ def test_step_before_reset_and_after_termination():
         ({"max_sparsity": 1.0}, ValueError, r"max_sparsity must be in \[0, 1\)"),
         ({"channel_groups": -2}, ValueError, "channel_groups must be a non-negative integer"),
         ({"render_mode": "human"}, ValueError, "unknown render_mode 'human'"),
+        ({"budget_bops": True}, ValueError, "BOPs budget"),
+        ({"shaping": "x"}, ValueError, "shaping must be a non-negative number"),
+        ({"first_last_bits": 0}, ValueError, "first_last_bits=0 is not a supported width"),
+        ({"input_bits": 3.5}, ValueError, "input_bits must be an integer width"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, message):
     with pytest.raises(error, match=message):
         JPQEnv(**kwargs)
+
+
+def test_numpy_budgets_are_accepted():
+    assert JPQEnv(budget_bops=np.float32(0.05)).budget.bops == pytest.approx(0.05)

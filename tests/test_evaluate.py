@@ -40,9 +40,11 @@ def _task(n=64, labels=None, test=None, seed=0) -> Task:
 
 
 def test_fp32_accuracy_is_computed_on_the_held_out_split():
+    plain = LocalEvaluator(_task(test=_Forbidden()), batch_size=10, bn_recalibration=False)
+    assert plain.fp32_accuracy == 0.75  # labels were made so: a quarter wrong
     ev = LocalEvaluator(_task(test=_Forbidden()), batch_size=10)
-    assert ev.fp32_accuracy == 0.75
-    assert ev.accuracy(Policy.uniform(ev.graph, 4, 8)) <= 1.0
+    fresh = LocalEvaluator(_task(test=_Forbidden()), batch_size=10)
+    assert ev.fp32_accuracy == fresh.accuracy(Policy.uniform(fresh.graph))  # same pipeline
 
 
 def test_search_never_reads_the_test_split():
@@ -85,9 +87,8 @@ def test_labels_out_of_range_name_the_split():
     task = _task()
     x, y = task.val.tensors
     task.val = TensorDataset(x, torch.full_like(y, 7))
-    ev = LocalEvaluator(task)
     with pytest.raises(TaskError, match=r"val split has labels outside \[0, 5\)"):
-        ev.fp32_accuracy  # noqa: B018
+        LocalEvaluator(task)
 
 
 def test_empty_split_is_named():
@@ -105,3 +106,23 @@ def test_evaluation_leaves_the_model_untouched():
         ev.accuracy(Policy.uniform(ev.graph, w, w))
     for k, v in task.model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_model_and_data_that_do_not_fit_are_named():
+    task = _task()
+    task.num_classes = 10  # the model has 5 outputs
+    with pytest.raises(
+        TaskError, match=r"outputs shape \(32, 5\) on the calib split, expected \(batch, 10\)"
+    ):
+        LocalEvaluator(task)
+    task = _task()
+    task.calib = TensorDataset(torch.randn(4, 2, 8, 8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(
+        TaskError, match=r"cannot run on the calib split \(inputs of shape \(4, 2, 8, 8\)\)"
+    ):
+        LocalEvaluator(task)
+    task = _task()
+    x, y = task.val.tensors
+    task.val = TensorDataset(x, y.float())
+    with pytest.raises(TaskError, match=r"val split has torch\.float32 labels"):
+        LocalEvaluator(task)

@@ -161,3 +161,31 @@ def test_fingerprint_tells_architectures_apart():
     a = _graph(PlainNet(), (1, 3, 8, 8))
     assert a.fingerprint == _graph(PlainNet(), (1, 3, 8, 8)).fingerprint
     assert a.fingerprint != _graph(ResidualNet(), (1, 3, 8, 8)).fingerprint
+
+
+def test_layers_behind_softmax_still_produce_the_output():
+    class Logsoft(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4 * 6 * 6, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.flatten(torch.relu(self.conv(x)), 1)
+            return torch.log_softmax(self.fc(h), dim=1)
+
+    assert _graph(Logsoft(), (1, 1, 8, 8)).output_layers == {1}
+
+
+def test_linear_on_a_sequence_is_refused_by_name():
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.head = nn.Linear(36, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(x).flatten(2))
+
+    with pytest.raises(GraphError, match=r"'head' is an nn.Linear applied to a 3-D input"):
+        _graph(Tokens(), (1, 1, 8, 8))

@@ -82,3 +82,13 @@ def test_signed_activation_levels_and_full_precision():
         [-2, -4 / 3, -2 / 3, 0, 2 / 3, 4 / 3, 2]
     )
     assert quantize_activation(x, 32, ActRange(-2.0, 1.5)) is x
+
+
+def test_unsupported_widths_are_named():
+    with pytest.raises(ValueError, match=r"unsupported weight widths \[-1, 33\]"):
+        quantize_weight(torch.randn(3, 2), torch.tensor([-1, 4, 33]))
+
+
+def test_signed_one_bit_activations_have_two_levels():
+    q = quantize_activation(torch.linspace(-3, 3, 101), 1, ActRange(-2.0, 1.0))
+    assert sorted(torch.unique(q).tolist()) == [-1.0, 1.0]

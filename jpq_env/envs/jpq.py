@@ -71,11 +71,12 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Observation Space
 
-    ``Box(0, 1, (22,), float32)``: the current layer's static features (index, linear or conv,
+    ``Box(0, 1, (24,), float32)``: the current layer's static features (index, linear or conv,
     depthwise, in and out channels, kernel size, stride, feature-map size, parameters, MACs,
     output layer, pinned layer; counts on a log scale normalised over the network), then the phase
     (0 layer, 1 channel), the chosen sparsity and activation width during the channel phase,
-    progress through the layers, the previous layer's sparsity and mean weight width, and for
+    progress through the layers, the previous layer's sparsity and mean weight width, the mean
+    sparsity and mean weight width of all decided layers, and for
     BOPs and size the budget used by decided layers and the budget left after the cheapest
     possible rest, each squashed as ``x / (1 + x)`` (0.5 means exactly the budget).
     ``jpq_env.envs.observation.FEATURES`` names the entries.
@@ -175,6 +176,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError(
                 f"channel_groups must be a non-negative integer, got {channel_groups!r}"
             )
+        if isinstance(shaping, bool) or not isinstance(shaping, (int, float)) or shaping < 0:
+            raise ValueError(f"shaping must be a non-negative number, got {shaping!r}")
         self.render_mode = render_mode
         self.bits = _check_bits("bits", bits, 1)
         act_choices = _check_bits(
@@ -237,6 +240,16 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     def num_layers(self) -> int:
         """Compressible layers (an episode has twice as many steps)."""
         return len(self.graph)
+
+    @property
+    def action_size(self) -> int:
+        """Length of the native action: 1 (layer decision) + channel slots."""
+        return self.layer_slots + self.channel_slots
+
+    @property
+    def observation_size(self) -> int:
+        """Length of the observation vector."""
+        return len(FEATURES)
 
     @property
     def current_layer(self) -> int:
@@ -334,7 +347,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _unit_action(self, action: Any) -> np.ndarray:
         try:
-            a = np.asarray(action, dtype=np.float64)
+            a = np.asarray(action, dtype=np.float32).astype(np.float64)
         except (TypeError, ValueError) as exc:
             raise ValueError(
                 f"action must be a numeric array of shape {self.action_space.shape}"
@@ -350,9 +363,13 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     def _level(self, u: np.ndarray | float, choices: int) -> np.ndarray:
         return np.minimum((np.asarray(u) * choices).astype(np.int64), choices - 1)
 
+    def pruned_for(self, layer: int, value: float) -> int:
+        """Kernels a layer decision with action entry ``value`` (in [-1, 1]) proposes to prune."""
+        u = (min(max(float(np.float32(value)), -1.0), 1.0) + 1.0) / 2.0
+        return self.space.n_pruned(layer, u * self.space.max_sparsity)
+
     def _layer_step(self, layer: int, u: np.ndarray) -> dict[str, Any]:
-        sparsity = float(u[0]) * self.space.max_sparsity
-        n = self.space.n_pruned(layer, sparsity)
+        n = self.space.n_pruned(layer, float(u[0]) * self.space.max_sparsity)
         act = self.space.act_for(layer, self.space.act_bits[-1])
         proposed = (n, act)
         if self.enforcement == "wall":
@@ -455,6 +472,20 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             pk = len(prev.ranked_bits)
             dyn[4] = prev.n_pruned / pk
             dyn[5] = float(prev.ranked_bits[: pk - prev.n_pruned].mean()) / self.bits[-1]
+        decided_so_far = [d for d in self._decisions if d is not None]
+        if decided_so_far:  # decisions so far: mean sparsity and mean kept width
+            dyn[6] = float(np.mean([d.n_pruned / len(d.ranked_bits) for d in decided_so_far]))
+            dyn[7] = (
+                float(
+                    np.mean(
+                        [
+                            d.ranked_bits[: len(d.ranked_bits) - d.n_pruned].mean()
+                            for d in decided_so_far
+                        ]
+                    )
+                )
+                / self.bits[-1]
+            )
         if self._decisions:
             per_layer = self.space.layer_costs(self._decisions)
             decided = np.array([d is not None for d in self._decisions])
@@ -466,8 +497,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
                     continue
                 budget_abs = target * fp32
                 used, rest = per_layer[j][decided].sum(), per_layer[j][~decided].sum()
-                dyn[6 + 2 * j] = squash(used / budget_abs)
-                dyn[7 + 2 * j] = squash(max(budget_abs - used - rest, 0.0) / budget_abs)
+                dyn[8 + 2 * j] = squash(used / budget_abs)
+                dyn[9 + 2 * j] = squash(max(budget_abs - used - rest, 0.0) / budget_abs)
         obs = np.concatenate([self._static[layer], dyn]).astype(np.float32)
         return np.clip(obs, 0.0, 1.0)
 

@@ -33,6 +33,8 @@ FEATURES = (
     "progress",
     "prev_sparsity",
     "prev_weight_bits",
+    "mean_sparsity",
+    "mean_weight_bits",
     "bops_used",
     "bops_left",
     "size_used",

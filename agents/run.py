@@ -1,0 +1,164 @@
+"""Running a search end to end: the agent, progress, TensorBoard, reference points, the summary.
+
+``run_search`` is what ``jpq search`` calls; it is usable from Python as well.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from tqdm import tqdm
+
+from agents.baselines import BASELINES
+from agents.play import jpq, least_uniform_pruning, play, uniform_choices
+from agents.plots import pareto_plot
+from agents.sb3 import ALGOS, run_sb3
+from agents.search import RunSettings, Search, write_atomic
+from agents.two_level import run_two_level
+from jpq_env.envs import JPQEnv
+from jpq_env.evaluate import LocalEvaluator
+
+__all__ = ["AGENTS", "run_search"]
+
+
+def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], None]]:
+    table: dict[str, Callable[[Search, int, dict[str, Any]], None]] = {
+        "two-level": lambda search, seed, _: run_two_level(search, seed),
+    }
+    for name in ALGOS:
+        table[name] = lambda search, seed, opts, name=name: run_sb3(  # type: ignore[misc]
+            search, seed, name, opts["env_id"], opts.get("warmup_episodes", 10)
+        )
+    for name, fn in BASELINES.items():
+        table[name] = lambda search, seed, _, fn=fn: fn(search, seed)  # type: ignore[misc]
+    return table
+
+
+AGENTS = _agents()
+
+
+def _local(env: JPQEnv) -> LocalEvaluator:
+    evaluator = getattr(env.evaluator, "inner", env.evaluator)
+    if not isinstance(evaluator, LocalEvaluator):
+        raise TypeError("the summary needs a LocalEvaluator (test split)")
+    return evaluator
+
+
+def _reference(
+    env_id: str, env_kwargs: dict[str, Any], evaluator: LocalEvaluator
+) -> list[dict[str, Any]]:
+    """Prune-then-quantize points for every width (not counted in the search's evaluations)."""
+    ref = gym.make(env_id, **env_kwargs, evaluator=evaluator).unwrapped
+    base = jpq(ref)
+    points = []
+    for lv in range(len(base.bits)):
+        pruned = least_uniform_pruning(base, [lv] * base.num_layers)
+        if pruned is None:
+            continue
+        info = play(ref, uniform_choices(base, pruned, [lv] * base.num_layers))
+        sparsity = sum(p["sparsity"] for p in info["policy"]) / len(info["policy"])
+        points.append(
+            {
+                "label": f"two-stage W{base.bits[lv]} (sparsity {sparsity:.2f})",
+                "accuracy": info["accuracy"],
+                "bops_ratio": info["bops_ratio"],
+                "budget_met": info["budget_met"],
+            }
+        )
+    return points
+
+
+def run_search(
+    agent: str,
+    out: str | Path,
+    episodes: int,
+    seed: int = 0,
+    env_id: str = "jpq_env/JPQ-v0",
+    env_kwargs: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    warmup_episodes: int = 10,
+) -> dict[str, Any]:
+    """Run ``agent`` for ``episodes`` evaluations and write the run's files into ``out``.
+
+    Files: ``run.json`` (settings), ``evaluations.jsonl`` (every evaluated policy),
+    ``policy.json`` (the best within budget), ``reference.jsonl`` (two-stage points),
+    ``pareto.png``, ``summary.json`` and TensorBoard logs in ``tensorboard/``.
+
+    Returns:
+        The summary (also written to ``summary.json``).
+    """
+    if agent not in AGENTS:
+        raise ValueError(f"unknown agent '{agent}': choose one of {sorted(AGENTS)}")
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    env_kwargs = dict(env_kwargs or {})
+    out = Path(out)
+    env = gym.make(env_id, **env_kwargs).unwrapped
+    if not isinstance(env, JPQEnv):
+        raise TypeError(f"{env_id} is not a JPQ environment")
+    settings = RunSettings(agent, episodes, seed, {"id": env_id, **env_kwargs})
+    bar = tqdm(total=episodes, desc=f"{agent} search", unit="episode", disable=not progress)
+    writer: Any = None
+
+    def on_record(record: dict[str, Any], replayed: bool) -> None:
+        nonlocal writer
+        bar.update(1)
+        best = search.best
+        if best is not None:
+            bar.set_postfix(best=f"{best['accuracy']:.2%}", bops=f"1/{1 / best['bops_ratio']:.0f}")
+        if replayed:
+            return
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tensorboard"))
+        step = record["episode"]
+        for key in ("accuracy", "reward", "bops_ratio", "size_ratio"):
+            writer.add_scalar(f"episode/{key}", record[key], step)
+        if best is not None:
+            writer.add_scalar("search/best_accuracy", best["accuracy"], step)
+
+    search = Search(out, settings, env, resume=resume, on_record=on_record)
+    start = time.perf_counter()
+    try:
+        AGENTS[agent](search, seed, {"env_id": env_id, "warmup_episodes": warmup_episodes})
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    seconds = time.perf_counter() - start
+    evaluator = _local(env)
+    reference = _reference(env_id, env_kwargs, evaluator)
+    write_atomic(out / "reference.jsonl", "".join(json.dumps(p) + "\n" for p in reference))
+    best_policy = search.best_policy()
+    best = search.best
+    summary = {
+        "agent": agent,
+        "env": settings.env,
+        "seed": seed,
+        "evaluations": search.count,
+        "seconds": round(seconds, 2),
+        "accuracy_fp32_val": evaluator.fp32_accuracy,
+        "accuracy_fp32_test": evaluator.test_accuracy(None),
+        "best": None
+        if best is None or best_policy is None
+        else {
+            "episode": best["episode"],
+            "accuracy_val": best["accuracy"],
+            "accuracy_test": evaluator.test_accuracy(best_policy),
+            "bops_ratio": best["bops_ratio"],
+            "size_ratio": best["size_ratio"],
+        },
+        "budget_violations": sum(not r["budget_met"] for r in search.records),
+    }
+    pareto_plot(
+        search.records, reference, env.budget.targets.get("bops"), out / "pareto.png", agent
+    )
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    return summary

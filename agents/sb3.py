@@ -1,0 +1,130 @@
+"""stable-baselines3 agents set up the way the RL compression literature runs them.
+
+- **DDPG** on ``FlatBoxView`` (one step per layer): discount 1.0 with the terminal reward,
+  warm-up counted in *episodes* and converted to ``learning_starts`` steps, and a truncated-normal
+  exploration noise whose deviation decays per episode (AMC's recipe), as an SB3 ``ActionNoise``.
+- **PPO** on ``FlatBoxView`` and **MaskablePPO** (sb3-contrib) on ``MultiDiscreteView`` with its
+  action masks; rollouts of a few episodes (SB3's default ``n_steps=2048`` would mean hundreds of
+  episodes before the first update) and Monte-Carlo returns (``gae_lambda=1``).
+
+Hyperparameters live in ``agents/hyperparams/<algo>.yml`` in RL Zoo's format, keyed by env id
+(``default`` for any other id), so RL Zoo can train with the same files.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import yaml
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import ActionNoise
+
+from agents.play import jpq
+from agents.search import Search
+from jpq_env.wrappers import FlatBoxView, MultiDiscreteView
+
+__all__ = ["ALGOS", "TruncatedNormalDecayNoise", "hyperparameters", "run_sb3"]
+
+# Our agent names -> (RL Zoo's algorithm name, view).
+ALGOS = {
+    "ddpg": ("ddpg", FlatBoxView),
+    "ppo": ("ppo", FlatBoxView),
+    "maskable-ppo": ("ppo_mask", MultiDiscreteView),
+}
+# Keys of RL Zoo's files that are not constructor arguments of the algorithms.
+_ZOO_ONLY = (
+    "env_wrapper",
+    "n_timesteps",
+    "policy",
+    "noise_type",
+    "noise_std",
+    "normalize",
+    "n_envs",
+)
+
+
+class TruncatedNormalDecayNoise(ActionNoise):
+    """Gaussian noise truncated at two deviations, the deviation decaying after every episode.
+
+    Args:
+        size: Action dimension.
+        sigma: Initial deviation (actions live in [-1, 1]).
+        decay: Factor applied to the deviation at each episode end (SB3 calls ``reset`` then).
+        seed: Seed of the noise's own generator.
+    """
+
+    def __init__(self, size: int, sigma: float = 0.5, decay: float = 0.99, seed: int = 0) -> None:
+        super().__init__()
+        self.size = size
+        self.sigma0 = sigma
+        self.sigma = sigma
+        self.decay = decay
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self) -> np.ndarray:
+        """One noise vector, every entry within two deviations of zero."""
+        out = self.rng.normal(0.0, self.sigma, self.size)
+        bad = np.abs(out) > 2 * self.sigma
+        while bad.any():  # resample the tails: a truncated normal, not a clipped one
+            out[bad] = self.rng.normal(0.0, self.sigma, int(bad.sum()))
+            bad = np.abs(out) > 2 * self.sigma
+        return out.astype(np.float32)
+
+    def reset(self) -> None:
+        """End of an episode: shrink the deviation."""
+        self.sigma *= self.decay
+
+    def __repr__(self) -> str:
+        return f"TruncatedNormalDecayNoise(sigma={self.sigma:.4f}, decay={self.decay})"
+
+
+def hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
+    """The entry of ``agents/hyperparams/<algo>.yml`` for ``env_id`` (or its ``default``)."""
+    text = resources.files("agents").joinpath("hyperparams", f"{algo}.yml").read_text()
+    table = yaml.safe_load(text)
+    return dict(table.get(env_id, table["default"]))
+
+
+def run_sb3(search: Search, seed: int, agent: str, env_id: str, warmup_episodes: int = 10) -> None:
+    """Train an SB3 agent for exactly the search's evaluation budget.
+
+    Every episode of the views has one step per layer, so the budget is ``episodes x layers``
+    steps of ``learn``.
+    """
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import DDPG, PPO
+
+    zoo, view = ALGOS[agent]
+    params = hyperparameters(zoo, env_id)
+    base = jpq(search.env)
+    env = view(search.env)
+    layers = base.num_layers
+    kwargs = {k: v for k, v in params.items() if k not in _ZOO_ONLY}
+    if "policy_kwargs" in kwargs and isinstance(kwargs["policy_kwargs"], str):
+        kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"dict": dict})  # RL Zoo's format
+    if "train_freq" in kwargs and isinstance(kwargs["train_freq"], list):
+        kwargs["train_freq"] = tuple(kwargs["train_freq"])
+    env.reset(seed=seed)
+    if agent == "ddpg":
+        kwargs["learning_starts"] = warmup_episodes * layers
+        kwargs["action_noise"] = TruncatedNormalDecayNoise(
+            int(np.prod(env.action_space.shape)), float(params.get("noise_std", 0.5)), seed=seed
+        )
+        model: Any = DDPG(params.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, **kwargs)
+    elif agent == "ppo":
+        model = PPO(params.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, **kwargs)
+    else:
+        model = MaskablePPO(params.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, **kwargs)
+    # A rollout may run past the budget; the callback stops learning at the exact count.
+    model.learn(total_timesteps=search.settings.episodes * layers, callback=_StopWhenDone(search))
+
+
+class _StopWhenDone(BaseCallback):
+    def __init__(self, search: Search) -> None:
+        super().__init__()
+        self.search = search
+
+    def _on_step(self) -> bool:
+        return not self.search.done

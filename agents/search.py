@@ -1,0 +1,254 @@
+"""The search loop every agent runs in: one evaluation counter, the run's files, resume.
+
+``Search`` wraps a JPQ environment (``SearchRecorder``) so that every finished episode, whichever
+agent played it, is one evaluation: it is counted, appended to ``DIR/evaluations.jsonl`` as one
+JSON line, written to TensorBoard, and, if it is the most accurate policy within budget so far,
+saved atomically as ``DIR/policy.json``.
+
+Resume works by replay: the agent runs again from the start with the same seed, and the episodes
+already in the log are answered from it instead of by the accuracy proxy. Agents and the proxy are
+deterministic on the CPU, so the replay regenerates the same episodes and the run continues where
+it stopped, reaching the same result as an uninterrupted run; a replayed episode whose policy
+differs from the logged one stops the run with an error instead of mixing two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+
+from jpq_env import Policy
+from jpq_env.envs import JPQEnv
+
+__all__ = ["LOG_NAME", "POLICY_NAME", "RUN_NAME", "RunSettings", "Search", "SearchError"]
+
+LOG_NAME = "evaluations.jsonl"
+POLICY_NAME = "policy.json"
+RUN_NAME = "run.json"
+
+
+class SearchError(RuntimeError):
+    """A search cannot start or continue (another run in the directory, diverged resume, ...)."""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What defines a run; a resumed run must have the same settings (episodes may grow).
+
+    Attributes:
+        agent: Agent name.
+        episodes: Evaluations the search may spend.
+        seed: Seed of the agent (and of the environment's reset).
+        env: Keyword arguments of the environment (JSON-able).
+    """
+
+    agent: str
+    episodes: int
+    seed: int
+    env: dict[str, Any] = field(default_factory=dict)
+
+
+def _policy_key(policy: list[dict[str, Any]]) -> str:
+    return json.dumps([[p["act_bits"], p["bits"]] for p in policy], separators=(",", ":"))
+
+
+class _ReplayEvaluator:
+    """Answers logged policies from the log, in order; new ones from the real proxy."""
+
+    def __init__(self, inner: Any, records: list[dict[str, Any]]) -> None:
+        self.inner = inner
+        self.records = records
+        self.position = 0
+
+    @property
+    def fp32_accuracy(self) -> float:
+        return float(self.inner.fp32_accuracy)
+
+    def accuracy(self, policy: Policy) -> float:
+        if self.position < len(self.records):
+            record = self.records[self.position]
+            self.position += 1
+            replayed = _policy_key(
+                [{"act_bits": lp.act_bits, "bits": lp.bits.tolist()} for lp in policy.layers]
+            )
+            if replayed != _policy_key(record["policy"]):
+                raise SearchError(
+                    f"cannot resume: episode {record['episode']} replayed a different policy than "
+                    "the log holds (the code or its settings changed since the run started)"
+                )
+            return float(record["accuracy"])
+        return float(self.inner.accuracy(policy))
+
+
+class SearchRecorder(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
+    """Counts, logs and keeps the best of every finished episode of the wrapped environment."""
+
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], search: Search) -> None:
+        super().__init__(env)
+        self.search = search
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step; on the last step of an episode, record the evaluation."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated:
+            self.search.record(info, float(reward))
+        return obs, reward, terminated, truncated, info
+
+
+class Search:
+    """A search run in a directory: the environment, the evaluation counter and the files.
+
+    Args:
+        out: Output directory (created if missing).
+        settings: The run's settings.
+        env: The native environment the agent plays (its evaluator may be replaced for resume).
+        resume: Continue the run already in ``out`` (start one if ``out`` holds none).
+        on_record: Called after each recorded evaluation with the record and whether it was
+            replayed from the log (progress bars, TensorBoard).
+
+    Raises:
+        SearchError: If ``out`` holds another run, or (with ``resume``) a run with other settings.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        settings: RunSettings,
+        env: JPQEnv,
+        resume: bool = False,
+        on_record: Callable[[dict[str, Any], bool], None] | None = None,
+    ) -> None:
+        self.out = Path(out)
+        self.settings = settings
+        self.base = env
+        self.on_record = on_record
+        self.records: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.out.mkdir(parents=True, exist_ok=True)
+        run_file, log_file = self.out / RUN_NAME, self.out / LOG_NAME
+        if resume and not run_file.exists() and log_file.exists():
+            raise SearchError(f"cannot resume: '{self.out}' has a log but no {RUN_NAME}")
+        if resume and run_file.exists():
+            previous = json.loads(run_file.read_text())
+            mine = asdict(settings)
+            if {k: v for k, v in previous.items() if k != "episodes"} != {
+                k: v for k, v in mine.items() if k != "episodes"
+            }:
+                raise SearchError(
+                    f"cannot resume: '{self.out}' holds a run with other settings: {previous}"
+                )
+            logged = self._read_log(log_file)
+            env.evaluator = _ReplayEvaluator(env.evaluator, logged)
+            self._replay = logged
+        else:
+            if run_file.exists() or log_file.exists():
+                raise SearchError(
+                    f"'{self.out}' already holds a run: pass --resume to continue it, or choose "
+                    "another output directory (nothing was overwritten)"
+                )
+            self._replay = []
+        write_atomic(run_file, json.dumps(asdict(settings), indent=1))
+        self.env = SearchRecorder(env, self)
+
+    @staticmethod
+    def _read_log(path: Path) -> list[dict[str, Any]]:
+        """Complete lines of the log; a line cut by a crash is dropped (and cut from the file)."""
+        if not path.exists():
+            return []
+        raw = path.read_bytes()
+        complete = raw[: raw.rfind(b"\n") + 1]
+        if len(complete) != len(raw):
+            path.write_bytes(complete)
+        records = []
+        for line in complete.decode().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return records
+
+    @property
+    def count(self) -> int:
+        """Evaluations recorded so far (replayed ones included)."""
+        return len(self.records)
+
+    @property
+    def done(self) -> bool:
+        """True once the evaluation budget is spent."""
+        return self.count >= self.settings.episodes
+
+    def record(self, info: dict[str, Any], reward: float) -> None:
+        """Account for one finished episode (called by the recorder wrapper)."""
+        episode = self.count
+        record = {
+            "episode": episode,
+            "agent": self.settings.agent,
+            "accuracy": info["accuracy"],
+            "accuracy_fp32": info["accuracy_fp32"],
+            "bops_ratio": info["bops_ratio"],
+            "size_ratio": info["size_ratio"],
+            "budget_met": bool(info["budget_met"]),
+            "reward": reward,
+            "policy": info["policy"],
+        }
+        replayed = episode < len(self._replay)
+        if not replayed:
+            with (self.out / LOG_NAME).open("a") as f:
+                f.write(json.dumps(record, separators=(",", ":")) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        self.records.append(record)
+        better = self.best is None or record["accuracy"] > self.best["accuracy"]
+        if record["budget_met"] and better:
+            self.best = record
+            self._save_best()
+        if self.on_record is not None:
+            self.on_record(record, replayed)
+
+    def _save_best(self) -> None:
+        assert self.best is not None
+        data = {
+            "schema": 1,
+            "fingerprint": self.base.graph.fingerprint,
+            "layers": [
+                {"name": p["name"], "act_bits": p["act_bits"], "bits": p["bits"]}
+                for p in self.best["policy"]
+            ],
+            "task": self.settings.env.get("task", "digits"),
+            "env": self.settings.env,
+            "episode": self.best["episode"],
+            "accuracy_val": self.best["accuracy"],
+            "bops_ratio": self.best["bops_ratio"],
+            "size_ratio": self.best["size_ratio"],
+        }
+        write_atomic(self.out / POLICY_NAME, json.dumps(data, indent=1))
+
+    def best_policy(self) -> Policy | None:
+        """The most accurate policy within budget so far."""
+        if self.best is None:
+            return None
+        return Policy.from_json(json.loads((self.out / POLICY_NAME).read_text()))
