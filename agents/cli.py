@@ -230,16 +230,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
+    from jpq_env.export import save_atomic
     from jpq_env.finetune import finetune
 
     policy, evaluator, _ = _load_policy(args.policy, args.task)
     result = finetune(evaluator, policy, epochs=args.epochs, lr=args.lr, seed=args.seed)
     out = Path(args.out) if args.out else Path(args.policy).with_name("finetuned.pt")
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(result.state_dict, tmp)
-    tmp.replace(out)
+    save_atomic(result.state_dict, out)
     print(
         f"test accuracy before fine-tuning {result.accuracy_before:.2%}, after {args.epochs} "
         f"epoch(s) {result.accuracy_after:.2%} (FP32 {evaluator.test_accuracy(None):.2%}); "
@@ -249,22 +246,15 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from jpq_env.evaluate import iter_batches
+    from jpq_env.evaluate import top1
     from jpq_env.export import export_compressed, load_compressed
 
     policy, evaluator, _ = _load_policy(args.policy, args.task)
     export_compressed(evaluator, policy, args.out)
     task = evaluator.task
-    model = load_compressed(args.out, task.model, task.example_input)
-    correct = total = 0
-    import torch
-
-    with torch.no_grad():
-        for x, y in iter_batches(task.test, 512, "test"):
-            correct += int((model(x).argmax(1) == y).sum())
-            total += int(y.numel())
+    reloaded = top1(load_compressed(args.out, task.model, task.example_input), task.test)
     print(
-        f"exported to {args.out}; reloaded model test accuracy {correct / total:.2%} "
+        f"exported to {args.out}; reloaded model test accuracy {reloaded:.2%} "
         f"(evaluate: {evaluator.test_accuracy(policy):.2%})"
     )
     return 0

@@ -26,7 +26,7 @@ from jpq_env.graph import LayerGraph
 from jpq_env.policy import Policy
 from jpq_env.tasks.base import Task, TaskError
 
-__all__ = ["Evaluator", "LocalEvaluator", "iter_batches"]
+__all__ = ["Evaluator", "LocalEvaluator", "iter_batches", "top1"]
 
 
 class Evaluator(Protocol):
@@ -74,6 +74,18 @@ def iter_batches(
         if not isinstance(batch, (list, tuple)) or len(batch) != 2:
             raise TaskError(f"the {split} split must yield (input, label) pairs")
         yield batch[0], batch[1]
+
+
+@torch.no_grad()
+def top1(
+    model: nn.Module, dataset: Dataset, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> float:
+    """Top-1 accuracy of ``model`` (as it is, no re-calibration) on ``dataset``."""
+    correct = total = 0
+    for x, y in iter_batches(dataset, batch_size):
+        correct += int((model(x.to(device)).argmax(dim=1) == y.to(device)).sum())
+        total += int(y.numel())
+    return correct / total
 
 
 def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -24,7 +24,7 @@ from jpq_env.graph import LayerGraph
 from jpq_env.policy import Policy
 from jpq_env.quant import FULL_PRECISION, ActRange
 
-__all__ = ["EXPORT_FORMAT", "export_compressed", "load_compressed"]
+__all__ = ["EXPORT_FORMAT", "export_compressed", "load_compressed", "save_atomic"]
 
 EXPORT_FORMAT = "jpq-compressed-v1"
 
@@ -62,11 +62,16 @@ def export_compressed(
         "state": state,
         "act_ranges": [[r.lo, r.hi] for r in ranges],
     }
+    save_atomic(record, path)
+    return record
+
+
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` through a temporary file and a rename: never a half-written file."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp")
-    torch.save(record, tmp)
+    torch.save(obj, tmp)
     os.replace(tmp, target)
-    return record
 
 
 def load_compressed(

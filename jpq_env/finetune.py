@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from jpq_env.evaluate import LocalEvaluator, iter_batches
+from jpq_env.evaluate import LocalEvaluator, top1
 from jpq_env.policy import Policy
 from jpq_env.quant import FULL_PRECISION, ActRange, quantize_activation, quantize_weight
 
@@ -139,14 +139,7 @@ def finetune(
                 loss.backward()
                 optimizer.step()
         module.eval()
-        with torch.no_grad():
-            correct = total = 0
-            for x, y in iter_batches(evaluator.task.test, evaluator.batch_size, "test"):
-                correct += int(
-                    (module(x.to(evaluator.device)).argmax(1) == y.to(evaluator.device)).sum()
-                )
-                total += int(y.numel())
-        after = correct / total
+        after = top1(module, evaluator.task.test, evaluator.batch_size, evaluator.device)
         for layer in cm.layers:
             for attr in ("weight", "bias"):
                 if parametrize.is_parametrized(layer, attr):

@@ -225,7 +225,6 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
         pinned = set(self.space.pinned_bits)
         self._static = static_features(self.graph, pinned)
-        self._fp32 = measure(self.graph, Policy.uniform(self.graph))
         self._layer = -1  # -1: not reset; len(graph): terminated
         self._phase = LAYER
         self._decisions: list[LayerDecision | None] = []
@@ -456,7 +455,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         bops, _ = totals(
             self.graph, [lp.bits for lp in full.layers], [lp.act_bits for lp in full.layers]
         )
-        return -self.shaping * bops / self._fp32.bops / self.budget.bops
+        return -self.shaping * bops / self.space.fp32_bops / self.budget.bops
 
     def _obs(self) -> np.ndarray:
         layer = min(max(self._layer, 0), len(self.graph) - 1)
@@ -490,7 +489,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             per_layer = self.space.layer_costs(self._decisions)
             decided = np.array([d is not None for d in self._decisions])
             for j, (key, fp32) in enumerate(
-                (("bops", self._fp32.bops), ("size", self._fp32.size_bits))
+                (("bops", self.space.fp32_bops), ("size", self.space.fp32_size))
             ):
                 target = self.budget.targets.get(key)
                 if target is None:
