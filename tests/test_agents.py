@@ -6,7 +6,7 @@ import pytest
 from agents.baselines import BASELINES
 from agents.play import fits, least_uniform_pruning
 from agents.run import run_search
-from agents.sb3 import TruncatedNormalDecayNoise, hyperparameters
+from agents.sb3 import TruncatedNormalDecayNoise, hyperparameters, run_sb3
 from agents.search import LOG_NAME, POLICY_NAME, RunSettings, Search, SearchError
 from agents.two_level import run_two_level
 from jpq_env import Policy, measure
@@ -59,13 +59,21 @@ class _Kill(Exception):
     pass
 
 
+def _runner(agent: str):
+    if agent == "two-level":
+        return run_two_level
+    if agent in BASELINES:
+        return BASELINES[agent]
+    return lambda search, seed: run_sb3(search, seed, agent, "jpq_env/JPQ-v0", warmup_episodes=2)
+
+
 @pytest.mark.parametrize(
-    ("agent", "episodes", "kill_at"), [("random", 12, 5), ("two-level", 24, 13)]
+    ("agent", "episodes", "kill_at"), [("random", 12, 5), ("two-level", 24, 13), ("ddpg", 8, 4)]
 )
 def test_resume_after_a_crash_reaches_the_uninterrupted_result(
     tmp_path, shared, agent, episodes, kill_at
 ):
-    run = run_two_level if agent == "two-level" else BASELINES["random"]
+    run = _runner(agent)
     settings = RunSettings(agent, episodes, 3)
     whole = Search(tmp_path / "whole", settings, _env(shared))
     run(whole, 3)
