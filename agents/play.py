@@ -45,12 +45,21 @@ def jpq(env: gym.Env[Any, Any]) -> JPQEnv:
     return base
 
 
-def layer_action(base: JPQEnv, layer: int, n_pruned: int) -> np.ndarray:
-    """The native action whose layer decision prunes exactly ``n_pruned`` kernels."""
+def layer_action(
+    base: JPQEnv, layer: int, n_pruned: int, act_level: int | None = None
+) -> np.ndarray:
+    """The native action whose layer decision prunes exactly ``n_pruned`` kernels.
+
+    With activation decisions (v1), ``act_level`` indexes the activation widths (default: the
+    widest).
+    """
     a = np.zeros(base.action_size, dtype=np.float32)
     k = base.graph.layers[layer].out_channels
     top = max(base.space.max_sparsity, 1e-12)
     a[0] = np.float32(2.0 * min(n_pruned / k / top, 1.0) - 1.0)
+    if base.decides_act:
+        choices = len(base.space.act_bits)
+        a[1] = base.encode_levels([choices - 1 if act_level is None else act_level], choices)[0]
     return a
 
 
@@ -58,7 +67,8 @@ def channel_action(base: JPQEnv, levels: Sequence[int]) -> np.ndarray:
     """The native action whose channel decision gives importance group ``g`` level ``levels[g]``."""
     a = np.zeros(base.action_size, dtype=np.float32)
     lv = np.asarray(levels, dtype=np.int64)
-    a[1 : 1 + len(lv)] = base.encode_levels(lv, len(base.bits))
+    start = base.layer_slots
+    a[start : start + len(lv)] = base.encode_levels(lv, len(base.bits))
     return a
 
 

@@ -202,7 +202,7 @@ class _Agent:
             if fixed is None:
                 with torch.no_grad():
                     u = float(self.net.sparsity(torch.as_tensor(obs)[None]).sample()[0])
-                action = np.zeros(self.base.action_size, dtype=np.float32)
+                action = layer_action(self.base, layer, 0)  # widest activations, if decided
                 action[0] = np.float32(2 * u - 1)
             else:
                 action = layer_action(self.base, layer, fixed[layer].n_pruned)

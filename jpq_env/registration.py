@@ -27,6 +27,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "jpq_env/JPQSize-v0": {"budget_bops": None, "budget_size": 0.1},
     # One weight width per kernel instead of per importance group (the hardest action space).
     "jpq_env/JPQPerKernel-v0": {"channel_groups": 0},
+    # v1: activation widths are a layer decision too, which opens budgets down to 1/256 of FP32.
+    "jpq_env/JPQ-v1": {"act_bits": [2, 3, 4, 5, 6, 8], "budget_bops": 1 / 128},
+    "JPQ-v1": {"act_bits": [2, 3, 4, 5, 6, 8], "budget_bops": 1 / 128},
+    "jpq_env/JPQDeep-v1": {
+        "task": "digits-deep",
+        "act_bits": [2, 3, 4, 5, 6, 8],
+        "budget_bops": 1 / 128,
+    },
 }
 
 

@@ -97,7 +97,8 @@ class MultiDiscreteView(_PerLayerView):
             raise ValueError(f"sparsity_levels must be at least 1, got {sparsity_levels}")
         self.sparsity_levels = sparsity_levels
         n_bits = len(self.jpq.bits)
-        self._nvec = np.array([sparsity_levels] + [n_bits] * self.jpq.channel_slots)
+        acts = [len(self.jpq.space.act_bits)] if self.jpq.decides_act else []
+        self._nvec = np.array([sparsity_levels, *acts] + [n_bits] * self.jpq.channel_slots)
         self.action_space = spaces.MultiDiscrete(self._nvec)
 
     def _native(self, action: Any) -> np.ndarray:
@@ -108,6 +109,11 @@ class MultiDiscreteView(_PerLayerView):
         if (a < 0).any() or (a >= nvec).any():
             raise ValueError(f"action {a.tolist()} outside {nvec.tolist()}")
         sparsity = self._sparsity_value(int(a[0]))
+        if self.jpq.decides_act:
+            act = self.jpq.encode_levels(a[1:2], len(self.jpq.space.act_bits))
+            return np.concatenate(
+                [[sparsity], act, self.jpq.encode_levels(a[2:], len(self.jpq.bits))]
+            ).astype(np.float32)
         return np.concatenate(
             [[sparsity], self.jpq.encode_levels(a[1:], len(self.jpq.bits))]
         ).astype(np.float32)
@@ -138,4 +144,10 @@ class MultiDiscreteView(_PerLayerView):
                     sparsity_mask[-1] = True
             if layer in space.pinned_bits:
                 bits_mask[:, 1:] = False
-        return np.concatenate([sparsity_mask, bits_mask.ravel()])
+        acts: list[np.ndarray] = []
+        if jpq.decides_act:
+            act_mask = np.ones(len(jpq.space.act_bits), dtype=bool)
+            if 0 <= layer < jpq.num_layers and layer in jpq.space.fixed_act:
+                act_mask[:-1] = False  # the network input's width is fixed: one choice stands
+            acts.append(act_mask)
+        return np.concatenate([sparsity_mask, *acts, bits_mask.ravel()])

@@ -57,11 +57,13 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Action Space
 
-    ``Box(-1, 1, (1 + G,), float32)``; a step reads only the entries of its phase, each mapped from
+    ``Box(-1, 1, (L + G,), float32)`` with ``L`` layer entries (1 in v0, 2 in v1); a step reads
+    only the entries of its phase, each mapped from
     [-1, 1] to [0, 1] first:
 
-    - layer phase: entry 0 is the sparsity as a fraction of ``max_sparsity``;
-    - channel phase: entries 1..G pick, for each importance group of the remaining kernels (most
+    - layer phase: entry 0 is the sparsity as a fraction of ``max_sparsity``; with a set of
+      ``act_bits`` (v1), entry 1 picks the width of the layer's input activations from it;
+    - channel phase: entries L..L+G-1 pick, for each importance group of the remaining kernels (most
       important first), a width from ``bits`` (ascending: [0, 1/n) -> the smallest, ...).
       ``channel_groups=0`` gives one entry per kernel of the widest layer (kernels in importance
       order; entries beyond a layer's kernels are ignored).
@@ -116,8 +118,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     - ``budget_bops``, ``budget_size``: targets as fractions of FP32 in (0, 1] (None: no target;
       default BOPs 1/64, size none). A budget that even the cheapest decisions exceed is refused.
     - ``bits``: weight widths of kept kernels (default 2, 3, 4, 5, 6, 8).
-    - ``act_bits``: activation width of every layer input (default 8); the network input is
-      counted at ``input_bits``.
+    - ``act_bits``: activation width of every layer input (default 8), or a set of widths to make
+      it a layer decision (entry 1 of the action, JPQ-v1); the network input is counted at
+      ``input_bits`` either way.
     - ``max_sparsity``: largest share of a layer's kernels that may be pruned (default 0.8).
     - ``channel_groups``: importance groups per channel decision (default 4; 0 = per kernel).
     - ``importance``: kernel ranking criterion, ``"l1"`` or ``"l2"`` or a registered one.
@@ -132,6 +135,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Version History
 
     - v0: weights-only decisions (AJPQ): sparsity then per-group weight widths, activations fixed.
+    - v1: the layer decision also picks the layer's input activation width (``act_bits`` a set).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's convention
@@ -143,7 +147,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         budget_bops: float | None = 1 / 64,
         budget_size: float | None = None,
         bits: Sequence[int] = (2, 3, 4, 5, 6, 8),
-        act_bits: int = 8,
+        act_bits: int | Sequence[int] = 8,
         max_sparsity: float = 0.8,
         channel_groups: int = 4,
         importance: str = "l1",
@@ -218,7 +222,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self.per_kernel = channel_groups == 0
         widest = max(x.out_channels for x in self.graph.layers)
         self.channel_slots = widest if self.per_kernel else channel_groups
-        self.layer_slots = 1
+        # A set of activation widths makes them a layer decision (entry 1 of the action).
+        self.decides_act = len(act_choices) > 1
+        self.layer_slots = 2 if self.decides_act else 1
         self.action_space = spaces.Box(
             -1.0, 1.0, (self.layer_slots + self.channel_slots,), np.float32
         )
@@ -369,7 +375,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _layer_step(self, layer: int, u: np.ndarray) -> dict[str, Any]:
         n = self.space.n_pruned(layer, float(u[0]) * self.space.max_sparsity)
-        act = self.space.act_for(layer, self.space.act_bits[-1])
+        choices = self.space.act_bits
+        wanted = choices[int(self._level(u[1], len(choices)))] if self.decides_act else choices[-1]
+        act = self.space.act_for(layer, wanted)
         proposed = (n, act)
         if self.enforcement == "wall":
             n, act = self.space.wall_layer(self.budget, self._decisions, layer, n, act)
@@ -379,6 +387,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         return {
             "proposed_sparsity": proposed[0] / k,
             "applied_sparsity": n / k,
+            "proposed_act_bits": proposed[1],
             "applied_act_bits": act,
         }
 
