@@ -141,7 +141,7 @@ class LocalEvaluator:
         """Fail early, naming the split, on data the model cannot score (first batch only)."""
         n = self.task.num_classes
         x, y = next(iter(self._batches(split)))
-        if y.dtype in (torch.float16, torch.float32, torch.float64) or y.dtype == torch.bool:
+        if y.is_floating_point() or y.dtype == torch.bool:
             raise TaskError(
                 f"the {split} split has {y.dtype} labels: class indices must be integers"
             )

@@ -82,7 +82,12 @@ def load_compressed(
     Raises:
         ValueError: If the file is not an export or was made for another architecture.
     """
-    record = torch.load(path, weights_only=True)
+    try:
+        record = torch.load(path, weights_only=True)
+    except FileNotFoundError as exc:
+        raise ValueError(f"no export at '{path}'") from exc
+    except Exception as exc:  # truncated, hand-edited or not a torch file at all
+        raise ValueError(f"'{path}' is not a readable jpq-env export: {exc}") from exc
     if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
         raise ValueError(f"'{path}' is not a jpq-env export ({EXPORT_FORMAT})")
     graph = LayerGraph.from_module(model, example_input)

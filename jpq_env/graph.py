@@ -467,10 +467,14 @@ class _Builder:
     def _mark_outputs(self, value: Any) -> None:
         # Every layer whose output reaches the network's output without passing through another
         # compressible layer, whatever ops lie between (softmax, reshapes, ...), produces it.
-        self.outputs.update(self._upstream(value))
+        self.outputs.update(self._upstream(value)[0])
 
-    def _upstream(self, value: Any) -> tuple[int, ...]:
-        """Compressible layers reached walking back from ``value``, stopping at each layer."""
+    def _upstream(self, value: Any) -> tuple[set[int], bool]:
+        """Walk back from ``value`` through any op, stopping at compressible layers.
+
+        Returns:
+            The layers reached, and whether the network input was reached.
+        """
         found: set[int] = set()
         seen: set[fx.Node] = set()
         stack: list[fx.Node] = []
@@ -484,7 +488,7 @@ class _Builder:
                 found.add(self.layer_nodes[n])
                 continue
             stack.extend(n.all_input_nodes)
-        return tuple(sorted(found))
+        return found, bool(seen & self.placeholders)
 
     def _module(self, node: fx.Node) -> ChannelSources | None:
         name = str(node.target)
@@ -549,30 +553,13 @@ class _Builder:
         if src is None or src.size != info.in_channels:
             src = _opaque(info.in_channels)
         x = node.args[0]
-        if isinstance(x, fx.Node) and self._reads_input(x):
+        if self._upstream(x)[1]:
             self.input_layers.add(index)
         self.layers.append(info)
         self.sources.append(src)
         self.layer_nodes[node] = index
         arange = np.arange(info.out_channels)
         return ChannelSources(np.zeros(info.out_channels, dtype=bool), ((index, arange, arange),))
-
-    def _reads_input(self, node: fx.Node) -> bool:
-        """True if ``node`` is the network input, possibly behind channel-keeping ops."""
-        seen: set[fx.Node] = set()
-        stack = [node]
-        while stack:
-            n = stack.pop()
-            if n in self.placeholders:
-                return True
-            if n in seen or (
-                n.op == "call_module"
-                and isinstance(self.gm.get_submodule(str(n.target)), (nn.Conv2d, nn.Linear))
-            ):
-                continue
-            seen.add(n)
-            stack.extend(a for a in n.all_input_nodes)
-        return False
 
     def _flatten(
         self,

@@ -26,7 +26,10 @@ def test_quick_mode_runs_and_prints_a_table_row(name: str):
     assert [p.stat().st_mtime for p in results] == mtimes  # quick mode leaves results alone
 
 
-def test_recorded_results_exist():
+def test_recorded_results_exist_and_meet_their_targets():
     for name in ("apply_vs_proxy", "env_speed"):
         text = (ROOT / "benchmarks" / "results" / f"{name}.md").read_text()
         assert "Produced by `python -m benchmarks." in text
+        rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+        assert len(rows) >= 3  # header and at least two tasks
+        assert all(row.rstrip().endswith("| yes |") for row in rows[1:]), name

@@ -123,3 +123,13 @@ def test_rl_zoo_trains_with_the_project_hyperparameters(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert list(tmp_path.rglob("*.zip"))
+
+
+def test_a_broken_export_is_named(tmp_path):
+    task = load_task("digits")
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a readable jpq-env export"):
+        load_compressed(bad, task.model, task.example_input)
+    with pytest.raises(ValueError, match="no export at"):
+        load_compressed(tmp_path / "missing.pt", task.model, task.example_input)

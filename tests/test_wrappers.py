@@ -93,10 +93,12 @@ def test_sb3_algorithms_run_on_the_views(base: JPQEnv):
     from stable_baselines3 import DDPG, PPO
 
     n = base.num_layers
-    PPO("MlpPolicy", FlatBoxView(base), n_steps=4 * n, batch_size=2 * n, gamma=1.0, seed=0).learn(
-        8 * n
-    )
-    DDPG("MlpPolicy", FlatBoxView(base), learning_starts=2 * n, gamma=1.0, seed=0).learn(4 * n)
-    MaskablePPO(
-        "MlpPolicy", MultiDiscreteView(base), n_steps=4 * n, batch_size=2 * n, seed=0
-    ).learn(8 * n)
+    models = [
+        PPO("MlpPolicy", FlatBoxView(base), n_steps=4 * n, batch_size=2 * n, gamma=1.0, seed=0),
+        DDPG("MlpPolicy", FlatBoxView(base), learning_starts=2 * n, gamma=1.0, seed=0),
+        MaskablePPO("MlpPolicy", MultiDiscreteView(base), n_steps=4 * n, batch_size=2 * n, seed=0),
+    ]
+    for model in models:
+        model.learn(8 * n)
+        assert model.num_timesteps == 8 * n  # one view step per layer: 8 whole episodes
+        assert model.ep_info_buffer is not None and len(model.ep_info_buffer) == 8
