@@ -5,21 +5,22 @@ counted, logged and enforced the same way:
 
 - ``random``: uniformly random actions, as many episodes as the agent gets (the control no paper
   reports);
-- ``uniform``: every kernel at one width, no pruning: each width whose uniform policy fits the
-  budget (few evaluations; at tight budgets only the smallest width);
-- ``two-stage``: prune-then-quantize: for each width, the smallest uniform magnitude pruning that
-  brings the uniformly quantized network within budget;
-- ``greedy``: sensitivity-driven width allocation: start with every layer at the smallest width
-  and, round after round, give one more width level to the layer where it helps accuracy most
-  (the least sensitive layers stay low: the dual of "lower the least sensitive layer first"),
-  uniform magnitude pruning paying for every raise; each probe is an evaluation.
+- ``uniform``: every kernel at one width, no pruning: each width (on v1 each WxAy pair of weight
+  and activation widths) whose uniform policy fits the budget (few evaluations; at tight budgets
+  only the smallest);
+- ``two-stage``: prune-then-quantize: for each width (WxAy pair on v1), the smallest uniform
+  magnitude pruning that brings the uniformly quantized network within budget;
+- ``greedy``: sensitivity-driven width allocation: start with every layer at the smallest widths
+  and, round after round, give one more level to the layer's weights or (v1) activations where it
+  helps accuracy most (the least sensitive layers stay low: the dual of "lower the least sensitive
+  layer first"), uniform magnitude pruning paying for every raise; each probe is an evaluation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from agents.play import fits, jpq, least_uniform_pruning, play, uniform_choices
+from agents.play import fits, jpq, least_uniform_pruning, level_pairs, play, uniform_choices
 from agents.search import Search
 
 __all__ = ["BASELINES", "greedy", "random_search", "two_stage", "uniform"]
@@ -38,55 +39,65 @@ def random_search(search: Search, seed: int) -> None:
 
 
 def uniform(search: Search, seed: int) -> None:
-    """Each uniform width without pruning that fits the budget (else the smallest one)."""
+    """Each uniform width (WxAy pair on v1) without pruning that fits (else the smallest one)."""
     base = jpq(search.env)
     n = base.num_layers
-    widths = [lv for lv in range(len(base.bits)) if fits(base, [0] * n, [lv] * n)[0]] or [0]
-    for lv in sorted(widths, reverse=True):
+    pairs = [p for p in level_pairs(base) if fits(base, [0] * n, [p[0]] * n, [p[1]] * n)[0]]
+    for w, a in pairs or level_pairs(base)[-1:]:
         if search.done:
             return
-        play(search.env, uniform_choices(base, [0] * n, [lv] * n), seed=seed)
+        play(search.env, uniform_choices(base, [0] * n, [w] * n, [a] * n), seed=seed)
 
 
 def two_stage(search: Search, seed: int) -> None:
-    """Prune-then-quantize: per width, the least uniform magnitude pruning that fits."""
+    """Prune-then-quantize: per width (WxAy pair on v1), the least uniform pruning that fits."""
     base = jpq(search.env)
     n = base.num_layers
-    for lv in reversed(range(len(base.bits))):
+    for w, a in level_pairs(base):
         if search.done:
             return
-        pruned = least_uniform_pruning(base, [lv] * n)
+        pruned = least_uniform_pruning(base, [w] * n, [a] * n)
         if pruned is not None:
-            play(search.env, uniform_choices(base, pruned, [lv] * n), seed=seed)
+            play(search.env, uniform_choices(base, pruned, [w] * n, [a] * n), seed=seed)
 
 
 def greedy(search: Search, seed: int) -> None:
     """Greedy width allocation with magnitude pruning paying for it.
 
-    Starts from the smallest widths with the least uniform pruning that fits; each round tries
-    one more width level for every layer (the shared pruning rising as needed to stay within
-    budget) and keeps the most accurate trial, until no trial improves on the current policy.
+    Starts from the smallest widths (weights and, on v1, activations) with the least uniform
+    pruning that fits; each round tries one more level for every layer's weights and every
+    layer's activations (the shared pruning rising as needed to stay within budget) and keeps the
+    most accurate trial, until no trial improves on the current policy.
     """
     base = jpq(search.env)
     n = base.num_layers
-    levels = [0] * n
-    pruned = least_uniform_pruning(base, levels)
+    # One row per kind of width: weights, then activations (v1 only); levels[kind][layer].
+    tops = [len(base.bits)] + ([len(base.space.act_bits)] if base.decides_act else [])
+    levels = [[0] * n for _ in tops]
+
+    def acts(lv: list[list[int]]) -> list[int | None]:
+        return list(lv[1]) if base.decides_act else [None] * n
+
+    pruned = least_uniform_pruning(base, levels[0], acts(levels))
     if pruned is None:
         return
-    accuracy = play(search.env, uniform_choices(base, pruned, levels), seed=seed)["accuracy"]
+    info = play(search.env, uniform_choices(base, pruned, levels[0], acts(levels)), seed=seed)
+    accuracy = info["accuracy"]
     while not search.done:
-        best: tuple[float, list[int], list[int]] | None = None
-        for layer in range(n):
-            if levels[layer] + 1 >= len(base.bits) or search.done:
-                continue
-            trial = list(levels)
-            trial[layer] += 1
-            trial_pruned = least_uniform_pruning(base, trial)
-            if trial_pruned is None:
-                continue
-            info = play(search.env, uniform_choices(base, trial_pruned, trial), seed=seed)
-            if best is None or info["accuracy"] > best[0]:
-                best = (info["accuracy"], trial, trial_pruned)
+        best: tuple[float, list[list[int]], list[int]] | None = None
+        for kind, top in enumerate(tops):
+            for layer in range(n):
+                if levels[kind][layer] + 1 >= top or search.done:
+                    continue
+                trial = [list(row) for row in levels]
+                trial[kind][layer] += 1
+                trial_pruned = least_uniform_pruning(base, trial[0], acts(trial))
+                if trial_pruned is None:
+                    continue
+                choices = uniform_choices(base, trial_pruned, trial[0], acts(trial))
+                info = play(search.env, choices, seed=seed)
+                if best is None or info["accuracy"] > best[0]:
+                    best = (info["accuracy"], trial, trial_pruned)
         if best is None or best[0] <= accuracy:
             return
         accuracy, levels, pruned = best

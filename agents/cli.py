@@ -130,10 +130,11 @@ def _search(args: argparse.Namespace) -> int:
     env_kwargs: dict[str, object] = {
         "task": args.task,
         "reward": args.reward,
-        "budget_bops": args.budget_bops,
         "budget_size": args.budget_size,
         "enforcement": args.enforcement,
     }
+    if hasattr(args, "budget_bops"):  # else the environment's own (JPQ-v1: 1/128, v0: 1/64)
+        env_kwargs["budget_bops"] = args.budget_bops
     summary = run_search(
         args.agent,
         args.out,
@@ -278,12 +279,17 @@ def _parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="search a compression policy with an agent")
     search.add_argument("--agent", default="two-level", choices=sorted(AGENTS))
     search.add_argument("--task", default="digits", help="built-in name or package.module:factory")
-    search.add_argument("--env", default="jpq_env/JPQ-v0", help="registered environment id")
+    search.add_argument(
+        "--env",
+        default="jpq_env/JPQ-v1",
+        help="registered environment id (JPQ-v1: weights and activations; JPQ-v0: weights only)",
+    )
     search.add_argument(
         "--budget-bops",
         type=_fraction,
-        default=1 / 64,
-        help="fraction of FP32 BOPs (e.g. 1/64), or none",
+        default=argparse.SUPPRESS,
+        help="fraction of FP32 BOPs (e.g. 1/128), or none; default: the environment's "
+        "(1/128 on JPQ-v1, 1/64 on JPQ-v0)",
     )
     search.add_argument(
         "--budget-size", type=_fraction, default=None, help="fraction of FP32 weight bits, or none"

@@ -21,9 +21,11 @@ __all__ = [
     "LayerChoice",
     "channel_action",
     "fits",
+    "act_level_near",
     "jpq",
     "layer_action",
     "least_uniform_pruning",
+    "level_pairs",
     "play",
     "uniform_choices",
 ]
@@ -31,10 +33,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """One layer's decisions: kernels to prune and a width level per importance group."""
+    """One layer's decisions: kernels to prune and a width level per importance group.
+
+    With activation decisions (v1), ``act_level`` indexes the layer's input activation width
+    (None: the widest).
+    """
 
     n_pruned: int
     levels: tuple[int, ...]
+    act_level: int | None = None
 
 
 def jpq(env: gym.Env[Any, Any]) -> JPQEnv:
@@ -80,33 +87,53 @@ def play(
     env.reset(seed=seed)
     info: dict[str, Any] = {}
     for layer, choice in enumerate(choices):
-        env.step(layer_action(base, layer, choice.n_pruned))
+        env.step(layer_action(base, layer, choice.n_pruned, choice.act_level))
         _, _, terminated, _, info = env.step(channel_action(base, choice.levels))
         if terminated:
             break
     return info
 
 
+def _act_levels(base: JPQEnv, act_levels: Sequence[int | None] | None) -> list[int | None]:
+    return [None] * base.num_layers if act_levels is None else list(act_levels)
+
+
 def uniform_choices(
-    base: JPQEnv, pruned: Sequence[int], levels: Sequence[int]
+    base: JPQEnv,
+    pruned: Sequence[int],
+    levels: Sequence[int],
+    act_levels: Sequence[int | None] | None = None,
 ) -> list[LayerChoice]:
-    """Choices giving every importance group of layer ``i`` the width level ``levels[i]``."""
+    """Choices giving every importance group of layer ``i`` the width level ``levels[i]``.
+
+    ``act_levels[i]`` indexes layer ``i``'s activation width (v1; None or omitted: the widest).
+    """
+    acts = _act_levels(base, act_levels)
     return [
-        LayerChoice(int(n), (int(lv),) * base.channel_slots)
-        for n, lv in zip(pruned, levels, strict=True)
+        LayerChoice(int(n), (int(lv),) * base.channel_slots, None if a is None else int(a))
+        for n, lv, a in zip(pruned, levels, acts, strict=True)
     ]
 
 
-def fits(base: JPQEnv, pruned: Sequence[int], levels: Sequence[int]) -> tuple[bool, float]:
+def fits(
+    base: JPQEnv,
+    pruned: Sequence[int],
+    levels: Sequence[int],
+    act_levels: Sequence[int | None] | None = None,
+) -> tuple[bool, float]:
     """Whether per-layer pruning and width levels meet the budget, by the cost model alone.
+
+    ``act_levels`` as in ``uniform_choices``.
 
     Returns:
         ``(within budget, BOPs as a fraction of FP32)``; no evaluation is spent.
     """
     decisions = []
-    for layer, (n, lv) in enumerate(zip(pruned, levels, strict=True)):
+    widths = base.space.act_bits
+    acts = _act_levels(base, act_levels)
+    for layer, (n, lv, a) in enumerate(zip(pruned, levels, acts, strict=True)):
         k = base.graph.layers[layer].out_channels
-        act = base.space.act_for(layer, base.space.act_bits[-1])
+        act = base.space.act_for(layer, widths[-1] if a is None else widths[a])
         decisions.append(base.space.decision(layer, int(n), np.full(k - n, base.bits[lv]), act))
     cost = measure(base.graph, base.space.policy(decisions))
     return base.budget.met(cost), cost.bops_ratio
@@ -116,21 +143,49 @@ def _uniform_pruning(base: JPQEnv, sparsity: float) -> list[int]:
     return [base.space.n_pruned(i, sparsity) for i in range(base.num_layers)]
 
 
-def least_uniform_pruning(base: JPQEnv, levels: Sequence[int]) -> list[int] | None:
+def least_uniform_pruning(
+    base: JPQEnv, levels: Sequence[int], act_levels: Sequence[int | None] | None = None
+) -> list[int] | None:
     """The least magnitude pruning, one sparsity shared by all layers, that fits with ``levels``.
+
+    ``act_levels`` as in ``uniform_choices``.
 
     Returns:
         Kernels pruned per layer, or None if even the largest sparsity does not fit.
     """
-    if not fits(base, _uniform_pruning(base, base.space.max_sparsity), levels)[0]:
+    if not fits(base, _uniform_pruning(base, base.space.max_sparsity), levels, act_levels)[0]:
         return None
-    if fits(base, [0] * base.num_layers, levels)[0]:
+    if fits(base, [0] * base.num_layers, levels, act_levels)[0]:
         return [0] * base.num_layers
     lo, hi = 0.0, base.space.max_sparsity
     for _ in range(30):  # bisection: the cost falls as the shared sparsity grows
         mid = (lo + hi) / 2
-        if fits(base, _uniform_pruning(base, mid), levels)[0]:
+        if fits(base, _uniform_pruning(base, mid), levels, act_levels)[0]:
             hi = mid
         else:
             lo = mid
     return _uniform_pruning(base, hi)
+
+
+def level_pairs(base: JPQEnv) -> list[tuple[int, int | None]]:
+    """Every (weight level, activation level) pair, most bits first.
+
+    On v0 one pair per weight width (activation level None: the env's fixed width); on v1 the full
+    grid of weight and activation widths (WxAy).
+    """
+    weights = range(len(base.bits))
+    if not base.decides_act:
+        return [(w, None) for w in reversed(weights)]
+    acts = base.space.act_bits
+    grid = sorted(
+        ((w, a) for w in weights for a in range(len(acts))),
+        key=lambda p: (-base.bits[p[0]] * acts[p[1]], -p[0]),
+    )
+    return list[tuple[int, int | None]](grid)
+
+
+def act_level_near(base: JPQEnv, width: int) -> int | None:
+    """The activation level whose width is closest to ``width`` (None when not decided, v0)."""
+    if not base.decides_act:
+        return None
+    return int(np.argmin([abs(a - width) for a in base.space.act_bits]))

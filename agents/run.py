@@ -15,7 +15,7 @@ import gymnasium as gym
 from tqdm import tqdm
 
 from agents.baselines import BASELINES
-from agents.play import jpq, least_uniform_pruning, play, uniform_choices
+from agents.play import act_level_near, jpq, least_uniform_pruning, play, uniform_choices
 from agents.plots import pareto_plot
 from agents.sb3 import ALGOS, run_sb3
 from agents.search import RunSettings, Search, write_atomic
@@ -56,15 +56,18 @@ def _reference(
     ref = gym.make(env_id, **env_kwargs, evaluator=evaluator).unwrapped
     base = jpq(ref)
     points = []
+    n = base.num_layers
     for lv in range(len(base.bits)):
-        pruned = least_uniform_pruning(base, [lv] * base.num_layers)
+        act = act_level_near(base, base.bits[lv])  # v1: activations at the same width, WxAx
+        pruned = least_uniform_pruning(base, [lv] * n, [act] * n)
         if pruned is None:
             continue
-        info = play(ref, uniform_choices(base, pruned, [lv] * base.num_layers))
+        info = play(ref, uniform_choices(base, pruned, [lv] * n, [act] * n))
         sparsity = sum(p["sparsity"] for p in info["policy"]) / len(info["policy"])
+        name = f"W{base.bits[lv]}" + ("" if act is None else f"A{base.space.act_bits[act]}")
         points.append(
             {
-                "label": f"two-stage W{base.bits[lv]} (sparsity {sparsity:.2f})",
+                "label": f"two-stage {name} (sparsity {sparsity:.2f})",
                 "accuracy": info["accuracy"],
                 "bops_ratio": info["bops_ratio"],
                 "budget_met": info["budget_met"],

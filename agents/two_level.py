@@ -9,6 +9,9 @@ Design, and why:
 - **Layer controller**: an MLP from the observation to a Beta distribution over the layer's
   sparsity as a fraction of ``max_sparsity``. A Beta lives on [0, 1] like the decision itself, so
   nothing is clipped and exploration shrinks smoothly as it sharpens.
+- **Activation head** (v1, when the environment decides activation widths): a categorical over
+  the activation widths from the same layer observation, sampled with the sparsity; together they
+  are the layer decision. Layers whose input width is fixed (the network input) get no term.
 - **Channel controller**: one small MLP *shared by every importance group* (or every kernel, with
   ``channel_groups=0``) that reads the observation (which carries the chosen sparsity) plus the
   group's own features (position in the importance order, mean importance, share of the kept
@@ -23,10 +26,11 @@ Design, and why:
   pulls the policy towards their decisions where they beat the critic's estimate (Oh et al.,
   2018). With a few hundred evaluations this is what makes a lucky good policy count.
 - **Warm start and refinement**: the first episodes play the prune-then-quantize policies (each
-  width with the least uniform pruning that fits; cheap to find with the cost model), which the
-  elite buffer then imitates; the last ``refine_fraction`` of the evaluations (70% by default) is
-  a local search around the best decisions found (one layer's sparsity or one group's width
-  changed at a time, ties accepted to cross the proxy's plateaus). Measured on the digits task at
+  width with the least uniform pruning that fits; cheap to find with the cost model; on v1 the
+  activations at the same width, WxAx), which the elite buffer then imitates; the last
+  ``refine_fraction`` of the evaluations (70% by default) is a local search around the best
+  decisions found (one layer's sparsity, activation width or one group's width changed at a time,
+  ties accepted to cross the proxy's plateaus). Measured on the digits task at
   1/64 of FP32 BOPs over 3 seeds (mean best held-out accuracy at 300 evaluations): refining the
   last 10% gave 96.8%, 50% gave 97.7%, 70% gave 98.4%, 90% gave 97.8%. With a few hundred
   evaluations the controllers' main job is to find good regions; the literature's finding that
@@ -47,6 +51,7 @@ from torch.distributions import Beta, Categorical
 
 from agents.play import (
     LayerChoice,
+    act_level_near,
     channel_action,
     jpq,
     layer_action,
@@ -116,11 +121,14 @@ class TwoLevelController(nn.Module):
         obs_dim: Observation length.
         widths: Number of weight widths to choose from.
         hidden: Hidden layer width.
+        act_widths: Number of activation widths to choose from (0: the environment does not
+            decide them, no activation head).
     """
 
-    def __init__(self, obs_dim: int, widths: int, hidden: int = 64) -> None:
+    def __init__(self, obs_dim: int, widths: int, hidden: int = 64, act_widths: int = 0) -> None:
         super().__init__()
         self.layer = _mlp(obs_dim, hidden, 2)
+        self.act = _mlp(obs_dim, hidden, act_widths) if act_widths else None
         self.channel = _mlp(obs_dim + GROUP_FEATURES, hidden, widths)
         self.critic = _mlp(obs_dim, hidden, 1)
 
@@ -128,6 +136,12 @@ class TwoLevelController(nn.Module):
         """Distribution of the sparsity (fraction of the maximum) for observations ``(N, D)``."""
         ab = nn.functional.softplus(self.layer(obs)) + 1.0
         return Beta(ab[..., 0], ab[..., 1])
+
+    def activations(self, obs: torch.Tensor) -> Categorical:
+        """Distribution of the activation width level for observations ``(N, D)``."""
+        if self.act is None:
+            raise RuntimeError("this controller has no activation head (act_widths=0)")
+        return Categorical(logits=self.act(obs))
 
     def widths(self, obs: torch.Tensor, groups: torch.Tensor) -> Categorical:
         """Width distribution per group, ``obs (N, D)`` and ``groups (N, G, F)`` to ``(N, G)``."""
@@ -143,6 +157,8 @@ class TwoLevelController(nn.Module):
 class _Episode:
     layer_obs: list[np.ndarray] = field(default_factory=list)
     layer_u: list[float] = field(default_factory=list)
+    layer_act: list[int] = field(default_factory=list)
+    layer_act_mask: list[bool] = field(default_factory=list)
     chan_obs: list[np.ndarray] = field(default_factory=list)
     chan_groups: list[np.ndarray] = field(default_factory=list)
     chan_mask: list[np.ndarray] = field(default_factory=list)
@@ -161,7 +177,8 @@ class _Agent:
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         obs_dim = self.base.observation_size
-        self.net = TwoLevelController(obs_dim, len(self.base.bits), config.hidden)
+        self.acts = self.base.space.act_bits if self.base.decides_act else ()
+        self.net = TwoLevelController(obs_dim, len(self.base.bits), config.hidden, len(self.acts))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.slots = self.base.channel_slots
         self.returns: list[float] = []
@@ -201,11 +218,14 @@ class _Agent:
             k = self.base.graph.layers[layer].out_channels
             if fixed is None:
                 with torch.no_grad():
-                    u = float(self.net.sparsity(torch.as_tensor(obs)[None]).sample()[0])
-                action = layer_action(self.base, layer, 0)  # widest activations, if decided
+                    o = torch.as_tensor(obs)[None]
+                    u = float(self.net.sparsity(o).sample()[0])
+                    act = int(self.net.activations(o).sample()[0]) if self.acts else None
+                action = layer_action(self.base, layer, 0, act)
                 action[0] = np.float32(2 * u - 1)
             else:
-                action = layer_action(self.base, layer, fixed[layer].n_pruned)
+                act = fixed[layer].act_level
+                action = layer_action(self.base, layer, fixed[layer].n_pruned, act)
             layer_obs = obs
             obs, _, _, _, info = self.env.step(action)
             n_pruned = round(info["applied_sparsity"] * k)
@@ -227,10 +247,25 @@ class _Agent:
             ep.chan_groups.append(feats)
             ep.chan_mask.append(mask)
             ep.chan_levels.append(applied)
-            ep.choices.append(LayerChoice(n_pruned, tuple(int(x) for x in applied[: len(parts)])))
+            act_level = self._applied_act(layer)
+            ep.layer_act.append(0 if act_level is None else act_level)
+            ep.layer_act_mask.append(
+                act_level is not None and layer not in self.base.space.fixed_act
+            )
+            levels_applied = tuple(int(x) for x in applied[: len(parts)])
+            ep.choices.append(LayerChoice(n_pruned, levels_applied, act_level))
             if terminated:
                 ep.reward = float(reward)
         return ep
+
+    def _applied_act(self, layer: int) -> int | None:
+        """Activation level the layer actually got (None when activations are not decided)."""
+        decision = self.base.decisions[layer]
+        if not self.acts or decision is None:
+            return None
+        # The fixed network-input width may lie outside the choices: take the nearest below.
+        below = [i for i, a in enumerate(self.acts) if a <= decision.act_bits]
+        return below[-1] if below else 0
 
     def _applied_levels(
         self, layer: int, parts: list[np.ndarray], proposed: np.ndarray
@@ -266,6 +301,10 @@ class _Agent:
             "groups": torch.as_tensor(np.stack([g for e in episodes for g in e.chan_groups])),
             "mask": torch.as_tensor(np.stack([m for e in episodes for m in e.chan_mask])),
             "levels": torch.as_tensor(np.stack([lv for e in episodes for lv in e.chan_levels])),
+            "act": torch.as_tensor(np.array([a for e in episodes for a in e.layer_act])),
+            "act_mask": torch.as_tensor(
+                np.array([m for e in episodes for m in e.layer_act_mask], dtype=np.float32)
+            ),
             "ret": torch.as_tensor(ret.astype(np.float32)),
         }
 
@@ -278,6 +317,10 @@ class _Agent:
         lp_layer = layer.log_prob(t["u"])
         lp_chan = (chan.log_prob(t["levels"]) * mask).sum(-1)
         entropy = layer.entropy().mean() + ((chan.entropy() * mask).sum(-1)).mean()
+        if self.acts:  # the activation width is part of the layer decision
+            act = self.net.activations(t["lobs"])
+            lp_layer = lp_layer + act.log_prob(t["act"]) * t["act_mask"]
+            entropy = entropy + (act.entropy() * t["act_mask"]).mean()
         return lp_layer, lp_chan, entropy
 
     def _update(self, batch: list[_Episode]) -> None:
@@ -326,17 +369,22 @@ class _Agent:
         layer = int(self.rng.integers(self.base.num_layers))
         c = out[layer]
         top = self.base.space.max_pruned(layer)
-        if top > 0 and self.rng.random() < 0.5:
+        free_act = c.act_level is not None and layer not in self.base.space.fixed_act
+        if free_act and self.rng.random() < 1 / 3:
+            assert c.act_level is not None
+            act = int(np.clip(c.act_level + self.rng.choice([-1, 1]), 0, len(self.acts) - 1))
+            out[layer] = LayerChoice(c.n_pruned, c.levels, act)
+        elif top > 0 and self.rng.random() < 0.5:
             k = self.base.graph.layers[layer].out_channels
             step = max(1, round(0.05 * k)) * int(self.rng.choice([-1, 1]))
-            out[layer] = LayerChoice(int(np.clip(c.n_pruned + step, 0, top)), c.levels)
+            out[layer] = LayerChoice(int(np.clip(c.n_pruned + step, 0, top)), c.levels, c.act_level)
         elif c.levels:
             levels = list(c.levels)
             g = int(self.rng.integers(len(levels)))
             levels[g] = int(
                 np.clip(levels[g] + self.rng.choice([-1, 1]), 0, len(self.base.bits) - 1)
             )
-            out[layer] = LayerChoice(c.n_pruned, tuple(levels))
+            out[layer] = LayerChoice(c.n_pruned, tuple(levels), c.act_level)
         return out
 
     def run(self) -> None:
@@ -346,10 +394,13 @@ class _Agent:
         if cfg.warm_start:
             n = self.base.num_layers
             for lv in reversed(range(len(self.base.bits))):
-                pruned = least_uniform_pruning(self.base, [lv] * n)
+                # WxAx on v1: the activation level closest to the weight width.
+                act = act_level_near(self.base, self.base.bits[lv])
+                pruned = least_uniform_pruning(self.base, [lv] * n, [act] * n)
                 if self.search.count >= refine_from or pruned is None:
                     continue
-                self._remember(self._episode(uniform_choices(self.base, pruned, [lv] * n)))
+                choices = uniform_choices(self.base, pruned, [lv] * n, [act] * n)
+                self._remember(self._episode(choices))
         batch: list[_Episode] = []
         while self.search.count < refine_from:
             ep = self._episode()
@@ -371,9 +422,9 @@ class _Agent:
         out = []
         for layer, choice in enumerate(proposed):
             decision = self.base.decisions[layer]
-            out.append(
-                LayerChoice(decision.n_pruned if decision else choice.n_pruned, choice.levels)
-            )
+            n_pruned = decision.n_pruned if decision else choice.n_pruned
+            act = self._applied_act(layer) if decision else choice.act_level
+            out.append(LayerChoice(n_pruned, choice.levels, act))
         return out
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,3 +48,58 @@ def write_result(name: str, body: str) -> Path:
         f"{body}\n\nProduced by `{command.strip()}` on {time.strftime('%Y-%m-%d')}; {machine()}.\n"
     )
     return path
+
+
+def mean_sd(xs: Iterable[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± population sd`` of ``xs`` times ``scale`` (percent by default)."""
+    xs = list(xs)
+    sd = statistics.pstdev(xs) if len(xs) > 1 else 0.0
+    return f"{scale * statistics.mean(xs):.{digits}f} ± {scale * sd:.{digits}f}"
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a benchmark's run log (a line cut by an interruption is skipped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # that run is simply done again
+    return rows
+
+
+def run_grid(
+    runs: Sequence[dict[str, Any]],
+    log: Path,
+    one: Callable[[dict[str, Any]], dict[str, Any]],
+    key: Callable[[dict[str, Any]], tuple[str, ...]],
+    jobs: int = 1,
+    describe: Callable[[dict[str, Any]], str] = str,
+) -> list[dict[str, Any]]:
+    """Run every run not yet in the log ``log`` with ``one``, appending each row as it ends.
+
+    A long benchmark interrupted for any reason continues where it stopped: finished runs are
+    found in the log by ``key``. With ``jobs > 1`` runs go to worker processes (``one`` must be a
+    module-level function). Returns the rows of ``runs``, in order.
+    """
+    done = {key(r): r for r in load_rows(log)}
+    todo = [r for r in runs if key(r) not in done]
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs already in {log}", flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+
+    def keep(row: dict[str, Any]) -> None:
+        done[key(row)] = row
+        with log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(describe(row), flush=True)
+
+    if jobs <= 1:
+        for run in todo:
+            keep(one(run))
+    else:
+        with ProcessPoolExecutor(jobs) as pool:
+            for row in pool.map(one, todo):
+                keep(row)
+    return [done[key(r)] for r in runs]

@@ -37,10 +37,22 @@ def test_search_writes_every_file_and_a_summary(run_dir: Path, capsys):
         assert (run_dir / name).exists(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["evaluations"] == 12 and summary["agent"] == "two-level"
+    assert summary["env"]["id"] == "jpq_env/JPQ-v1"  # activation widths are decided by default
     assert summary["best"]["bops_ratio"] <= 1 / 32 + 1e-12
     policy = Policy.from_json(json.loads((run_dir / "policy.json").read_text()))
     evaluator = LocalEvaluator(load_task("digits"))
     assert summary["best"]["accuracy_test"] == evaluator.test_accuracy(policy)
+
+
+def test_search_defaults_to_the_environments_budget(tmp_path):
+    import gymnasium as gym
+
+    for extra, target in (([], 1 / 128), (["--env", "jpq_env/JPQ-v0"], 1 / 64)):
+        out = tmp_path / str(len(extra))
+        assert main(["search", "--episodes", "2", "--out", str(out), "--quiet", *extra]) == 0
+        env_kwargs = dict(json.loads((out / "summary.json").read_text())["env"])
+        env = gym.make(env_kwargs.pop("id"), **env_kwargs).unwrapped
+        assert "budget_bops" not in env_kwargs and env.budget.targets["bops"] == target
 
 
 def test_evaluate_and_export_agree(run_dir: Path, capsys, tmp_path):

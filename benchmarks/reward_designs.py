@@ -1,0 +1,261 @@
+"""Reward designs compared: the same agents, budgets and evaluations, one design at a time.
+
+For every reward design (the built-in ones, or any registered by name: ``--import mymodule``
+runs ``mymodule``'s ``register_reward`` calls first), agent (the two-level controller and DDPG),
+BOPs budget and seed, a search on JPQ-v1 of the default task with a fixed number of evaluations.
+Reported per design:
+
+- best test accuracy within budget (of the policy the proxy picked);
+- share of episodes over budget (with ``--enforcement none`` the reward alone must keep the
+  agent within budget; with the default forward wall no episode can be over);
+- evaluations until the best proxy accuracy first comes within 1 point of its final value;
+- Kendall's tau between the proxy (held-out) accuracy and the test accuracy over the run's best
+  distinct policies within budget (up to 30): how far the proxy's ranking can be trusted;
+- learning curves (best proxy accuracy within budget against evaluations), one plot per budget.
+
+    python -m benchmarks.reward_designs                       # full grid, writes results/
+    python -m benchmarks.reward_designs --enforcement none    # the designs without the wall
+    python -m benchmarks.reward_designs --designs galen,mine --import mypkg.rewards
+    python -m benchmarks.reward_designs --quick               # a smoke run (CI), writes nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+from benchmarks.common import RESULTS, load_rows, mean_sd, run_grid, write_result
+from jpq_env.rewards import REWARDS
+
+NAME = "reward_designs"
+ENV = "jpq_env/JPQ-v1"
+AGENTS = ("two-level", "ddpg")
+BUDGETS = ("1/64", "1/128")
+TOP = 30  # policies re-scored on the test split per run, for the rank correlation
+
+
+def _key(run: dict[str, Any]) -> tuple[str, ...]:
+    keys = ("design", "agent", "budget", "enforcement", "seed", "episodes")
+    return tuple(str(run[k]) for k in keys)
+
+
+def best_curve(records: Sequence[dict[str, Any]]) -> list[float]:
+    """Best proxy accuracy within budget after each evaluation (0 before the first within)."""
+    best, curve = 0.0, []
+    for r in records:
+        if r["budget_met"]:
+            best = max(best, r["accuracy"])
+        curve.append(best)
+    return curve
+
+
+def evaluations_to_within(curve: Sequence[float], points: float = 0.01) -> int:
+    """Evaluations until the curve first comes within ``points`` of its final value."""
+    final = curve[-1]
+    return next(i + 1 for i, v in enumerate(curve) if v >= final - points)
+
+
+def _one(run: dict[str, Any]) -> dict[str, Any]:
+    """One search, then its curve and the proxy/test rank correlation (in a worker process)."""
+    from agents.run import run_search
+    from jpq_env import LocalEvaluator, Policy, load_task
+
+    torch.set_num_threads(1)
+    for module in run["imports"]:
+        importlib.import_module(module)  # registers the user's designs in this process too
+    kwargs = {
+        "reward": run["design"],
+        "budget_bops": float(Fraction(run["budget"])),
+        "enforcement": run["enforcement"],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        summary = run_search(
+            run["agent"],
+            out,
+            run["episodes"],
+            seed=run["seed"],
+            env_id=ENV,
+            env_kwargs=kwargs,
+            progress=False,
+        )
+        lines = (out / "evaluations.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    evaluator = LocalEvaluator(load_task("digits"))
+    fingerprint = evaluator.graph.fingerprint
+    within: dict[str, dict[str, Any]] = {}
+    for r in sorted(records, key=lambda r: -r["accuracy"]):
+        key = json.dumps(r["policy"])
+        if r["budget_met"] and key not in within and len(within) < TOP:
+            within[key] = r
+    proxy, test = [], []
+    for r in within.values():
+        data = {"schema": 1, "fingerprint": fingerprint, "layers": r["policy"]}
+        proxy.append(r["accuracy"])
+        test.append(evaluator.test_accuracy(Policy.from_json(data)))
+    tau = float(kendalltau(proxy, test).statistic) if len(set(proxy)) > 1 else float("nan")
+    curve = best_curve(records)
+    best = summary["best"] or {}
+    return {
+        **{k: v for k, v in run.items() if k != "imports"},
+        "fp32_test": summary["accuracy_fp32_test"],
+        "val": best.get("accuracy_val", 0.0),
+        "test": best.get("accuracy_test", 0.0),
+        "violations": summary["budget_violations"] / max(len(records), 1),
+        "to_within_1pt": evaluations_to_within(curve),
+        "tau": tau,
+        "ranked": len(proxy),
+        "curve": curve,
+        "seconds": summary["seconds"],
+    }
+
+
+def _describe(row: dict[str, Any]) -> str:
+    return (
+        f"{row['design']} {row['agent']} {row['budget']} {row['enforcement']} seed "
+        f"{row['seed']}: test {row['test']:.2%}, over budget {row['violations']:.0%}, "
+        f"tau {row['tau']:.2f} ({row['seconds']:.0f} s)"
+    )
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """One Markdown table per (enforcement, agent): designs by budget."""
+    groups: dict[tuple[str, str], dict[str, dict[str, list[dict[str, Any]]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for r in rows:
+        groups[(r["enforcement"], r["agent"])][r["design"]][r["budget"]].append(r)
+    out = []
+    for (enforcement, agent), designs in sorted(groups.items()):
+        budgets = sorted({b for d in designs.values() for b in d}, key=lambda b: -Fraction(b))
+        out += [
+            f"### {agent}, enforcement `{enforcement}`",
+            "",
+            "| design | budget | best test acc within budget (%) | over budget (%) | "
+            "evals to within 1 pt | Kendall tau proxy/test | runs |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for design in sorted(designs):
+            for b in budgets:
+                runs = designs[design].get(b, [])
+                if not runs:
+                    continue
+                taus = [r["tau"] for r in runs if not np.isnan(r["tau"])]
+                tau = f"{statistics.mean(taus):.2f}" if taus else "-"
+                out.append(
+                    f"| {design} | {b} | {mean_sd(r['test'] for r in runs)} | "
+                    f"{mean_sd([r['violations'] for r in runs], digits=1)} | "
+                    f"{statistics.mean(r['to_within_1pt'] for r in runs):.0f} | {tau} | "
+                    f"{len(runs)} |"
+                )
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Mean learning curves per design, a panel per (agent, budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["agent"], r["budget"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (agent, budget) in zip(axes[0], panels, strict=True):
+        for design in sorted({r["design"] for r in rows}):
+            curves = [
+                r["curve"]
+                for r in rows
+                if (r["agent"], r["budget"], r["design"]) == (agent, budget, design)
+            ]
+            if curves:
+                n = min(len(c) for c in curves)
+                mean = 100 * np.mean([c[:n] for c in curves], axis=0)
+                ax.plot(np.arange(1, n + 1), mean, label=design)
+        ax.set_title(f"{agent}, BOPs budget {budget}")
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel("best proxy accuracy within budget (%)")
+        ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run, no result file")
+    parser.add_argument("--designs", type=lambda s: s.split(","), default=None)
+    parser.add_argument("--import", dest="imports", type=lambda s: s.split(","), default=[])
+    parser.add_argument("--agents", type=lambda s: s.split(","), default=list(AGENTS))
+    parser.add_argument("--budgets", type=lambda s: s.split(","), default=list(BUDGETS))
+    parser.add_argument("--enforcement", default="wall", choices=["wall", "lowering", "none"])
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    parser.add_argument("--report", action="store_true", help="only rebuild the table and plot")
+    args = parser.parse_args(argv)
+    for module in args.imports:
+        importlib.import_module(module)
+    designs = args.designs or sorted(REWARDS)
+    unknown = sorted(set(designs) - set(REWARDS))
+    if unknown:
+        parser.error(f"unknown reward designs {unknown}: registered are {sorted(REWARDS)}")
+    if args.quick:
+        designs, args.agents, args.budgets = ["galen", "haq"], ["two-level"], ["1/64"]
+        args.episodes, args.seeds = 6, 1
+    runs = [
+        {
+            "design": d,
+            "agent": a,
+            "budget": b,
+            "enforcement": args.enforcement,
+            "seed": s,
+            "episodes": args.episodes,
+            "imports": args.imports,
+        }
+        for d in designs
+        for a in args.agents
+        for b in args.budgets
+        for s in range(args.seeds)
+    ]
+    if args.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run_grid(runs, Path(tmp) / "runs.jsonl", _one, _key, 1, _describe)
+            print(table(rows))
+            plot(rows, Path(tmp) / "curves.png")
+        return
+    log = RESULTS / f"{NAME}_runs.jsonl"
+    if not args.report:
+        run_grid(runs, log, _one, _key, args.jobs, _describe)
+    rows = list({_key(r): r for r in load_rows(log)}.values())
+    plot(rows, RESULTS / f"{NAME}.png")
+    body = "\n".join(
+        [
+            "# Reward designs compared",
+            "",
+            f"JPQ-v1 on the default task (digits); every run spends the same evaluations "
+            f"({', '.join(str(e) for e in sorted({r['episodes'] for r in rows}))}); mean ± sd "
+            f"over seeds. Tau: over each run's best {TOP} distinct policies within budget. "
+            f"Curves: `{NAME}.png`; every run's row (with its curve): `{NAME}_runs.jsonl`.",
+            "",
+            table(rows),
+        ]
+    )
+    print(f"written to {write_result(NAME, body)}")
+
+
+if __name__ == "__main__":
+    main()
