@@ -20,6 +20,7 @@ from jpq_env.envs import JPQEnv
 __all__ = [
     "LayerChoice",
     "channel_action",
+    "choices_fit",
     "fits",
     "act_level_near",
     "jpq",
@@ -189,3 +190,23 @@ def act_level_near(base: JPQEnv, width: int) -> int | None:
     if not base.decides_act:
         return None
     return int(np.argmin([abs(a - width) for a in base.space.act_bits]))
+
+
+def choices_fit(base: JPQEnv, choices: Sequence[LayerChoice]) -> bool:
+    """Whether per-layer choices (per-group widths included) meet the budget, by the cost model.
+
+    No evaluation is spent; groups split the kept kernels as the environment does.
+    """
+    decisions = []
+    widths = base.space.act_bits
+    for layer, c in enumerate(choices):
+        kept = base.graph.layers[layer].out_channels - c.n_pruned
+        if base.per_kernel:
+            per_kernel = np.asarray(c.levels[:kept], dtype=np.int64)
+        else:
+            sizes = [len(g) for g in np.array_split(np.arange(kept), base.channel_slots)]
+            per_kernel = np.repeat(np.asarray(c.levels, dtype=np.int64), sizes)
+        act = base.space.act_for(layer, widths[-1] if c.act_level is None else widths[c.act_level])
+        bits = np.asarray(base.bits)[per_kernel]
+        decisions.append(base.space.decision(layer, c.n_pruned, bits, act))
+    return base.budget.met(measure(base.graph, base.space.policy(decisions)))

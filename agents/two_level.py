@@ -26,11 +26,16 @@ Design, and why:
   pulls the policy towards their decisions where they beat the critic's estimate (Oh et al.,
   2018). With a few hundred evaluations this is what makes a lucky good policy count.
 - **Warm start and refinement**: the first episodes play the prune-then-quantize policies (each
-  width with the least uniform pruning that fits; cheap to find with the cost model; on v1 the
-  activations at the same width, WxAx), which the elite buffer then imitates; the last
+  width, on v1 each pair of weight and activation widths, with the least uniform pruning that
+  fits: the two-stage baseline, cheap to find with the cost model), which the elite buffer then
+  imitates, so the search starts where prune-then-quantize ends; the last
   ``refine_fraction`` of the evaluations (70% by default) is a local search around the best
   decisions found (one layer's sparsity, activation width or one group's width changed at a time,
-  ties accepted to cross the proxy's plateaus). Measured on the digits task at
+  then, if the cost model puts the neighbour over budget, steps towards fewer bits in other
+  layers until it fits, so that the forward wall does not cut the last layers instead; ties
+  accepted to cross the proxy's plateaus). On JPQ-v1 at 1/256 of FP32 BOPs (seeds 0 and 1),
+  the full two-stage warm start and the repaired moves raised the best held-out accuracy from
+  81.3% and 73.3% to 84.7% and 82.3%. Measured on the digits task at
   1/64 of FP32 BOPs over 3 seeds (mean best held-out accuracy at 300 evaluations): refining the
   last 10% gave 96.8%, 50% gave 97.7%, 70% gave 98.4%, 90% gave 97.8%. With a few hundred
   evaluations the controllers' main job is to find good regions; the literature's finding that
@@ -51,11 +56,12 @@ from torch.distributions import Beta, Categorical
 
 from agents.play import (
     LayerChoice,
-    act_level_near,
     channel_action,
+    choices_fit,
     jpq,
     layer_action,
     least_uniform_pruning,
+    level_pairs,
     play,
     uniform_choices,
 )
@@ -364,27 +370,46 @@ class _Agent:
 
     # ---- the search -------------------------------------------------------------------------
 
-    def _mutate(self, choices: list[LayerChoice]) -> list[LayerChoice]:
-        out = list(choices)
+    def _move(self, choices: list[LayerChoice], direction: int = 0, avoid: int = -1) -> int:
+        """Change one decision of a random layer in place; return the layer.
+
+        The change is one step of its sparsity (5% of its kernels), its activation level or one
+        group's width level; ``direction`` +1 for more bits, -1 for fewer, 0 either way.
+        """
         layer = int(self.rng.integers(self.base.num_layers))
-        c = out[layer]
+        if layer == avoid:
+            layer = (layer + 1) % self.base.num_layers
+        c = choices[layer]
+        up = direction if direction else int(self.rng.choice([-1, 1]))
         top = self.base.space.max_pruned(layer)
         free_act = c.act_level is not None and layer not in self.base.space.fixed_act
         if free_act and self.rng.random() < 1 / 3:
             assert c.act_level is not None
-            act = int(np.clip(c.act_level + self.rng.choice([-1, 1]), 0, len(self.acts) - 1))
-            out[layer] = LayerChoice(c.n_pruned, c.levels, act)
+            act = int(np.clip(c.act_level + up, 0, len(self.acts) - 1))
+            choices[layer] = LayerChoice(c.n_pruned, c.levels, act)
         elif top > 0 and self.rng.random() < 0.5:
             k = self.base.graph.layers[layer].out_channels
-            step = max(1, round(0.05 * k)) * int(self.rng.choice([-1, 1]))
-            out[layer] = LayerChoice(int(np.clip(c.n_pruned + step, 0, top)), c.levels, c.act_level)
+            n = int(np.clip(c.n_pruned - up * max(1, round(0.05 * k)), 0, top))
+            choices[layer] = LayerChoice(n, c.levels, c.act_level)
         elif c.levels:
             levels = list(c.levels)
             g = int(self.rng.integers(len(levels)))
-            levels[g] = int(
-                np.clip(levels[g] + self.rng.choice([-1, 1]), 0, len(self.base.bits) - 1)
-            )
-            out[layer] = LayerChoice(c.n_pruned, tuple(levels), c.act_level)
+            levels[g] = int(np.clip(levels[g] + up, 0, len(self.base.bits) - 1))
+            choices[layer] = LayerChoice(c.n_pruned, tuple(levels), c.act_level)
+        return layer
+
+    def _mutate(self, choices: list[LayerChoice]) -> list[LayerChoice]:
+        """A neighbour of ``choices`` within budget.
+
+        One random change, then, if the cost model says it no longer fits, changes towards fewer
+        bits in other layers until it does (else the forward wall would cut the last layers).
+        """
+        out = list(choices)
+        changed = self._move(out)
+        for _ in range(4 * self.base.num_layers):
+            if choices_fit(self.base, out):
+                break
+            self._move(out, direction=-1, avoid=changed)
         return out
 
     def run(self) -> None:
@@ -393,13 +418,11 @@ class _Agent:
         refine_from = total - int(cfg.refine_fraction * total) if total >= 20 else total
         if cfg.warm_start:
             n = self.base.num_layers
-            for lv in reversed(range(len(self.base.bits))):
-                # WxAx on v1: the activation level closest to the weight width.
-                act = act_level_near(self.base, self.base.bits[lv])
-                pruned = least_uniform_pruning(self.base, [lv] * n, [act] * n)
+            for w, act in level_pairs(self.base):  # the two-stage baseline's policies
+                pruned = least_uniform_pruning(self.base, [w] * n, [act] * n)
                 if self.search.count >= refine_from or pruned is None:
                     continue
-                choices = uniform_choices(self.base, pruned, [lv] * n, [act] * n)
+                choices = uniform_choices(self.base, pruned, [w] * n, [act] * n)
                 self._remember(self._episode(choices))
         batch: list[_Episode] = []
         while self.search.count < refine_from:

@@ -3,12 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from agents.baselines import BASELINES
 from agents.play import fits, least_uniform_pruning, level_pairs, uniform_choices
 from agents.run import run_search
 from agents.search import LOG_NAME, RunSettings, Search
-from agents.two_level import run_two_level
+from agents.two_level import TwoLevelConfig, _Agent, run_two_level
 from jpq_env.envs import JPQEnv
 
 ACTS = [2, 3, 4, 5, 6, 8]
@@ -99,7 +100,7 @@ def test_two_stage_and_greedy_search_activation_widths(tmp_path, shared):
     )
 
 
-def test_two_level_decides_activation_widths_and_is_deterministic(tmp_path, shared):
+def test_two_level_is_deterministic_and_starts_from_two_stage(tmp_path, shared):
     runs = []
     for name in ("a", "b"):
         search = Search(tmp_path / name, RunSettings("two-level", 40, 2), _env(shared))
@@ -108,10 +109,25 @@ def test_two_level_decides_activation_widths_and_is_deterministic(tmp_path, shar
         runs.append(_lines(tmp_path / name))
     assert runs[0] == runs[1]
     assert all(r["budget_met"] for r in runs[0])
+    # The warm start plays the two-stage baseline's first policies, in its order.
+    search = Search(tmp_path / "two-stage", RunSettings("two-stage", 12, 0), _env(shared))
+    BASELINES["two-stage"](search, 0)
+    assert [r["policy"] for r in runs[0][:12]] == [r["policy"] for r in _lines(search.out)]
+
+
+def test_two_level_activation_head_explores_and_learns(tmp_path, shared):
+    config = TwoLevelConfig(warm_start=False, refine_fraction=0.0, batch_episodes=8)
+    search = Search(tmp_path, RunSettings("two-level", 32, 0), _env(shared))
+    agent = _Agent(search, 0, config)
+    before = [p.detach().clone() for p in agent.net.act.parameters()]
+    agent.run()
+    records = _lines(tmp_path)
     inner = [i for i in range(shared.num_layers) if i not in shared.graph.input_layers]
-    sampled = {_widths(r)[i][1] for r in runs[0] for i in inner}
-    assert len(sampled) >= 3  # the activation head explores, not only the widest width
-    assert all(_widths(r)[0][1] == 8 for r in runs[0])  # the network input stays at 8 bits
+    sampled = {_widths(r)[i][1] for r in records for i in inner}
+    assert len(sampled) >= 4  # every activation width can be sampled, not only the widest
+    assert all(_widths(r)[0][1] == 8 for r in records)  # the network input stays at 8 bits
+    after = list(agent.net.act.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))  # trained
 
 
 def test_uniform_choices_carry_activation_levels(shared):
