@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,9 +41,49 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def _task_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``; the value is read as JSON when it parses (numbers, lists), else a string."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_task_args(parser: argparse.ArgumentParser, task_default: str | None) -> None:
+    parser.add_argument(
+        "--task", default=task_default, help="built-in name or package.module:factory"
+    )
+    parser.add_argument("--data", default=None, help="data folder of the task (vision tasks)")
+    parser.add_argument("--weights", default=None, help="state_dict file of the task's model")
+    parser.add_argument(
+        "--task-option",
+        type=_task_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another argument of the task factory, e.g. val_size=1000 (repeatable)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+
+
+def _task_options(args: argparse.Namespace) -> dict[str, object]:
+    options: dict[str, object] = dict(args.task_option)
+    for key in ("data", "weights"):  # absolute, so the run's settings work from any folder
+        if getattr(args, key) is not None:
+            options[key] = os.path.abspath(os.path.expanduser(getattr(args, key)))
+    return options
+
+
 def _report(args: argparse.Namespace) -> int:
-    task = load_task(args.task)
-    evaluator = LocalEvaluator(task, bn_recalibration=not args.no_bn_recalibration)
+    task = load_task(args.task, **_task_options(args))
+    evaluator = LocalEvaluator(
+        task, bn_recalibration=not args.no_bn_recalibration, device=args.device
+    )
     graph = evaluator.graph
     print(f"task {task.name}: {len(graph)} compressible layers")
     print(
@@ -135,6 +176,10 @@ def _search(args: argparse.Namespace) -> int:
     }
     if hasattr(args, "budget_bops"):  # else the environment's own (JPQ-v1: 1/128, v0: 1/64)
         env_kwargs["budget_bops"] = args.budget_bops
+    if _task_options(args):
+        env_kwargs["task_options"] = _task_options(args)
+    if args.device != "auto":
+        env_kwargs["device"] = args.device
     summary = run_search(
         args.agent,
         args.out,
@@ -175,12 +220,11 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_policy(
-    path: str, task_name: str | None
-) -> tuple[Policy, LocalEvaluator, dict[str, object]]:
+def _load_policy(args: argparse.Namespace) -> tuple[Policy, LocalEvaluator, dict[str, object]]:
     import json
     from pathlib import Path
 
+    path = args.policy
     try:
         data = json.loads(Path(path).read_text())
     except OSError as exc:
@@ -188,15 +232,20 @@ def _load_policy(
     except json.JSONDecodeError as exc:
         raise PolicyError(f"policy file '{path}' is not valid JSON: {exc}") from exc
     policy = Policy.from_json(data)
-    task = load_task(task_name or str(data.get("task", "digits")))
     env = data.get("env") if isinstance(data.get("env"), dict) else {}
-    evaluator = LocalEvaluator(task, bn_recalibration=bool(env.get("bn_recalibration", True)))
+    # The task's options (data, weights) come from the search's settings unless given here.
+    options = {} if args.task else dict(env.get("task_options") or {})
+    options.update(_task_options(args))
+    task = load_task(args.task or str(data.get("task", "digits")), **options)
+    evaluator = LocalEvaluator(
+        task, bn_recalibration=bool(env.get("bn_recalibration", True)), device=args.device
+    )
     policy.validate(evaluator.graph)
     return policy, evaluator, data
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    policy, evaluator, _ = _load_policy(args.policy, args.task)
+    policy, evaluator, _ = _load_policy(args)
     graph = evaluator.graph
     cost = measure(graph, policy)
     rows = []
@@ -234,7 +283,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from jpq_env.export import save_atomic
     from jpq_env.finetune import finetune
 
-    policy, evaluator, _ = _load_policy(args.policy, args.task)
+    policy, evaluator, _ = _load_policy(args)
     result = finetune(evaluator, policy, epochs=args.epochs, lr=args.lr, seed=args.seed)
     out = Path(args.out) if args.out else Path(args.policy).with_name("finetuned.pt")
     save_atomic(result.state_dict, out)
@@ -250,7 +299,7 @@ def _export(args: argparse.Namespace) -> int:
     from jpq_env.evaluate import top1
     from jpq_env.export import export_compressed, load_compressed
 
-    policy, evaluator, _ = _load_policy(args.policy, args.task)
+    policy, evaluator, _ = _load_policy(args)
     export_compressed(evaluator, policy, args.out)
     task = evaluator.task
     reloaded = top1(load_compressed(args.out, task.model, task.example_input), task.test)
@@ -269,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     report = sub.add_parser("report", help="measure a task: layers, FP32 accuracy, MACs, BOPs")
-    report.add_argument("--task", default="digits", help="built-in name or package.module:factory")
+    _add_task_args(report, "digits")
     report.add_argument(
         "--no-bn-recalibration", action="store_true", help="score without BN re-calibration"
     )
@@ -278,7 +327,7 @@ def _parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="search a compression policy with an agent")
     search.add_argument("--agent", default="two-level", choices=sorted(AGENTS))
-    search.add_argument("--task", default="digits", help="built-in name or package.module:factory")
+    _add_task_args(search, "digits")
     search.add_argument(
         "--env",
         default="jpq_env/JPQ-v1",
@@ -308,7 +357,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="test accuracy, BOPs and size of a policy file")
     evaluate.add_argument("policy", help="a policy.json written by jpq search")
-    evaluate.add_argument("--task", default=None, help="override the task named in the file")
+    _add_task_args(evaluate, None)  # default: the task (and its options) named in the file
     evaluate.set_defaults(func=_evaluate)
 
     finetune = sub.add_parser("finetune", help="quantization-aware fine-tuning of a policy")
@@ -316,7 +365,7 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--epochs", type=_positive, default=3)
     finetune.add_argument("--lr", type=float, default=1e-3)
     finetune.add_argument("--seed", type=int, default=0)
-    finetune.add_argument("--task", default=None)
+    _add_task_args(finetune, None)
     finetune.add_argument(
         "--out", default=None, help="weights file (default: finetuned.pt beside the policy)"
     )
@@ -327,7 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("policy")
     export.add_argument("--out", required=True, help="checkpoint file to write")
-    export.add_argument("--task", default=None)
+    _add_task_args(export, None)
     export.set_defaults(func=_export)
     return parser
 

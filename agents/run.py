@@ -22,6 +22,7 @@ from agents.search import RunSettings, Search, write_atomic
 from agents.two_level import run_two_level
 from jpq_env.envs import JPQEnv
 from jpq_env.evaluate import LocalEvaluator
+from jpq_env.tasks import Task
 
 __all__ = ["AGENTS", "run_search"]
 
@@ -89,6 +90,9 @@ def run_search(
 ) -> dict[str, Any]:
     """Run ``agent`` for ``episodes`` evaluations and write the run's files into ``out``.
 
+    ``env_kwargs`` may hold a ``Task`` object (from ``jpq_env.make_task``) as ``task``; the run's
+    files name it by ``task.name``.
+
     Files: ``run.json`` (settings), ``evaluations.jsonl`` (every evaluated policy),
     ``policy.json`` (the best within budget), ``reference.jsonl`` (two-stage points),
     ``pareto.png``, ``summary.json`` and TensorBoard logs in ``tensorboard/``.
@@ -105,7 +109,9 @@ def run_search(
     env = gym.make(env_id, **env_kwargs).unwrapped
     if not isinstance(env, JPQEnv):
         raise TypeError(f"{env_id} is not a JPQ environment")
-    settings = RunSettings(agent, episodes, seed, {"id": env_id, **env_kwargs})
+    # A Task object (jpq_env.make_task) is recorded by its name: the run's files stay JSON.
+    named = {k: v.name if isinstance(v, Task) else v for k, v in env_kwargs.items()}
+    settings = RunSettings(agent, episodes, seed, {"id": env_id, **named})
     bar = tqdm(total=episodes, desc=f"{agent} search", unit="episode", disable=not progress)
     writer: Any = None
 

@@ -18,7 +18,7 @@ from jpq_env.evaluate import Evaluator, LocalEvaluator
 from jpq_env.graph import GraphError, LayerGraph
 from jpq_env.policy import Conventions, LayerPolicy, Policy, PolicyError
 from jpq_env.registration import PRESETS, register_envs
-from jpq_env.tasks import Task, TaskError, load_task
+from jpq_env.tasks import Task, TaskError, load_task, make_task
 
 __all__ = [
     "CompressedModel",
@@ -36,6 +36,7 @@ __all__ = [
     "TaskError",
     "kernel_ranking",
     "load_task",
+    "make_task",
     "measure",
     "register_importance",
 ]

@@ -5,7 +5,9 @@ Definitions (METHOD.md section 2), all per sample:
 - **MACs** of a conv: ``C_out * (C_in / groups) * kh * kw * H_out * W_out``; of a linear layer:
   ``in * out``. Pruning removes a layer's output kernels *and* the matching input channels of its
   consumers, so only pairs of a live kernel and a live input channel count (see
-  ``LayerGraph.liveness``: residual adds take the union of their producers' live channels).
+  ``LayerGraph.liveness``: a residual add takes the union of its operands' live channels, so a
+  channel after an add is removed only where every operand removes it; a depthwise conv's kernel
+  whose input channel is removed is removed with it, and counts nothing).
 - **BOPs** of a layer: effective MACs x weight bits x input-activation bits, summed per kernel
   since a layer may mix widths. The FP32 reference is ``MACs x 32 x 32``, so W8A8 is 1/16.
 - **Size**: the bits of the kept weights of the compressible layers (biases, BatchNorm parameters

@@ -26,7 +26,19 @@ from jpq_env.graph import LayerGraph
 from jpq_env.policy import Policy
 from jpq_env.tasks.base import Task, TaskError
 
-__all__ = ["Evaluator", "LocalEvaluator", "iter_batches", "top1"]
+__all__ = [
+    "Evaluator",
+    "LocalEvaluator",
+    "auto_batch_size",
+    "iter_batches",
+    "resolve_device",
+    "top1",
+]
+
+ACTIVATION_BUDGET = 2**25
+"""Elements (128 MB in float32) the widest activation of one evaluation batch may hold."""
+
+MAX_BATCH = 512
 
 
 class Evaluator(Protocol):
@@ -88,6 +100,38 @@ def top1(
     return correct / total
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` (or None): CUDA when available, else the CPU; anything else as given.
+
+    Raises:
+        ValueError: If the name is not a device, or CUDA is asked for but not available.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device '{device}': use 'auto', 'cpu' or 'cuda[:N]'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' asked for, but CUDA is not available here")
+    return resolved
+
+
+def auto_batch_size(graph: LayerGraph, example_input: torch.Tensor) -> int:
+    """The largest batch (at most ``MAX_BATCH``) whose widest activation fits the budget.
+
+    The widest tensor an evaluation holds is a layer's input or output; keeping it under
+    ``ACTIVATION_BUDGET`` elements bounds the proxy's memory whatever the input size (resnet18 at
+    224x224: 41 images per batch, about 130 MB per activation; the digits tasks: 512).
+    """
+    widest = max(
+        [int(example_input[:1].numel())]
+        + [x.out_channels * x.out_hw[0] * x.out_hw[1] for x in graph.layers]
+        + [x.in_channels * x.in_hw[0] * x.in_hw[1] for x in graph.layers]
+    )
+    return max(1, min(MAX_BATCH, ACTIVATION_BUDGET // widest))
+
+
 def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
@@ -102,8 +146,11 @@ class LocalEvaluator:
             policy (default True).
         act_range: How activation ranges are calibrated: ``"max"`` or ``"percentile"``.
         weight_method: ``"max"`` or ``"mse"`` weight scales.
-        batch_size: Evaluation batch size (bounds memory on large models).
-        device: ``"cpu"``, ``"cuda"``, or ``None`` for CUDA when available.
+        batch_size: Evaluation batch size; None picks the largest batch whose widest
+            activation stays under ``ACTIVATION_BUDGET`` elements (``auto_batch_size``), which
+            bounds memory on large inputs.
+        device: ``"auto"`` (default; CUDA when available, else CPU), ``"cpu"``, ``"cuda"``.
+            On the CPU, the same policy always gets bitwise the same accuracy.
     """
 
     def __init__(
@@ -114,18 +161,18 @@ class LocalEvaluator:
         bn_recalibration: bool = True,
         act_range: str = "max",
         weight_method: str = "max",
-        batch_size: int = 512,
-        device: str | torch.device | None = "cpu",
+        batch_size: int | None = None,
+        device: str | torch.device | None = "auto",
     ) -> None:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.task = task
-        self.batch_size = batch_size
         self.bn_recalibration = bn_recalibration
         self.graph = (
             graph if graph is not None else LayerGraph.from_module(task.model, task.example_input)
         )
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size or auto_batch_size(self.graph, task.example_input)
         self.compressed = CompressedModel(
             task.model, self.graph, weight_method=weight_method, device=self.device
         )

@@ -17,9 +17,12 @@ optional extra for that purpose.
 
 Rules of the channel wiring (applied by ``liveness``):
 
-- an input channel of a layer is alive if any source feeding it is alive (a residual add is the
-  union of its operands); channels that come from the network input or from an op the graph does
-  not understand are always alive (a safe over-count, never a wrong mask);
+- an input channel of a layer is alive if any source feeding it is alive. A residual add is the
+  union of its operands: a channel after an add is dead only if it is dead in *every* operand
+  (pruning channel c of a block's last conv while the shortcut still carries c leaves c alive
+  downstream, and the consumers keep paying for it); channels that come from the network input or
+  from an op the graph does not understand (an option-A shortcut's zero padding, say) are always
+  alive (a safe over-count, never a wrong mask);
 - an output kernel is alive if the decision keeps it *and* at least one of its input channels is
   alive: a kernel that only sees dead inputs outputs its bias alone, so it is removed too (this is
   how a depthwise conv's channels follow its input);

@@ -3,7 +3,14 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from jpq_env.evaluate import LocalEvaluator
+from jpq_env.evaluate import (
+    ACTIVATION_BUDGET,
+    MAX_BATCH,
+    LocalEvaluator,
+    auto_batch_size,
+    resolve_device,
+)
+from jpq_env.graph import LayerGraph
 from jpq_env.policy import Policy
 from jpq_env.tasks import Task, TaskError
 from tests.nets import PlainNet, randomize_bn
@@ -126,3 +133,44 @@ def test_model_and_data_that_do_not_fit_are_named():
     task.val = TensorDataset(x, y.float())
     with pytest.raises(TaskError, match=r"val split has torch\.float32 labels"):
         LocalEvaluator(task)
+
+
+def test_device_auto_is_the_cpu_without_cuda_and_bad_devices_are_named():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected and resolve_device(None).type == expected
+    assert LocalEvaluator(_task()).device.type == expected
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' asked for, but CUDA is not available"):
+            LocalEvaluator(_task(), device="cuda")
+
+
+def test_cpu_proxy_is_bitwise_deterministic_across_evaluators_and_repeats():
+    a, b = LocalEvaluator(_task(n=200), device="cpu"), LocalEvaluator(_task(n=200), device="cpu")
+    rng = np.random.default_rng(4)
+    policies = []
+    for _ in range(3):
+        p = Policy.uniform(a.graph, 4, 4)
+        for lp in p.layers[:-1]:
+            lp.bits[:] = rng.choice([0, 2, 3, 8], size=len(lp.bits))
+        policies.append(p)
+    first = []
+    for p in policies:
+        first.append((a.accuracy(p), a.prepare(p)(a.task.val.tensors[0]).detach().clone()))
+    for p, (acc, logits) in zip(policies[::-1], first[::-1], strict=True):  # other order, b
+        assert b.accuracy(p) == acc
+        assert torch.equal(b.prepare(p)(b.task.val.tensors[0]), logits)
+        assert a.accuracy(p) == acc  # and a again, after the others
+
+
+def test_auto_batch_size_bounds_the_widest_activation():
+    ev = LocalEvaluator(_task())  # PlainNet on 3x8x8: tiny activations, the cap applies
+    assert ev.batch_size == MAX_BATCH
+    graph = LayerGraph.from_module(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1)), torch.zeros(1, 3, 224, 224)
+    )
+    widest = 64 * 224 * 224
+    assert auto_batch_size(graph, torch.zeros(1, 3, 224, 224)) == ACTIVATION_BUDGET // widest
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        LocalEvaluator(_task(), batch_size=0)

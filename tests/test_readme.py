@@ -14,7 +14,10 @@ def test_readme_has_python_examples():
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code: str, capsys: pytest.CaptureFixture[str]):
+def test_readme_example_runs(
+    code: str, capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)  # whatever an example writes lands in a temporary folder
     exec(compile(code, str(README), "exec"), {"__name__": "readme"})
 
 

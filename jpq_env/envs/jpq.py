@@ -112,8 +112,11 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     obs, info = env.reset(seed=0)
     ```
 
-    - ``task``: built-in name (``"digits"``, ``"digits-deep"``) or ``"package.module:factory"``
-      (or a ``Task`` object from Python).
+    - ``task``: built-in name (``"digits"``, ``"digits-deep"``, ``"resnet18-cifar"`` ... see
+      ``jpq_env.tasks.BUILTIN_TASKS``) or ``"package.module:factory"``
+      (or a ``Task`` object from Python, e.g. from ``jpq_env.make_task``).
+    - ``task_options``: keyword arguments of the task factory, e.g. ``{"data": "~/cifar",
+      "weights": "resnet18.pt"}`` for the vision tasks (``jpq_env.tasks.vision``).
     - ``reward``: reward design name or ``RewardDesign`` instance (default ``"galen"``).
     - ``budget_bops``, ``budget_size``: targets as fractions of FP32 in (0, 1] (None: no target;
       default BOPs 1/64, size none). A budget that even the cheapest decisions exceed is refused.
@@ -130,6 +133,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     - ``shaping``: per-step potential-based shaping coefficient (default 0: terminal only).
     - ``evaluator``: an object with ``fp32_accuracy`` and ``accuracy(policy)``; default a
       ``LocalEvaluator`` on the task.
+    - ``device``: where the default evaluator runs the proxy: ``"auto"`` (CUDA when available,
+      else CPU), ``"cpu"`` or ``"cuda"``.
     - ``render_mode``: ``"ansi"`` for a per-layer table of decisions and costs.
 
     ## Version History
@@ -157,6 +162,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         first_last_bits: int | None = None,
         shaping: float = 0.0,
         evaluator: Evaluator | None = None,
+        task_options: dict[str, Any] | None = None,
+        device: str = "auto",
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
@@ -194,10 +201,10 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self.shaping = float(shaping)
         self.conventions = Conventions(input_bits=input_bits, first_last_bits=first_last_bits)
 
-        self.task = load_task(task)
+        self.task = load_task(task, **(task_options or {}))
         self.graph = LayerGraph.from_module(self.task.model, self.task.example_input)
         self.evaluator: Evaluator = evaluator or LocalEvaluator(
-            self.task, self.graph, bn_recalibration=bn_recalibration
+            self.task, self.graph, bn_recalibration=bn_recalibration, device=device
         )
         modules = [self.task.model.get_submodule(name) for name in self.graph.names]
         orders = [kernel_ranking(m.weight, importance) for m in modules]  # type: ignore[arg-type]

@@ -1,12 +1,17 @@
 """Finding a task by name: a built-in name or a user factory ``package.module:function``.
 
-Names are plain strings so that environment and command-line arguments stay JSON-able.
+Names are plain strings and options plain values (paths, sizes, seeds) so that environment and
+command-line arguments stay JSON-able: ``load_task("resnet18-cifar", data="~/cifar",
+weights="r18.pt")`` is what ``JPQEnv(task="resnet18-cifar", task_options={...})`` and
+``jpq search --task resnet18-cifar --data ~/cifar --weights r18.pt`` do.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 from jpq_env.tasks.base import Task, TaskError
 
@@ -16,10 +21,15 @@ __all__ = ["BUILTIN_TASKS", "load_task"]
 BUILTIN_TASKS: dict[str, str] = {
     "digits": "jpq_env.tasks.digits:digits_task",
     "digits-deep": "jpq_env.tasks.digits:digits_deep_task",
+    "resnet18-cifar": "jpq_env.tasks.vision:resnet18_cifar_task",
+    "mobilenet_v2-cifar": "jpq_env.tasks.vision:mobilenet_v2_cifar_task",
+    "resnet20-cifar": "jpq_env.tasks.vision:resnet20_cifar_task",
+    "resnet18-imagenet": "jpq_env.tasks.vision:resnet18_imagenet_task",
+    "mobilenet_v2-imagenet": "jpq_env.tasks.vision:mobilenet_v2_imagenet_task",
 }
 
 
-def _resolve(spec: str) -> Callable[[], object]:
+def _resolve(spec: str) -> Callable[..., object]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise TaskError(
@@ -36,19 +46,38 @@ def _resolve(spec: str) -> Callable[[], object]:
     return factory
 
 
-def load_task(spec: str | Task) -> Task:
+def load_task(spec: str | Task, **options: Any) -> Task:
     """Build a task from a built-in name or a ``package.module:function`` factory.
 
-    The factory takes no arguments and returns a ``Task``.
+    Args:
+        spec: A built-in name (see ``BUILTIN_TASKS``), a factory path, or a ``Task`` (returned
+            as is).
+        **options: Keyword arguments of the factory, e.g. ``data`` and ``weights`` paths for the
+            vision tasks (``jpq_env.tasks.vision``).
 
     Raises:
-        TaskError: If the name is unknown, the factory cannot be imported, or it returns
-            something other than a ``Task``.
+        TaskError: If the name is unknown, the factory cannot be imported, does not take the
+            options, or returns something other than a ``Task``.
     """
     if isinstance(spec, Task):
+        if options:
+            raise TaskError(f"task options {sorted(options)} cannot apply to a Task object")
         return spec
     factory = _resolve(BUILTIN_TASKS.get(spec, spec))
-    task = factory()
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as exc:
+        try:
+            accepted = ", ".join(inspect.signature(factory).parameters) or "none"
+        except (TypeError, ValueError):
+            accepted = "unknown"
+        raise TaskError(
+            f"task '{spec}' does not take the options {sorted(options)}: {exc} (it accepts: "
+            f"{accepted})"
+        ) from exc
+    except ValueError:  # no signature (a builtin): let the call decide
+        pass
+    task = factory(**options)
     if not isinstance(task, Task):
         raise TaskError(
             f"task factory '{spec}' returned {type(task).__name__}, expected jpq_env.Task"

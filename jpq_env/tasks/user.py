@@ -1,0 +1,276 @@
+"""Bring your own model and data: ``make_task`` builds a validated ``Task`` from them.
+
+A search needs four splits (see ``jpq_env.tasks.base``): ``train`` (fine-tuning only), ``val`` (a
+held-out part of the training data, scored by the accuracy proxy), ``calib`` (BatchNorm
+re-calibration and activation ranges) and ``test`` (final reports only). A user usually has a
+training set and a test set; ``make_task`` splits the held-out and calibration parts off the
+training set when they are not given, deterministically (a seeded permutation), and checks what
+can be checked before any search starts: split sizes, sample shapes against the model's example
+input, the model's output against the number of classes, and label ranges.
+
+Datasets are map-style (``len`` and indexing), yielding ``(input, label)`` pairs. A ``DataLoader``
+is accepted for its dataset: jpq-env batches in a fixed order itself (so that the same policy
+always gets the same accuracy), so the loader's sampler and batch size are not used, and a custom
+``collate_fn`` is refused rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data._utils.collate import default_collate
+
+from jpq_env.tasks.base import Task, TaskError
+
+__all__ = ["DataLike", "known_labels", "make_task", "split_indices", "subset"]
+
+DataLike = Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor]
+"""A split as ``make_task`` takes it: a map-style dataset, a DataLoader, ``(inputs, labels)``."""
+
+
+def split_indices(
+    n: int, val_size: int | float, calib_size: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Split ``range(n)`` into held-out ``val`` and the remaining ``train``; ``calib`` from train.
+
+    Args:
+        n: Samples in the training set.
+        val_size: Held-out samples: a count, or a fraction of ``n`` in (0, 1).
+        calib_size: Calibration samples, drawn from the remaining training samples (all of them
+            if fewer remain).
+        seed: Seed of the permutation (a ``torch.Generator``, so the split is the same on every
+            platform).
+
+    Returns:
+        Sorted ``int64`` index arrays keyed ``train``, ``val`` and ``calib``; ``train`` and
+        ``val`` are disjoint and cover ``range(n)``, ``calib`` is a subset of ``train``.
+
+    Raises:
+        TaskError: If the sizes leave an empty split.
+    """
+    if isinstance(val_size, float) and not isinstance(val_size, bool):
+        if not 0.0 < val_size < 1.0:
+            raise TaskError(f"val_size as a fraction must lie in (0, 1), got {val_size}")
+        n_val = max(1, round(val_size * n))
+    else:
+        n_val = int(val_size)
+    if n_val < 1 or n_val >= n:
+        raise TaskError(
+            f"val_size {val_size} leaves no held-out or no training data: the training set has "
+            f"{n} samples; choose a held-out size between 1 and {n - 1}"
+        )
+    if calib_size < 1:
+        raise TaskError(f"calib_size must be at least 1, got {calib_size}")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g).numpy()
+    val, train = perm[:n_val], perm[n_val:]
+    calib = train[torch.randperm(len(train), generator=g).numpy()[:calib_size]]
+    return {
+        k: np.sort(v).astype(np.int64)
+        for k, v in (("train", train), ("val", val), ("calib", calib))
+    }
+
+
+def subset(dataset: Dataset, indices: np.ndarray) -> Dataset:
+    """The samples ``indices`` of ``dataset``.
+
+    A ``TensorDataset`` is sliced (so the evaluator keeps its fast path); anything else becomes a
+    ``torch.utils.data.Subset``.
+    """
+    if isinstance(dataset, TensorDataset):
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        return TensorDataset(*(t[idx] for t in dataset.tensors))
+    return Subset(dataset, [int(i) for i in indices])
+
+
+def _as_dataset(data: Any, split: str) -> Dataset:
+    if isinstance(data, DataLoader):
+        if data.collate_fn is not default_collate:
+            raise TaskError(
+                f"the {split} DataLoader has a custom collate_fn, which jpq-env does not use (it "
+                "batches the loader's dataset itself, in a fixed order): pass a dataset whose "
+                "items are (input, label) pairs instead"
+            )
+        data = data.dataset
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TaskError(f"the {split} split as a pair must be two tensors (inputs, labels)")
+        if len(x) != len(y):
+            raise TaskError(f"the {split} split has {len(x)} inputs but {len(y)} labels")
+        return TensorDataset(x, y)
+    if not isinstance(data, Dataset) or not hasattr(data, "__len__"):
+        raise TaskError(
+            f"the {split} split must be a map-style Dataset (with __len__ and __getitem__), a "
+            f"DataLoader over one, or a pair of tensors; got {type(data).__name__}"
+        )
+    if len(data) == 0:
+        raise TaskError(f"the {split} split is empty")
+    return data
+
+
+def known_labels(dataset: Dataset) -> torch.Tensor | None:
+    """All labels of a dataset when they can be read without loading inputs, else None.
+
+    Covers ``TensorDataset``, datasets with a ``targets`` attribute (torchvision's) and
+    ``Subset`` s of those.
+    """
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        return dataset.tensors[1]
+    if isinstance(dataset, Subset):
+        inner = known_labels(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(list(dataset.indices))]
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        return None
+    try:
+        return torch.as_tensor(targets)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, split: str) -> None:
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TaskError(
+            f"the {split} split has {labels.dtype} labels: class indices must be integers"
+        )
+    if labels.dim() != 1:
+        raise TaskError(
+            f"the {split} split has labels of shape {tuple(labels.shape)}: one per sample"
+        )
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise TaskError(
+            f"the {split} split has labels in [{low}, {high}], outside [0, {num_classes}) for a "
+            f"model with {num_classes} outputs"
+        )
+
+
+def _first(dataset: Dataset, split: str) -> tuple[torch.Tensor, Any]:
+    try:
+        item = dataset[0]
+    except Exception as exc:
+        raise TaskError(
+            f"cannot read sample 0 of the {split} split: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise TaskError(
+            f"the {split} split must yield (input, label) pairs, got {type(item).__name__}"
+        )
+    x, y = item
+    if not isinstance(x, torch.Tensor):
+        raise TaskError(
+            f"the {split} split yields inputs of type {type(x).__name__}: they must be tensors "
+            "(add a transform such as torchvision.transforms.ToTensor)"
+        )
+    return x, y
+
+
+def make_task(
+    model: nn.Module,
+    *,
+    train: DataLike,
+    test: DataLike,
+    val: DataLike | None = None,
+    calib: DataLike | None = None,
+    example_input: torch.Tensor | None = None,
+    num_classes: int | None = None,
+    name: str = "custom",
+    val_size: int | float = 0.1,
+    calib_size: int = 256,
+    seed: int = 0,
+) -> Task:
+    """Build a validated task from a trained model and its data.
+
+    Args:
+        model: The trained FP32 classifier. It is only read (never written, its train/eval mode
+            untouched); it must return logits shaped ``(batch, num_classes)``.
+        train: Training data (fine-tuning; the source of ``val`` and ``calib`` when not given).
+        test: Test data, read only for final reports.
+        val: Held-out data the search scores policies on; default ``val_size`` samples split off
+            ``train`` (and removed from it).
+        calib: Calibration data (BatchNorm re-calibration, activation ranges); default
+            ``calib_size`` samples of the (remaining) training data.
+        example_input: One input batch to trace the model with; default the first ``val``
+            sample with a batch dimension of 1.
+        num_classes: Number of classes; default the model's output width on ``example_input``.
+        name: Name used in logs and policy files.
+        val_size: Held-out samples split off ``train`` when ``val`` is None: a count or a
+            fraction in (0, 1).
+        calib_size: Calibration samples drawn from ``train`` when ``calib`` is None.
+        seed: Seed of those splits.
+
+    Returns:
+        The task, usable as ``JPQEnv(task=task)``, ``LocalEvaluator(task)`` and
+        ``agents.run.run_search(..., env_kwargs={"task": task})``.
+
+    Raises:
+        TaskError: Naming the split and the problem: an empty split, a sample whose shape differs
+            from the example input, a model that cannot run on it or whose output does not fit
+            ``num_classes``, labels outside ``[0, num_classes)``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TaskError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    splits: dict[str, Dataset] = {
+        "train": _as_dataset(train, "train"),
+        "test": _as_dataset(test, "test"),
+    }
+    if val is None:
+        idx = split_indices(len(splits["train"]), val_size, calib_size, seed)  # type: ignore[arg-type]
+        full = splits["train"]
+        splits["train"], splits["val"] = subset(full, idx["train"]), subset(full, idx["val"])
+        if calib is None:
+            splits["calib"] = subset(full, idx["calib"])
+    else:
+        splits["val"] = _as_dataset(val, "val")
+    if calib is not None:
+        splits["calib"] = _as_dataset(calib, "calib")
+    elif "calib" not in splits:
+        n = len(splits["train"])  # type: ignore[arg-type]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+        splits["calib"] = subset(splits["train"], np.sort(order[:calib_size]))
+
+    first = {split: _first(ds, split) for split, ds in splits.items()}
+    if example_input is None:
+        example_input = first["val"][0].unsqueeze(0)
+    if not isinstance(example_input, torch.Tensor):
+        raise TaskError(f"example_input must be a tensor, got {type(example_input).__name__}")
+    sample_shape = tuple(example_input.shape[1:])
+    for split in ("train", "val", "calib", "test"):
+        shape = tuple(first[split][0].shape)
+        if shape != sample_shape:
+            raise TaskError(
+                f"the {split} split has inputs of shape {shape}, but the example input has "
+                f"samples of shape {sample_shape} (example_input is one batch: (batch, ...))"
+            )
+    with torch.no_grad():
+        try:
+            out = copy.deepcopy(model).eval()(example_input)
+        except Exception as exc:
+            raise TaskError(
+                f"the model cannot run on the example input of shape "
+                f"{tuple(example_input.shape)}: {type(exc).__name__}: {exc}"
+            ) from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        got = str(tuple(out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TaskError(f"the model must return logits shaped (batch, classes), got {got}")
+    width = int(out.shape[1])
+    if num_classes is None:
+        num_classes = width
+    elif num_classes != width:
+        raise TaskError(f"num_classes is {num_classes} but the model outputs {width} logits")
+    for split, ds in splits.items():
+        labels = known_labels(ds)
+        if labels is None:  # checked batch by batch when read
+            _, y = first[split]
+            labels = torch.as_tensor([y]) if not isinstance(y, torch.Tensor) else y.reshape(1)
+        _check_labels(labels, num_classes, split)
+    return Task(
+        name, model, example_input, splits["train"], splits["val"], splits["calib"],
+        splits["test"], num_classes,
+    )  # fmt: skip
