@@ -258,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "bits, JPQ-v1 decides them per layer from {2, 3, 4, 5, 6, 8}. Seeds 0-"
             f"{seeds - 1} for the learned agents and random search; uniform, two-stage and "
             "greedy do not depend on the seed and run once. Every run's row is in "
-            f"`{NAME}_runs.jsonl`; plots: `{NAME}_<task>.png`.",
+            f"`{NAME}_runs.jsonl`; plots: `{NAME}_<task>.png`. The log holds {len(rows)} runs; "
+            "the grid is filled by several invocations (subsets of environments, tasks, budgets "
+            "and agents), and the tables are rebuilt from the whole log each time.",
             "",
             tables(rows),
         ]
