@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from jpq_env.atomic import atomic_file
 
 __all__ = ["pareto_plot"]
 
@@ -80,8 +81,6 @@ def pareto_plot(
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    target = Path(path)
-    tmp = target.with_name(f".{target.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    os.replace(tmp, target)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,9 +26,18 @@ import gymnasium as gym
 import numpy as np
 
 from jpq_env import Policy
+from jpq_env.atomic import write_atomic
 from jpq_env.envs import JPQEnv
 
-__all__ = ["LOG_NAME", "POLICY_NAME", "RUN_NAME", "RunSettings", "Search", "SearchError"]
+__all__ = [
+    "LOG_NAME",
+    "POLICY_NAME",
+    "RUN_NAME",
+    "RunSettings",
+    "Search",
+    "SearchError",
+    "write_atomic",
+]
 
 LOG_NAME = "evaluations.jsonl"
 POLICY_NAME = "policy.json"
@@ -37,20 +46,6 @@ RUN_NAME = "run.json"
 
 class SearchError(RuntimeError):
     """A search cannot start or continue (another run in the directory, diverged resume, ...)."""
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -148,12 +143,20 @@ class Search:
         self.on_record = on_record
         self.records: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SearchError(
+                f"cannot use '{self.out}' as the output directory: {exc.strerror}"
+            ) from exc
         run_file, log_file = self.out / RUN_NAME, self.out / LOG_NAME
         if resume and not run_file.exists() and log_file.exists():
             raise SearchError(f"cannot resume: '{self.out}' has a log but no {RUN_NAME}")
         if resume and run_file.exists():
-            previous = json.loads(run_file.read_text())
+            try:
+                previous = json.loads(run_file.read_text())
+            except json.JSONDecodeError as exc:
+                raise SearchError(f"cannot resume: '{run_file}' is not valid JSON: {exc}") from exc
             mine = asdict(settings)
             if {k: v for k, v in previous.items() if k != "episodes"} != {
                 k: v for k, v in mine.items() if k != "episodes"
@@ -176,19 +179,43 @@ class Search:
 
     @staticmethod
     def _read_log(path: Path) -> list[dict[str, Any]]:
-        """Complete lines of the log; a line cut by a crash is dropped (and cut from the file)."""
+        """The log's records; a last line torn by a crash is dropped, with a warning.
+
+        A killed process can leave the last line unfinished (no newline, or not valid JSON); that
+        episode is simply evaluated again. A bad line before the last one is no crash but an edit,
+        and resuming would mix runs, so it stops with an error.
+
+        Raises:
+            SearchError: If a line other than the last is not a valid record.
+        """
         if not path.exists():
             return []
-        raw = path.read_bytes()
-        complete = raw[: raw.rfind(b"\n") + 1]
-        if len(complete) != len(raw):
-            path.write_bytes(complete)
-        records = []
-        for line in complete.decode().splitlines():
+        lines = path.read_bytes().split(b"\n")
+        tail = lines.pop()  # after the last newline: empty unless the last write was cut
+        records: list[dict[str, Any]] = []
+        torn = [tail] if tail else []
+        for number, line in enumerate(lines, 1):
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+                if not isinstance(record, dict) or record.get("episode") != len(records):
+                    raise ValueError(f"expected the record of episode {len(records)}")
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
+                if number < len(lines):
+                    raise SearchError(
+                        f"cannot resume: line {number} of '{path}' is not a valid record ({exc}); "
+                        "the log was edited or is corrupt"
+                    ) from exc
+                torn.insert(0, line + b"\n")
                 break
+            records.append(record)
+        if torn:
+            warnings.warn(
+                f"'{path}': dropped a last line cut short by an interrupted run "
+                f"({sum(map(len, torn))} bytes); its episode is evaluated again",
+                stacklevel=3,
+            )
+            # Rewrite the log without it, atomically, so that new records follow complete lines.
+            write_atomic(path, b"".join(line + b"\n" for line in lines[: len(records)]).decode())
         return records
 
     @property

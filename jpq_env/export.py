@@ -12,12 +12,13 @@ of the state (biases, BatchNorm statistics after re-calibration) is stored as it
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import pickle
 from typing import Any, cast
 
 import torch
 from torch import nn
 
+from jpq_env.atomic import save_atomic
 from jpq_env.compress import CompressedModel
 from jpq_env.evaluate import LocalEvaluator
 from jpq_env.graph import LayerGraph
@@ -66,14 +67,6 @@ def export_compressed(
     return record
 
 
-def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` through a temporary file and a rename: never a half-written file."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, target)
-
-
 def load_compressed(
     path: str | os.PathLike[str], model: nn.Module, example_input: torch.Tensor
 ) -> nn.Module:
@@ -86,6 +79,11 @@ def load_compressed(
         record = torch.load(path, weights_only=True)
     except FileNotFoundError as exc:
         raise ValueError(f"no export at '{path}'") from exc
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: nothing was run
+        raise ValueError(
+            f"'{path}' is not a jpq-env export: it holds Python objects that loading would have to "
+            "unpickle (and so could run code); refused, nothing from it was executed"
+        ) from exc
     except Exception as exc:  # truncated, hand-edited or not a torch file at all
         raise ValueError(f"'{path}' is not a readable jpq-env export: {exc}") from exc
     if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jpq_env.atomic import save_atomic, write_atomic
 from jpq_env.tasks import digits
 
 
@@ -107,7 +108,7 @@ def _train_one(config: _Config, out_dir: Path) -> dict[str, Any]:
     )
     seconds = time.perf_counter() - start
     path = out_dir / config.filename
-    torch.save(model.state_dict(), path)
+    save_atomic(model.state_dict(), path)
     return {
         "model": type(model).__name__,
         "file": config.filename,
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"time={entry['train_seconds']:.1f}s -> {out_dir / config.filename}"
         )
     meta_path = out_dir / "metadata.json"
-    meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    write_atomic(meta_path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     print(f"wrote {meta_path}")
     return 0
 

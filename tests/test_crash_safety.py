@@ -1,0 +1,201 @@
+"""Crash safety: a search killed at any moment leaves only complete files, and resumes exactly.
+
+The end-to-end test runs ``jpq search`` in a subprocess, kills it with SIGKILL once its log shows
+progress, checks what is left on disk, then resumes it and compares with an uninterrupted run.
+Smaller tests cover the log's repair rules and the atomic writers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
+from jpq_env.atomic import atomic_file, save_atomic, write_atomic
+from jpq_env.envs import JPQEnv
+
+ROOT = Path(__file__).resolve().parents[1]
+EPISODES = 100
+FILES = {
+    "run.json",
+    "evaluations.jsonl",
+    "policy.json",
+    "reference.jsonl",
+    "pareto.png",
+    "summary.json",
+    "tensorboard",
+}
+
+
+def _search_command(out: Path, resume: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "agents.cli", "search", "--agent", "random", "--episodes"]
+    cmd += [str(EPISODES), "--out", str(out), "--quiet", "--seed", "1"]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _log_lines(out: Path) -> list[bytes]:
+    path = out / LOG_NAME
+    return path.read_bytes().split(b"\n") if path.exists() else [b""]
+
+
+def _check_left_behind(out: Path) -> int:
+    """Every visible file is complete; returns the number of complete log records."""
+    visible = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert visible <= FILES, visible
+    for hidden in (p for p in out.iterdir() if p.name.startswith(".")):
+        # A temporary file of an interrupted atomic write: never read, named after its target.
+        assert hidden.name[1:].rsplit(".", 1)[0] in FILES, hidden.name
+    settings = json.loads((out / RUN_NAME).read_text())
+    assert settings["episodes"] == EPISODES and settings["agent"] == "random"
+    if (out / "policy.json").exists():
+        assert json.loads((out / "policy.json").read_text())["schema"] == 1
+    lines = _log_lines(out)
+    complete, tail = lines[:-1], lines[-1]
+    for i, line in enumerate(complete):
+        assert json.loads(line)["episode"] == i
+    assert tail == b"" or not tail.endswith(b"}")  # at most a torn last write, no newline
+    return len(complete)
+
+
+@pytest.mark.slow
+def test_a_killed_search_leaves_complete_files_and_resumes_exactly(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = subprocess.Popen(_search_command(whole), env=_env(), cwd=tmp_path)
+    proc = subprocess.Popen(
+        _search_command(killed), env=_env(), cwd=tmp_path, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while len(_log_lines(killed)) < 31:  # 30 complete records: well under way
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no progress in the log"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    logged = _check_left_behind(killed)
+    assert 30 <= logged < EPISODES
+    assert not (killed / "summary.json").exists()  # it really died in the middle
+
+    # A torn last line, as a crash inside the write would leave it.
+    with (killed / LOG_NAME).open("ab") as f:
+        f.write(b'{"episode": ' + str(logged).encode() + b', "agent": "ran')
+    resumed = subprocess.run(
+        _search_command(killed, resume=True),
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "dropped a last line cut short by an interrupted run" in resumed.stderr
+    assert reference.wait(timeout=600) == 0
+
+    assert _check_left_behind(killed) == EPISODES
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["evaluations"] == EPISODES
+    # Resuming by replay reaches exactly the uninterrupted run: same log, same best policy.
+    assert _log_lines(killed) == _log_lines(whole)
+    assert (killed / "policy.json").read_text() == (whole / "policy.json").read_text()
+    assert not [p for p in killed.iterdir() if p.name.startswith(".")]  # nothing stale
+
+
+# ---- the log's repair rules -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared() -> JPQEnv:
+    return JPQEnv()
+
+
+def _run(out: Path, shared: JPQEnv, episodes: int, resume: bool = False) -> Search:
+    search = Search(
+        out, RunSettings("random", episodes, 0), JPQEnv(evaluator=shared.evaluator), resume=resume
+    )
+    search.env.action_space.seed(0)
+    while not search.done:
+        search.env.reset()
+        done = False
+        while not done:
+            done = search.env.step(search.env.action_space.sample())[2]
+    return search
+
+
+def test_torn_or_invalid_last_line_is_dropped_with_a_warning(tmp_path, shared):
+    _run(tmp_path, shared, 3)
+    good = (tmp_path / LOG_NAME).read_bytes()
+    for torn in (b'{"episode": 3, "acc', b'{"episode": 3, "acc\n', b"\x00\x00\x00\n"):
+        (tmp_path / LOG_NAME).write_bytes(good + torn)
+        with pytest.warns(UserWarning, match=rf"dropped a last line .*\({len(torn)} bytes\)"):
+            search = Search(
+                tmp_path,
+                RunSettings("random", 3, 0),
+                JPQEnv(evaluator=shared.evaluator),
+                resume=True,
+            )
+        assert (tmp_path / LOG_NAME).read_bytes() == good  # cut back to the complete lines
+        assert [r["episode"] for r in search._replay] == [0, 1, 2]
+
+
+def test_a_corrupt_line_before_the_last_stops_the_resume(tmp_path, shared):
+    _run(tmp_path, shared, 3)
+    lines = (tmp_path / LOG_NAME).read_bytes().split(b"\n")
+    for bad in (b"garbage", lines[2]):  # not JSON; a record out of order
+        edited = b"\n".join([lines[0], bad, *lines[2:]])
+        (tmp_path / LOG_NAME).write_bytes(edited)
+        with pytest.raises(SearchError, match=r"line 2 of .* is not a valid record"):
+            Search(
+                tmp_path,
+                RunSettings("random", 3, 0),
+                JPQEnv(evaluator=shared.evaluator),
+                resume=True,
+            )
+        assert (tmp_path / LOG_NAME).read_bytes() == edited  # left for the user to inspect
+
+
+# ---- the atomic writers -----------------------------------------------------------------------
+
+
+class _Unsaveable:
+    def __reduce__(self):
+        raise RuntimeError("this object cannot be saved")
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "result.json"
+    write_atomic(target, '{"old": 1}')
+    with pytest.raises(RuntimeError, match="crash mid-write"), atomic_file(target) as f:
+        f.write('{"new": ')
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == '{"old": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    with pytest.raises(RuntimeError, match="cannot be saved"):  # torch.save fails midway
+        save_atomic({"w": torch.zeros(3), "bad": _Unsaveable()}, tmp_path / "result.json")
+    assert target.read_text() == '{"old": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_writers_in_the_source_are_atomic():
+    """Result, log and checkpoint writers go through jpq_env.atomic (or the fsynced log append)."""
+    direct = []
+    for p in sorted([*(ROOT / "jpq_env").rglob("*.py"), *(ROOT / "agents").rglob("*.py")]):
+        text = p.read_text()
+        for needle in ("torch.save(", ".write_text(", ".write_bytes(", "json.dump("):
+            if needle in text and p.name not in {"atomic.py", "train_digits.py"}:
+                direct.append(f"{p.relative_to(ROOT)}: {needle}")
+    assert direct == []
