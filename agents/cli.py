@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (TaskError, GraphError, PolicyError, SearchError, ValueError) as exc:
+    except (TaskError, GraphError, PolicyError, SearchError, ValueError, OSError) as exc:
         print(f"jpq: error: {exc}", file=sys.stderr)
         return 2
 

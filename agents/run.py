@@ -104,6 +104,9 @@ def run_search(
         raise ValueError(f"unknown agent '{agent}': choose one of {sorted(AGENTS)}")
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
+    if env_id not in gym.registry:
+        known = sorted(k for k in gym.registry if "JPQ" in k)
+        raise ValueError(f"unknown environment id '{env_id}': choose one of {known}")
     env_kwargs = dict(env_kwargs or {})
     out = Path(out)
     env = gym.make(env_id, **env_kwargs).unwrapped

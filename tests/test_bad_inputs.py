@@ -1,8 +1,38 @@
+"""The catalogue of bad inputs: each is refused with an error of a known type naming the problem.
+
+Grouped by where a user meets them: actions, environment arguments, tasks (user factories, models,
+data), names of agents and environments, policy files, paths and result directories. Each case
+has an id; ``pytest tests/test_bad_inputs.py --collect-only -q`` lists the catalogue.
+
+Covered next to their modules and not repeated here: a bad ``jpq search`` argument on the command
+line (``test_cli_search.py::test_bad_search_arguments``: unknown agent, budget 0 or above 1,
+episodes 0), ``jpq evaluate`` on a missing, non-JSON or other-model policy file and ``jpq search``
+into a directory holding another run (``test_cli_search.py``), a malicious checkpoint
+(``test_safe_loading.py``), a torn or edited evaluation log (``test_crash_safety.py``), missing
+digits checkpoints (``test_digits.py``).
+"""
+
+# ruff: noqa: E501 - the catalogue is a table, one case per line
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
+import torch
 
+from agents.cli import main
+from agents.run import run_search
+from agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
+from jpq_env import GraphError, LayerGraph, Policy, PolicyError, TaskError
 from jpq_env.envs import JPQEnv
-from jpq_env.tasks import TaskError
+from jpq_env.export import export_compressed, load_compressed
+from tests.nets import PlainNet
+
+ACTS = [2, 3, 4, 5, 6, 8]
 
 
 @pytest.fixture(scope="module")
@@ -10,24 +40,58 @@ def env() -> JPQEnv:
     return JPQEnv()
 
 
+@pytest.fixture(scope="module")
+def v1(env: JPQEnv) -> JPQEnv:
+    return JPQEnv(act_bits=ACTS, budget_bops=1 / 128, evaluator=env.evaluator)
+
+
+# ---- actions ----------------------------------------------------------------------------------
+
+ACTIONS = [
+    pytest.param(np.full(5, np.nan, dtype=np.float32), "NaN or inf", id="action-nan"),
+    pytest.param(np.array([np.inf, 0, 0, 0, 0], dtype=np.float32), "NaN or inf", id="action-inf"),
+    pytest.param(np.array([0, 0, -np.inf, 0, 0]), "NaN or inf", id="action-minus-inf"),
+    pytest.param(np.zeros(4, dtype=np.float32), r"shape \(4,\), expected \(5,\)", id="action-short"),
+    pytest.param(np.zeros((1, 5), dtype=np.float32), r"shape \(1, 5\)", id="action-batched"),
+    pytest.param(np.float32(0.0), r"shape \(\), expected \(5,\)", id="action-scalar"),
+    pytest.param(np.array(["a"] * 5), "numeric array .* dtype <U1", id="action-strings"),
+    pytest.param(np.zeros(5, dtype=complex), "dtype complex128", id="action-complex"),
+    pytest.param(np.zeros(5, dtype=bool), "dtype bool", id="action-bool"),
+    pytest.param(None, "numeric array .* dtype object", id="action-none"),
+    pytest.param(np.array([1.5, 0, 0, 0, 0], dtype=np.float32), r"lie in \[-1, 1\]", id="action-above-1"),
+    pytest.param(np.array([0, 0, 0, -1.01, 0]), r"lie in \[-1, 1\]", id="action-below-minus-1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("action", "message"), ACTIONS)
+@pytest.mark.parametrize("phase", [0, 1], ids=["layer-phase", "channel-phase"])
+def test_bad_action_is_named_and_changes_nothing(env: JPQEnv, action, message, phase):
+    env.reset(seed=0)
+    if phase:
+        env.step(np.zeros(env.action_size, dtype=np.float32))
+    obs_before, decisions_before = env._obs(), env.decisions
+    with pytest.raises(ValueError, match=message):
+        env.step(action)
+    assert env.current_layer == 0 and env.phase == phase
+    assert np.array_equal(env._obs(), obs_before)
+    assert [d is None for d in env.decisions] == [d is None for d in decisions_before]
+    env.step(np.zeros(env.action_size, dtype=np.float32))  # the episode goes on
+    assert env.phase == 1 - phase
+
+
 @pytest.mark.parametrize(
     ("action", "message"),
     [
-        (np.full(5, np.nan, dtype=np.float32), "NaN or inf"),
-        (np.array([np.inf, 0, 0, 0, 0], dtype=np.float32), "NaN or inf"),
-        (np.zeros(4, dtype=np.float32), r"shape \(4,\), expected \(5,\)"),
-        (np.zeros((1, 5), dtype=np.float32), r"shape \(1, 5\)"),
-        (np.array(["a"] * 5), "numeric array"),
-        (np.array([1.5, 0, 0, 0, 0], dtype=np.float32), r"must lie in \[-1, 1\]"),
+        pytest.param(np.zeros(5, dtype=np.float32), r"shape \(5,\), expected \(6,\)", id="v1-short"),
+        pytest.param(np.array([0, 2, 0, 0, 0, 0], dtype=np.float32), r"lie in \[-1, 1\]", id="v1-act-entry-out-of-range"),
+        pytest.param(np.array([0, np.nan, 0, 0, 0, 0]), "NaN or inf", id="v1-act-entry-nan"),
     ],
-)
-def test_bad_actions_are_named_and_change_nothing(env: JPQEnv, action, message):
-    env.reset(seed=0)
-    obs_before = env._obs()
+)  # fmt: skip
+def test_bad_v1_action_is_named(v1: JPQEnv, action, message):
+    v1.reset(seed=0)
     with pytest.raises(ValueError, match=message):
-        env.step(action)
-    assert env.current_layer == 0 and env.phase == 0
-    assert np.array_equal(env._obs(), obs_before)
+        v1.step(action)
+    assert v1.current_layer == 0 and v1.phase == 0
 
 
 def test_step_before_reset_and_after_termination():
@@ -42,37 +106,232 @@ def test_step_before_reset_and_after_termination():
         env.step(np.zeros(5, dtype=np.float32))
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "error", "message"),
-    [
-        ({"budget_bops": 1e-6}, ValueError, "infeasible budget"),
-        ({"budget_bops": 0.0}, ValueError, r"BOPs budget must be a fraction of FP32 in \(0, 1\]"),
-        ({"budget_bops": -0.1}, ValueError, "BOPs budget"),
-        ({"budget_bops": 1.5}, ValueError, "BOPs budget"),
-        ({"budget_bops": None, "budget_size": 2.0}, ValueError, "size budget"),
-        ({"budget_bops": None}, ValueError, "give at least one budget"),
-        ({"bits": []}, ValueError, "bits must not be empty"),
-        ({"bits": [2, -1]}, ValueError, r"bits \[-1\] outside"),
-        ({"bits": [4, 33]}, ValueError, r"bits \[33\] outside"),
-        ({"bits": [4, 4, 8]}, ValueError, "bits has duplicates"),
-        ({"bits": [2.5, 4]}, ValueError, "bits must be integers"),
-        ({"reward": "nope"}, ValueError, "unknown reward design 'nope'"),
-        ({"task": "nope"}, TaskError, "unknown task 'nope'"),
-        ({"importance": "l7"}, ValueError, "unknown importance criterion 'l7'"),
-        ({"enforcement": "soft"}, ValueError, "unknown enforcement 'soft'"),
-        ({"max_sparsity": 1.0}, ValueError, r"max_sparsity must be in \[0, 1\)"),
-        ({"channel_groups": -2}, ValueError, "channel_groups must be a non-negative integer"),
-        ({"render_mode": "human"}, ValueError, "unknown render_mode 'human'"),
-        ({"budget_bops": True}, ValueError, "BOPs budget"),
-        ({"shaping": "x"}, ValueError, "shaping must be a non-negative number"),
-        ({"first_last_bits": 0}, ValueError, "first_last_bits=0 is not a supported width"),
-        ({"input_bits": 3.5}, ValueError, "input_bits must be an integer width"),
-    ],
-)
-def test_bad_arguments_are_named(kwargs, error, message):
+# ---- environment arguments: budgets, bit choices, names ---------------------------------------
+
+ARGUMENTS = [
+    pytest.param({"budget_bops": 1e-6}, ValueError, "infeasible budget", id="budget-infeasible"),
+    pytest.param({"budget_bops": 0.0}, ValueError, r"BOPs budget must be a fraction of FP32 in \(0, 1\]", id="budget-zero"),
+    pytest.param({"budget_bops": -0.1}, ValueError, "BOPs budget .* got -0.1", id="budget-negative"),
+    pytest.param({"budget_bops": 1.5}, ValueError, "BOPs budget .* got 1.5", id="budget-above-1"),
+    pytest.param({"budget_bops": float("nan")}, ValueError, "BOPs budget .* got nan", id="budget-nan"),
+    pytest.param({"budget_bops": True}, ValueError, "BOPs budget", id="budget-bool"),
+    pytest.param({"budget_bops": "1/64"}, ValueError, "BOPs budget .* got '1/64'", id="budget-string"),
+    pytest.param({"budget_bops": None, "budget_size": 2.0}, ValueError, "size budget", id="size-budget-above-1"),
+    pytest.param({"budget_bops": None, "budget_size": 0}, ValueError, "size budget", id="size-budget-zero"),
+    pytest.param({"budget_bops": None}, ValueError, "give at least one budget", id="no-budget"),
+    pytest.param({"bits": []}, ValueError, "bits must not be empty", id="bits-empty"),
+    pytest.param({"bits": [2, -1]}, ValueError, r"bits \[-1\] outside", id="bits-negative"),
+    pytest.param({"bits": [0, 4]}, ValueError, r"bits \[0\] outside", id="bits-zero"),
+    pytest.param({"bits": [4, 33]}, ValueError, r"bits \[33\] outside", id="bits-above-32"),
+    pytest.param({"bits": [4, 17]}, ValueError, r"bits \[17\] outside the supported widths", id="bits-unsupported"),
+    pytest.param({"bits": [4, 4, 8]}, ValueError, "bits has duplicates", id="bits-duplicates"),
+    pytest.param({"bits": [2.5, 4]}, ValueError, "bits must be integers", id="bits-float"),
+    pytest.param({"act_bits": []}, ValueError, "act_bits must not be empty", id="act-bits-empty"),
+    pytest.param({"act_bits": [4, 4]}, ValueError, "act_bits has duplicates", id="act-bits-duplicates"),
+    pytest.param({"act_bits": [0, 8]}, ValueError, r"act_bits \[0\] outside", id="act-bits-zero"),
+    pytest.param({"act_bits": 64}, ValueError, r"act_bits \[64\] outside", id="act-bits-above-32"),
+    pytest.param({"reward": "nope"}, ValueError, "unknown reward design 'nope'", id="unknown-reward"),
+    pytest.param({"task": "nope"}, TaskError, "unknown task 'nope'", id="unknown-task"),
+    pytest.param({"importance": "l7"}, ValueError, "unknown importance criterion 'l7'", id="unknown-criterion"),
+    pytest.param({"enforcement": "soft"}, ValueError, "unknown enforcement 'soft'", id="unknown-enforcement"),
+    pytest.param({"render_mode": "human"}, ValueError, "unknown render_mode 'human'", id="unknown-render-mode"),
+    pytest.param({"max_sparsity": 1.0}, ValueError, r"max_sparsity must be in \[0, 1\)", id="max-sparsity-1"),
+    pytest.param({"channel_groups": -2}, ValueError, "channel_groups must be a non-negative integer", id="channel-groups-negative"),
+    pytest.param({"shaping": "x"}, ValueError, "shaping must be a non-negative number", id="shaping-string"),
+    pytest.param({"first_last_bits": 0}, ValueError, "first_last_bits=0 is not a supported width", id="first-last-bits-zero"),
+    pytest.param({"input_bits": 3.5}, ValueError, "input_bits must be an integer width", id="input-bits-float"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), ARGUMENTS)
+def test_bad_argument_is_named(kwargs, error, message):
     with pytest.raises(error, match=message):
         JPQEnv(**kwargs)
 
 
 def test_numpy_budgets_are_accepted():
     assert JPQEnv(budget_bops=np.float32(0.05)).budget.bops == pytest.approx(0.05)
+
+
+# ---- tasks: user factories, models and data ---------------------------------------------------
+
+TASKS = [
+    pytest.param("no_such_package_xyz.tasks:make", TaskError, "cannot import module 'no_such_package_xyz.tasks'", id="factory-unimportable"),
+    pytest.param("tests.bad_tasks:missing", TaskError, "module 'tests.bad_tasks' has no function 'missing'", id="factory-missing"),
+    pytest.param("tests.bad_tasks:CLASSES", TaskError, "has no function 'CLASSES'", id="factory-not-callable"),
+    pytest.param("tests.bad_tasks:returns_a_tuple", TaskError, "returned tuple, expected jpq_env.Task", id="factory-returns-tuple"),
+    pytest.param("tests.bad_tasks:raises", TaskError, "factory 'tests.bad_tasks:raises' failed: RuntimeError: the dataset server is down", id="factory-raises"),
+    pytest.param("tests.bad_tasks:no_compressible_layers", GraphError, "no compressible layer", id="model-no-compressible-layers"),
+    pytest.param("tests.bad_tasks:untraceable", GraphError, "cannot trace the model with torch.fx", id="model-untraceable"),
+    pytest.param("tests.bad_tasks:wrong_num_classes", TaskError, r"outputs shape \(8, 4\) on the calib split, expected \(batch, 10\)", id="model-wrong-num-classes"),
+    pytest.param("tests.bad_tasks:wrong_input_shape", TaskError, r"cannot run on the val split \(inputs of shape \(8, 1, 8, 8\)\)", id="data-wrong-shape"),
+    pytest.param("tests.bad_tasks:labels_out_of_range", TaskError, r"val split has labels outside \[0, 4\)", id="data-labels-out-of-range"),
+    pytest.param("tests.bad_tasks:float_labels", TaskError, r"calib split has torch.float32 labels", id="data-float-labels"),
+    pytest.param("tests.bad_tasks:empty_val", TaskError, "the val split is empty", id="data-empty"),
+    pytest.param("tests.bad_tasks:inputs_only", TaskError, r"calib split must hold \(inputs, labels\), got 1 tensors", id="data-no-labels"),
+]  # fmt: skip
+
+
+def test_the_bad_task_control_is_good():
+    env = JPQEnv(task="tests.bad_tasks:good", budget_bops=0.5)
+    env.reset(seed=0)
+    done = False
+    while not done:
+        done = env.step(np.zeros(env.action_size, dtype=np.float32))[2]
+
+
+@pytest.mark.parametrize(("spec", "error", "message"), TASKS)
+def test_bad_task_is_named(spec, error, message):
+    with pytest.raises(error, match=message):
+        JPQEnv(task=spec, budget_bops=0.5)
+
+
+# ---- names of agents and environments ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"agent": "nope"}, "unknown agent 'nope': choose one of", id="unknown-agent"),
+        pytest.param({"env_id": "nope/Nope-v0"}, "unknown environment id 'nope/Nope-v0'", id="unknown-env-id"),
+        pytest.param({"episodes": 0}, "episodes must be at least 1", id="episodes-zero"),
+    ],
+)  # fmt: skip
+def test_bad_search_name_is_named(tmp_path, kwargs, message):
+    args = {"agent": "random", "out": tmp_path / "run", "episodes": 2, "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        run_search(**args)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+# ---- policy files -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def policy_json(env: JPQEnv) -> dict[str, Any]:
+    return Policy.uniform(env.graph, 8, 8, env.conventions).to_json()
+
+
+def _edit(fn: Callable[[dict[str, Any]], object]) -> Callable[[dict[str, Any]], str]:
+    def edit(data: dict[str, Any]) -> str:
+        data = json.loads(json.dumps(data))
+        fn(data)
+        return json.dumps(data)
+
+    return edit
+
+
+def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], str]:
+    def put(data: dict[str, Any]) -> None:
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return _edit(put)
+
+
+POLICIES = [
+    pytest.param(lambda d: json.dumps(d)[: len(json.dumps(d)) // 2], PolicyError, "is not valid JSON", id="policy-truncated"),
+    pytest.param(lambda d: "", PolicyError, "is not valid JSON", id="policy-empty-file"),
+    pytest.param(lambda d: "[1, 2]", PolicyError, "not a jpq-env policy", id="policy-not-an-object"),
+    pytest.param(_set(("schema",), 2), PolicyError, r"schema 1 expected", id="policy-other-schema"),
+    pytest.param(_set(("fingerprint",), None), PolicyError, "needs a 'fingerprint' string", id="policy-no-fingerprint"),
+    pytest.param(_set(("layers",), []), PolicyError, "non-empty 'layers' list", id="policy-no-layers"),
+    pytest.param(_set(("layers", 0, "bits", 0), "8"), PolicyError, r"layer entry 0: needs .*'bits' \(non-empty list of integers\)", id="policy-bits-as-strings"),
+    pytest.param(_set(("layers", 1, "act_bits"), 8.0), PolicyError, r"layer entry 1: needs .*'act_bits' \(integer\)", id="policy-float-act-bits"),
+    pytest.param(_set(("layers", 1, "bits", 0), 2**40), PolicyError, r"layer entry 1 \('conv2'\): bit-widths out of range", id="policy-huge-bits"),
+    pytest.param(_set(("layers", 1, "bits", 0), -1), PolicyError, r"'conv2': weight bit-width -1 is outside", id="policy-negative-bits"),
+    pytest.param(_set(("layers", 1, "bits", 0), 33), PolicyError, r"'conv2': weight bit-width 33 is outside", id="policy-bits-above-32"),
+    pytest.param(_set(("layers", 1, "act_bits"), 0), PolicyError, r"'conv2': activation bit-width 0 is not supported", id="policy-act-bits-zero"),
+    pytest.param(_edit(lambda d: d["layers"][1]["bits"].pop()), PolicyError, r"'conv2': expected \d+ bit-widths, got", id="policy-kernel-missing"),
+    pytest.param(_edit(lambda d: d["layers"].pop(1)), PolicyError, "made for another model: its layers", id="policy-layer-missing"),
+    pytest.param(_set(("layers", 1, "name"), "conv9"), PolicyError, "made for another model: its layers", id="policy-layer-renamed"),
+    pytest.param(_set(("fingerprint",), "0" * 16), PolicyError, "made for another model: same layer names, other shapes", id="policy-fingerprint-edited"),
+    pytest.param(_edit(lambda d: d["layers"][-1]["bits"].__setitem__(0, 0)), PolicyError, "produces the network's output: its kernels cannot be pruned", id="policy-output-pruned"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("edit", "error", "message"), POLICIES)
+def test_bad_policy_file_is_named(tmp_path, env: JPQEnv, policy_json, edit, error, message):
+    path = tmp_path / "policy.json"
+    path.write_text(edit(policy_json))
+    with pytest.raises(error, match=message):
+        Policy.load(path).validate(env.graph)
+
+
+def test_the_policy_control_is_good(tmp_path, env: JPQEnv, policy_json):
+    (tmp_path / "policy.json").write_text(json.dumps(policy_json))
+    Policy.load(tmp_path / "policy.json").validate(env.graph)
+
+
+def test_policy_for_another_model_is_named(tmp_path, policy_json):
+    other = LayerGraph.from_module(PlainNet(), torch.randn(1, 3, 8, 8))
+    (tmp_path / "policy.json").write_text(json.dumps(policy_json))
+    with pytest.raises(PolicyError, match=r"made for another model: its layers \['conv1', 'conv2'"):
+        Policy.load(tmp_path / "policy.json").validate(other)
+
+
+def test_hand_edited_policy_through_the_cli(tmp_path, policy_json, capsys):
+    path = tmp_path / "policy.json"
+    path.write_text(_set(("layers", 2, "bits", 0), 40)(policy_json))
+    assert main(["evaluate", str(path)]) == 2
+    assert "weight bit-width 40 is outside the allowed set" in capsys.readouterr().err
+
+
+# ---- paths and result directories -------------------------------------------------------------
+
+
+def test_missing_policy_path_is_named(tmp_path):
+    with pytest.raises(
+        PolicyError, match=r"cannot read policy file '.*nowhere.json': No such file"
+    ):
+        Policy.load(tmp_path / "nowhere.json")
+
+
+def test_missing_export_path_is_named(tmp_path, env: JPQEnv):
+    task = env.task
+    with pytest.raises(ValueError, match=r"no export at '.*missing.pt'"):
+        load_compressed(tmp_path / "missing.pt", task.model, task.example_input)
+
+
+def test_export_into_a_missing_directory_is_named(tmp_path, env: JPQEnv, policy_json, capsys):
+    policy = Policy.from_json(policy_json)
+    with pytest.raises(FileNotFoundError, match=r"directory '.*no_dir' does not exist"):
+        export_compressed(env.evaluator, policy, tmp_path / "no_dir" / "model.pt")  # type: ignore[arg-type]
+    (tmp_path / "policy.json").write_text(json.dumps(policy_json))
+    target = tmp_path / "no_dir" / "model.pt"
+    assert main(["export", str(tmp_path / "policy.json"), "--out", str(target)]) == 2
+    assert f"directory '{target.parent}' does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "policy.json"]
+
+
+def test_search_output_that_is_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        argv = ["search", "--agent", "random", "--episodes", "2", "--out", str(out), "--quiet"]
+        assert main(argv) == 2
+        assert f"cannot use '{out}' as the output directory" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def _search(out: Path, env: JPQEnv, agent: str = "random", resume: bool = False) -> Search:
+    fresh = JPQEnv(evaluator=env.evaluator)  # resume wraps the evaluator: keep the fixture clean
+    return Search(out, RunSettings(agent, 2, 0), fresh, resume=resume)
+
+
+@pytest.mark.parametrize(
+    ("prepare", "resume", "message"),
+    [
+        pytest.param(lambda d: (d / LOG_NAME).write_text("{}\n"), False, "already holds a run: pass --resume", id="results-dir-holds-a-run"),
+        pytest.param(lambda d: (d / LOG_NAME).write_text("{}\n"), True, f"has a log but no {RUN_NAME}", id="resume-without-run-file"),
+        pytest.param(lambda d: (d / RUN_NAME).write_text('{"agent": "greedy", "episodes": 2, "seed": 0, "env": {}}'), True, "holds a run with other settings", id="resume-other-settings"),
+        pytest.param(lambda d: (d / RUN_NAME).write_text('{"agent": "ran'), True, f"{RUN_NAME}' is not valid JSON", id="resume-truncated-run-file"),
+    ],
+)  # fmt: skip
+def test_results_directory_of_another_run_is_named(tmp_path, env: JPQEnv, prepare, resume, message):
+    prepare(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(SearchError, match=message):
+        _search(tmp_path, env, resume=resume)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing overwritten

@@ -359,10 +359,14 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _unit_action(self, action: Any) -> np.ndarray:
         try:
-            a = np.asarray(action, dtype=np.float32).astype(np.float64)
+            raw = np.asarray(action)
+            # Complex or boolean actions would be cast silently (imaginary part dropped): refuse.
+            if raw.dtype.kind not in "iuf":
+                raise TypeError(f"dtype {raw.dtype}")
+            a = raw.astype(np.float32).astype(np.float64)
         except (TypeError, ValueError) as exc:
             raise ValueError(
-                f"action must be a numeric array of shape {self.action_space.shape}"
+                f"action must be a numeric array of shape {self.action_space.shape}, got {exc}"
             ) from exc
         if a.shape != self.action_space.shape:
             raise ValueError(f"action has shape {a.shape}, expected {self.action_space.shape}")

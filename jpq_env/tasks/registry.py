@@ -57,7 +57,7 @@ def load_task(spec: str | Task, **options: Any) -> Task:
 
     Raises:
         TaskError: If the name is unknown, the factory cannot be imported, does not take the
-            options, or returns something other than a ``Task``.
+            options, raises, or returns something other than a ``Task``.
     """
     if isinstance(spec, Task):
         if options:
@@ -77,7 +77,12 @@ def load_task(spec: str | Task, **options: Any) -> Task:
         ) from exc
     except ValueError:  # no signature (a builtin): let the call decide
         pass
-    task = factory(**options)
+    try:
+        task = factory(**options)
+    except TaskError:
+        raise
+    except Exception as exc:  # the user's code failed: say which factory, keep the cause
+        raise TaskError(f"task factory '{spec}' failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(task, Task):
         raise TaskError(
             f"task factory '{spec}' returned {type(task).__name__}, expected jpq_env.Task"
