@@ -103,7 +103,8 @@ def run_sb3(search: Search, seed: int, agent: str, env_id: str, warmup_episodes:
     layers = base.num_layers
     kwargs = {k: v for k, v in params.items() if k not in _ZOO_ONLY}
     if "policy_kwargs" in kwargs and isinstance(kwargs["policy_kwargs"], str):
-        kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"dict": dict})  # RL Zoo's format
+        # RL Zoo's format, a Python expression: evaluated with no builtins (no imports, no open).
+        kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"__builtins__": {}, "dict": dict})
     if "train_freq" in kwargs and isinstance(kwargs["train_freq"], list):
         kwargs["train_freq"] = tuple(kwargs["train_freq"])
     env.reset(seed=seed)
