@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from typing import Any, cast
 
 import torch
@@ -79,10 +80,14 @@ def load_compressed(
         record = torch.load(path, weights_only=True)
     except FileNotFoundError as exc:
         raise ValueError(f"no export at '{path}'") from exc
-    except pickle.UnpicklingError as exc:  # weights_only refused an object: nothing was run
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if refused is None:  # not a torch file at all
+            raise ValueError(f"'{path}' is not a readable jpq-env export: {exc}") from exc
+        # weights_only refused to build an object: nothing from the file was run.
         raise ValueError(
             f"'{path}' is not a jpq-env export: it holds Python objects that loading would have to "
-            "unpickle (and so could run code); refused, nothing from it was executed"
+            f"unpickle ({refused.group(1)}), which could run code; refused, nothing was executed"
         ) from exc
     except Exception as exc:  # truncated, hand-edited or not a torch file at all
         raise ValueError(f"'{path}' is not a readable jpq-env export: {exc}") from exc
