@@ -17,6 +17,7 @@ QUICK = {
     "agents_vs_baselines": 2,
     "reward_designs": 7,
     "byom_episode": 10,
+    "soak": 10,
 }
 
 
