@@ -49,3 +49,13 @@ def test_recorded_results_exist_and_meet_their_targets():
             rows = [line for line in table.splitlines() if "---" not in line][1:]
             assert len(rows) >= 2, name  # at least two tasks or searches
             assert all(row.rstrip().endswith("| yes |") for row in rows), name
+
+
+def test_recorded_soak_kept_the_model_and_memory():
+    text = (ROOT / "benchmarks" / "results" / "soak.md").read_text()
+    assert "Produced by `python -m benchmarks.soak" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| jpq_env/")]
+    assert rows
+    for env_id, episodes, unchanged, _, _, growth, *_ in (map(str.strip, r) for r in rows):
+        assert episodes == "10,000" and unchanged == "yes", env_id
+        assert abs(float(growth.rstrip("%"))) <= 5.0, env_id
