@@ -7,6 +7,7 @@ Smaller tests cover the log's repair rules and the atomic writers.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -190,12 +191,35 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
+def _direct_writes(source: str) -> list[str]:
+    """Calls of torch.save, json.dump, Path.write_text and Path.write_bytes in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            name = owner.id if isinstance(owner, ast.Name) else ""
+            attr = node.func.attr
+            if attr in {"write_text", "write_bytes"} or (name, attr) in {
+                ("torch", "save"),
+                ("json", "dump"),
+            }:
+                found.append(f"{name or '...'}.{attr} line {node.lineno}")
+    return found
+
+
+def test_the_direct_write_scan_finds_calls_not_strings():
+    code = 'torch.save(x, p)\njson.dump(d, f)\nPath(p).write_text("t")\nmsg = "torch.save(m, p)"\n'
+    assert [w.split(" line")[0] for w in _direct_writes(code)] == [
+        "torch.save",
+        "json.dump",
+        "....write_text",
+    ]
+
+
 def test_writers_in_the_source_are_atomic():
     """Result, log and checkpoint writers go through jpq_env.atomic (or the fsynced log append)."""
     direct = []
     for p in sorted([*(ROOT / "jpq_env").rglob("*.py"), *(ROOT / "agents").rglob("*.py")]):
-        text = p.read_text()
-        for needle in ("torch.save(", ".write_text(", ".write_bytes(", "json.dump("):
-            if needle in text and p.name not in {"atomic.py", "train_digits.py"}:
-                direct.append(f"{p.relative_to(ROOT)}: {needle}")
+        if p.name not in {"atomic.py", "train_digits.py"}:
+            direct += [f"{p.relative_to(ROOT)}: {w}" for w in _direct_writes(p.read_text())]
     assert direct == []
