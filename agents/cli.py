@@ -190,6 +190,8 @@ def _search(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.quiet,
         warmup_episodes=args.warmup_episodes,
+        ray=args.ray,
+        workers=args.workers,
     )
     best = summary["best"]
     rows = [
@@ -353,6 +355,19 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out (or start one there)"
     )
     search.add_argument("--quiet", action="store_true", help="no progress bar")
+    search.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="evaluate on a Ray cluster: 'auto' (the cluster this machine is in) or HOST:PORT",
+    )
+    search.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="Ray actors evaluating at once (default: one per GPU, else per CPU); alone, starts "
+        "a local Ray",
+    )
     search.set_defaults(func=_search)
 
     evaluate = sub.add_parser("evaluate", help="test accuracy, BOPs and size of a policy file")

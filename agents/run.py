@@ -21,7 +21,6 @@ from agents.sb3 import ALGOS, run_sb3
 from agents.search import RunSettings, Search, write_atomic
 from agents.two_level import run_two_level
 from jpq_env.envs import JPQEnv
-from jpq_env.evaluate import LocalEvaluator
 from jpq_env.tasks import Task
 
 __all__ = ["AGENTS", "run_search"]
@@ -33,7 +32,13 @@ def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], None]]:
     }
     for name in ALGOS:
         table[name] = lambda search, seed, opts, name=name: run_sb3(  # type: ignore[misc]
-            search, seed, name, opts["env_id"], opts.get("warmup_episodes", 10)
+            search,
+            seed,
+            name,
+            opts["env_id"],
+            opts.get("warmup_episodes", 10),
+            opts.get("workers"),
+            opts.get("num_gpus", 0.0),
         )
     for name, fn in BASELINES.items():
         table[name] = lambda search, seed, _, fn=fn: fn(search, seed)  # type: ignore[misc]
@@ -43,16 +48,14 @@ def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], None]]:
 AGENTS = _agents()
 
 
-def _local(env: JPQEnv) -> LocalEvaluator:
+def _local(env: JPQEnv) -> Any:
     evaluator = getattr(env.evaluator, "inner", env.evaluator)
-    if not isinstance(evaluator, LocalEvaluator):
-        raise TypeError("the summary needs a LocalEvaluator (test split)")
+    if not hasattr(evaluator, "test_accuracy"):
+        raise TypeError("the summary needs an evaluator with test_accuracy (LocalEvaluator)")
     return evaluator
 
 
-def _reference(
-    env_id: str, env_kwargs: dict[str, Any], evaluator: LocalEvaluator
-) -> list[dict[str, Any]]:
+def _reference(env_id: str, env_kwargs: dict[str, Any], evaluator: Any) -> list[dict[str, Any]]:
     """Prune-then-quantize points for every width (not counted in the search's evaluations)."""
     ref = gym.make(env_id, **env_kwargs, evaluator=evaluator).unwrapped
     base = jpq(ref)
@@ -87,6 +90,8 @@ def run_search(
     resume: bool = False,
     progress: bool = True,
     warmup_episodes: int = 10,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Run ``agent`` for ``episodes`` evaluations and write the run's files into ``out``.
 
@@ -96,6 +101,9 @@ def run_search(
     Files: ``run.json`` (settings), ``evaluations.jsonl`` (every evaluated policy),
     ``policy.json`` (the best within budget), ``reference.jsonl`` (two-stage points),
     ``pareto.png``, ``summary.json`` and TensorBoard logs in ``tensorboard/``.
+
+    With ``ray`` (a cluster address, or ``"auto"``) or ``workers``, evaluations run on Ray (see
+    ``agents.scale_out``); otherwise everything runs in this process, without importing Ray.
 
     Returns:
         The summary (also written to ``summary.json``).
@@ -107,9 +115,47 @@ def run_search(
     if env_id not in gym.registry:
         known = sorted(k for k in gym.registry if "JPQ" in k)
         raise ValueError(f"unknown environment id '{env_id}': choose one of {known}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     env_kwargs = dict(env_kwargs or {})
+    if ray is None and workers is None:
+        return _run(
+            agent, out, episodes, seed, env_id, env_kwargs, resume, progress, warmup_episodes
+        )
+    from agents.scale_out import ScaleOut
+
+    with ScaleOut(ray, workers, agent in ALGOS, env_kwargs) as scale:
+        return _run(
+            agent,
+            out,
+            episodes,
+            seed,
+            env_id,
+            env_kwargs,
+            resume,
+            progress,
+            warmup_episodes,
+            scale.evaluator,
+            {"workers": scale.workers, "num_gpus": scale.num_gpus},
+        )
+
+
+def _run(
+    agent: str,
+    out: str | Path,
+    episodes: int,
+    seed: int,
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    resume: bool,
+    progress: bool,
+    warmup_episodes: int,
+    evaluator: Any = None,
+    scale: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     out = Path(out)
-    env = gym.make(env_id, **env_kwargs).unwrapped
+    extra = {} if evaluator is None else {"evaluator": evaluator}
+    env = gym.make(env_id, **env_kwargs, **extra).unwrapped
     if not isinstance(env, JPQEnv):
         raise TypeError(f"{env_id} is not a JPQ environment")
     # A Task object (jpq_env.make_task) is recorded by its name: the run's files stay JSON.
@@ -139,7 +185,8 @@ def run_search(
     search = Search(out, settings, env, resume=resume, on_record=on_record)
     start = time.perf_counter()
     try:
-        AGENTS[agent](search, seed, {"env_id": env_id, "warmup_episodes": warmup_episodes})
+        opts = {"env_id": env_id, "warmup_episodes": warmup_episodes, **(scale or {})}
+        AGENTS[agent](search, seed, opts)
     finally:
         bar.close()
         if writer is not None:

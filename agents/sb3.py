@@ -87,32 +87,71 @@ def hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
     return dict(table.get(env_id, table["default"]))
 
 
-def run_sb3(search: Search, seed: int, agent: str, env_id: str, warmup_episodes: int = 10) -> None:
+def run_sb3(
+    search: Search,
+    seed: int,
+    agent: str,
+    env_id: str,
+    warmup_episodes: int = 10,
+    workers: int | None = None,
+    num_gpus: float = 0.0,
+) -> None:
     """Train an SB3 agent for exactly the search's evaluation budget.
 
     Every episode of the views has one step per layer, so the budget is ``episodes x layers``
-    steps of ``learn``.
+    steps of ``learn``. With ``workers``, the episodes run on that many Ray actors at once
+    (``agents.ray_vec_env.RayVecEnv``, ``num_gpus`` each; Ray must be connected); DDPG then
+    trains every ``layers`` steps (SB3 allows episodic training with one environment only) and
+    each sub-environment gets its own exploration noise.
     """
+    view = ALGOS[agent][1]
+    base = jpq(search.env)
+    layers = base.num_layers
+    if workers:
+        from agents.ray_vec_env import RayVecEnv
+
+        env: Any = RayVecEnv(search, f"{view.__module__}:{view.__name__}", workers, num_gpus)
+    else:
+        env = view(search.env)
+    try:
+        _learn(search, seed, agent, env, env_id, layers, warmup_episodes)
+    finally:
+        if workers:
+            env.close()
+
+
+def _learn(
+    search: Search, seed: int, agent: str, env: Any, env_id: str, layers: int, warmup: int
+) -> None:
     from sb3_contrib import MaskablePPO
     from stable_baselines3 import DDPG, PPO
+    from stable_baselines3.common.noise import VectorizedActionNoise
+    from stable_baselines3.common.vec_env import VecEnv
 
-    zoo, view = ALGOS[agent]
+    zoo, _ = ALGOS[agent]
     params = hyperparameters(zoo, env_id)
-    base = jpq(search.env)
-    env = view(search.env)
-    layers = base.num_layers
+    vec = isinstance(env, VecEnv)
     kwargs = {k: v for k, v in params.items() if k not in _ZOO_ONLY}
     if "policy_kwargs" in kwargs and isinstance(kwargs["policy_kwargs"], str):
         # RL Zoo's format, a Python expression: evaluated with no builtins (no imports, no open).
         kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"__builtins__": {}, "dict": dict})
     if "train_freq" in kwargs and isinstance(kwargs["train_freq"], list):
         kwargs["train_freq"] = tuple(kwargs["train_freq"])
-    env.reset(seed=seed)
+    if vec:
+        env.seed(seed)
+    else:
+        env.reset(seed=seed)
     if agent == "ddpg":
-        kwargs["learning_starts"] = warmup_episodes * layers
-        kwargs["action_noise"] = TruncatedNormalDecayNoise(
-            int(np.prod(env.action_space.shape)), float(params.get("noise_std", 0.5)), seed=seed
-        )
+        kwargs["learning_starts"] = warmup * layers
+        size, sigma = int(np.prod(env.action_space.shape)), float(params.get("noise_std", 0.5))
+        kwargs["action_noise"] = TruncatedNormalDecayNoise(size, sigma, seed=seed)
+        if vec and env.num_envs > 1:
+            kwargs["train_freq"] = (layers, "step")
+            noise = VectorizedActionNoise(kwargs["action_noise"], env.num_envs)
+            noise.noises = [  # SB3 copies one noise n times: the same exploration in every env
+                TruncatedNormalDecayNoise(size, sigma, seed=seed + i) for i in range(env.num_envs)
+            ]
+            kwargs["action_noise"] = noise
         model: Any = DDPG(params.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, **kwargs)
     elif agent == "ppo":
         model = PPO(params.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, **kwargs)

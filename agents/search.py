@@ -224,6 +224,15 @@ class Search:
         return len(self.records)
 
     @property
+    def replay_left(self) -> int:
+        """Evaluations a resumed run logged that are not replayed yet (answered from the log)."""
+        return max(len(self._replay) - self.count, 0)
+
+    def logged(self, start: int, stop: int) -> list[dict[str, Any]]:
+        """Records ``start`` to ``stop - 1`` of the log a resumed run replays (empty past it)."""
+        return self._replay[start:stop]
+
+    @property
     def done(self) -> bool:
         """True once the evaluation budget is spent."""
         return self.count >= self.settings.episodes
@@ -243,6 +252,12 @@ class Search:
             "policy": info["policy"],
         }
         replayed = episode < len(self._replay)
+        if replayed and _policy_key(record["policy"]) != _policy_key(
+            self._replay[episode]["policy"]
+        ):
+            raise SearchError(
+                f"cannot resume: episode {episode} replayed a different policy than the log holds"
+            )
         if not replayed:
             with (self.out / LOG_NAME).open("a") as f:
                 f.write(json.dumps(record, separators=(",", ":")) + "\n")

@@ -13,9 +13,10 @@ The interface is the seam for other evaluators (a pool of remote workers, say): 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from functools import cached_property
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from jpq_env.tasks.base import Task, TaskError
 __all__ = [
     "Evaluator",
     "LocalEvaluator",
+    "PaddedEvaluator",
     "auto_batch_size",
     "iter_batches",
     "resolve_device",
@@ -280,3 +282,40 @@ class LocalEvaluator:
     def test_accuracy(self, policy: Policy | None) -> float:
         """Top-1 on the test split (final reports only); ``None`` scores the FP32 model as is."""
         return self._score(policy, "test")
+
+
+class PaddedEvaluator:
+    """An evaluator whose every ``accuracy`` call takes at least ``seconds`` of wall time.
+
+    Emulates the accuracy proxy of a large model (seconds per evaluation on a GPU) with a small
+    task, for scaling benchmarks and tests: the accuracies are the inner evaluator's, only the wall
+    time changes. The padding sleeps, so it costs no CPU (like waiting for a GPU).
+
+    Args:
+        inner: The evaluator that computes the accuracies.
+        seconds: Least wall time of one evaluation, in seconds (>= 0).
+    """
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        if not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
+        self.inner = inner
+        self.seconds = float(seconds)
+
+    @property
+    def fp32_accuracy(self) -> float:
+        """The inner evaluator's FP32 accuracy (not padded: it is computed once)."""
+        return float(self.inner.fp32_accuracy)
+
+    def accuracy(self, policy: Policy) -> float:
+        """The inner evaluator's accuracy, returned no sooner than ``seconds`` after the call."""
+        start = time.perf_counter()
+        value = float(self.inner.accuracy(policy))
+        left = self.seconds - (time.perf_counter() - start)
+        if left > 0:
+            time.sleep(left)
+        return value
+
+    def test_accuracy(self, policy: Policy | None) -> float:
+        """The inner evaluator's test accuracy (final reports; not padded)."""
+        return float(self.inner.test_accuracy(policy))

@@ -38,6 +38,13 @@ def test_quick_mode_runs_and_prints_a_table_row(name: str):
     assert [p.stat().st_mtime for p in results] == mtimes  # quick mode leaves results alone
 
 
+@pytest.mark.slow
+def test_ray_scaling_quick_mode_runs(monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'jpq-env[ray]'")
+    monkeypatch.setitem(QUICK, "ray_scaling", 8)
+    test_quick_mode_runs_and_prints_a_table_row("ray_scaling")
+
+
 def test_recorded_results_exist_and_meet_their_targets():
     """Every table with a "target met" column says yes on every row."""
     for name in ("apply_vs_proxy", "speed", "byom_episode"):
@@ -59,3 +66,13 @@ def test_recorded_soak_kept_the_model_and_memory():
     for env_id, episodes, unchanged, _, _, growth, *_ in (map(str.strip, r) for r in rows):
         assert episodes == "10,000" and unchanged == "yes", env_id
         assert abs(float(growth.rstrip("%"))) <= 5.0, env_id
+
+
+def test_recorded_ray_scaling_meets_its_target():
+    text = (ROOT / "benchmarks" / "results" / "ray_scaling.md").read_text()
+    assert "Produced by `python -m benchmarks.ray_scaling" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 7  # header, then in process and pools of 1 and 2 at 20 and 200 ms
+    targets = [row for row in rows[1:] if not row.rstrip().endswith("| - |")]
+    assert [row.split("|")[1:4] for row in targets] == [[" 200 ", " Ray pool ", " 2 "]]
+    assert targets[0].rstrip().endswith("| yes |")

@@ -1,0 +1,139 @@
+"""Playing many episodes of a search at once, their evaluations in one batch.
+
+Agents that know several episodes' actions before seeing any of their accuracies (random search,
+one round of greedy's probes) hand them to ``play_many``. With an evaluator that has a batch
+method (``accuracy_many``, e.g. ``jpq_env.distributed.RayEvaluator``), it:
+
+1. plays each episode on the bare environment up to its evaluation and captures the policy (the
+   environment's decisions, budget enforcement included; nothing is evaluated or recorded);
+2. submits each captured policy at once (``iter_accuracy``; or all together, ``accuracy_many``),
+   evaluated in parallel on the evaluator's workers;
+3. plays the episodes again through the search's recorder, the evaluator answering from the
+   batch as its results arrive, so each is counted, logged and rewarded exactly as a sequential
+   episode would be.
+
+Episodes beyond the search's remaining budget are not played, and episodes a resumed run already
+logged are answered from the log, not evaluated again: the evaluation counter stays exact. Any
+other evaluator gets the sequential path, unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from agents.search import Search
+from jpq_env import Policy
+
+__all__ = ["parallelism", "play_many"]
+
+
+def _evaluator_slot(search: Search) -> tuple[Any, str]:
+    """The object holding the real evaluator and its attribute (under a resume's replay)."""
+    outer = search.base.evaluator
+    return (outer, "inner") if hasattr(outer, "inner") else (search.base, "evaluator")
+
+
+def parallelism(search: Search) -> int:
+    """How many evaluations the search's evaluator runs at once (1: no batch method)."""
+    holder, name = _evaluator_slot(search)
+    evaluator = getattr(holder, name)
+    if not hasattr(evaluator, "accuracy_many"):
+        return 1
+    return max(1, int(getattr(evaluator, "workers", 1)))
+
+
+class _Captured(Exception):
+    def __init__(self, policy: Policy) -> None:
+        super().__init__("policy captured")
+        self.policy = policy
+
+
+class _Capture:
+    """Stops an episode at its evaluation and hands over the policy."""
+
+    @property
+    def fp32_accuracy(self) -> float:
+        raise RuntimeError("not evaluated while capturing")
+
+    def accuracy(self, policy: Policy) -> float:
+        raise _Captured(policy)
+
+
+class _Answers:
+    """Answers the captured policies, in order, from the batch's accuracies as they arrive."""
+
+    def __init__(self, inner: Any, policies: list[Policy], values: Iterator[float]) -> None:
+        self.inner = inner
+        self.policies = iter(policies)
+        self.values = values
+
+    @property
+    def fp32_accuracy(self) -> float:
+        return float(self.inner.fp32_accuracy)
+
+    def accuracy(self, policy: Policy) -> float:
+        if policy != next(self.policies):
+            raise RuntimeError("an episode replayed a different policy than the one captured")
+        return next(self.values)
+
+
+def _capture(
+    search: Search, episodes: Sequence[Sequence[np.ndarray]], seed: int | None, out: list[Policy]
+) -> Iterator[Policy]:
+    """Play each episode on the bare environment up to its evaluation; yield its policy.
+
+    One by one (each also appended to ``out``), so an evaluator can start on the first policies
+    while the rest are played.
+    """
+    base = search.base
+    outer = base.evaluator
+    base.evaluator = _Capture()
+    try:
+        for actions in episodes:
+            base.reset(seed=seed)
+            try:
+                for action in actions:
+                    base.step(action)
+            except _Captured as captured:
+                out.append(captured.policy)
+                yield captured.policy
+            else:
+                raise ValueError("an episode's actions ended before the episode did")
+    finally:
+        base.evaluator = outer
+
+
+def play_many(
+    search: Search, episodes: Sequence[Sequence[np.ndarray]], seed: int | None = None
+) -> list[dict[str, Any]]:
+    """Play episodes (native action sequences) through the search; their final ``info`` dicts.
+
+    Each episode starts with ``reset(seed=seed)``. Episodes beyond the remaining budget are
+    dropped, so the result may be shorter than ``episodes``.
+    """
+    episodes = list(episodes)[: max(search.settings.episodes - search.count, 0)]
+    holder, name = _evaluator_slot(search)
+    evaluator = getattr(holder, name)
+    if hasattr(evaluator, "accuracy_many") and len(episodes) > 1:
+        logged = min(search.replay_left, len(episodes))  # answered from the log, not captured
+        fresh: list[Policy] = []
+        policies = _capture(search, episodes[logged:], seed, fresh)
+        stream = getattr(evaluator, "iter_accuracy", None)  # submits as the capture goes
+        values = stream(policies) if stream else iter(evaluator.accuracy_many(list(policies)))
+        setattr(holder, name, _Answers(evaluator, fresh, values))
+    try:
+        infos = []
+        for actions in episodes:
+            search.env.reset(seed=seed)
+            info: dict[str, Any] = {}
+            for action in actions:
+                _, _, terminated, _, info = search.env.step(action)
+                if terminated:
+                    break
+            infos.append(info)
+        return infos
+    finally:
+        setattr(holder, name, evaluator)

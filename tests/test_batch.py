@@ -1,0 +1,88 @@
+"""Batched episodes (agents.batch): same records as sequential play, exact counts, resume."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from agents.batch import parallelism, play_many
+from agents.search import LOG_NAME, RunSettings, Search
+from jpq_env import LocalEvaluator, load_task
+
+
+class BatchEvaluator(LocalEvaluator):
+    """The in-process proxy with a batch method that records the batch sizes it was given."""
+
+    workers = 3
+
+    def __init__(self) -> None:
+        super().__init__(load_task("digits"))
+        self.batches: list[int] = []
+
+    def accuracy_many(self, policies):
+        self.batches.append(len(policies))
+        return [self.accuracy(p) for p in policies]
+
+
+def episodes(n: int, seed: int = 0) -> list[list[np.ndarray]]:
+    env = gym.make("jpq_env/JPQ-v0").unwrapped
+    env.action_space.seed(seed)
+    return [[env.action_space.sample() for _ in range(2 * env.num_layers)] for _ in range(n)]
+
+
+def sequential_log(tmp_path, actions, budget) -> list[dict]:
+    env = gym.make("jpq_env/JPQ-v0").unwrapped
+    search = Search(tmp_path / "sequential", RunSettings("random", budget, 0, {}), env)
+    for episode in actions[:budget]:
+        search.env.reset(seed=0)
+        for action in episode:
+            search.env.step(action)
+    return read_log(tmp_path / "sequential")
+
+
+def read_log(path) -> list[dict]:
+    return [json.loads(line) for line in (path / LOG_NAME).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def evaluator() -> BatchEvaluator:
+    return BatchEvaluator()
+
+
+def test_batch_gives_the_sequential_records_within_the_budget(tmp_path, evaluator):
+    actions = episodes(6)
+    env = gym.make("jpq_env/JPQ-v0", evaluator=evaluator).unwrapped
+    search = Search(tmp_path / "batch", RunSettings("random", 4, 0, {}), env)
+    evaluator.batches.clear()
+    infos = play_many(search, actions, seed=0)
+    assert evaluator.batches == [4]  # one batch, cut to the budget
+    assert len(infos) == 4 and search.count == 4 and search.done
+    assert read_log(tmp_path / "batch") == sequential_log(tmp_path, actions, 4)
+    assert parallelism(search) == 3
+    assert play_many(search, actions) == []  # budget spent: nothing played, nothing evaluated
+    assert evaluator.batches == [4]
+
+
+def test_resumed_batch_evaluates_only_what_the_log_lacks(tmp_path, evaluator):
+    actions = episodes(5, seed=1)
+    run = tmp_path / "run"
+    env = gym.make("jpq_env/JPQ-v0", evaluator=evaluator).unwrapped
+    play_many(Search(run, RunSettings("random", 3, 0, {}), env), actions)
+    evaluator.batches.clear()
+    env = gym.make("jpq_env/JPQ-v0", evaluator=evaluator).unwrapped
+    resumed = Search(run, RunSettings("random", 5, 0, {}), env, resume=True)
+    assert parallelism(resumed) == 3  # seen through the resume's replay evaluator
+    play_many(resumed, actions)
+    assert evaluator.batches == [2]  # episodes 0-2 came from the log
+    assert resumed.count == 5
+    assert read_log(run) == sequential_log(tmp_path, actions, 5)
+
+
+def test_sequential_evaluator_keeps_the_sequential_path(tmp_path):
+    env = gym.make("jpq_env/JPQ-v0").unwrapped
+    search = Search(tmp_path, RunSettings("random", 2, 0, {}), env)
+    assert parallelism(search) == 1
+    infos = play_many(search, episodes(2, seed=2))
+    assert [i["accuracy"] for i in infos] == [r["accuracy"] for r in read_log(tmp_path)]
+    assert search.count == 2
