@@ -14,12 +14,16 @@ counted, logged and enforced the same way:
   and, round after round, give one more level to the layer's weights or (v1) activations where it
   helps accuracy most (the least sensitive layers stay low: the dual of "lower the least sensitive
   layer first"), uniform magnitude pruning paying for every raise; each probe is an evaluation.
+
+With an evaluator pool (``jpq search --ray/--workers``), random search and each round of greedy's
+probes are evaluated in batches (``agents.batch``): the same episodes, the same records.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from agents.batch import choice_actions, parallelism, play_many
 from agents.play import fits, jpq, least_uniform_pruning, level_pairs, play, uniform_choices
 from agents.search import Search
 
@@ -31,6 +35,13 @@ def random_search(search: Search, seed: int) -> None:
     env = search.env
     env.action_space.seed(seed)
     env.reset(seed=seed)
+    batch = 4 * parallelism(search)
+    if batch > 4:  # an evaluator pool (--ray): the same episodes, drawn and evaluated in batches
+        steps = 2 * jpq(env).num_layers
+        while not search.done:
+            episodes = [[env.action_space.sample() for _ in range(steps)] for _ in range(batch)]
+            play_many(search, episodes)
+        return
     while not search.done:
         env.reset()
         terminated = False
@@ -85,19 +96,23 @@ def greedy(search: Search, seed: int) -> None:
     accuracy = info["accuracy"]
     while not search.done:
         best: tuple[float, list[list[int]], list[int]] | None = None
+        trials = []
         for kind, top in enumerate(tops):
             for layer in range(n):
-                if levels[kind][layer] + 1 >= top or search.done:
+                if levels[kind][layer] + 1 >= top:
                     continue
                 trial = [list(row) for row in levels]
                 trial[kind][layer] += 1
                 trial_pruned = least_uniform_pruning(base, trial[0], acts(trial))
-                if trial_pruned is None:
-                    continue
-                choices = uniform_choices(base, trial_pruned, trial[0], acts(trial))
-                info = play(search.env, choices, seed=seed)
-                if best is None or info["accuracy"] > best[0]:
-                    best = (info["accuracy"], trial, trial_pruned)
+                if trial_pruned is not None:
+                    trials.append((trial, trial_pruned))
+        # One round's probes in one batch (in parallel on an evaluator pool), cut to the budget.
+        probes = [choice_actions(base, uniform_choices(base, p, t[0], acts(t))) for t, p in trials]
+        for (trial, trial_pruned), info in zip(
+            trials, play_many(search, probes, seed=seed), strict=False
+        ):
+            if best is None or info["accuracy"] > best[0]:
+                best = (info["accuracy"], trial, trial_pruned)
         if best is None or best[0] <= accuracy:
             return
         accuracy, levels, pruned = best

@@ -24,10 +24,23 @@ from typing import Any
 
 import numpy as np
 
+from agents.play import LayerChoice, channel_action, layer_action
 from agents.search import Search
 from jpq_env import Policy
+from jpq_env.envs import JPQEnv
 
-__all__ = ["parallelism", "play_many"]
+__all__ = ["choice_actions", "parallelism", "play_many"]
+
+
+def choice_actions(base: JPQEnv, choices: Sequence[LayerChoice]) -> list[np.ndarray]:
+    """The native actions ``agents.play.play`` sends for ``choices``: two per layer."""
+    actions = []
+    for layer, c in enumerate(choices):
+        actions += [
+            layer_action(base, layer, c.n_pruned, c.act_level),
+            channel_action(base, c.levels),
+        ]
+    return actions
 
 
 def _evaluator_slot(search: Search) -> tuple[Any, str]:

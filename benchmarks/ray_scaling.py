@@ -134,8 +134,8 @@ def main() -> None:
             "the end, on 2 cores): the in-process evaluator's torch ran 2 threads against that "
             "load while each actor runs 1 (Ray sets OMP_NUM_THREADS=1), which is why in "
             "process looks slow here. On a quiet machine an episode of the default task takes "
-            "tens of milliseconds in process (speed.md) and Ray's start-up (seconds) outweighs what "
-            "a pool saves on small models; Ray pays off when evaluations take hundreds of "
+            "tens of milliseconds in process (speed.md) and Ray's start-up (seconds) outweighs "
+            "what a pool saves on small models; Ray pays off when evaluations take hundreds of "
             "milliseconds or more (ImageNet-scale models, one GPU per actor) and across "
             "machines.",
         ]

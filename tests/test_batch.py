@@ -86,3 +86,18 @@ def test_sequential_evaluator_keeps_the_sequential_path(tmp_path):
     infos = play_many(search, episodes(2, seed=2))
     assert [i["accuracy"] for i in infos] == [r["accuracy"] for r in read_log(tmp_path)]
     assert search.count == 2
+
+
+@pytest.mark.parametrize("agent", ["random", "greedy"])
+def test_baselines_batched_keep_their_sequential_records(tmp_path, evaluator, agent):
+    from agents.baselines import BASELINES
+
+    logs = []
+    for name, ev in (("sequential", None), ("batched", evaluator)):
+        env = gym.make("jpq_env/JPQ-v1", **({} if ev is None else {"evaluator": ev})).unwrapped
+        search = Search(tmp_path / name, RunSettings(agent, 14, 3, {}), env)
+        evaluator.batches.clear()
+        BASELINES[agent](search, 3)
+        logs.append(read_log(tmp_path / name))
+    assert logs[0] == logs[1] and len(logs[0]) == 14
+    assert max(evaluator.batches) > 1  # the batched run did evaluate in batches
