@@ -79,7 +79,9 @@ def main() -> None:
     local = LocalEvaluator(load_task("digits"))
     _ = local.fp32_accuracy
     start = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2
+    )
     init_s = time.perf_counter() - start
     rows = []
     try:

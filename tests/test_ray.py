@@ -48,6 +48,7 @@ def local_ray(ray_module):
     """The session's local Ray (started again if a test replaced it by a cluster)."""
     if not ray_module.is_initialized():
         ray_module.init(
+            address="local",  # a new instance, never another process's local Ray
             num_cpus=2,
             num_gpus=2,
             include_dashboard=False,
