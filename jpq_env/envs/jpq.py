@@ -255,7 +255,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     @property
     def action_size(self) -> int:
-        """Length of the native action: 1 (layer decision) + channel slots."""
+        """Length of the native action: layer entries (2 on v1, else 1) + channel slots."""
         return self.layer_slots + self.channel_slots
 
     @property
