@@ -15,13 +15,21 @@ method (``accuracy_many``, e.g. ``jpq_env.distributed.RayEvaluator``), it:
 Episodes beyond the search's remaining budget are not played, and episodes a resumed run already
 logged are answered from the log, not evaluated again: the evaluation counter stays exact. Any
 other evaluator gets the sequential path, unchanged.
+
+Agents whose actions depend on what the environment answers (the two-level controller reads each
+step's observation) play their episodes themselves in ``capturing(search)``: a tape over the bare
+environment on which every episode ends at its evaluation, unevaluated, and which keeps each
+episode's actions and policy; ``play_many(search, tape.episodes, policies=tape.policies)`` then
+evaluates them in one batch without capturing them again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, SupportsFloat
 
+import gymnasium as gym
 import numpy as np
 
 from agents.play import LayerChoice, channel_action, layer_action
@@ -29,7 +37,7 @@ from agents.search import Search
 from jpq_env import Policy
 from jpq_env.envs import JPQEnv
 
-__all__ = ["choice_actions", "parallelism", "play_many"]
+__all__ = ["Tape", "capturing", "choice_actions", "parallelism", "play_many"]
 
 
 def choice_actions(base: JPQEnv, choices: Sequence[LayerChoice]) -> list[np.ndarray]:
@@ -93,6 +101,56 @@ class _Answers:
         return next(self.values)
 
 
+class Tape(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
+    """The bare environment in capture mode: each episode ends at its evaluation, unevaluated.
+
+    Agents play on it as on any environment; the step that would evaluate returns instead with
+    ``terminated=True``, reward 0, an observation of zeros and ``info={"captured": True}`` (not a
+    real outcome: nothing was evaluated, nothing recorded). ``episodes`` holds every captured
+    episode's actions, ``policies`` its policy, in order, ready for ``play_many``.
+    """
+
+    def __init__(self, env: JPQEnv) -> None:
+        super().__init__(env)
+        self.base = env
+        self.episodes: list[list[np.ndarray]] = []
+        self.policies: list[Policy] = []
+        self._actions: list[np.ndarray] = []
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode (its actions are taped from here)."""
+        self._actions = []
+        return self.env.reset(seed=seed, options=options)
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step; at the evaluation, keep the episode and end it without evaluating."""
+        self._actions.append(np.array(action, copy=True))
+        try:
+            return self.env.step(action)
+        except _Captured as captured:
+            self.episodes.append(self._actions)
+            self.policies.append(captured.policy)
+            self._actions = []
+            zeros = np.zeros(self.base.observation_size, dtype=np.float32)
+            return zeros, 0.0, True, False, {"captured": True}
+
+
+@contextmanager
+def capturing(search: Search) -> Iterator[Tape]:
+    """A ``Tape`` over the search's bare environment, its evaluator restored afterwards."""
+    base = search.base
+    outer = base.evaluator
+    base.evaluator = _Capture()
+    try:
+        yield Tape(base)
+    finally:
+        base.evaluator = outer
+
+
 def _capture(
     search: Search, episodes: Sequence[Sequence[np.ndarray]], seed: int | None, out: list[Policy]
 ) -> Iterator[Policy]:
@@ -101,41 +159,44 @@ def _capture(
     One by one (each also appended to ``out``), so an evaluator can start on the first policies
     while the rest are played.
     """
-    base = search.base
-    outer = base.evaluator
-    base.evaluator = _Capture()
-    try:
+    with capturing(search) as tape:
         for actions in episodes:
-            base.reset(seed=seed)
-            try:
-                for action in actions:
-                    base.step(action)
-            except _Captured as captured:
-                out.append(captured.policy)
-                yield captured.policy
-            else:
+            tape.reset(seed=seed)
+            for action in actions:
+                if tape.step(action)[2]:
+                    break
+            if len(tape.policies) <= len(out):
                 raise ValueError("an episode's actions ended before the episode did")
-    finally:
-        base.evaluator = outer
+            out.append(tape.policies[-1])
+            yield tape.policies[-1]
 
 
 def play_many(
-    search: Search, episodes: Sequence[Sequence[np.ndarray]], seed: int | None = None
+    search: Search,
+    episodes: Sequence[Sequence[np.ndarray]],
+    seed: int | None = None,
+    policies: Sequence[Policy] | None = None,
 ) -> list[dict[str, Any]]:
     """Play episodes (native action sequences) through the search; their final ``info`` dicts.
 
     Each episode starts with ``reset(seed=seed)``. Episodes beyond the remaining budget are
-    dropped, so the result may be shorter than ``episodes``.
+    dropped, so the result may be shorter than ``episodes``. ``policies``: the episodes' policies
+    when the caller captured them already (``capturing``), so they are not played twice.
     """
+    if policies is not None and len(policies) != len(episodes):
+        raise ValueError(f"{len(policies)} policies given for {len(episodes)} episodes")
     episodes = list(episodes)[: max(search.settings.episodes - search.count, 0)]
     holder, name = _evaluator_slot(search)
     evaluator = getattr(holder, name)
     if hasattr(evaluator, "accuracy_many") and len(episodes) > 1:
         logged = min(search.replay_left, len(episodes))  # answered from the log, not captured
         fresh: list[Policy] = []
-        policies = _capture(search, episodes[logged:], seed, fresh)
+        if policies is None:
+            todo: Iterator[Policy] | list[Policy] = _capture(search, episodes[logged:], seed, fresh)
+        else:
+            fresh = todo = list(policies[logged : len(episodes)])
         stream = getattr(evaluator, "iter_accuracy", None)  # submits as the capture goes
-        values = stream(policies) if stream else iter(evaluator.accuracy_many(list(policies)))
+        values = stream(todo) if stream else iter(evaluator.accuracy_many(list(todo)))
         setattr(holder, name, _Answers(evaluator, fresh, values))
     try:
         infos = []

@@ -12,12 +12,14 @@ are neither counted, nor logged, nor learned from, as the search's callback stop
 at that step). A resumed run sends the logged accuracies along, so replayed episodes are answered
 from the log, not evaluated again. An actor that dies is restarted by Ray (``max_restarts``) and
 the driver plays its running episode again on it (the actions so far, then the pending one):
-the episode ends, is evaluated and is recorded once, as if nothing had happened.
+the episode ends, is evaluated and is recorded once, as if nothing had happened. An actor that
+dies before or during a ``reset`` is waited for and reset once it is back.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from collections.abc import Sequence
 from typing import Any, SupportsFloat
@@ -92,6 +94,14 @@ class _EnvActor:
         module, _, name = view.partition(":")
         self.env = getattr(importlib.import_module(module), name)(self.native)
         self.started = False  # False on a restarted actor too: the driver must replay
+
+    def describe(self) -> dict[str, Any]:
+        """Where this actor runs: process, node, visible GPUs."""
+        return {
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
 
     def reset(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, Any]:
         self.started = True
@@ -190,13 +200,21 @@ class RayVecEnv(VecEnv):
     # ---- VecEnv API -------------------------------------------------------------------------
 
     def reset(self) -> VecEnvObs:
-        """Reset every sub-environment (with the seeds and options set before, if any)."""
-        results = ray.get(
-            [
-                actor.reset.remote(self._seeds[i], self._options[i])
-                for i, actor in enumerate(self.actors)
-            ]
-        )
+        """Reset every sub-environment (with the seeds and options set before, if any).
+
+        An actor that died is waited for while Ray restarts it, then reset (nothing of an
+        unfinished episode was recorded, so nothing is lost).
+        """
+        refs = [
+            actor.reset.remote(self._seeds[i], self._options[i])
+            for i, actor in enumerate(self.actors)
+        ]
+        results = []
+        for i, ref in enumerate(refs):
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                results.append(_when_back(self.actors[i].reset, self._seeds[i], self._options[i]))
         self.reset_infos = [info for _, info in results]
         self._episodes = [[] for _ in self.actors]
         self._reset_seeds()

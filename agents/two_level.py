@@ -41,19 +41,37 @@ Design, and why:
   evaluations the controllers' main job is to find good regions; the literature's finding that
   local search beats plain RL at this budget (METHOD.md section 10) held here too.
 
+- **Refinement in rounds**: each round tries ``refine_batch`` neighbours of the best (4 by
+  default) and keeps the round's best. Measured against one neighbour at a time (JPQ-v1 at 1/64,
+  1/128 and 1/256 and JPQ-v0 at 1/64, seeds 0-2, best held-out accuracy after 300 evaluations):
+  equal in 9 of 12 runs; rounds were ahead in two (87.2% against 82.3% at 1/256 with seed 2,
+  98.96% against 98.26% on v0 with seed 2) and behind in one (98.96% against 99.31% on v0 with
+  seed 0). Rounds cost nothing measurable, and they let a pool evaluate the refinement in
+  parallel.
+- **On an evaluator pool** (``jpq search --ray/--workers``, ``agents.batch``): the warm-start
+  policies, each update's batch of sampled episodes and each refinement round are played first
+  on a capturing tape (the controllers read every step's observation, so the driver plays the
+  episodes; only their evaluations are spread over the pool), then evaluated in one batch and
+  recorded in order. Nothing the agent draws depends on the accuracies within a batch, so the
+  records are the same as in one process (tested), and the speed-up reaches the batch size.
+
 Deterministic: with the same seed the same episodes are played (the search's resume relies on it).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Beta, Categorical
 
+from agents.batch import capturing, parallelism, play_many
 from agents.play import (
     LayerChoice,
     channel_action,
@@ -71,6 +89,7 @@ from jpq_env.envs import JPQEnv
 __all__ = ["TwoLevelConfig", "TwoLevelController", "run_two_level"]
 
 _EPS = 1e-4
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -91,6 +110,10 @@ class TwoLevelConfig:
         warm_start: Play the prune-then-quantize warm-start episodes first.
         accept_ties: During refinement, move to a neighbour that scores as well as the best (the
             proxy is coarse: 288 held-out samples move in steps of 0.35%, so plateaus are wide).
+        refine_batch: Neighbours of the best tried per refinement round (the round's best is
+            kept); an evaluator pool with more workers raises it to its worker count. The
+            rounds are the same whichever evaluator runs them, so in-process and pooled
+            searches give the same records.
     """
 
     hidden: int = 64
@@ -105,6 +128,7 @@ class TwoLevelConfig:
     refine_fraction: float = 0.7
     warm_start: bool = True
     accept_ties: bool = True
+    refine_batch: int = 4
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -190,6 +214,7 @@ class _Agent:
         self.returns: list[float] = []
         self.elite: list[_Episode] = []
         self.best: _Episode | None = None
+        self.parallel = parallelism(search)
 
     # ---- features ---------------------------------------------------------------------------
 
@@ -215,11 +240,16 @@ class _Agent:
 
     # ---- playing ----------------------------------------------------------------------------
 
-    def _episode(self, fixed: list[LayerChoice] | None = None) -> _Episode:
-        """Play one episode, sampled from the controllers unless ``fixed`` decisions are given."""
+    def _episode(
+        self, env: gym.Env[np.ndarray, np.ndarray], fixed: list[LayerChoice] | None = None
+    ) -> _Episode:
+        """Play one episode on ``env``, sampled from the controllers unless ``fixed`` is given.
+
+        Its reward is filled in by ``_evaluate`` (on a capturing tape the episode ends
+        unevaluated).
+        """
         ep = _Episode()
-        obs, _ = self.env.reset(seed=self.seed)
-        info: dict[str, Any] = {}
+        obs, _ = env.reset(seed=self.seed)
         for layer in range(self.base.num_layers):
             k = self.base.graph.layers[layer].out_channels
             if fixed is None:
@@ -233,7 +263,7 @@ class _Agent:
                 act = fixed[layer].act_level
                 action = layer_action(self.base, layer, fixed[layer].n_pruned, act)
             layer_obs = obs
-            obs, _, _, _, info = self.env.step(action)
+            obs, _, _, _, info = env.step(action)
             n_pruned = round(info["applied_sparsity"] * k)
             top = max(self.base.space.max_sparsity * k, 1e-9)
             ep.layer_obs.append(layer_obs)
@@ -247,7 +277,7 @@ class _Agent:
                 levels = np.zeros(self.slots, dtype=np.int64)
                 levels[: len(fixed[layer].levels)] = fixed[layer].levels
             chan_obs = obs
-            obs, reward, terminated, _, info = self.env.step(channel_action(self.base, levels))
+            obs, _, _, _, _ = env.step(channel_action(self.base, levels))
             applied = self._applied_levels(layer, parts, levels)
             ep.chan_obs.append(chan_obs)
             ep.chan_groups.append(feats)
@@ -260,9 +290,28 @@ class _Agent:
             )
             levels_applied = tuple(int(x) for x in applied[: len(parts)])
             ep.choices.append(LayerChoice(n_pruned, levels_applied, act_level))
-            if terminated:
-                ep.reward = float(reward)
         return ep
+
+    def _evaluate(
+        self, plays: list[Callable[[gym.Env[np.ndarray, np.ndarray]], _T]]
+    ) -> list[tuple[_T, float]]:
+        """Play each episode (``play(env)`` plays one on ``env``); what it returned, its reward.
+
+        With an evaluator pool the episodes are played on a capturing tape first and then
+        evaluated in one batch (``agents.batch``); otherwise one after another through the
+        search. The same episodes, records and rewards either way (the environment is
+        deterministic and the agent's random draws happen in the same order).
+        """
+        if len(plays) > self.search.settings.episodes - self.search.count:
+            raise RuntimeError("more episodes than the search's remaining evaluations")
+        if self.parallel > 1 and len(plays) > 1:
+            with capturing(self.search) as tape:
+                outs = [play_episode(tape) for play_episode in plays]
+            play_many(self.search, tape.episodes, seed=self.seed, policies=tape.policies)
+        else:
+            outs = [play_episode(self.env) for play_episode in plays]
+        recorded = self.search.records[len(self.search.records) - len(plays) :]
+        return [(out, float(r["reward"])) for out, r in zip(outs, recorded, strict=True)]
 
     def _applied_act(self, layer: int) -> int | None:
         """Activation level the layer actually got (None when activations are not decided)."""
@@ -412,33 +461,53 @@ class _Agent:
             self._move(out, direction=-1, avoid=changed)
         return out
 
+    def _learned(self, plans: list[list[LayerChoice] | None]) -> list[_Episode]:
+        """Play and evaluate episodes (None: sampled from the controllers) and remember them."""
+        played = self._evaluate([functools.partial(self._episode, fixed=plan) for plan in plans])
+        for ep, reward in played:
+            ep.reward = reward
+            self._remember(ep)
+        return [ep for ep, _ in played]
+
+    def _candidate(
+        self, choices: list[LayerChoice]
+    ) -> Callable[[gym.Env[np.ndarray, np.ndarray]], list[LayerChoice]]:
+        """An episode playing ``choices``; it returns the choices as applied."""
+
+        def play_candidate(env: gym.Env[np.ndarray, np.ndarray]) -> list[LayerChoice]:
+            play(env, choices, seed=self.seed)
+            return self._replayed_choices(choices)
+
+        return play_candidate
+
     def run(self) -> None:
         cfg = self.config
         total = self.search.settings.episodes
         refine_from = total - int(cfg.refine_fraction * total) if total >= 20 else total
         if cfg.warm_start:
             n = self.base.num_layers
+            plans: list[list[LayerChoice] | None] = []
             for w, act in level_pairs(self.base):  # the two-stage baseline's policies
                 pruned = least_uniform_pruning(self.base, [w] * n, [act] * n)
-                if self.search.count >= refine_from or pruned is None:
-                    continue
-                choices = uniform_choices(self.base, pruned, [w] * n, [act] * n)
-                self._remember(self._episode(choices))
+                if pruned is not None:
+                    plans.append(uniform_choices(self.base, pruned, [w] * n, [act] * n))
+            self._learned(plans[: max(refine_from - self.search.count, 0)])
         batch: list[_Episode] = []
         while self.search.count < refine_from:
-            ep = self._episode()
-            self._remember(ep)
-            batch.append(ep)
+            wanted = min(cfg.batch_episodes - len(batch), refine_from - self.search.count)
+            batch += self._learned([None] * wanted)
             if len(batch) == cfg.batch_episodes:
                 self._update(batch)
                 batch = []
+        width = max(cfg.refine_batch, self.parallel, 1)
         while not self.search.done and self.best is not None:
-            candidate = self._mutate(self.best.choices)
-            info = play(self.env, candidate, seed=self.seed)
-            reward = float(info["reward_total"])
-            better = reward > self.best.reward
-            if better or (cfg.accept_ties and reward == self.best.reward):
-                self.best = _Episode(choices=self._replayed_choices(candidate), reward=reward)
+            best = self.best
+            wanted = min(width, total - self.search.count)
+            candidates = [self._candidate(self._mutate(best.choices)) for _ in range(wanted)]
+            tried = self._evaluate(candidates)
+            choices, reward = max(tried, key=lambda cr: cr[1])  # the first of equals
+            if reward > best.reward or (cfg.accept_ties and reward == best.reward):
+                self.best = _Episode(choices=choices, reward=reward)
 
     def _replayed_choices(self, proposed: list[LayerChoice]) -> list[LayerChoice]:
         """The choices as applied (the wall may have changed what was proposed)."""

@@ -101,3 +101,50 @@ def test_baselines_batched_keep_their_sequential_records(tmp_path, evaluator, ag
         logs.append(read_log(tmp_path / name))
     assert logs[0] == logs[1] and len(logs[0]) == 14
     assert max(evaluator.batches) > 1  # the batched run did evaluate in batches
+
+
+def test_two_level_batched_keeps_its_sequential_records(tmp_path, evaluator):
+    from agents.two_level import run_two_level
+
+    # 40 evaluations on v0: the warm start, a batch of sampled episodes, then refinement rounds.
+    logs = []
+    for name, ev in (("sequential", None), ("batched", evaluator)):
+        env = gym.make("jpq_env/JPQ-v0", **({} if ev is None else {"evaluator": ev})).unwrapped
+        search = Search(tmp_path / name, RunSettings("two-level", 40, 4, {}), env)
+        evaluator.batches.clear()
+        run_two_level(search, 4)
+        assert search.count == 40
+        logs.append(read_log(tmp_path / name))
+    assert logs[0] == logs[1]
+    # Batches: the warm start's policies, the sampled episodes, then rounds of 4 neighbours.
+    assert evaluator.batches[0] > 1 and evaluator.batches[-2:] == [4, 4]
+    assert sum(evaluator.batches) == 40
+
+
+def test_tape_ends_episodes_at_their_evaluation_unevaluated(tmp_path, evaluator):
+    from agents.batch import capturing
+
+    actions = episodes(3, seed=5)
+    env = gym.make("jpq_env/JPQ-v0", evaluator=evaluator).unwrapped
+    search = Search(tmp_path, RunSettings("random", 3, 0, {}), env)
+    evaluator.batches.clear()
+    with capturing(search) as tape:
+        for episode in actions:
+            tape.reset(seed=0)
+            results = [tape.step(a) for a in episode]
+            assert [r[2] for r in results] == [False] * (len(episode) - 1) + [True]
+            assert results[-1][4] == {"captured": True} and results[-1][1] == 0.0
+    assert search.count == 0 and not (tmp_path / LOG_NAME).exists()  # nothing recorded
+    assert env.evaluator is evaluator  # restored
+    assert [len(e) for e in tape.episodes] == [len(e) for e in actions]
+    assert all(
+        np.array_equal(a, b)
+        for x, y in zip(tape.episodes, actions, strict=True)
+        for a, b in zip(x, y, strict=True)
+    )
+    infos = play_many(search, tape.episodes, seed=0, policies=tape.policies)
+    assert evaluator.batches == [3]
+    assert [i["accuracy"] for i in infos] == [evaluator.accuracy(p) for p in tape.policies]
+    assert read_log(tmp_path) == sequential_log(tmp_path / "seq", actions, 3)
+    with pytest.raises(ValueError, match="2 policies given for 3 episodes"):
+        play_many(search, tape.episodes, policies=tape.policies[:2])

@@ -198,10 +198,12 @@ def test_pool_spans_the_nodes_of_an_emulated_cluster(ray_module, local_evaluator
 
 
 @pytest.mark.slow
-def test_cli_search_on_ray_gives_the_in_process_records(local_ray, tmp_path):
+@pytest.mark.parametrize(("agent", "episodes"), [("random", 6), ("two-level", 24)])
+def test_cli_search_on_ray_gives_the_in_process_records(local_ray, tmp_path, agent, episodes):
     from agents.cli import main
 
-    args = ["search", "--agent", "random", "--episodes", "6", "--quiet", "--seed", "5"]
+    # two-level: 24 evaluations are its warm start, sampled episodes and refinement rounds.
+    args = ["search", "--agent", agent, "--episodes", str(episodes), "--quiet", "--seed", "5"]
     assert main([*args, "--out", str(tmp_path / "local")]) == 0
     assert main([*args, "--out", str(tmp_path / "ray"), "--workers", "2"]) == 0
     assert read_log(tmp_path / "ray") == read_log(tmp_path / "local")
@@ -258,3 +260,73 @@ def test_vec_env_plays_a_killed_actors_episode_again(local_ray, tmp_path):
         expected.append((info["accuracy"], info["policy"]))
     assert search.count == 2
     assert [(r["accuracy"], r["policy"]) for r in read_log(tmp_path)] == expected
+
+
+@pytest.mark.slow
+def test_maskable_ppo_on_ray_actor_envs_gets_the_local_masks(local_ray, local_evaluator, tmp_path):
+    from sb3_contrib.common.maskable.utils import get_action_masks
+
+    from agents.ray_vec_env import RayVecEnv
+    from agents.run import run_search
+    from jpq_env.wrappers import MultiDiscreteView
+
+    env_id = "jpq_env/JPQ-v1"
+    summary = run_search("maskable-ppo", tmp_path / "run", 4, 8, env_id, progress=False, workers=2)
+    log = read_log(tmp_path / "run")
+    assert summary["evaluations"] == 4 and [r["episode"] for r in log] == list(range(4))
+    fingerprint = local_evaluator.graph.fingerprint
+    for record in log:  # each accuracy is the in-process proxy's for the logged policy
+        data = {"schema": 1, "fingerprint": fingerprint, "layers": record["policy"]}
+        assert record["accuracy"] == local_evaluator.accuracy(Policy.from_json(data))
+    # The masks MaskablePPO reads through the VecEnv are the ones a local view computes.
+    env = gym.make(env_id).unwrapped
+    search = Search(tmp_path / "masks", RunSettings("maskable-ppo", 2, 0, {"id": env_id}), env)
+    venv = RayVecEnv(search, "jpq_env.wrappers:MultiDiscreteView", 2)
+    local = MultiDiscreteView(gym.make(env_id).unwrapped)
+    try:
+        venv.reset()
+        local.reset()
+        for _ in range(local.unwrapped.num_layers):
+            masks = get_action_masks(venv)
+            expected = local.action_masks()
+            assert masks.shape == (2, expected.size) and (masks == expected).all()
+            # The last valid choice of every dimension (most pruning, widest bits).
+            action, start = [], 0
+            for n in local.action_space.nvec:
+                action.append(int(np.flatnonzero(expected[start : start + n])[-1]))
+                start += n
+            local.step(np.array(action))
+            venv.step(np.array([action, action]))
+    finally:
+        venv.close()
+    assert search.count == 2
+
+
+@pytest.mark.slow
+def test_vec_env_reset_waits_for_a_killed_actor(local_ray, tmp_path):
+    from agents.ray_vec_env import RayVecEnv
+
+    env = gym.make("jpq_env/JPQ-v0").unwrapped
+    search = Search(tmp_path, RunSettings("ppo", 2, 0, {"id": "jpq_env/JPQ-v0"}), env)
+    layers, size = env.num_layers, env.action_space.shape[0]
+    actions = np.random.default_rng(9).uniform(-1, 1, (layers, 2, size)).astype(np.float32)
+    venv = RayVecEnv(search, "jpq_env.wrappers:FlatBoxView", 2)
+    try:
+        pid = ray_pid(venv.actors[1])
+        local_ray.kill(venv.actors[1], no_restart=False)  # dies before the first reset
+        obs = venv.reset()
+        assert obs.shape == (2, *venv.observation_space.shape)
+        assert ray_pid(venv.actors[1]) != pid  # restarted, then reset
+        for t in range(layers):
+            _, _, dones, _ = venv.step(actions[t])
+        assert dones.all()
+    finally:
+        venv.close()
+    assert search.count == 2 and [r["episode"] for r in read_log(tmp_path)] == [0, 1]
+
+
+def ray_pid(actor) -> int:
+    """The process id of a ``RayVecEnv`` actor (waits while Ray restarts it)."""
+    from agents.ray_vec_env import _when_back
+
+    return int(_when_back(actor.describe)["pid"])
