@@ -9,8 +9,11 @@ Reported per design:
 - share of episodes over budget (with ``--enforcement none`` the reward alone must keep the
   agent within budget; with the default forward wall no episode can be over);
 - evaluations until the best proxy accuracy first comes within 1 point of its final value;
-- Kendall's tau between the proxy (held-out) accuracy and the test accuracy over the run's best
-  distinct policies within budget (up to 30): how far the proxy's ranking can be trusted;
+- Kendall's tau (tau-b, ties allowed) between the proxy (held-out) accuracy and the test
+  accuracy of the policies the run found: over up to 30 distinct policies within budget spread
+  evenly over the run's ranking (how well the proxy orders what the search sees), and over the
+  run's 30 best (whether it can pick the best among good policies; often a plateau of equal
+  proxy scores, then undefined);
 - learning curves (best proxy accuracy within budget against evaluations), one plot per budget.
 
     python -m benchmarks.reward_designs                       # full grid, writes results/
@@ -67,6 +70,13 @@ def evaluations_to_within(curve: Sequence[float], points: float = 0.01) -> int:
     return next(i + 1 for i, v in enumerate(curve) if v >= final - points)
 
 
+def rank_correlation(proxy: Sequence[float], test: Sequence[float]) -> float:
+    """Kendall's tau-b of two score lists; NaN when either is constant (no ranking to compare)."""
+    if len(set(proxy)) < 2 or len(set(test)) < 2:
+        return float("nan")
+    return float(kendalltau(proxy, test).statistic)
+
+
 def _one(run: dict[str, Any]) -> dict[str, Any]:
     """One search, then its curve and the proxy/test rank correlation (in a worker process)."""
     from agents.run import run_search
@@ -95,17 +105,25 @@ def _one(run: dict[str, Any]) -> dict[str, Any]:
     records = [json.loads(line) for line in lines]
     evaluator = LocalEvaluator(load_task("digits"))
     fingerprint = evaluator.graph.fingerprint
-    within: dict[str, dict[str, Any]] = {}
-    for r in sorted(records, key=lambda r: -r["accuracy"]):
-        key = json.dumps(r["policy"])
-        if r["budget_met"] and key not in within and len(within) < TOP:
-            within[key] = r
-    proxy, test = [], []
-    for r in within.values():
-        data = {"schema": 1, "fingerprint": fingerprint, "layers": r["policy"]}
-        proxy.append(r["accuracy"])
-        test.append(evaluator.test_accuracy(Policy.from_json(data)))
-    tau = float(kendalltau(proxy, test).statistic) if len(set(proxy)) > 1 else float("nan")
+    distinct: dict[str, dict[str, Any]] = {}
+    for r in sorted(records, key=lambda r: -r["accuracy"]):  # best first, stable for ties
+        if r["budget_met"]:
+            distinct.setdefault(json.dumps(r["policy"]), r)
+    ranked = list(distinct.values())
+    spread_at = np.unique(np.linspace(0, len(ranked) - 1, min(TOP, len(ranked))).round())
+    spread = [ranked[int(i)] for i in spread_at] if ranked else []
+    test_of: dict[int, float] = {}
+
+    def test_accuracy(r: dict[str, Any]) -> float:
+        if r["episode"] not in test_of:
+            data = {"schema": 1, "fingerprint": fingerprint, "layers": r["policy"]}
+            test_of[r["episode"]] = evaluator.test_accuracy(Policy.from_json(data))
+        return test_of[r["episode"]]
+
+    tau, tau_top = (
+        rank_correlation([r["accuracy"] for r in rs], [test_accuracy(r) for r in rs])
+        for rs in (spread, ranked[:TOP])
+    )
     curve = best_curve(records)
     best = summary["best"] or {}
     return {
@@ -116,7 +134,9 @@ def _one(run: dict[str, Any]) -> dict[str, Any]:
         "violations": summary["budget_violations"] / max(len(records), 1),
         "to_within_1pt": evaluations_to_within(curve),
         "tau": tau,
-        "ranked": len(proxy),
+        "tau_top": tau_top,
+        "ranked": len(spread),
+        "distinct": len(ranked),
         "curve": curve,
         "seconds": summary["seconds"],
     }
@@ -128,6 +148,14 @@ def _describe(row: dict[str, Any]) -> str:
         f"{row['seed']}: test {row['test']:.2%}, over budget {row['violations']:.0%}, "
         f"tau {row['tau']:.2f} ({row['seconds']:.0f} s)"
     )
+
+
+def _mean_tau(runs: Sequence[dict[str, Any]], key: str) -> str:
+    """Mean tau over the runs where it is defined, with how many those are."""
+    taus = [r[key] for r in runs if not np.isnan(r.get(key, float("nan")))]
+    if not taus:
+        return "- (0)"
+    return f"{statistics.mean(taus):.2f} ({len(taus)})"
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -144,21 +172,20 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             f"### {agent}, enforcement `{enforcement}`",
             "",
             "| design | budget | best test acc within budget (%) | over budget (%) | "
-            "evals to within 1 pt | Kendall tau proxy/test | runs |",
-            "|---|---|---|---|---|---|---|",
+            "evals to within 1 pt | Kendall tau proxy/test | tau among the best 30 | runs |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for design in sorted(designs):
             for b in budgets:
                 runs = designs[design].get(b, [])
                 if not runs:
                     continue
-                taus = [r["tau"] for r in runs if not np.isnan(r["tau"])]
-                tau = f"{statistics.mean(taus):.2f}" if taus else "-"
+                tau, top = (_mean_tau(runs, key) for key in ("tau", "tau_top"))
                 out.append(
                     f"| {design} | {b} | {mean_sd(r['test'] for r in runs)} | "
                     f"{mean_sd([r['violations'] for r in runs], digits=1)} | "
                     f"{statistics.mean(r['to_within_1pt'] for r in runs):.0f} | {tau} | "
-                    f"{len(runs)} |"
+                    f"{top} | {len(runs)} |"
                 )
         out.append("")
     return "\n".join(out)
@@ -248,7 +275,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "",
             f"JPQ-v1 on the default task (digits); every run spends the same evaluations "
             f"({', '.join(str(e) for e in sorted({r['episodes'] for r in rows}))}); mean ± sd "
-            f"over seeds. Tau: over each run's best {TOP} distinct policies within budget. "
+            f"over seeds. Kendall tau-b between proxy and test accuracy, mean over the runs "
+            f"where it is defined (their number in brackets): over up to {TOP} distinct policies "
+            f"within budget spread evenly over each run's ranking, and over its {TOP} best "
+            "(undefined when they all share one proxy score). "
             f"Curves: `{NAME}.png`; every run's row (with its curve): `{NAME}_runs.jsonl`.",
             "",
             table(rows),

@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 
 from benchmarks.apply_vs_proxy import resnet18_32
-from benchmarks.common import time_call, write_result
+from benchmarks.common import write_result
 from jpq_env.envs import JPQEnv
 from jpq_env.evaluate import LocalEvaluator
 from jpq_env.wrappers import FlatBoxView
@@ -35,37 +35,45 @@ from jpq_env.wrappers import FlatBoxView
 ACTS = [2, 3, 4, 5, 6, 8]
 
 
-def measure_env(env: JPQEnv, episodes: int) -> dict[str, float]:
-    """Median episode time of random actions against the proxy's forward passes alone."""
+def measure_env(env: JPQEnv, episodes: int, warmup: int = 2) -> dict[str, float]:
+    """An episode of random actions against the proxy's forward passes, timed in pairs.
+
+    Each episode is followed at once by the proxy's own forward passes (BN re-calibration and
+    the held-out top-1) for the policy it just applied, so the two timings of a pair see the same
+    machine state; the ratio is the median of the per-pair ratios (two medians of blocks timed
+    minutes apart drift with the machine's load).
+    """
     rng = np.random.default_rng(0)
-    actions = rng.uniform(-1, 1, (episodes + 1, 2 * env.num_layers, *env.action_space.shape))
-    it = iter(actions)
-
-    def episode() -> None:
-        env.reset()
-        for a in next(it):
-            env.step(a.astype(np.float32))
-
-    episode_s, episode_sd = time_call(episode, episodes)
+    actions = rng.uniform(-1, 1, (warmup + episodes, 2 * env.num_layers, *env.action_space.shape))
     evaluator = env.evaluator
-    assert isinstance(evaluator, LocalEvaluator) and env.last_policy is not None
-    evaluator.compressed.apply(env.last_policy)
-
-    def forward_passes() -> None:
+    assert isinstance(evaluator, LocalEvaluator)
+    episode_s, proxy_s = [], []
+    for i, episode in enumerate(actions):
+        start = time.perf_counter()
+        env.reset()
+        for a in episode:
+            env.step(a.astype(np.float32))
+        middle = time.perf_counter()
+        assert env.last_policy is not None
+        evaluator.compressed.apply(env.last_policy)  # already applied by the episode: not timed
+        middle2 = time.perf_counter()
         evaluator._recalibrate()
         evaluator._top1("val")
-
-    proxy_s, proxy_sd = time_call(forward_passes, episodes)
+        end = time.perf_counter()
+        if i >= warmup:
+            episode_s.append(middle - start)
+            proxy_s.append(end - middle2)
+    ep, px = np.array(episode_s), np.array(proxy_s)
     steps = 2 * env.num_layers
     return {
         "layers": env.num_layers,
-        "episode_ms": episode_s * 1e3,
-        "episode_sd": episode_sd * 1e3,
-        "proxy_ms": proxy_s * 1e3,
-        "proxy_sd": proxy_sd * 1e3,
-        "step_ms": max(episode_s - proxy_s, 0.0) * 1e3 / steps,
-        "eps": 1.0 / episode_s,
-        "ratio": episode_s / proxy_s,
+        "episode_ms": float(np.median(ep)) * 1e3,
+        "episode_sd": float(np.std(ep)) * 1e3,
+        "proxy_ms": float(np.median(px)) * 1e3,
+        "proxy_sd": float(np.std(px)) * 1e3,
+        "step_ms": float(np.median(np.maximum(ep - px, 0.0))) * 1e3 / steps,
+        "eps": 1.0 / float(np.median(ep)),
+        "ratio": float(np.median(ep / px)),
     }
 
 
@@ -151,13 +159,14 @@ def main() -> None:
             "",
             "## An episode against the proxy's forward passes",
             "",
-            f"Median over {episodes} episodes (resnet18: {max(2, episodes // 10)}) of uniformly "
+            f"Medians over {episodes} episodes (resnet18: {max(2, episodes // 10)}) of uniformly "
             "random actions on `JPQEnv` (BOPs budget 1/64 on v0, 1/128 on v1, forward wall, 4 "
             "importance groups, BN re-calibration). The proxy's own forward passes are BN "
             "re-calibration on the calibration split plus top-1 on the held-out split, for an "
-            "already applied policy; the environment's own cost per step is the rest of the "
-            "episode divided by its 2 x layers steps. Target: episode <= 1.25x the forward "
-            "passes.",
+            "already applied policy. Timed in pairs: each episode, then at once the forward "
+            "passes of the policy it applied; the ratio is the median of the pairs' ratios and "
+            "the environment's own cost per step the median of each pair's difference divided "
+            "by its 2 x layers steps. Target: episode <= 1.25x the forward passes.",
             "",
             "| task | layers | episodes/s | episode (ms) | proxy forward (ms) | env per step (ms) "
             "| ratio | target met |",
