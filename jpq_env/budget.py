@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jpq_env.costs import CostReport, bit_connections, measure, totals
+from jpq_env.costs import CostReport, bit_connections, measure
 from jpq_env.graph import LayerGraph
 from jpq_env.policy import Conventions, LayerPolicy, Policy
 
@@ -127,6 +127,10 @@ class DecisionSpace:
         fp32 = measure(graph, Policy.uniform(graph))
         self.fp32_bops, self.fp32_size = fp32.bops, fp32.size_bits
         self._aggressive: dict[int, LayerDecision] = {}
+        # The last decisions' weighted connections: an episode asks for the same ones several
+        # times (the wall's check, then the observation's budget features). Keyed by identity,
+        # holding the decisions so that their ids cannot be reused while cached.
+        self._last_weighted: tuple[tuple[LayerDecision, ...], np.ndarray] | None = None
 
     def max_pruned(self, layer: int) -> int:
         """Most kernels layer ``layer`` may prune (0 for output and pinned layers)."""
@@ -188,20 +192,32 @@ class DecisionSpace:
         fill = fill or self.most_aggressive
         return [d if d is not None else fill(i) for i, d in enumerate(decisions)]
 
+    def _weighted(self, full: list[LayerDecision]) -> np.ndarray:
+        """Per layer, live (kernel, input) pairs weighted by weight bits (``bit_connections``)."""
+        last = self._last_weighted
+        if (
+            last is not None
+            and len(last[0]) == len(full)
+            and all(a is b for a, b in zip(last[0], full, strict=True))
+        ):
+            return last[1]
+        bits = [d.bits for d in full]
+        live = self.graph.liveness([b > 0 for b in bits], batchnorms=False)
+        _, weighted = bit_connections(self.graph, bits, live)
+        self._last_weighted = (tuple(full), weighted)
+        return weighted
+
     def ratios(self, decisions: Sequence[LayerDecision | None]) -> tuple[float, float]:
         """BOPs and size as fractions of FP32, undecided layers at their most aggressive."""
-        full = self._complete(decisions)
-        bops, size = totals(self.graph, [d.bits for d in full], [d.act_bits for d in full])
-        return bops / self.fp32_bops, size / self.fp32_size
+        bops, size = self.layer_costs(decisions)
+        return int(bops.sum()) / self.fp32_bops, int(size.sum()) / self.fp32_size
 
     def layer_costs(
         self, decisions: Sequence[LayerDecision | None]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per-layer BOPs and size in bits, undecided layers at their most aggressive."""
         full = self._complete(decisions)
-        bits = [d.bits for d in full]
-        live = self.graph.liveness([b > 0 for b in bits], batchnorms=False)
-        _, weighted = bit_connections(self.graph, bits, live)
+        weighted = self._weighted(full)
         acts = np.array([d.act_bits for d in full], dtype=np.int64)
         return weighted * self.graph.connection_macs * acts, weighted * self.graph.kernel_areas
 
@@ -274,13 +290,18 @@ class DecisionSpace:
         choices = np.asarray(self.bits)
 
         def lowered(steps: int) -> LayerDecision:
-            """The decision after ``steps`` single-level lowerings, least important part first."""
+            """The decision after ``steps`` single-level lowerings, least important part first.
+
+            Each lowering takes the least important part with a level above 0 down one level, so
+            a part reaches 0 after as many steps as its highest level, then the next part goes.
+            """
             levels = start.copy()
-            for _ in range(steps):
-                part = next((p for p in reversed(parts) if levels[p].max() > 0), None)
-                if part is None:
+            for part in reversed(parts):
+                if steps <= 0:
                     break
-                levels[part] = np.maximum(levels[part] - 1, 0)
+                top = int(levels[part].max())
+                levels[part] = np.maximum(levels[part] - min(steps, top), 0)
+                steps -= top
             return self.decision(layer, proposed.n_pruned, choices[levels], proposed.act_bits)
 
         def fits(d: LayerDecision) -> bool:

@@ -263,3 +263,51 @@ def test_digits_costs_by_hand(env: JPQEnv):
     assert w4a8.bops == macs * 4 * 8 and w4a8.bops_ratio == 1 / 32
     weights = 16 * 9 + 32 * 16 * 9 + 32 * 32 * 9 + 64 * 32 * 9 + 256 * 64 + 64 * 10
     assert w4a8.size_bits == weights * 4
+
+
+def _lowered_one_level_at_a_time(space, layer, proposed, steps, chunks=8):
+    """The channel wall's rule, step by step: the least important chunk with bits left goes down."""
+    kept = proposed.ranked_bits[: len(proposed.ranked_bits) - proposed.n_pruned]
+    levels = np.searchsorted(space.bits, kept)
+    parts = [p for p in np.array_split(np.arange(len(kept)), min(chunks, len(kept))) if p.size]
+    for _ in range(steps):
+        part = next((p for p in reversed(parts) if levels[p].max() > 0), None)
+        if part is None:
+            break
+        levels[part] = np.maximum(levels[part] - 1, 0)
+    bits = np.asarray(space.bits)[levels]
+    return space.decision(layer, proposed.n_pruned, bits, proposed.act_bits)
+
+
+def test_channel_wall_takes_the_fewest_single_level_lowerings_that_fit():
+    env = JPQEnv(budget_bops=1 / 64)
+    space, budget, n = env.space, env.budget, env.num_layers
+    rng = np.random.default_rng(3)
+    lowered = 0
+    for _ in range(25):
+        layer = int(rng.integers(1, n - 1))
+        decisions = [None] * n
+        for i in range(layer):  # earlier layers: random pruning and widths
+            k = env.graph.layers[i].out_channels
+            pruned = int(rng.integers(0, space.max_pruned(i) + 1))
+            widths = rng.choice(space.bits, k - pruned)
+            decisions[i] = space.decision(i, pruned, widths, 8)
+        k = env.graph.layers[layer].out_channels
+        pruned = int(rng.integers(0, space.max_pruned(layer) + 1))
+        proposed = space.decision(layer, pruned, np.full(k - pruned, space.bits[-1]), 8)
+        applied = space.wall_channels(budget, decisions, layer, proposed)
+
+        def fits(d, decisions=decisions, layer=layer):
+            return space.fits(budget, [*decisions[:layer], d, *decisions[layer + 1 :]])
+
+        steps = next(
+            s
+            for s in range(200)
+            if fits(_lowered_one_level_at_a_time(space, layer, proposed, s)) or s == 199
+        )
+        expected = _lowered_one_level_at_a_time(space, layer, proposed, steps)
+        assert np.array_equal(applied.bits, expected.bits)
+        if steps:  # the fewest: one lowering less would not fit
+            lowered += 1
+            assert not fits(_lowered_one_level_at_a_time(space, layer, proposed, steps - 1))
+    assert lowered >= 5  # the budget did bite in several of the cases

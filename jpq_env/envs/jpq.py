@@ -242,6 +242,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self._phase = LAYER
         self._decisions: list[LayerDecision | None] = []
         self._pending: tuple[int, int] | None = None  # (n_pruned, act_bits) of the layer phase
+        self._features_cache: tuple[int, list[LayerDecision | None], np.ndarray] | None = None
         self._potential = 0.0
         self.last_policy: Policy | None = None
         self.last_cost: CostReport | None = None
@@ -486,15 +487,34 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             dyn[1] = self._pending[0] / k / max(self.space.max_sparsity, 1e-12)
             dyn[2] = self._pending[1] / max(self.space.act_bits[-1], 1)
         dyn[3] = max(self._layer, 0) / len(self.graph)
+        dyn[4:] = self._decision_features(layer)
+        obs = np.concatenate([self._static[layer], dyn]).astype(np.float32)
+        return np.clip(obs, 0.0, 1.0)
+
+    def _decision_features(self, layer: int) -> np.ndarray:
+        """Features 4 onwards of the dynamic part: they change only with the decisions.
+
+        Both phases of a layer see the same decisions, so the channel phase reuses the layer
+        phase's features (computed again after every change of ``_decisions``).
+        """
+        cached = self._features_cache  # holds the decisions it was computed for: ids stay valid
+        if (
+            cached is not None
+            and cached[0] == layer
+            and len(cached[1]) == len(self._decisions)
+            and all(a is b for a, b in zip(cached[1], self._decisions, strict=True))
+        ):
+            return cached[2]
+        dyn = np.zeros(len(FEATURES) - N_STATIC - 4)
         prev = self._decisions[layer - 1] if self._decisions and layer > 0 else None
         if prev is not None:
             pk = len(prev.ranked_bits)
-            dyn[4] = prev.n_pruned / pk
-            dyn[5] = float(prev.ranked_bits[: pk - prev.n_pruned].mean()) / self.bits[-1]
+            dyn[0] = prev.n_pruned / pk
+            dyn[1] = float(prev.ranked_bits[: pk - prev.n_pruned].mean()) / self.bits[-1]
         decided_so_far = [d for d in self._decisions if d is not None]
         if decided_so_far:  # decisions so far: mean sparsity and mean kept width
-            dyn[6] = float(np.mean([d.n_pruned / len(d.ranked_bits) for d in decided_so_far]))
-            dyn[7] = (
+            dyn[2] = float(np.mean([d.n_pruned / len(d.ranked_bits) for d in decided_so_far]))
+            dyn[3] = (
                 float(
                     np.mean(
                         [
@@ -516,10 +536,10 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
                     continue
                 budget_abs = target * fp32
                 used, rest = per_layer[j][decided].sum(), per_layer[j][~decided].sum()
-                dyn[8 + 2 * j] = squash(used / budget_abs)
-                dyn[9 + 2 * j] = squash(max(budget_abs - used - rest, 0.0) / budget_abs)
-        obs = np.concatenate([self._static[layer], dyn]).astype(np.float32)
-        return np.clip(obs, 0.0, 1.0)
+                dyn[4 + 2 * j] = squash(used / budget_abs)
+                dyn[5 + 2 * j] = squash(max(budget_abs - used - rest, 0.0) / budget_abs)
+        self._features_cache = (layer, list(self._decisions), dyn)
+        return dyn
 
     def _info(self) -> dict[str, Any]:
         layer = min(max(self._layer, 0), len(self.graph) - 1)
