@@ -8,6 +8,10 @@ a large model's proxy); episodes are uniformly random and go through a search's 
 Target (issue 9): with 200 ms evaluations, 2 workers reach at least 1.8x the episodes per second
 of 1 worker.
 
+Also measured: whole searches on the same padded evaluators (the two-level controller and greedy
+on JPQ-v1), evaluations per second in process against pools of 1 and 2 workers, and whether the
+pooled search logged the same records as the in-process one.
+
     python -m benchmarks.ray_scaling            # full run, writes results/ray_scaling.md
     python -m benchmarks.ray_scaling --quick    # a smoke run (CI), writes nothing
 """
@@ -58,6 +62,23 @@ def episodes_per_second(evaluator: Any, episodes: list[list[np.ndarray]]) -> flo
     return len(episodes) / seconds
 
 
+SEARCHES = ("two-level", "greedy")
+
+
+def search_rate(agent: str, evaluator: Any, episodes: int) -> tuple[float, list[Any]]:
+    """Evaluations per second of a whole ``agent`` search on JPQ-v1, and its records."""
+    from agents.run import AGENTS
+
+    env = gym.make("jpq_env/JPQ-v1", evaluator=evaluator).unwrapped
+    with tempfile.TemporaryDirectory() as out:
+        search = Search(out, RunSettings(agent, episodes, 0, {}), env)
+        start = time.perf_counter()
+        AGENTS[agent](search, 0, {"env_id": "jpq_env/JPQ-v1"})
+        seconds = time.perf_counter() - start
+        records = [(r["policy"], r["accuracy"]) for r in search.records]
+    return search.count / seconds, records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run, no result file")
@@ -83,7 +104,8 @@ def main() -> None:
         address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2
     )
     init_s = time.perf_counter() - start
-    rows = []
+    rows: list[str] = []
+    searches: list[str] = []
     try:
         for pad in pads:
             serial = episodes_per_second(PaddedEvaluator(local, pad), episodes)
@@ -105,6 +127,23 @@ def main() -> None:
                     f"| {eps / one:.2f}x | {startup:.1f} | {met} |"
                 )
                 print(rows[-1])
+        pad = pads[-1]
+        search_episodes = 12 if args.quick else 60
+        for agent in SEARCHES[:1] if args.quick else SEARCHES:
+            serial, expected = search_rate(agent, PaddedEvaluator(local, pad), search_episodes)
+            searches.append(
+                f"| {agent} | {pad * 1e3:.0f} | in process | - | {serial:.2f} | 1.00x | - |"
+            )
+            print(searches[-1])
+            for workers in (2,) if args.quick else (1, 2):
+                with RayEvaluator("digits", workers=workers, num_gpus=0, pad_seconds=pad) as pool:
+                    eps, records = search_rate(agent, pool, search_episodes)
+                same = "yes" if records == expected else "no"
+                searches.append(
+                    f"| {agent} | {pad * 1e3:.0f} | Ray pool | {workers} | {eps:.2f} | "
+                    f"{eps / serial:.2f}x | {same} |"
+                )
+                print(searches[-1])
     finally:
         start = time.perf_counter()
         ray.shutdown()
@@ -116,8 +155,8 @@ def main() -> None:
             "# Ray scaling",
             "",
             f"{n} uniformly random episodes of `jpq_env/JPQ-v0` (digits task) played through a "
-            "search's batched path (`agents.batch.play_many`: one batch, spread over the pool's "
-            "actors by `ray.util.ActorPool`). Each evaluation is padded to a fixed wall time "
+            "search's batched path (`agents.batch.play_many`: one batch, queued round-robin on the "
+            "pool's actors). Each evaluation is padded to a fixed wall time "
             "(`PaddedEvaluator`, which sleeps: like waiting for a GPU) to emulate larger models. "
             "Episodes/s exclude start-up; start-up is the pool's actors starting and building "
             f"their task. `ray.init(num_cpus=2)` took {init_s:.1f} s and `ray.shutdown()` "
@@ -128,18 +167,28 @@ def main() -> None:
             "|---|---|---|---|---|---|---|---|",
             *rows,
             "",
-            "Reading: at 20 ms two workers are no faster than one: the driver's own work per "
-            "episode (playing it twice, to capture its policy and to record it) is the "
-            "bottleneck, not the evaluations. At 200 ms the second worker nearly doubles the "
-            "throughput. Start-up is paid once per search. The machine was shared with other "
-            f"sessions (load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at "
-            "the end, on 2 cores): the in-process evaluator's torch ran 2 threads against that "
-            "load while each actor runs 1 (Ray sets OMP_NUM_THREADS=1), which is why in "
-            "process looks slow here. On a quiet machine an episode of the default task takes "
-            "tens of milliseconds in process (speed.md) and Ray's start-up (seconds) outweighs "
-            "what a pool saves on small models; Ray pays off when evaluations take hundreds of "
-            "milliseconds or more (ImageNet-scale models, one GPU per actor) and across "
-            "machines.",
+            "## Whole searches",
+            "",
+            f"A {search_episodes}-evaluation search of `jpq_env/JPQ-v1` (digits) with every "
+            f"evaluation padded to {pads[-1] * 1e3:.0f} ms, by agent: evaluations per second in "
+            "process and on pools of 1 and 2 workers (pool start-up excluded), and whether the "
+            "pooled search logged exactly the in-process records (policies and accuracies, in "
+            "order). The two-level controller evaluates its warm start, each batch of 8 sampled "
+            "episodes and each refinement round of 4 neighbours as one batch; greedy each "
+            "round's probes.",
+            "",
+            "| agent | evaluation (ms) | evaluator | workers | evaluations/s | vs in process "
+            "| same records |",
+            "|---|---|---|---|---|---|---|",
+            *searches,
+            "",
+            f"Machine load average {load[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at "
+            "the end (2 cores). Each actor runs torch on one thread (Ray sets "
+            "OMP_NUM_THREADS=1), the in-process evaluator on all cores. With 2 workers on 2 "
+            "cores the driver shares a core with an actor, so the episodes it plays between "
+            "evaluations limit the speed-up when evaluations are short. Ray's start-up is paid "
+            "once per search: it pays off when evaluations take hundreds of milliseconds or more "
+            "(ImageNet-scale models, one GPU per actor) and across machines.",
         ]
     )
     print(f"wrote {write_result('ray_scaling', body)}")
