@@ -175,6 +175,89 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+BASELINES = ("uniform", "two-stage", "random", "greedy")
+LEARNED = ("two-level", "ddpg", "ppo")
+
+
+def _means(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, ...], dict[str, float]]:
+    """Mean test and val accuracy per (task, env, budget, agent)."""
+    cells: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        cells[(r["task"], r["env"], r["budget"], r["agent"])].append(r)
+    return {
+        key: {
+            "test": statistics.mean(x["test"] for x in runs),
+            "val": statistics.mean(x["val"] for x in runs),
+            "fp32": runs[0]["fp32_test"],
+        }
+        for key, runs in cells.items()
+    }
+
+
+def headline(rows: Sequence[dict[str, Any]]) -> str:
+    """The joint search against prune-then-quantize, and the issue's targets, as two tables."""
+    means = _means(rows)
+    cells = sorted(
+        {k[:3] for k in means},
+        key=lambda k: (k[0], k[1], -Fraction(k[2])),
+    )
+    out = [
+        "## Headline: the joint search against prune-then-quantize",
+        "",
+        "Test accuracy (%) of the best policy within budget, mean over seeds (proxy val in "
+        "brackets): the two-level controller's joint search against the two-stage baseline "
+        "(magnitude pruning to the budget, then uniform widths; on v1 the best WxAy pair), and "
+        "the best of every baseline and learned agent in the cell.",
+        "",
+        "| task | env | budget | two-level | two-stage | two-level - two-stage (points) | best "
+        "baseline | best learned agent |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def best(cell: tuple[str, ...], names: Sequence[str]) -> str:
+        present = [(means[(*cell, a)]["test"], a) for a in names if (*cell, a) in means]
+        if not present:
+            return "-"
+        acc, agent = max(present)
+        return f"{agent} {100 * acc:.2f}"
+
+    for cell in cells:
+        tl, ts = means.get((*cell, "two-level")), means.get((*cell, "two-stage"))
+        if tl is None or ts is None:
+            continue
+        out.append(
+            f"| {cell[0]} | {cell[1]} | {cell[2]} | {100 * tl['test']:.2f} ({100 * tl['val']:.1f}) "
+            f"| {100 * ts['test']:.2f} ({100 * ts['val']:.1f}) | "
+            f"{100 * (tl['test'] - ts['test']):+.2f} | {best(cell, BASELINES)} | "
+            f"{best(cell, LEARNED)} |"
+        )
+    out += [
+        "",
+        "## Targets",
+        "",
+        "At 1/64 of FP32 BOPs (BN re-calibrated, not fine-tuned): is the two-level controller "
+        "within 1 point of FP32 test accuracy, and does no baseline beat it on the test split?",
+        "",
+        "| task | env | FP32 test | two-level | gap (points) | within 1 point | best baseline "
+        "| no baseline beats it |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in (c for c in cells if c[2] == "1/64"):
+        tl = means.get((*cell, "two-level"))
+        present = [(means[(*cell, a)]["test"], a) for a in BASELINES if (*cell, a) in means]
+        if tl is None or not present:
+            continue
+        gap = 100 * (tl["fp32"] - tl["test"])
+        top, name = max(present)
+        out.append(
+            f"| {cell[0]} | {cell[1]} | {100 * tl['fp32']:.2f} | {100 * tl['test']:.2f} | "
+            f"{gap:.2f} | {'yes' if gap <= 1.0 else 'no'} | {name} {100 * top:.2f} | "
+            f"{'yes' if top <= tl['test'] else 'no'} |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
 def plot(rows: Sequence[dict[str, Any]], task: str, path: Path) -> None:
     """Best test accuracy against the BOPs budget, one line per agent and environment version."""
     import matplotlib
@@ -238,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.agents, args.episodes, args.seeds = ["two-level", "two-stage"], 8, 1
         with tempfile.TemporaryDirectory() as tmp:
             rows = run_grid(_grid(args), Path(tmp) / "runs.jsonl", _one, _key, 1, _describe)
+            print(headline(rows))
             print(tables(rows))
             plot(rows, "digits", Path(tmp) / "plot.png")
         return
@@ -261,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"`{NAME}_runs.jsonl`; plots: `{NAME}_<task>.png`. The log holds {len(rows)} runs; "
             "the grid is filled by several invocations (subsets of environments, tasks, budgets "
             "and agents), and the tables are rebuilt from the whole log each time.",
+            "",
+            headline(rows),
+            "## Every agent by budget",
             "",
             tables(rows),
         ]
