@@ -33,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from agents.play import LayerChoice, channel_action, layer_action
-from agents.search import Search
+from agents.search import Search, _ReplayEvaluator
 from jpq_env import Policy
 from jpq_env.envs import JPQEnv
 
@@ -54,7 +54,9 @@ def choice_actions(base: JPQEnv, choices: Sequence[LayerChoice]) -> list[np.ndar
 def _evaluator_slot(search: Search) -> tuple[Any, str]:
     """The object holding the real evaluator and its attribute (under a resume's replay)."""
     outer = search.base.evaluator
-    return (outer, "inner") if hasattr(outer, "inner") else (search.base, "evaluator")
+    if isinstance(outer, _ReplayEvaluator):  # not any wrapper with an ``inner``: only the log's
+        return outer, "inner"
+    return search.base, "evaluator"
 
 
 def parallelism(search: Search) -> int:

@@ -214,7 +214,15 @@ class RayVecEnv(VecEnv):
             try:
                 results.append(ray.get(ref))
             except ray.exceptions.RayActorError:
-                results.append(_when_back(self.actors[i].reset, self._seeds[i], self._options[i]))
+                try:
+                    back = _when_back(self.actors[i].reset, self._seeds[i], self._options[i])
+                except ray.exceptions.RayActorError as exc:
+                    raise SearchError(
+                        f"the Ray actor of sub-environment {i} died and did not come back within "
+                        f"{_RESTART_WAIT_S:.0f} s; resume the run (--resume) to continue from "
+                        "its log"
+                    ) from exc
+                results.append(back)
         self.reset_infos = [info for _, info in results]
         self._episodes = [[] for _ in self.actors]
         self._reset_seeds()

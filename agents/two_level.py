@@ -53,7 +53,10 @@ Design, and why:
   on a capturing tape (the controllers read every step's observation, so the driver plays the
   episodes; only their evaluations are spread over the pool), then evaluated in one batch and
   recorded in order. Nothing the agent draws depends on the accuracies within a batch, so the
-  records are the same as in one process (tested), and the speed-up reaches the batch size.
+  records are the same as in one process, whatever the number of workers (tested). Up to
+  ``batch_episodes`` (8) workers are kept busy while it learns and ``refine_batch`` (4) while it
+  refines; the driver plays each episode twice (to capture it, then to record it), which bounds
+  the speed-up when evaluations are short.
 
 Deterministic: with the same seed the same episodes are played (the search's resume relies on it).
 """
@@ -111,9 +114,9 @@ class TwoLevelConfig:
         accept_ties: During refinement, move to a neighbour that scores as well as the best (the
             proxy is coarse: 288 held-out samples move in steps of 0.35%, so plateaus are wide).
         refine_batch: Neighbours of the best tried per refinement round (the round's best is
-            kept); an evaluator pool with more workers raises it to its worker count. The
-            rounds are the same whichever evaluator runs them, so in-process and pooled
-            searches give the same records.
+            kept), evaluated in parallel on an evaluator pool. The rounds do not depend on the
+            evaluator, so in-process and pooled searches give the same records; a pool with
+            more workers than this leaves the extra ones idle during refinement.
     """
 
     hidden: int = 64
@@ -304,13 +307,16 @@ class _Agent:
         """
         if len(plays) > self.search.settings.episodes - self.search.count:
             raise RuntimeError("more episodes than the search's remaining evaluations")
+        before = self.search.count
         if self.parallel > 1 and len(plays) > 1:
             with capturing(self.search) as tape:
                 outs = [play_episode(tape) for play_episode in plays]
             play_many(self.search, tape.episodes, seed=self.seed, policies=tape.policies)
         else:
             outs = [play_episode(self.env) for play_episode in plays]
-        recorded = self.search.records[len(self.search.records) - len(plays) :]
+        if self.search.count != before + len(plays):
+            raise RuntimeError(f"{len(plays)} episodes recorded {self.search.count - before}")
+        recorded = self.search.records[before:]
         return [(out, float(r["reward"])) for out, r in zip(outs, recorded, strict=True)]
 
     def _applied_act(self, layer: int) -> int | None:
@@ -499,7 +505,7 @@ class _Agent:
             if len(batch) == cfg.batch_episodes:
                 self._update(batch)
                 batch = []
-        width = max(cfg.refine_batch, self.parallel, 1)
+        width = max(cfg.refine_batch, 1)
         while not self.search.done and self.best is not None:
             best = self.best
             wanted = min(width, total - self.search.count)

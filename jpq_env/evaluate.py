@@ -84,7 +84,9 @@ def iter_batches(
         size = None
     if size == 0:
         raise TaskError(f"the {split} split is empty")
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    # A private generator: a DataLoader draws its base seed from torch's global RNG otherwise.
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
+    for batch in loader:
         if not isinstance(batch, (list, tuple)) or len(batch) != 2:
             raise TaskError(f"the {split} split must yield (input, label) pairs")
         yield batch[0], batch[1]
@@ -263,8 +265,13 @@ class LocalEvaluator:
         return self.compressed.module
 
     def _score(self, policy: Policy | None, split: str) -> float:
-        self.prepare(policy)
-        return self._top1(split)
+        # Evaluating must not move torch's global random state: agents sample from it, and an
+        # evaluation answered from a log (resume) or run on another process (Ray) draws nothing,
+        # so any draw here (a DataLoader's base seed, a user's random transform) would make the
+        # same seed give different episodes. It also makes random transforms repeat exactly.
+        with torch.random.fork_rng(devices=[]):
+            self.prepare(policy)
+            return self._top1(split)
 
     @cached_property
     def fp32_accuracy(self) -> float:

@@ -103,22 +103,64 @@ def test_baselines_batched_keep_their_sequential_records(tmp_path, evaluator, ag
     assert max(evaluator.batches) > 1  # the batched run did evaluate in batches
 
 
-def test_two_level_batched_keeps_its_sequential_records(tmp_path, evaluator):
+def _two_level_log(path, evaluator, episodes, reward, resume=False) -> list[dict]:
     from agents.two_level import run_two_level
 
-    # 40 evaluations on v0: the warm start, a batch of sampled episodes, then refinement rounds.
-    logs = []
-    for name, ev in (("sequential", None), ("batched", evaluator)):
-        env = gym.make("jpq_env/JPQ-v0", **({} if ev is None else {"evaluator": ev})).unwrapped
-        search = Search(tmp_path / name, RunSettings("two-level", 40, 4, {}), env)
-        evaluator.batches.clear()
-        run_two_level(search, 4)
-        assert search.count == 40
-        logs.append(read_log(tmp_path / name))
-    assert logs[0] == logs[1]
-    # Batches: the warm start's policies, the sampled episodes, then rounds of 4 neighbours.
-    assert evaluator.batches[0] > 1 and evaluator.batches[-2:] == [4, 4]
-    assert sum(evaluator.batches) == 40
+    kwargs = {"reward": reward, **({} if evaluator is None else {"evaluator": evaluator})}
+    env = gym.make("jpq_env/JPQ-v0", **kwargs).unwrapped
+    search = Search(path, RunSettings("two-level", episodes, 4, {}), env, resume=resume)
+    run_two_level(search, 4)
+    assert search.count == episodes
+    return read_log(path)
+
+
+@pytest.mark.parametrize("reward", ["galen", "lagrangian"])  # lagrangian: state per episode
+def test_two_level_batched_keeps_its_sequential_records(tmp_path, evaluator, reward):
+    # 50 evaluations on v0: the warm start, a full batch of 8 sampled episodes (one update) and
+    # a partial one, then refinement rounds of 4.
+    sequential = _two_level_log(tmp_path / "sequential", None, 50, reward)
+    evaluator.batches.clear()
+    assert _two_level_log(tmp_path / "batched", evaluator, 50, reward) == sequential
+    # The 6 warm-start policies (one per width on v0), 8 sampled episodes, 1 more (alone: no
+    # batch), then the last 35 evaluations (70% of 50) in refinement rounds of 4, the last cut.
+    assert evaluator.batches == [6, 8] + [4] * 8 + [3]
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingPool:
+    """A pool that dies (raises) once it has evaluated ``left`` policies: a killed search."""
+
+    workers = 3
+
+    def __init__(self, inner: BatchEvaluator, left: int) -> None:
+        self.inner, self.left = inner, left
+
+    @property
+    def fp32_accuracy(self) -> float:
+        return self.inner.fp32_accuracy
+
+    def accuracy(self, policy):
+        return self.accuracy_many([policy])[0]
+
+    def accuracy_many(self, policies):
+        if len(policies) > self.left:
+            raise _Crash
+        self.left -= len(policies)
+        return self.inner.accuracy_many(policies)
+
+
+def test_two_level_batched_resumes_to_the_sequential_records(tmp_path, evaluator):
+    sequential = _two_level_log(tmp_path / "sequential", None, 50, "galen")
+    with pytest.raises(_Crash):  # dies in the refinement, after 23 evaluations
+        _two_level_log(tmp_path / "run", _CrashingPool(evaluator, 23), 50, "galen")
+    logged = read_log(tmp_path / "run")
+    assert 15 < len(logged) <= 23 and logged == sequential[: len(logged)]
+    evaluator.batches.clear()
+    assert _two_level_log(tmp_path / "run", evaluator, 50, "galen", resume=True) == sequential
+    assert sum(evaluator.batches) == 50 - len(logged)  # the logged ones came from the log
 
 
 def test_tape_ends_episodes_at_their_evaluation_unevaluated(tmp_path, evaluator):

@@ -174,3 +174,35 @@ def test_auto_batch_size_bounds_the_widest_activation():
     assert auto_batch_size(graph, torch.zeros(1, 3, 224, 224)) == ACTIVATION_BUDGET // widest
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         LocalEvaluator(_task(), batch_size=0)
+
+
+class _NoisyView(Dataset):
+    """A plain map-style dataset (so it goes through a DataLoader) with a random transform."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        x, y = self.data[i]
+        return x + 0.5 * torch.rand(x.shape), y  # draws from torch's global RNG
+
+
+def test_evaluation_leaves_torch_global_random_state_alone():
+    task = _task(n=96)
+    noisy = _NoisyView(task.val)
+    task = Task("toy", task.model, task.example_input, task.train, noisy, noisy, noisy, 5)
+    evaluator = LocalEvaluator(task, device="cpu")
+    policy = Policy.uniform(evaluator.graph, 3, 4)
+    torch.manual_seed(11)
+    state = torch.random.get_rng_state()
+    first = evaluator.accuracy(policy)
+    # Agents sample from this state: an evaluation (or a log answering for one) must not move it.
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert evaluator.test_accuracy(policy) == first and evaluator.accuracy(policy) == first
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert noisy.reads >= 3 * len(noisy)  # the transform ran: its draws just repeat each time

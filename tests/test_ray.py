@@ -198,12 +198,14 @@ def test_pool_spans_the_nodes_of_an_emulated_cluster(ray_module, local_evaluator
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("agent", "episodes"), [("random", 6), ("two-level", 24)])
+@pytest.mark.parametrize(("agent", "episodes"), [("random", 6), ("two-level", 50)])
 def test_cli_search_on_ray_gives_the_in_process_records(local_ray, tmp_path, agent, episodes):
     from agents.cli import main
 
-    # two-level: 24 evaluations are its warm start, sampled episodes and refinement rounds.
+    # two-level on v0: 50 evaluations are its warm start, a full batch of 8 sampled episodes
+    # (the controllers' draws and an update), then refinement rounds.
     args = ["search", "--agent", agent, "--episodes", str(episodes), "--quiet", "--seed", "5"]
+    args += ["--env", "jpq_env/JPQ-v0"]
     assert main([*args, "--out", str(tmp_path / "local")]) == 0
     assert main([*args, "--out", str(tmp_path / "ray"), "--workers", "2"]) == 0
     assert read_log(tmp_path / "ray") == read_log(tmp_path / "local")
@@ -303,7 +305,8 @@ def test_maskable_ppo_on_ray_actor_envs_gets_the_local_masks(local_ray, local_ev
 
 
 @pytest.mark.slow
-def test_vec_env_reset_waits_for_a_killed_actor(local_ray, tmp_path):
+def test_vec_env_reset_waits_for_a_killed_actor(local_ray, tmp_path, monkeypatch):
+    from agents import ray_vec_env
     from agents.ray_vec_env import RayVecEnv
 
     env = gym.make("jpq_env/JPQ-v0").unwrapped
@@ -311,10 +314,25 @@ def test_vec_env_reset_waits_for_a_killed_actor(local_ray, tmp_path):
     layers, size = env.num_layers, env.action_space.shape[0]
     actions = np.random.default_rng(9).uniform(-1, 1, (layers, 2, size)).astype(np.float32)
     venv = RayVecEnv(search, "jpq_env.wrappers:FlatBoxView", 2)
+    pid = ray_pid(venv.actors[1])
+    # Actor 1 dies while the driver waits for its reset: Ray reports it dead (ray.kill alone is
+    # asynchronous, the reset could still land on the old actor); the driver must wait for the
+    # restarted actor and reset that one.
+    real_get, died, calls = ray_vec_env.ray.get, [], {"n": 0}
+
+    def flaky_get(ref, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 and not died:  # the second result the reset waits for: actor 1's
+            died.append(ref)
+            local_ray.kill(venv.actors[1], no_restart=False)
+            raise local_ray.exceptions.RayActorError()
+        return real_get(ref, *args, **kwargs)
+
     try:
-        pid = ray_pid(venv.actors[1])
-        local_ray.kill(venv.actors[1], no_restart=False)  # dies before the first reset
+        monkeypatch.setattr(ray_vec_env.ray, "get", flaky_get)
         obs = venv.reset()
+        monkeypatch.setattr(ray_vec_env.ray, "get", real_get)
+        assert died  # the recovery ran
         assert obs.shape == (2, *venv.observation_space.shape)
         assert ray_pid(venv.actors[1]) != pid  # restarted, then reset
         for t in range(layers):
