@@ -192,32 +192,46 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Mean learning curves per design, a panel per (agent, budget)."""
+    """Mean learning curves per design: a row of panels per enforcement, a panel per agent/budget.
+
+    Designs that coincide (under the wall, every design whose terms differ only over budget)
+    draw on top of each other; dashes of different lengths keep each one visible.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    enforcements = sorted({r["enforcement"] for r in rows})
     panels = sorted({(r["agent"], r["budget"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (agent, budget) in zip(axes[0], panels, strict=True):
-        for design in sorted({r["design"] for r in rows}):
-            curves = [
-                r["curve"]
-                for r in rows
-                if (r["agent"], r["budget"], r["design"]) == (agent, budget, design)
-            ]
-            if curves:
-                n = min(len(c) for c in curves)
-                mean = 100 * np.mean([c[:n] for c in curves], axis=0)
-                ax.plot(np.arange(1, n + 1), mean, label=design)
-        ax.set_title(f"{agent}, BOPs budget {budget}")
-        ax.set_xlabel("evaluations")
-        ax.set_ylabel("best proxy accuracy within budget (%)")
-        ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]))
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(
+        len(enforcements),
+        len(panels),
+        figsize=(4.5 * len(panels), 3.6 * len(enforcements)),
+        squeeze=False,
+    )
+    designs = sorted({r["design"] for r in rows})
+    for row, enforcement in zip(axes, enforcements, strict=True):
+        for ax, (agent, budget) in zip(row, panels, strict=True):
+            for k, design in enumerate(designs):
+                curves = [
+                    r["curve"]
+                    for r in rows
+                    if (r["enforcement"], r["agent"], r["budget"], r["design"])
+                    == (enforcement, agent, budget, design)
+                ]
+                if curves:
+                    n = min(len(c) for c in curves)
+                    mean = 100 * np.mean([c[:n] for c in curves], axis=0)
+                    dashes = (2 + 2 * k, 1 + k) if k else ()
+                    ax.plot(np.arange(1, n + 1), mean, label=design, dashes=dashes, lw=1.3)
+            ax.set_title(f"{agent}, {budget}, enforcement {enforcement}", fontsize=9)
+            ax.set_xlabel("evaluations")
+            ax.set_ylabel("best proxy accuracy within budget (%)", fontsize=8)
+            ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]))
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
