@@ -259,16 +259,17 @@ def headline(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(rows: Sequence[dict[str, Any]], task: str, path: Path) -> None:
-    """Best test accuracy against the BOPs budget, one line per agent and environment version."""
+    """Best test accuracy against the BOPs budget, a panel per environment version."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"v0": "-", "v1": "--"}
+    envs = [e for e in ENVS if any(r["task"] == task and r["env"] == e for r in rows)]
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4.5), squeeze=False)
     colours = dict(zip(AGENTS, plt.get_cmap("tab10").colors, strict=False))
-    for env in ENVS:
+    fp32 = next((r["fp32_test"] for r in rows if r["task"] == task), None)
+    for ax, env in zip(axes[0], envs, strict=True):
         for agent in AGENTS:
             runs = [
                 r for r in rows if r["task"] == task and r["env"] == env and r["agent"] == agent
@@ -279,24 +280,26 @@ def plot(rows: Sequence[dict[str, Any]], task: str, path: Path) -> None:
             ys = [
                 100 * statistics.mean(r["test"] for r in runs if r["budget"] == b) for b in budgets
             ]
+            joint = agent == "two-level"
             ax.plot(
                 [float(Fraction(b)) for b in budgets],
                 ys,
-                styles[env],
+                "-" if agent in LEARNED else "--",
                 marker="o",
+                lw=2.5 if joint else 1.2,
                 color=colours[agent],
-                label=f"{agent} ({env})",
+                label=agent,
+                zorder=3 if joint else 2,
             )
-    fp32 = next((r["fp32_test"] for r in rows if r["task"] == task), None)
-    if fp32 is not None:
-        ax.axhline(100 * fp32, color="grey", lw=0.8, ls=":", label="FP32")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("BOPs budget (fraction of FP32)")
-    ax.set_ylabel("best test accuracy within budget (%)")
-    ax.set_title(f"{task}: agents against baselines (v0 solid, v1 dashed)")
-    ax.legend(fontsize=7, ncol=2)
+        if fp32 is not None:
+            ax.axhline(100 * fp32, color="grey", lw=0.8, ls=":", label="FP32")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("BOPs budget (fraction of FP32)")
+        ax.set_ylabel("best test accuracy within budget (%)")
+        ax.set_title(f"{task}, JPQ-{env} (learned solid, baselines dashed)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -88,6 +89,11 @@ class LayerDecision:
     act_bits: int
     bits: np.ndarray
 
+    @cached_property
+    def kept_mean_bits(self) -> float:
+        """Mean weight width of the kept kernels, in bits (computed once)."""
+        return float(self.ranked_bits[: len(self.ranked_bits) - self.n_pruned].mean())
+
 
 class DecisionSpace:
     """What each layer of a graph may take, and the policy a set of decisions makes.
@@ -127,10 +133,10 @@ class DecisionSpace:
         fp32 = measure(graph, Policy.uniform(graph))
         self.fp32_bops, self.fp32_size = fp32.bops, fp32.size_bits
         self._aggressive: dict[int, LayerDecision] = {}
-        # The last decisions' weighted connections: an episode asks for the same ones several
-        # times (the wall's check, then the observation's budget features). Keyed by identity,
-        # holding the decisions so that their ids cannot be reused while cached.
-        self._last_weighted: tuple[tuple[LayerDecision, ...], np.ndarray] | None = None
+        # The last few decisions' weighted connections: an episode asks for the same ones several
+        # times (the wall's checks, then the observation's budget features). Matched by
+        # identity; the entries hold their decisions, so that no id is reused while cached.
+        self._recent_weighted: list[tuple[tuple[LayerDecision, ...], np.ndarray]] = []
 
     def max_pruned(self, layer: int) -> int:
         """Most kernels layer ``layer`` may prune (0 for output and pinned layers)."""
@@ -194,17 +200,15 @@ class DecisionSpace:
 
     def _weighted(self, full: list[LayerDecision]) -> np.ndarray:
         """Per layer, live (kernel, input) pairs weighted by weight bits (``bit_connections``)."""
-        last = self._last_weighted
-        if (
-            last is not None
-            and len(last[0]) == len(full)
-            and all(a is b for a, b in zip(last[0], full, strict=True))
-        ):
-            return last[1]
+        for decisions, weighted in self._recent_weighted:
+            if len(decisions) == len(full) and all(
+                a is b for a, b in zip(decisions, full, strict=True)
+            ):
+                return weighted
         bits = [d.bits for d in full]
         live = self.graph.liveness([b > 0 for b in bits], batchnorms=False)
         _, weighted = bit_connections(self.graph, bits, live)
-        self._last_weighted = (tuple(full), weighted)
+        self._recent_weighted = [(tuple(full), weighted), *self._recent_weighted[:3]]
         return weighted
 
     def ratios(self, decisions: Sequence[LayerDecision | None]) -> tuple[float, float]:
@@ -289,7 +293,14 @@ class DecisionSpace:
         parts = [p for p in np.array_split(np.arange(len(kept)), min(chunks, len(kept))) if p.size]
         choices = np.asarray(self.bits)
 
+        tried: dict[int, LayerDecision] = {}  # the same objects again: their costs are cached
+
         def lowered(steps: int) -> LayerDecision:
+            if steps not in tried:
+                tried[steps] = lowered_now(steps)
+            return tried[steps]
+
+        def lowered_now(steps: int) -> LayerDecision:
             """The decision after ``steps`` single-level lowerings, least important part first.
 
             Each lowering takes the least important part with a level above 0 down one level, so

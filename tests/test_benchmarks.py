@@ -75,11 +75,20 @@ def test_recorded_soak_kept_the_model_and_memory():
 def test_recorded_ray_scaling_meets_its_target():
     text = (ROOT / "benchmarks" / "results" / "ray_scaling.md").read_text()
     assert "Produced by `python -m benchmarks.ray_scaling" in text
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    episodes, searches = text.split("## Whole searches")
+
+    def table_rows(part: str) -> list[str]:
+        return [line for line in part.splitlines() if line.startswith("| ") and "---" not in line]
+
+    rows = table_rows(episodes)
     assert len(rows) == 7  # header, then in process and pools of 1 and 2 at 20 and 200 ms
     targets = [row for row in rows[1:] if not row.rstrip().endswith("| - |")]
     assert [row.split("|")[1:4] for row in targets] == [[" 200 ", " Ray pool ", " 2 "]]
     assert targets[0].rstrip().endswith("| yes |")
+    # Whole searches: every pooled search logged exactly the in-process records.
+    pooled = [row for row in table_rows(searches)[1:] if "Ray pool" in row]
+    assert {row.split("|")[1].strip() for row in pooled} == {"two-level", "greedy"}
+    assert len(pooled) == 4 and all(row.rstrip().endswith("| yes |") for row in pooled)
 
 
 def test_reward_design_measures_against_hand_computed_values():

@@ -243,6 +243,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self._decisions: list[LayerDecision | None] = []
         self._pending: tuple[int, int] | None = None  # (n_pruned, act_bits) of the layer phase
         self._features_cache: tuple[int, list[LayerDecision | None], np.ndarray] | None = None
+        self._sizes: dict[int, np.ndarray] = {}  # importance-group sizes by kept kernels
         self._potential = 0.0
         self.last_policy: Policy | None = None
         self.last_cost: CostReport | None = None
@@ -412,8 +413,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.per_kernel:
             per_kernel = levels[:kept]
         else:  # equal chunks of the kept kernels in importance order, one level each
-            sizes = [len(g) for g in np.array_split(np.arange(kept), self.channel_slots)]
-            per_kernel = np.repeat(levels, sizes)
+            per_kernel = np.repeat(levels, self._group_sizes(kept))
         proposed = self.space.decision(layer, n, np.asarray(self.bits)[per_kernel], act)
         applied = proposed
         if self.enforcement == "wall":
@@ -427,6 +427,14 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             "proposed_mean_bits": float(proposed.ranked_bits[:kept].mean()),
             "applied_mean_bits": float(kept_bits.mean()),
         }
+
+    def _group_sizes(self, kept: int) -> np.ndarray:
+        """Sizes of the importance groups of ``kept`` kernels: near-equal chunks, larger first."""
+        if kept not in self._sizes:
+            self._sizes[kept] = np.array(
+                [len(g) for g in np.array_split(np.arange(kept), self.channel_slots)]
+            )
+        return self._sizes[kept]
 
     def _finish(self) -> dict[str, Any]:
         decisions: list[LayerDecision] = [d for d in self._decisions if d is not None]
@@ -508,23 +516,12 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         dyn = np.zeros(len(FEATURES) - N_STATIC - 4)
         prev = self._decisions[layer - 1] if self._decisions and layer > 0 else None
         if prev is not None:
-            pk = len(prev.ranked_bits)
-            dyn[0] = prev.n_pruned / pk
-            dyn[1] = float(prev.ranked_bits[: pk - prev.n_pruned].mean()) / self.bits[-1]
+            dyn[0] = prev.n_pruned / len(prev.ranked_bits)
+            dyn[1] = prev.kept_mean_bits / self.bits[-1]
         decided_so_far = [d for d in self._decisions if d is not None]
         if decided_so_far:  # decisions so far: mean sparsity and mean kept width
             dyn[2] = float(np.mean([d.n_pruned / len(d.ranked_bits) for d in decided_so_far]))
-            dyn[3] = (
-                float(
-                    np.mean(
-                        [
-                            d.ranked_bits[: len(d.ranked_bits) - d.n_pruned].mean()
-                            for d in decided_so_far
-                        ]
-                    )
-                )
-                / self.bits[-1]
-            )
+            dyn[3] = float(np.mean([d.kept_mean_bits for d in decided_so_far])) / self.bits[-1]
         if self._decisions:
             per_layer = self.space.layer_costs(self._decisions)
             decided = np.array([d is not None for d in self._decisions])
