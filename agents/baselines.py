@@ -1,4 +1,4 @@
-"""Baselines any learned search must beat at the same budget (METHOD.md section 7).
+"""Baselines any learned search must beat at the same budget of evaluations.
 
 All of them play their policies through the same environment as the learned agents, so they are
 counted, logged and enforced the same way:

@@ -151,7 +151,7 @@ def _fraction(text: str) -> float | None:
     try:
         num, _, den = text.partition("/")
         value = float(num) / float(den) if den else float(num)
-    except ValueError as exc:
+    except (ValueError, ZeroDivisionError) as exc:
         raise argparse.ArgumentTypeError(f"not a fraction: '{text}'") from exc
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"a budget must lie in (0, 1], got {text}")
@@ -180,19 +180,28 @@ def _search(args: argparse.Namespace) -> int:
         env_kwargs["task_options"] = _task_options(args)
     if args.device != "auto":
         env_kwargs["device"] = args.device
-    summary = run_search(
-        args.agent,
-        args.out,
-        args.episodes,
-        seed=args.seed,
-        env_id=args.env,
-        env_kwargs=env_kwargs,
-        resume=args.resume,
-        progress=not args.quiet,
-        warmup_episodes=args.warmup_episodes,
-        ray=args.ray,
-        workers=args.workers,
-    )
+    try:
+        summary = run_search(
+            args.agent,
+            args.out,
+            args.episodes,
+            seed=args.seed,
+            env_id=args.env,
+            env_kwargs=env_kwargs,
+            resume=args.resume,
+            progress=not args.quiet,
+            warmup_episodes=args.warmup_episodes,
+            ray=args.ray,
+            workers=args.workers,
+        )
+    except KeyboardInterrupt:
+        # Every finished evaluation is already in the log (one fsynced line each).
+        print(
+            f"\njpq: interrupted; the evaluations so far are in '{args.out}'. Run the same command "
+            "with --resume to continue from them.",
+            file=sys.stderr,
+        )
+        return 130
     best = summary["best"]
     rows = [
         ("agent", summary["agent"]),

@@ -53,7 +53,8 @@ def pareto_plot(
             c="red",
             label="best within budget",
         )
-    for point in reference:
+    # Labels alternate below and above along the BOPs axis: neighbours (W5A5, W6A6) stay legible.
+    for i, point in enumerate(sorted(reference, key=lambda p: p["bops_ratio"])):
         ax.scatter(
             [point["bops_ratio"]],
             [point["accuracy"]],
@@ -66,7 +67,7 @@ def pareto_plot(
             point["label"],
             (point["bops_ratio"], point["accuracy"]),
             fontsize=6,
-            xytext=(4, -8),
+            xytext=(4, -8 if i % 2 == 0 else 4),
             textcoords="offset points",
         )
     if budget is not None:
@@ -78,7 +79,7 @@ def pareto_plot(
     ax.set_xlabel("BOPs (fraction of FP32)")
     ax.set_ylabel("proxy accuracy (held-out split)")
     ax.set_title(f"{title}: every evaluated policy; squares: two-stage baselines")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")  # away from the points (W8A8 sits at the lower right)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     with atomic_file(path, "wb") as f:

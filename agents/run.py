@@ -95,7 +95,9 @@ def run_search(
 ) -> dict[str, Any]:
     """Run ``agent`` for ``episodes`` evaluations and write the run's files into ``out``.
 
-    ``env_kwargs`` may hold a ``Task`` object (from ``jpq_env.make_task``) as ``task``; the run's
+    ``env_id`` defaults to ``jpq_env/JPQ-v0`` (weights only, activations at 8 bits), which gymnasium
+    reports as superseded; the ``jpq`` command's default is ``jpq_env/JPQ-v1``. ``env_kwargs`` may
+    hold a ``Task`` object (from ``jpq_env.make_task``) as ``task``; the run's
     files name it by ``task.name``.
 
     Files: ``run.json`` (settings), ``evaluations.jsonl`` (every evaluated policy),
@@ -161,7 +163,6 @@ def _run(
     # A Task object (jpq_env.make_task) is recorded by its name: the run's files stay JSON.
     named = {k: v.name if isinstance(v, Task) else v for k, v in env_kwargs.items()}
     settings = RunSettings(agent, episodes, seed, {"id": env_id, **named})
-    bar = tqdm(total=episodes, desc=f"{agent} search", unit="episode", disable=not progress)
     writer: Any = None
 
     def on_record(record: dict[str, Any], replayed: bool) -> None:
@@ -183,15 +184,34 @@ def _run(
             writer.add_scalar("search/best_accuracy", best["accuracy"], step)
 
     search = Search(out, settings, env, resume=resume, on_record=on_record)
-    start = time.perf_counter()
     try:
-        opts = {"env_id": env_id, "warmup_episodes": warmup_episodes, **(scale or {})}
-        AGENTS[agent](search, seed, opts)
+        # The bar starts once the directory is known to be usable (no 0% bar before an error).
+        bar = tqdm(total=episodes, desc=f"{agent} search", unit="episode", disable=not progress)
+        start = time.perf_counter()
+        try:
+            opts = {"env_id": env_id, "warmup_episodes": warmup_episodes, **(scale or {})}
+            AGENTS[agent](search, seed, opts)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        seconds = time.perf_counter() - start
+        return _summarize(search, agent, env, env_id, env_kwargs, seed, seconds)
     finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-    seconds = time.perf_counter() - start
+        search.release()
+
+
+def _summarize(
+    search: Search,
+    agent: str,
+    env: JPQEnv,
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    seed: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Reference points, test scores of FP32 and the best policy, the Pareto plot, summary.json."""
+    out, settings = search.out, search.settings
     evaluator = _local(env)
     reference = _reference(env_id, env_kwargs, evaluator)
     write_atomic(out / "reference.jsonl", "".join(json.dumps(p) + "\n" for p in reference))

@@ -29,6 +29,8 @@ from jpq_env import Policy
 from jpq_env.atomic import write_atomic
 from jpq_env.envs import JPQEnv
 
+from .run_lock import RunLockedError, lock_run_dir, unlock_run_dir
+
 __all__ = [
     "LOG_NAME",
     "POLICY_NAME",
@@ -125,8 +127,12 @@ class Search:
         on_record: Called after each recorded evaluation with the record and whether it was
             replayed from the log (progress bars, TensorBoard).
 
+    The directory is locked for this process from here until ``release()`` (or the process
+    exits), so that a second search started on it by another process stops at once.
+
     Raises:
-        SearchError: If ``out`` holds another run, or (with ``resume``) a run with other settings.
+        SearchError: If ``out`` holds another run, another process is searching in it, or (with
+            ``resume``) it holds a run with other settings.
     """
 
     def __init__(
@@ -149,6 +155,25 @@ class Search:
             raise SearchError(
                 f"cannot use '{self.out}' as the output directory: {exc.strerror}"
             ) from exc
+        try:
+            locked_here = lock_run_dir(self.out)
+        except RunLockedError as exc:
+            raise SearchError(str(exc)) from None
+        try:
+            self._open(env, resume)
+        except BaseException:
+            if locked_here:
+                self.release()
+            raise
+        self.env = SearchRecorder(env, self)
+
+    def release(self) -> None:
+        """Unlock the directory: another process may now resume or inspect the run."""
+        unlock_run_dir(self.out)
+
+    def _open(self, env: JPQEnv, resume: bool) -> None:
+        """Check the directory's run against this one; set up the replay of a resumed log."""
+        settings = self.settings
         run_file, log_file = self.out / RUN_NAME, self.out / LOG_NAME
         if resume and not run_file.exists() and log_file.exists():
             raise SearchError(f"cannot resume: '{self.out}' has a log but no {RUN_NAME}")
@@ -175,7 +200,6 @@ class Search:
                 )
             self._replay = []
         write_atomic(run_file, json.dumps(asdict(settings), indent=1))
-        self.env = SearchRecorder(env, self)
 
     @staticmethod
     def _read_log(path: Path) -> list[dict[str, Any]]:

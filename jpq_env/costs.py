@@ -1,6 +1,6 @@
 """The cost model: MACs, BOPs and model size of a policy, per layer and in total.
 
-Definitions (METHOD.md section 2), all per sample:
+Definitions, all per sample (the tests check each against an independent count):
 
 - **MACs** of a conv: ``C_out * (C_in / groups) * kh * kw * H_out * W_out``; of a linear layer:
   ``in * out``. Pruning removes a layer's output kernels *and* the matching input channels of its

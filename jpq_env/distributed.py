@@ -43,9 +43,21 @@ def connect(address: str | None = None, **init_kwargs: Any) -> None:
             machine belongs to (``ray start`` or a ``ray job submit`` job); ``"HOST:PORT"`` or
             ``"ray://HOST:10001"`` names a cluster.
         **init_kwargs: Passed to ``ray.init`` (``num_cpus``, ``runtime_env``, ...).
+
+    Raises:
+        ConnectionError: If no Ray cluster answers at ``address``; says how to start or name one
+            (Ray's own message speaks of an ``--address`` flag jpq does not have).
     """
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    try:
         ray.init(address=address, **init_kwargs)
+    except ConnectionError as exc:
+        raise ConnectionError(
+            f"no Ray cluster found at {address!r}: start one with `ray start --head` on this "
+            "machine (then --ray auto), name a running one with --ray HOST:PORT, or leave out "
+            f"--ray to start a local Ray for --workers N (Ray said: {exc})"
+        ) from None
 
 
 class _EvaluatorActor:

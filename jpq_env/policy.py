@@ -229,7 +229,7 @@ def bits_from_ranking(order: np.ndarray, ranked_bits: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Conventions:
-    """Counting conventions users must be able to set (METHOD.md section 2).
+    """Counting conventions users must be able to set (papers differ on each of them).
 
     Attributes:
         input_bits: Activation bits of the network input: layers that read it directly are

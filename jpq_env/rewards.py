@@ -1,7 +1,7 @@
 """Reward designs: small named classes that turn an episode's outcome into a reward.
 
 Every design returns *all* its terms (the environment puts each in ``info`` as ``reward_<term>``),
-with the reward itself under ``"total"``. Designs from the literature (METHOD.md section 5):
+with the reward itself under ``"total"``. Designs from the literature:
 
 ========================  =====================================================================
 ``amc``                   ``-error * ln(BOPs)`` (AMC), budget enforced by the environment

@@ -85,7 +85,7 @@ class ConcatNet(nn.Module):
 
 
 class LeNet5(nn.Module):
-    """The METHOD.md LeNet-5: 1->32 5x5, 32->64 5x5, 1024->512->10 on 28x28 inputs."""
+    """A LeNet-5 with a published cost: 1->32 5x5, 32->64 5x5, 1024->512->10 on 28x28 inputs."""
 
     def __init__(self) -> None:
         super().__init__()

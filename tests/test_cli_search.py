@@ -93,6 +93,8 @@ def test_finetune_reports_before_and_after(run_dir: Path, capsys, tmp_path):
         (["search", "--agent", "nope"], "invalid choice: 'nope'"),
         (["search", "--budget-bops", "1.5"], "a budget must lie in (0, 1]"),
         (["search", "--budget-bops", "0"], "a budget must lie in (0, 1]"),
+        (["search", "--budget-bops", "1/0"], "not a fraction: '1/0'"),
+        (["search", "--budget-size", "1/0.0"], "not a fraction: '1/0.0'"),
         (["search", "--episodes", "0"], "must be at least 1"),
     ],
 )

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from agents.run_lock import LOCK_NAME, lock_run_dir, unlock_run_dir
 from agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
 from jpq_env.atomic import atomic_file, save_atomic, write_atomic
 from jpq_env.envs import JPQEnv
@@ -55,7 +56,8 @@ def _check_left_behind(out: Path) -> int:
     """Every visible file is complete; returns the number of complete log records."""
     visible = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     assert visible <= FILES, visible
-    for hidden in (p for p in out.iterdir() if p.name.startswith(".")):
+    # A killed search leaves its lock file (the kernel has dropped the lock itself).
+    for hidden in (p for p in out.iterdir() if p.name.startswith(".") and p.name != LOCK_NAME):
         # A temporary file of an interrupted atomic write: never read, named after its target.
         assert hidden.name[1:].rsplit(".", 1)[0] in FILES, hidden.name
     settings = json.loads((out / RUN_NAME).read_text())
@@ -223,3 +225,100 @@ def test_writers_in_the_source_are_atomic():
         if p.name not in {"atomic.py", "train_digits.py"}:
             direct += [f"{p.relative_to(ROOT)}: {w}" for w in _direct_writes(p.read_text())]
     assert direct == []
+
+
+# ---- one writer per directory -----------------------------------------------------------------
+
+
+def test_a_second_process_cannot_search_in_a_directory_in_use(tmp_path, capsys):
+    """The newcomer's case: a --resume into a folder another search is writing to is refused."""
+    from agents.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from agents.run_lock import lock_run_dir; "
+            "lock_run_dir(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        argv = ["search", "--agent", "random", "--episodes", "2", "--out", str(out), "--quiet"]
+        assert main([*argv, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"'{out}' is in use: process {holder.pid} is running a search there" in err
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # nothing written
+        with pytest.raises(SearchError, match="is in use"):
+            Search(out, RunSettings("random", 2, 0), JPQEnv())
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    # A killed holder's lock goes with it: the lock file it left is taken over.
+    assert (out / LOCK_NAME).exists()
+    assert main(argv) == 0
+    assert len(_log_lines(out)) == 3  # 2 records and the final newline
+    assert not (out / LOCK_NAME).exists()  # released, file removed
+
+
+def test_the_lock_is_reentrant_within_a_process_and_takes_over_a_stale_file(tmp_path):
+    (tmp_path / LOCK_NAME).write_text("99999999\n")  # left by a killed search: no flock on it
+    assert lock_run_dir(tmp_path) is True
+    assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    assert lock_run_dir(tmp_path) is False  # held already: a resume in the same process
+    unlock_run_dir(tmp_path)
+    assert not (tmp_path / LOCK_NAME).exists()
+    unlock_run_dir(tmp_path)  # not held: nothing to do
+    assert lock_run_dir(tmp_path) is True
+    unlock_run_dir(tmp_path)
+
+
+def test_a_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path, monkeypatch):
+    """The previous holder unlinks the file as it lets go; a lock on the unlinked file is void."""
+    from agents import run_lock
+
+    real, calls = run_lock.fcntl.flock, []
+
+    def racing(fd: int, op: int) -> None:
+        real(fd, op)
+        calls.append(os.fstat(fd).st_ino)
+        if len(calls) == 1:  # the previous holder releases between our open() and flock()
+            (tmp_path / LOCK_NAME).unlink()
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", racing)
+    assert lock_run_dir(tmp_path) is True
+    held = run_lock._HELD[tmp_path.resolve()]
+    assert len(calls) == 2
+    assert os.fstat(held.fileno()).st_ino == os.stat(tmp_path / LOCK_NAME).st_ino == calls[1]
+    unlock_run_dir(tmp_path)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_search_with_a_hint_to_resume(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        _search_command(out), env=_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while len(_log_lines(out)) < 6:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no progress in the log"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Run the same command with --resume to continue from them." in err
+    assert "Traceback" not in err
+    assert 5 <= _check_left_behind(out) < EPISODES
+    assert not (out / LOCK_NAME).exists()  # released on the way out

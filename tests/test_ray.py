@@ -348,3 +348,19 @@ def ray_pid(actor) -> int:
     from agents.ray_vec_env import _when_back
 
     return int(_when_back(actor.describe)["pid"])
+
+
+def test_no_cluster_at_the_address_is_a_message_naming_jpqs_own_flags(ray_module, monkeypatch):
+    from jpq_env import distributed
+
+    def no_cluster(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance. Please specify ...")
+
+    monkeypatch.setattr(distributed.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.ray, "init", no_cluster)
+    with pytest.raises(ConnectionError) as info:
+        distributed.connect("auto")
+    message = str(info.value)
+    assert message.startswith("no Ray cluster found at 'auto': start one with `ray start --head`")
+    assert "--ray HOST:PORT" in message and "leave out --ray" in message
+    assert "Could not find any running Ray instance" in message  # Ray's words kept
