@@ -12,6 +12,7 @@ again, e.g. to resume after an exception, without releasing it first.
 
 from __future__ import annotations
 
+import atexit
 import os
 from pathlib import Path
 from typing import IO
@@ -79,3 +80,10 @@ def unlock_run_dir(directory: Path) -> None:
         return
     (key / LOCK_NAME).unlink(missing_ok=True)  # while still locked: see lock_run_dir
     handle.close()  # closing the descriptor releases the flock
+
+
+@atexit.register
+def _release_all() -> None:
+    """At exit, let go of the directories a library user never released (no unclosed files)."""
+    for directory in list(_HELD):
+        unlock_run_dir(directory)
