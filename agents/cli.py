@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -196,11 +197,14 @@ def _search(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         # Every finished evaluation is already in the log (one fsynced line each).
-        print(
-            f"\njpq: interrupted; the evaluations so far are in '{args.out}'. Run the same command "
-            "with --resume to continue from them.",
-            file=sys.stderr,
-        )
+        if (Path(args.out) / "evaluations.jsonl").exists():
+            hint = (
+                f"; the evaluations so far are in '{args.out}'. Run the same command with --resume "
+                "to continue from them."
+            )
+        else:
+            hint = " before the first evaluation: nothing to resume."
+        print(f"\njpq: interrupted{hint}", file=sys.stderr)
         return 130
     best = summary["best"]
     rows = [

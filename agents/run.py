@@ -18,7 +18,7 @@ from agents.baselines import BASELINES
 from agents.play import act_level_near, jpq, least_uniform_pruning, play, uniform_choices
 from agents.plots import pareto_plot
 from agents.sb3 import ALGOS, run_sb3
-from agents.search import RunSettings, Search, write_atomic
+from agents.search import RunSettings, Search, claim_directory, write_atomic
 from agents.two_level import run_two_level
 from jpq_env.envs import JPQEnv
 from jpq_env.tasks import Task
@@ -120,26 +120,32 @@ def run_search(
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     env_kwargs = dict(env_kwargs or {})
-    if ray is None and workers is None:
-        return _run(
-            agent, out, episodes, seed, env_id, env_kwargs, resume, progress, warmup_episodes
-        )
-    from agents.scale_out import ScaleOut
+    # Claimed before the task, the environment or a Ray pool is built: a second search on a busy
+    # directory stops at once.
+    lock = claim_directory(Path(out))
+    try:
+        if ray is None and workers is None:
+            return _run(
+                agent, out, episodes, seed, env_id, env_kwargs, resume, progress, warmup_episodes
+            )
+        from agents.scale_out import ScaleOut
 
-    with ScaleOut(ray, workers, agent in ALGOS, env_kwargs) as scale:
-        return _run(
-            agent,
-            out,
-            episodes,
-            seed,
-            env_id,
-            env_kwargs,
-            resume,
-            progress,
-            warmup_episodes,
-            scale.evaluator,
-            {"workers": scale.workers, "num_gpus": scale.num_gpus},
-        )
+        with ScaleOut(ray, workers, agent in ALGOS, env_kwargs) as scale:
+            return _run(
+                agent,
+                out,
+                episodes,
+                seed,
+                env_id,
+                env_kwargs,
+                resume,
+                progress,
+                warmup_episodes,
+                scale.evaluator,
+                {"workers": scale.workers, "num_gpus": scale.num_gpus},
+            )
+    finally:
+        lock.release()
 
 
 def _run(

@@ -29,7 +29,7 @@ from jpq_env import Policy
 from jpq_env.atomic import write_atomic
 from jpq_env.envs import JPQEnv
 
-from .run_lock import RunLockedError, lock_run_dir, unlock_run_dir
+from .run_lock import RunLock, RunLockedError
 
 __all__ = [
     "LOG_NAME",
@@ -38,6 +38,7 @@ __all__ = [
     "RunSettings",
     "Search",
     "SearchError",
+    "claim_directory",
     "write_atomic",
 ]
 
@@ -116,6 +117,24 @@ class SearchRecorder(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
         return obs, reward, terminated, truncated, info
 
 
+def claim_directory(out: Path) -> RunLock:
+    """Create ``out`` if missing and lock it for this process (see ``agents.run_lock``).
+
+    Raises:
+        SearchError: If ``out`` cannot be created, or another process is searching in it.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SearchError(f"cannot use '{out}' as the output directory: {exc.strerror}") from exc
+    lock = RunLock(out)
+    try:
+        lock.acquire()
+    except RunLockedError as exc:
+        raise SearchError(str(exc)) from None
+    return lock
+
+
 class Search:
     """A search run in a directory: the environment, the evaluation counter and the files.
 
@@ -127,8 +146,9 @@ class Search:
         on_record: Called after each recorded evaluation with the record and whether it was
             replayed from the log (progress bars, TensorBoard).
 
-    The directory is locked for this process from here until ``release()`` (or the process
-    exits), so that a second search started on it by another process stops at once.
+    The directory is locked for this process from here until ``release()`` (or the end of a
+    ``with`` block, or the process's exit), so that a second search started on it by another
+    process stops at once.
 
     Raises:
         SearchError: If ``out`` holds another run, another process is searching in it, or (with
@@ -149,27 +169,23 @@ class Search:
         self.on_record = on_record
         self.records: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SearchError(
-                f"cannot use '{self.out}' as the output directory: {exc.strerror}"
-            ) from exc
-        try:
-            locked_here = lock_run_dir(self.out)
-        except RunLockedError as exc:
-            raise SearchError(str(exc)) from None
+        self._lock = claim_directory(self.out)
         try:
             self._open(env, resume)
         except BaseException:
-            if locked_here:
-                self.release()
+            self.release()
             raise
         self.env = SearchRecorder(env, self)
 
     def release(self) -> None:
-        """Unlock the directory: another process may now resume or inspect the run."""
-        unlock_run_dir(self.out)
+        """Let go of the directory (once; later calls do nothing): another process may use it."""
+        self._lock.release()
+
+    def __enter__(self) -> Search:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def _open(self, env: JPQEnv, resume: bool) -> None:
         """Check the directory's run against this one; set up the replay of a resumed log."""

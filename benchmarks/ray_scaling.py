@@ -53,8 +53,10 @@ def episodes_per_second(evaluator: Any, episodes: list[list[np.ndarray]]) -> flo
     workers = getattr(evaluator, "workers", 1)
     many = getattr(evaluator, "accuracy_many", None)
     many([env.last_policy] * workers) if many else evaluator.accuracy(env.last_policy)
-    with tempfile.TemporaryDirectory() as out:
-        search = Search(out, RunSettings("random", len(episodes), 0, {}), env)
+    with (
+        tempfile.TemporaryDirectory() as out,
+        Search(out, RunSettings("random", len(episodes), 0, {}), env) as search,
+    ):
         start = time.perf_counter()
         infos = play_many(search, episodes)
         seconds = time.perf_counter() - start
@@ -70,8 +72,10 @@ def search_rate(agent: str, evaluator: Any, episodes: int) -> tuple[float, list[
     from agents.run import AGENTS
 
     env = gym.make("jpq_env/JPQ-v1", evaluator=evaluator).unwrapped
-    with tempfile.TemporaryDirectory() as out:
-        search = Search(out, RunSettings(agent, episodes, 0, {}), env)
+    with (
+        tempfile.TemporaryDirectory() as out,
+        Search(out, RunSettings(agent, episodes, 0, {}), env) as search,
+    ):
         start = time.perf_counter()
         AGENTS[agent](search, 0, {"env_id": "jpq_env/JPQ-v1"})
         seconds = time.perf_counter() - start

@@ -45,19 +45,24 @@ def connect(address: str | None = None, **init_kwargs: Any) -> None:
         **init_kwargs: Passed to ``ray.init`` (``num_cpus``, ``runtime_env``, ...).
 
     Raises:
-        ConnectionError: If no Ray cluster answers at ``address``; says how to start or name one
-            (Ray's own message speaks of an ``--address`` flag jpq does not have).
+        ConnectionError: If Ray cannot start or reach the cluster; says how to with jpq's own
+            flags (Ray's message speaks of an ``--address`` flag jpq does not have).
     """
     if ray.is_initialized():
         return
     try:
         ray.init(address=address, **init_kwargs)
     except ConnectionError as exc:
+        if address is None:  # a local start that failed (RAY_ADDRESS set, a stale cluster file)
+            raise ConnectionError(
+                f"could not start a local Ray: {exc} (if RAY_ADDRESS is set, unset it; after a "
+                "crashed cluster, `ray stop` clears what it left)"
+            ) from exc
         raise ConnectionError(
-            f"no Ray cluster found at {address!r}: start one with `ray start --head` on this "
-            "machine (then --ray auto), name a running one with --ray HOST:PORT, or leave out "
-            f"--ray to start a local Ray for --workers N (Ray said: {exc})"
-        ) from None
+            f"could not connect to a Ray cluster at {address!r}: {exc} (with jpq: start one with "
+            "`ray start --head` and pass --ray auto, name a running one with --ray HOST:PORT, or "
+            "leave out --ray to start a local Ray for --workers N)"
+        ) from exc
 
 
 class _EvaluatorActor:

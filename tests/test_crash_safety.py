@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.run_lock import LOCK_NAME, lock_run_dir, unlock_run_dir
+from agents.run_lock import LOCK_NAME, RunLock
 from agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
 from jpq_env.atomic import atomic_file, save_atomic, write_atomic
 from jpq_env.envs import JPQEnv
@@ -240,8 +241,8 @@ def test_a_second_process_cannot_search_in_a_directory_in_use(tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from agents.run_lock import lock_run_dir; "
-            "lock_run_dir(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
+            "import sys; from pathlib import Path; from agents.run_lock import RunLock; "
+            "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); sys.stdin.read()",
             str(out),
         ],
         stdin=subprocess.PIPE,
@@ -269,16 +270,41 @@ def test_a_second_process_cannot_search_in_a_directory_in_use(tmp_path, capsys):
     assert not (out / LOCK_NAME).exists()  # released, file removed
 
 
-def test_the_lock_is_reentrant_within_a_process_and_takes_over_a_stale_file(tmp_path):
+def _other_process_can_lock(directory: Path) -> bool:
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from agents.run_lock import RunLock, RunLockedError\n"
+        "try:\n    RunLock(Path(sys.argv[1])).acquire()\nexcept RunLockedError:\n    sys.exit(3)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(directory)], env=_env(), cwd=ROOT)
+    assert done.returncode in (0, 3)
+    return done.returncode == 0
+
+
+def test_the_lock_is_counted_within_a_process_and_takes_over_a_stale_file(tmp_path):
     (tmp_path / LOCK_NAME).write_text("99999999\n")  # left by a killed search: no flock on it
-    assert lock_run_dir(tmp_path) is True
+    outer, inner = RunLock(tmp_path), RunLock(tmp_path)
+    outer.acquire()
     assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
-    assert lock_run_dir(tmp_path) is False  # held already: a resume in the same process
-    unlock_run_dir(tmp_path)
+    inner.acquire()  # run_search's claim, then its Search's; or a resume after an exception
+    inner.release()
+    inner.release()  # once only: a second call must not release the outer claim
+    assert not _other_process_can_lock(tmp_path)  # the outer claim still holds
+    outer.release()
     assert not (tmp_path / LOCK_NAME).exists()
-    unlock_run_dir(tmp_path)  # not held: nothing to do
-    assert lock_run_dir(tmp_path) is True
-    unlock_run_dir(tmp_path)
+    assert _other_process_can_lock(tmp_path)
+
+
+def test_a_search_in_a_directory_removed_and_made_again_is_locked_again(tmp_path, shared):
+    out = tmp_path / "run"
+    first = Search(out, RunSettings("random", 2, 0), JPQEnv(evaluator=shared.evaluator))
+    shutil.rmtree(out)  # the user deletes the run while this process still holds it
+    with Search(out, RunSettings("random", 2, 0), JPQEnv(evaluator=shared.evaluator)):
+        assert (out / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        assert not _other_process_can_lock(out)
+        first.release()  # the stale claim's release leaves the new lock alone
+        assert not _other_process_can_lock(out)
+    assert _other_process_can_lock(out)
 
 
 def test_a_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path, monkeypatch):
@@ -290,15 +316,30 @@ def test_a_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path,
     def racing(fd: int, op: int) -> None:
         real(fd, op)
         calls.append(os.fstat(fd).st_ino)
-        if len(calls) == 1:  # the previous holder releases between our open() and flock()
-            (tmp_path / LOCK_NAME).unlink()
+        if len(calls) == 1:  # between our open() and flock(), the holder lets go and a third
+            (tmp_path / LOCK_NAME).unlink()  # process creates a new file at the path
+            (tmp_path / LOCK_NAME).write_text("")
 
     monkeypatch.setattr(run_lock.fcntl, "flock", racing)
-    assert lock_run_dir(tmp_path) is True
-    held = run_lock._HELD[tmp_path.resolve()]
-    assert len(calls) == 2
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    held = run_lock._HELD[lock.path].handle
+    assert len(calls) == 2 and calls[0] != calls[1]
     assert os.fstat(held.fileno()).st_ino == os.stat(tmp_path / LOCK_NAME).st_ino == calls[1]
-    unlock_run_dir(tmp_path)
+    lock.release()
+
+
+def test_without_flock_a_search_runs_unguarded_with_a_warning(tmp_path, monkeypatch):
+    from agents import run_lock
+
+    def unsupported(fd: int, op: int) -> None:
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", unsupported)
+    with pytest.warns(UserWarning, match=r"cannot lock .*\(No locks available\): nothing stops"):
+        lock = RunLock(tmp_path)
+        lock.acquire()
+    lock.release()
 
 
 @pytest.mark.slow

@@ -361,6 +361,8 @@ def test_no_cluster_at_the_address_is_a_message_naming_jpqs_own_flags(ray_module
     with pytest.raises(ConnectionError) as info:
         distributed.connect("auto")
     message = str(info.value)
-    assert message.startswith("no Ray cluster found at 'auto': start one with `ray start --head`")
-    assert "--ray HOST:PORT" in message and "leave out --ray" in message
-    assert "Could not find any running Ray instance" in message  # Ray's words kept
+    assert message.startswith("could not connect to a Ray cluster at 'auto': Could not find any")
+    assert "`ray start --head` and pass --ray auto" in message and "--ray HOST:PORT" in message
+    assert isinstance(info.value.__cause__, ConnectionError)  # Ray's error kept as the cause
+    with pytest.raises(ConnectionError, match=r"could not start a local Ray: .*`ray stop`"):
+        distributed.connect(None)  # --workers alone: no advice to leave out --ray
