@@ -33,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from agents.play import LayerChoice, channel_action, layer_action
-from agents.search import Search, _ReplayEvaluator
+from agents.search import Search
 from jpq_env import Policy
 from jpq_env.envs import JPQEnv
 
@@ -51,18 +51,9 @@ def choice_actions(base: JPQEnv, choices: Sequence[LayerChoice]) -> list[np.ndar
     return actions
 
 
-def _evaluator_slot(search: Search) -> tuple[Any, str]:
-    """The object holding the real evaluator and its attribute (under a resume's replay)."""
-    outer = search.base.evaluator
-    if isinstance(outer, _ReplayEvaluator):  # not any wrapper with an ``inner``: only the log's
-        return outer, "inner"
-    return search.base, "evaluator"
-
-
 def parallelism(search: Search) -> int:
     """How many evaluations the search's evaluator runs at once (1: no batch method)."""
-    holder, name = _evaluator_slot(search)
-    evaluator = getattr(holder, name)
+    evaluator = search.evaluator
     if not hasattr(evaluator, "accuracy_many"):
         return 1
     return max(1, int(getattr(evaluator, "workers", 1)))
@@ -188,8 +179,7 @@ def play_many(
     if policies is not None and len(policies) != len(episodes):
         raise ValueError(f"{len(policies)} policies given for {len(episodes)} episodes")
     episodes = list(episodes)[: max(search.settings.episodes - search.count, 0)]
-    holder, name = _evaluator_slot(search)
-    evaluator = getattr(holder, name)
+    evaluator = search.evaluator
     if hasattr(evaluator, "accuracy_many") and len(episodes) > 1:
         logged = min(search.replay_left, len(episodes))  # answered from the log, not captured
         fresh: list[Policy] = []
@@ -199,7 +189,7 @@ def play_many(
             fresh = todo = list(policies[logged : len(episodes)])
         stream = getattr(evaluator, "iter_accuracy", None)  # submits as the capture goes
         values = stream(todo) if stream else iter(evaluator.accuracy_many(list(todo)))
-        setattr(holder, name, _Answers(evaluator, fresh, values))
+        search.evaluator = _Answers(evaluator, fresh, values)
     try:
         infos = []
         for actions in episodes:
@@ -212,4 +202,4 @@ def play_many(
             infos.append(info)
         return infos
     finally:
-        setattr(holder, name, evaluator)
+        search.evaluator = evaluator

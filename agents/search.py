@@ -177,6 +177,20 @@ class Search:
             raise
         self.env = SearchRecorder(env, self)
 
+    @property
+    def evaluator(self) -> Any:
+        """The evaluator that really scores policies (beneath a resumed run's log replay)."""
+        outer = self.base.evaluator
+        return outer.inner if isinstance(outer, _ReplayEvaluator) else outer
+
+    @evaluator.setter
+    def evaluator(self, value: Any) -> None:
+        outer = self.base.evaluator
+        if isinstance(outer, _ReplayEvaluator):
+            outer.inner = value
+        else:
+            self.base.evaluator = value
+
     def release(self) -> None:
         """Let go of the directory (once; later calls do nothing): another process may use it."""
         self._lock.release()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 
@@ -293,14 +293,8 @@ class DecisionSpace:
         parts = [p for p in np.array_split(np.arange(len(kept)), min(chunks, len(kept))) if p.size]
         choices = np.asarray(self.bits)
 
-        tried: dict[int, LayerDecision] = {}  # the same objects again: their costs are cached
-
+        @cache  # the same objects again for the same steps: their costs are cached
         def lowered(steps: int) -> LayerDecision:
-            if steps not in tried:
-                tried[steps] = lowered_now(steps)
-            return tried[steps]
-
-        def lowered_now(steps: int) -> LayerDecision:
             """The decision after ``steps`` single-level lowerings, least important part first.
 
             Each lowering takes the least important part with a level above 0 down one level, so
