@@ -16,16 +16,16 @@ counted, logged and enforced the same way:
   layer first"), uniform magnitude pruning paying for every raise; each probe is an evaluation.
 
 With an evaluator pool (``jpq search --ray/--workers``), random search and each round of greedy's
-probes are evaluated in batches (``agents.batch``): the same episodes, the same records.
+probes are evaluated in batches (``jpq_agents.batch``): the same episodes, the same records.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from agents.batch import choice_actions, parallelism, play_many
-from agents.play import fits, jpq, least_uniform_pruning, level_pairs, play, uniform_choices
-from agents.search import Search
+from .batch import choice_actions, parallelism, play_many
+from .play import fits, jpq, least_uniform_pruning, level_pairs, play, uniform_choices
+from .search import Search
 
 __all__ = ["BASELINES", "greedy", "random_search", "two_stage", "uniform"]
 

@@ -32,16 +32,17 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from agents.play import LayerChoice, channel_action, layer_action
-from agents.search import Search
 from jpq_env import Policy
 from jpq_env.envs import JPQEnv
+
+from .play import LayerChoice, channel_action, layer_action
+from .search import Search
 
 __all__ = ["Tape", "capturing", "choice_actions", "parallelism", "play_many"]
 
 
 def choice_actions(base: JPQEnv, choices: Sequence[LayerChoice]) -> list[np.ndarray]:
-    """The native actions ``agents.play.play`` sends for ``choices``: two per layer."""
+    """The native actions ``jpq_agents.play.play`` sends for ``choices``: two per layer."""
     actions = []
     for layer, c in enumerate(choices):
         actions += [

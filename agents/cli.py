@@ -167,7 +167,7 @@ def _positive(text: str) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from agents.run import run_search
+    from .run import run_search
 
     env_kwargs: dict[str, object] = {
         "task": args.task,
@@ -175,7 +175,7 @@ def _search(args: argparse.Namespace) -> int:
         "budget_size": args.budget_size,
         "enforcement": args.enforcement,
     }
-    if hasattr(args, "budget_bops"):  # else the environment's own (JPQ-v1: 1/128, v0: 1/64)
+    if hasattr(args, "budget_bops"):  # else the environment's own (1/128 or 1/64)
         env_kwargs["budget_bops"] = args.budget_bops
     if _task_options(args):
         env_kwargs["task_options"] = _task_options(args)
@@ -326,7 +326,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from agents.run import AGENTS
+    from .run import AGENTS
 
     parser = argparse.ArgumentParser(
         prog="jpq", description="Joint pruning and quantization of PyTorch networks."
@@ -345,15 +345,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_task_args(search, "digits")
     search.add_argument(
         "--env",
-        default="jpq_env/JPQ-v1",
-        help="registered environment id (JPQ-v1: weights and activations; JPQ-v0: weights only)",
+        default="jpq_env/JPQWeightsActs-v0",
+        help="registered environment id (JPQWeightsActs-v0: weights and activations; "
+        "JPQWeights-v0: weights only)",
     )
     search.add_argument(
         "--budget-bops",
         type=_fraction,
         default=argparse.SUPPRESS,
         help="fraction of FP32 BOPs (e.g. 1/128), or none; default: the environment's "
-        "(1/128 on JPQ-v1, 1/64 on JPQ-v0)",
+        "(1/128 on JPQWeightsActs-v0, 1/64 on JPQWeights-v0)",
     )
     search.add_argument(
         "--budget-size", type=_fraction, default=None, help="fraction of FP32 weight bits, or none"
@@ -411,7 +412,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jpq`` command."""
-    from agents.search import SearchError
+    from .search import SearchError
 
     args = _parser().parse_args(argv)
     try:

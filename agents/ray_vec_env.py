@@ -29,7 +29,7 @@ import numpy as np
 import ray
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvObs, VecEnvStepReturn
 
-from agents.search import Search, SearchError, _policy_key
+from .search import Search, SearchError, _policy_key
 
 _RESTART_WAIT_S = 120.0
 
@@ -178,7 +178,7 @@ class RayVecEnv(VecEnv):
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         env_kwargs = {k: v for k, v in search.settings.env.items() if k != "id"}
-        env_id = str(search.settings.env.get("id", "jpq_env/JPQ-v0"))
+        env_id = str(search.settings.env.get("id", "jpq_env/JPQWeights-v0"))
         if not isinstance(env_kwargs.get("task", "digits"), str):
             raise TypeError("RayVecEnv needs the task by name: each actor builds its own copy")
         self.search = search

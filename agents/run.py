@@ -14,16 +14,20 @@ from typing import Any
 import gymnasium as gym
 from tqdm import tqdm
 
-from agents.baselines import BASELINES
-from agents.play import act_level_near, jpq, least_uniform_pruning, play, uniform_choices
-from agents.plots import pareto_plot
-from agents.sb3 import ALGOS, run_sb3
-from agents.search import RunSettings, Search, claim_directory, write_atomic
-from agents.two_level import run_two_level
 from jpq_env.envs import JPQEnv
 from jpq_env.tasks import Task
 
-__all__ = ["AGENTS", "run_search"]
+from .baselines import BASELINES
+from .play import act_level_near, jpq, least_uniform_pruning, play, uniform_choices
+from .plots import pareto_plot
+from .sb3 import ALGOS, run_sb3
+from .search import RunSettings, Search, claim_directory, write_atomic
+from .two_level import run_two_level
+
+__all__ = ["AGENTS", "DEFAULT_ENV", "run_search"]
+
+DEFAULT_ENV = "jpq_env/JPQWeightsActs-v0"
+"""The environment id of a search when none is given (``run_search``, ``jpq search``)."""
 
 
 def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], None]]:
@@ -85,7 +89,7 @@ def run_search(
     out: str | Path,
     episodes: int,
     seed: int = 0,
-    env_id: str = "jpq_env/JPQ-v0",
+    env_id: str = DEFAULT_ENV,
     env_kwargs: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -95,8 +99,8 @@ def run_search(
 ) -> dict[str, Any]:
     """Run ``agent`` for ``episodes`` evaluations and write the run's files into ``out``.
 
-    ``env_id`` defaults to ``jpq_env/JPQ-v0`` (weights only, activations at 8 bits), which gymnasium
-    reports as superseded; the ``jpq`` command's default is ``jpq_env/JPQ-v1``. ``env_kwargs`` may
+    ``env_id`` defaults to ``DEFAULT_ENV`` (``jpq_env/JPQWeightsActs-v0``: weights and
+    activations), as ``jpq search`` does. ``env_kwargs`` may
     hold a ``Task`` object (from ``jpq_env.make_task``) as ``task``; the run's
     files name it by ``task.name``.
 
@@ -105,7 +109,7 @@ def run_search(
     ``pareto.png``, ``summary.json`` and TensorBoard logs in ``tensorboard/``.
 
     With ``ray`` (a cluster address, or ``"auto"``) or ``workers``, evaluations run on Ray (see
-    ``agents.scale_out``); otherwise everything runs in this process, without importing Ray.
+    ``jpq_agents.scale_out``); otherwise everything runs in this process, without importing Ray.
 
     Returns:
         The summary (also written to ``summary.json``).
@@ -128,7 +132,7 @@ def run_search(
             return _run(
                 agent, out, episodes, seed, env_id, env_kwargs, resume, progress, warmup_episodes
             )
-        from agents.scale_out import ScaleOut
+        from .scale_out import ScaleOut
 
         with ScaleOut(ray, workers, agent in ALGOS, env_kwargs) as scale:
             return _run(

@@ -21,9 +21,10 @@ import yaml
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 
-from agents.play import jpq
-from agents.search import Search
 from jpq_env.wrappers import FlatBoxView, MultiDiscreteView
+
+from .play import jpq
+from .search import Search
 
 __all__ = ["ALGOS", "TruncatedNormalDecayNoise", "hyperparameters", "run_sb3"]
 
@@ -82,7 +83,7 @@ class TruncatedNormalDecayNoise(ActionNoise):
 
 def hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
     """The entry of ``agents/hyperparams/<algo>.yml`` for ``env_id`` (or its ``default``)."""
-    text = resources.files("agents").joinpath("hyperparams", f"{algo}.yml").read_text()
+    text = resources.files("jpq_agents").joinpath("hyperparams", f"{algo}.yml").read_text()
     table = yaml.safe_load(text)
     return dict(table.get(env_id, table["default"]))
 
@@ -100,7 +101,7 @@ def run_sb3(
 
     Every episode of the views has one step per layer, so the budget is ``episodes x layers``
     steps of ``learn``. With ``workers``, the episodes run on that many Ray actors at once
-    (``agents.ray_vec_env.RayVecEnv``, ``num_gpus`` each; Ray must be connected); DDPG then
+    (``jpq_agents.ray_vec_env.RayVecEnv``, ``num_gpus`` each; Ray must be connected); DDPG then
     trains every ``layers`` steps (SB3 allows episodic training with one environment only) and
     each sub-environment gets its own exploration noise.
     """
@@ -108,7 +109,7 @@ def run_sb3(
     base = jpq(search.env)
     layers = base.num_layers
     if workers:
-        from agents.ray_vec_env import RayVecEnv
+        from .ray_vec_env import RayVecEnv
 
         env: Any = RayVecEnv(search, f"{view.__module__}:{view.__name__}", workers, num_gpus)
     else:

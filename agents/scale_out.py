@@ -2,10 +2,10 @@
 
 - Baselines and the two-level controller get a ``RayEvaluator`` pool as the environment's
   evaluator: batches of policies (random search, greedy's probes, the two-level controller's
-  batches of episodes and refinement rounds) are spread over its actors (``agents.batch``),
+  batches of episodes and refinement rounds) are spread over its actors (``jpq_agents.batch``),
   single evaluations go to one actor.
-- SB3 agents get ``workers`` sub-environments on Ray actors instead (``agents.ray_vec_env``), each
-  with its own accuracy proxy; the driver keeps an in-process evaluator for the final summary.
+- SB3 agents get ``workers`` sub-environments on Ray actors instead (``jpq_agents.ray_vec_env``),
+  each with its own accuracy proxy; the driver keeps an in-process evaluator for the final summary.
 
 Without ``--ray`` and ``--workers`` none of this is imported.
 """

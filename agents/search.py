@@ -118,7 +118,7 @@ class SearchRecorder(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def claim_directory(out: Path) -> RunLock:
-    """Create ``out`` if missing and lock it for this process (see ``agents.run_lock``).
+    """Create ``out`` if missing and lock it for this process (see ``jpq_agents.run_lock``).
 
     Raises:
         SearchError: If ``out`` cannot be created, or another process is searching in it.

@@ -33,8 +33,8 @@ Design, and why:
   decisions found (one layer's sparsity, activation width or one group's width changed at a time,
   then, if the cost model puts the neighbour over budget, steps towards fewer bits in other
   layers until it fits, so that the forward wall does not cut the last layers instead; ties
-  accepted to cross the proxy's plateaus). On JPQ-v1 at 1/256 of FP32 BOPs (seeds 0 and 1),
-  the full two-stage warm start and the repaired moves raised the best held-out accuracy from
+  accepted to cross the proxy's plateaus). On JPQWeightsActs-v0 at 1/256 of FP32 BOPs (seeds 0 and
+  1), the full two-stage warm start and the repaired moves raised the best held-out accuracy from
   81.3% and 73.3% to 84.7% and 82.3%. Measured on the digits task at
   1/64 of FP32 BOPs over 3 seeds (mean best held-out accuracy at 300 evaluations): refining the
   last 10% gave 96.8%, 50% gave 97.7%, 70% gave 98.4%, 90% gave 97.8%. With a few hundred
@@ -43,13 +43,13 @@ Design, and why:
   then regularized evolution, then random, then REINFORCE) held here too.
 
 - **Refinement in rounds**: each round tries ``refine_batch`` neighbours of the best (4 by
-  default) and keeps the round's best. Measured against one neighbour at a time (JPQ-v1 at 1/64,
-  1/128 and 1/256 and JPQ-v0 at 1/64, seeds 0-2, best held-out accuracy after 300 evaluations):
-  equal in 9 of 12 runs; rounds were ahead in two (87.2% against 82.3% at 1/256 with seed 2,
-  98.96% against 98.26% on v0 with seed 2) and behind in one (98.96% against 99.31% on v0 with
-  seed 0). Rounds cost nothing measurable, and they let a pool evaluate the refinement in
+  default) and keeps the round's best. Measured against one neighbour at a time (JPQWeightsActs-v0
+  at 1/64, 1/128 and 1/256 and JPQWeights-v0 at 1/64, seeds 0-2, best held-out accuracy after 300
+  evaluations): equal in 9 of 12 runs; rounds were ahead in two (87.2% against 82.3% at 1/256 with
+  seed 2, 98.96% against 98.26% on v0 with seed 2) and behind in one (98.96% against 99.31% on v0
+  with seed 0). Rounds cost nothing measurable, and they let a pool evaluate the refinement in
   parallel.
-- **On an evaluator pool** (``jpq search --ray/--workers``, ``agents.batch``): the warm-start
+- **On an evaluator pool** (``jpq search --ray/--workers``, ``jpq_agents.batch``): the warm-start
   policies, each update's batch of sampled episodes and each refinement round are played first
   on a capturing tape (the controllers read every step's observation, so the driver plays the
   episodes; only their evaluations are spread over the pool), then evaluated in one batch and
@@ -75,8 +75,10 @@ import torch
 from torch import nn
 from torch.distributions import Beta, Categorical
 
-from agents.batch import capturing, parallelism, play_many
-from agents.play import (
+from jpq_env.envs import JPQEnv
+
+from .batch import capturing, parallelism, play_many
+from .play import (
     LayerChoice,
     channel_action,
     choices_fit,
@@ -87,8 +89,7 @@ from agents.play import (
     play,
     uniform_choices,
 )
-from agents.search import Search
-from jpq_env.envs import JPQEnv
+from .search import Search
 
 __all__ = ["TwoLevelConfig", "TwoLevelController", "run_two_level"]
 
@@ -302,7 +303,7 @@ class _Agent:
         """Play each episode (``play(env)`` plays one on ``env``); what it returned, its reward.
 
         With an evaluator pool the episodes are played on a capturing tape first and then
-        evaluated in one batch (``agents.batch``); otherwise one after another through the
+        evaluated in one batch (``jpq_agents.batch``); otherwise one after another through the
         search. The same episodes, records and rewards either way (the environment is
         deterministic and the agent's random draws happen in the same order).
         """

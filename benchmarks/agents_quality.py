@@ -15,8 +15,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from agents.run import run_search
 from benchmarks.common import write_result
+from jpq_agents.run import run_search
 
 AGENTS = ("two-level", "ddpg", "ppo", "maskable-ppo", "random", "uniform", "two-stage", "greedy")
 
@@ -55,7 +55,8 @@ def main() -> None:
         [
             "# Agents against baselines at equal evaluations (default task, BOPs budget 1/64)",
             "",
-            f"{episodes} evaluations per run, seeds 0-{seeds - 1}; `JPQ-v0` defaults (reward "
+            f"{episodes} evaluations per run, seeds 0-{seeds - 1}; `JPQWeights-v0` defaults "
+            "(reward "
             "`galen`, forward wall, 4 importance groups, activations at 8 bits). Accuracy in %: "
             "mean ± standard deviation over seeds. FP32: 98.61% val, 99.17% test.",
             "",

@@ -1,10 +1,11 @@
 """Agents against baselines at equal evaluations, over BOPs budgets, tasks and environment versions.
 
 Every agent and baseline gets the same number of evaluations per run (baselines that need fewer
-stop early) at each BOPs budget, on JPQ-v0 (weights only) and JPQ-v1 (weights and activations).
-The seed-independent baselines (uniform, two-stage, greedy) run once; the others over several
-seeds. Each run's summary is appended to ``results/agents_vs_baselines_runs.jsonl`` as soon as it
-ends, so an interrupted benchmark continues where it stopped and the tables are rebuilt from it.
+stop early) at each BOPs budget, on JPQWeights-v0 (weights only) and JPQWeightsActs-v0 (weights and
+activations). The seed-independent baselines (uniform, two-stage, greedy) run once; the others over
+several seeds. Each run's summary is appended to ``results/agents_vs_baselines_runs.jsonl`` as soon
+as it ends, so an interrupted benchmark continues where it stopped and the tables are rebuilt from
+it.
 
     python -m benchmarks.agents_vs_baselines                 # the full grid (hours on 2 cores)
     python -m benchmarks.agents_vs_baselines --envs v1 --tasks digits --budgets 1/64,1/128,1/256
@@ -29,7 +30,7 @@ import torch
 from benchmarks.common import RESULTS, load_rows, mean_sd, run_grid, write_result
 
 NAME = "agents_vs_baselines"
-ENVS = {"v0": "jpq_env/JPQ-v0", "v1": "jpq_env/JPQ-v1"}
+ENVS = {"v0": "jpq_env/JPQWeights-v0", "v1": "jpq_env/JPQWeightsActs-v0"}
 TASKS = ("digits", "digits-deep")
 BUDGETS = ("1/16", "1/32", "1/64", "1/100", "1/128", "1/256")
 AGENTS = ("two-level", "ddpg", "ppo", "random", "uniform", "two-stage", "greedy")
@@ -43,7 +44,7 @@ def _key(run: dict[str, Any]) -> tuple[str, ...]:
 
 def _one(run: dict[str, Any]) -> dict[str, Any]:
     """Run one search in a scratch directory and return its row (runs in a worker process)."""
-    from agents.run import run_search
+    from jpq_agents.run import run_search
 
     torch.set_num_threads(1)  # workers get their parallelism from being several
     kwargs = {"task": run["task"], "budget_bops": float(Fraction(run["budget"]))}
@@ -341,8 +342,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "# Agents against baselines at equal evaluations",
             "",
             f"Each run: {episodes} evaluations (baselines that need fewer stop early), "
-            "reward `galen`, forward wall, 4 importance groups; JPQ-v0 keeps activations at 8 "
-            "bits, JPQ-v1 decides them per layer from {2, 3, 4, 5, 6, 8}. Seeds 0-"
+            "reward `galen`, forward wall, 4 importance groups; JPQWeights-v0 keeps activations "
+            "at 8 "
+            "bits, JPQWeightsActs-v0 decides them per layer from {2, 3, 4, 5, 6, 8}. Seeds 0-"
             f"{seeds - 1} for the learned agents and random search; uniform, two-stage and "
             "greedy do not depend on the seed and run once. Every run's row is in "
             f"`{NAME}_runs.jsonl`; plots: `{NAME}_<task>.png`. The log holds {len(rows)} runs; "

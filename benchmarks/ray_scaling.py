@@ -2,15 +2,15 @@
 
 Each evaluation is padded to a fixed wall time (``PaddedEvaluator``: 20 ms, and 200 ms to emulate
 a large model's proxy); episodes are uniformly random and go through a search's batched path
-(``agents.batch.play_many``), the way random search and greedy's probes use a pool. Ray's start-up
-(``ray.init`` and the actors building their task) is reported apart from the throughput.
+(``jpq_agents.batch.play_many``), the way random search and greedy's probes use a pool. Ray's
+start-up (``ray.init`` and the actors building their task) is reported apart from the throughput.
 
 Target (issue 9): with 200 ms evaluations, 2 workers reach at least 1.8x the episodes per second
 of 1 worker.
 
 Also measured: whole searches on the same padded evaluators (the two-level controller and greedy
-on JPQ-v1), evaluations per second in process against pools of 1 and 2 workers, and whether the
-pooled search logged the same records as the in-process one.
+on JPQWeightsActs-v0), evaluations per second in process against pools of 1 and 2 workers, and
+whether the pooled search logged the same records as the in-process one.
 
     python -m benchmarks.ray_scaling            # full run, writes results/ray_scaling.md
     python -m benchmarks.ray_scaling --quick    # a smoke run (CI), writes nothing
@@ -28,9 +28,9 @@ import gymnasium as gym
 import numpy as np
 
 import jpq_env  # noqa: F401 - registers the environment ids
-from agents.batch import play_many
-from agents.search import RunSettings, Search
 from benchmarks.common import write_result
+from jpq_agents.batch import play_many
+from jpq_agents.search import RunSettings, Search
 from jpq_env.evaluate import LocalEvaluator, PaddedEvaluator
 from jpq_env.tasks import load_task
 
@@ -38,14 +38,14 @@ TARGET = 1.8
 
 
 def random_episodes(n: int) -> list[list[np.ndarray]]:
-    env = gym.make("jpq_env/JPQ-v0").unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0").unwrapped
     env.action_space.seed(0)
     return [[env.action_space.sample() for _ in range(2 * env.num_layers)] for _ in range(n)]
 
 
 def episodes_per_second(evaluator: Any, episodes: list[list[np.ndarray]]) -> float:
     """Throughput of a search playing ``episodes`` through ``evaluator`` (files in a temp dir)."""
-    env = gym.make("jpq_env/JPQ-v0", evaluator=evaluator).unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0", evaluator=evaluator).unwrapped
     env.reset()
     for action in episodes[0]:  # warm-up, not timed: one evaluation per worker
         env.step(action)
@@ -68,16 +68,16 @@ SEARCHES = ("two-level", "greedy")
 
 
 def search_rate(agent: str, evaluator: Any, episodes: int) -> tuple[float, list[Any]]:
-    """Evaluations per second of a whole ``agent`` search on JPQ-v1, and its records."""
-    from agents.run import AGENTS
+    """Evaluations per second of a whole ``agent`` search on JPQWeightsActs-v0, and its records."""
+    from jpq_agents.run import AGENTS
 
-    env = gym.make("jpq_env/JPQ-v1", evaluator=evaluator).unwrapped
+    env = gym.make("jpq_env/JPQWeightsActs-v0", evaluator=evaluator).unwrapped
     with (
         tempfile.TemporaryDirectory() as out,
         Search(out, RunSettings(agent, episodes, 0, {}), env) as search,
     ):
         start = time.perf_counter()
-        AGENTS[agent](search, 0, {"env_id": "jpq_env/JPQ-v1"})
+        AGENTS[agent](search, 0, {"env_id": "jpq_env/JPQWeightsActs-v0"})
         seconds = time.perf_counter() - start
         records = [(r["policy"], r["accuracy"]) for r in search.records]
     return search.count / seconds, records
@@ -158,8 +158,10 @@ def main() -> None:
         [
             "# Ray scaling",
             "",
-            f"{n} uniformly random episodes of `jpq_env/JPQ-v0` (digits task) played through a "
-            "search's batched path (`agents.batch.play_many`: one batch, queued round-robin on the "
+            f"{n} uniformly random episodes of `jpq_env/JPQWeights-v0` (digits task) played "
+            "through a "
+            "search's batched path (`jpq_agents.batch.play_many`: one batch, queued round-robin "
+            "on the "
             "pool's actors). Each evaluation is padded to a fixed wall time "
             "(`PaddedEvaluator`, which sleeps: like waiting for a GPU) to emulate larger models. "
             "Episodes/s exclude start-up; start-up is the pool's actors starting and building "
@@ -173,7 +175,8 @@ def main() -> None:
             "",
             "## Whole searches",
             "",
-            f"A {search_episodes}-evaluation search of `jpq_env/JPQ-v1` (digits) with every "
+            f"A {search_episodes}-evaluation search of `jpq_env/JPQWeightsActs-v0` (digits) with "
+            "every "
             f"evaluation padded to {pads[-1] * 1e3:.0f} ms, by agent: evaluations per second in "
             "process and on pools of 1 and 2 workers (pool start-up excluded), and whether the "
             "pooled search logged exactly the in-process records (policies and accuracies, in "

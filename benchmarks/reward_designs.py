@@ -2,8 +2,8 @@
 
 For every reward design (the built-in ones, or any registered by name: ``--import mymodule``
 runs ``mymodule``'s ``register_reward`` calls first), agent (the two-level controller and DDPG),
-BOPs budget and seed, a search on JPQ-v1 of the default task with a fixed number of evaluations.
-Reported per design:
+BOPs budget and seed, a search on JPQWeightsActs-v0 of the default task with a fixed number of
+evaluations. Reported per design:
 
 - best test accuracy within budget (of the policy the proxy picked);
 - share of episodes over budget (with ``--enforcement none`` the reward alone must keep the
@@ -43,7 +43,7 @@ from benchmarks.common import RESULTS, load_rows, mean_sd, run_grid, write_resul
 from jpq_env.rewards import REWARDS
 
 NAME = "reward_designs"
-ENV = "jpq_env/JPQ-v1"
+ENV = "jpq_env/JPQWeightsActs-v0"
 AGENTS = ("two-level", "ddpg")
 BUDGETS = ("1/64", "1/128")
 TOP = 30  # policies re-scored on the test split per run, for the rank correlation
@@ -79,7 +79,7 @@ def rank_correlation(proxy: Sequence[float], test: Sequence[float]) -> float:
 
 def _one(run: dict[str, Any]) -> dict[str, Any]:
     """One search, then its curve and the proxy/test rank correlation (in a worker process)."""
-    from agents.run import run_search
+    from jpq_agents.run import run_search
     from jpq_env import LocalEvaluator, Policy, load_task
 
     torch.set_num_threads(1)
@@ -287,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         [
             "# Reward designs compared",
             "",
-            f"JPQ-v1 on the default task (digits); every run spends the same evaluations "
+            "JPQWeightsActs-v0 on the default task (digits); every run spends the same "
+            "evaluations "
             f"({', '.join(str(e) for e in sorted({r['episodes'] for r in rows}))}); mean ± sd "
             f"over seeds. Kendall tau-b between proxy and test accuracy, mean over the runs "
             f"where it is defined (their number in brackets): over up to {TOP} distinct policies "

@@ -10,8 +10,9 @@ A random agent (uniform actions from the action space, seeded) plays the default
   is at most 1.2x that of the first thousand after warm-up (CPU time, because the wall clock on a
   shared machine measures the other tenants too; the wall-clock rate is reported beside it).
 
-    python -m benchmarks.soak            # 10,000 episodes each of JPQ-v0 and JPQ-v1, writes
-                                         # results/soak.md and results/soak.png
+    python -m benchmarks.soak            # 10,000 episodes each of JPQWeights-v0 and
+                                         # JPQWeightsActs-v0, writes results/soak.md and
+                                         # results/soak.png
     python -m benchmarks.soak --quick    # a smoke run (CI), writes nothing
 """
 
@@ -176,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 episodes each, no result file")
     parser.add_argument("--episodes", type=int, default=10_000, help="episodes per environment")
-    parser.add_argument("--envs", default="jpq_env/JPQ-v0,jpq_env/JPQ-v1")
+    parser.add_argument("--envs", default="jpq_env/JPQWeights-v0,jpq_env/JPQWeightsActs-v0")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     # One thread: the proxy's batches are small, and on a shared machine extra OpenMP threads

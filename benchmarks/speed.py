@@ -79,7 +79,7 @@ def measure_env(env: JPQEnv, episodes: int, warmup: int = 2) -> dict[str, float]
 
 def search_seconds(env_id: str, episodes: int) -> float:
     """Wall time of a whole two-level search, set-up and summary included."""
-    from agents.run import run_search
+    from jpq_agents.run import run_search
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +88,7 @@ def search_seconds(env_id: str, episodes: int) -> float:
 
 
 def _view() -> gym.Env[Any, Any]:
-    return FlatBoxView(gym.make("jpq_env/JPQ-v1"))
+    return FlatBoxView(gym.make("jpq_env/JPQWeightsActs-v0"))
 
 
 def parallel_eps(workers: int, episodes: int) -> float:
@@ -118,9 +118,9 @@ def main() -> None:
     args = parser.parse_args()
     episodes = 3 if args.quick else 100
     cases = [
-        ("digits, JPQ-v0", lambda: JPQEnv(), episodes),
-        ("digits, JPQ-v1", lambda: JPQEnv(act_bits=ACTS, budget_bops=1 / 128), episodes),
-        ("digits-deep, JPQ-v0", lambda: JPQEnv(task="digits-deep"), episodes),
+        ("digits, JPQWeights-v0", lambda: JPQEnv(), episodes),
+        ("digits, JPQWeightsActs-v0", lambda: JPQEnv(act_bits=ACTS, budget_bops=1 / 128), episodes),
+        ("digits-deep, JPQWeights-v0", lambda: JPQEnv(task="digits-deep"), episodes),
         (
             "resnet18 32x32 (random data, 512 val)",
             lambda: JPQEnv(task=resnet18_32(64, 32) if args.quick else resnet18_32(512, 128)),
@@ -139,7 +139,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     search_episodes = 10 if args.quick else 300
     searches = []
-    for env_id in ("jpq_env/JPQ-v1", "jpq_env/JPQ-v0"):
+    for env_id in ("jpq_env/JPQWeightsActs-v0", "jpq_env/JPQWeights-v0"):
         s = search_seconds(env_id, search_episodes)
         searches.append(
             f"| two-level, {env_id}, default task | {search_episodes} | {s:.1f} | "
@@ -185,7 +185,8 @@ def main() -> None:
             "## Parallel environments",
             "",
             f"Episodes per second over {parallel_episodes} episodes of random actions on "
-            "`FlatBoxView(JPQ-v1)`, process start-up excluded. Each worker process runs torch on "
+            "`FlatBoxView(JPQWeightsActs-v0)`, process start-up excluded. Each worker process "
+            "runs torch on "
             "one thread (jpq_env's fork hook), the single in-process env on all cores.",
             "",
             "| environments | episodes/s | speed-up |",

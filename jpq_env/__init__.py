@@ -8,7 +8,7 @@ The compression core (usable without any RL):
 - ``LocalEvaluator``: the accuracy proxy;
 - ``Policy``: per-kernel bit-widths (0 = pruned) and per-layer activation bits.
 
-Importing the package registers the Gymnasium ids (``jpq_env/JPQ-v0`` and presets, see
+Importing the package registers the Gymnasium ids (``jpq_env/JPQWeights-v0`` and presets, see
 ``jpq_env.registration``); the environment class is ``jpq_env.envs.JPQEnv``.
 """
 

@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from agents.baselines import BASELINES
-from agents.play import fits, least_uniform_pruning
-from agents.run import run_search
-from agents.sb3 import TruncatedNormalDecayNoise, hyperparameters, run_sb3
-from agents.search import LOG_NAME, POLICY_NAME, RunSettings, Search, SearchError
-from agents.two_level import run_two_level
+from jpq_agents.baselines import BASELINES
+from jpq_agents.play import fits, least_uniform_pruning
+from jpq_agents.run import run_search
+from jpq_agents.sb3 import TruncatedNormalDecayNoise, hyperparameters, run_sb3
+from jpq_agents.search import LOG_NAME, POLICY_NAME, RunSettings, Search, SearchError
+from jpq_agents.two_level import run_two_level
 from jpq_env import Policy, measure
 from jpq_env.envs import JPQEnv
 
@@ -64,7 +64,9 @@ def _runner(agent: str):
         return run_two_level
     if agent in BASELINES:
         return BASELINES[agent]
-    return lambda search, seed: run_sb3(search, seed, agent, "jpq_env/JPQ-v0", warmup_episodes=2)
+    return lambda search, seed: run_sb3(
+        search, seed, agent, "jpq_env/JPQWeights-v0", warmup_episodes=2
+    )
 
 
 @pytest.mark.parametrize(
@@ -159,7 +161,7 @@ def test_truncated_normal_noise_decays_per_episode():
 
 
 def test_hyperparameters_come_from_zoo_yaml():
-    ppo = hyperparameters("ppo", "jpq_env/JPQ-v0")
+    ppo = hyperparameters("ppo", "jpq_env/JPQWeights-v0")
     assert ppo["gamma"] == 1.0 and ppo["n_steps"] == 48
-    assert hyperparameters("ppo", "jpq_env/JPQDeep-v0")["n_steps"] == 88
+    assert hyperparameters("ppo", "jpq_env/JPQWeightsDeep-v0")["n_steps"] == 88
     assert hyperparameters("ddpg", "someone/Else-v0")["gamma"] == 1.0  # the default entry

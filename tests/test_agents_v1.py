@@ -1,15 +1,16 @@
-"""The agents and baselines on JPQ-v1, where each layer decision also picks an activation width."""
+"""The agents and baselines on JPQWeightsActs-v0: each layer decision also picks an
+activation width."""
 
 import json
 
 import pytest
 import torch
 
-from agents.baselines import BASELINES
-from agents.play import fits, least_uniform_pruning, level_pairs, uniform_choices
-from agents.run import run_search
-from agents.search import LOG_NAME, RunSettings, Search
-from agents.two_level import TwoLevelConfig, _Agent, run_two_level
+from jpq_agents.baselines import BASELINES
+from jpq_agents.play import fits, least_uniform_pruning, level_pairs, uniform_choices
+from jpq_agents.run import run_search
+from jpq_agents.search import LOG_NAME, RunSettings, Search
+from jpq_agents.two_level import TwoLevelConfig, _Agent, run_two_level
 from jpq_env.envs import JPQEnv
 
 ACTS = [2, 3, 4, 5, 6, 8]
@@ -140,9 +141,9 @@ def test_uniform_choices_carry_activation_levels(shared):
 @pytest.mark.parametrize("agent", ["ddpg", "maskable-ppo"])
 def test_sb3_agents_run_on_v1(tmp_path, agent):
     summary = run_search(
-        agent, tmp_path, 10, env_id="jpq_env/JPQ-v1", progress=False, warmup_episodes=3
+        agent, tmp_path, 10, env_id="jpq_env/JPQWeightsActs-v0", progress=False, warmup_episodes=3
     )
     records = _lines(tmp_path)
     assert summary["evaluations"] == 10 == len(records)
-    assert summary["env"]["id"] == "jpq_env/JPQ-v1"
+    assert summary["env"]["id"] == "jpq_env/JPQWeightsActs-v0"
     assert len({w[1] for r in records for w in _widths(r)}) >= 2  # activation widths vary

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.cli import main
-from agents.run import run_search
-from agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
+from jpq_agents.cli import main
+from jpq_agents.run import run_search
+from jpq_agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
 from jpq_env import GraphError, LayerGraph, Policy, PolicyError, TaskError
 from jpq_env.envs import JPQEnv
 from jpq_env.export import export_compressed, load_compressed

@@ -1,4 +1,4 @@
-"""Batched episodes (agents.batch): same records as sequential play, exact counts, resume."""
+"""Batched episodes (jpq_agents.batch): same records as sequential play, exact counts, resume."""
 
 import json
 
@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents.batch import parallelism, play_many
-from agents.search import LOG_NAME, RunSettings, Search
+from jpq_agents.batch import parallelism, play_many
+from jpq_agents.search import LOG_NAME, RunSettings, Search
 from jpq_env import LocalEvaluator, load_task
 
 
@@ -26,13 +26,13 @@ class BatchEvaluator(LocalEvaluator):
 
 
 def episodes(n: int, seed: int = 0) -> list[list[np.ndarray]]:
-    env = gym.make("jpq_env/JPQ-v0").unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0").unwrapped
     env.action_space.seed(seed)
     return [[env.action_space.sample() for _ in range(2 * env.num_layers)] for _ in range(n)]
 
 
 def sequential_log(tmp_path, actions, budget) -> list[dict]:
-    env = gym.make("jpq_env/JPQ-v0").unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0").unwrapped
     search = Search(tmp_path / "sequential", RunSettings("random", budget, 0, {}), env)
     for episode in actions[:budget]:
         search.env.reset(seed=0)
@@ -52,7 +52,7 @@ def evaluator() -> BatchEvaluator:
 
 def test_batch_gives_the_sequential_records_within_the_budget(tmp_path, evaluator):
     actions = episodes(6)
-    env = gym.make("jpq_env/JPQ-v0", evaluator=evaluator).unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0", evaluator=evaluator).unwrapped
     search = Search(tmp_path / "batch", RunSettings("random", 4, 0, {}), env)
     evaluator.batches.clear()
     infos = play_many(search, actions, seed=0)
@@ -67,10 +67,10 @@ def test_batch_gives_the_sequential_records_within_the_budget(tmp_path, evaluato
 def test_resumed_batch_evaluates_only_what_the_log_lacks(tmp_path, evaluator):
     actions = episodes(5, seed=1)
     run = tmp_path / "run"
-    env = gym.make("jpq_env/JPQ-v0", evaluator=evaluator).unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0", evaluator=evaluator).unwrapped
     play_many(Search(run, RunSettings("random", 3, 0, {}), env), actions)
     evaluator.batches.clear()
-    env = gym.make("jpq_env/JPQ-v0", evaluator=evaluator).unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0", evaluator=evaluator).unwrapped
     resumed = Search(run, RunSettings("random", 5, 0, {}), env, resume=True)
     assert parallelism(resumed) == 3  # seen through the resume's replay evaluator
     play_many(resumed, actions)
@@ -80,7 +80,7 @@ def test_resumed_batch_evaluates_only_what_the_log_lacks(tmp_path, evaluator):
 
 
 def test_sequential_evaluator_keeps_the_sequential_path(tmp_path):
-    env = gym.make("jpq_env/JPQ-v0").unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0").unwrapped
     search = Search(tmp_path, RunSettings("random", 2, 0, {}), env)
     assert parallelism(search) == 1
     infos = play_many(search, episodes(2, seed=2))
@@ -90,11 +90,13 @@ def test_sequential_evaluator_keeps_the_sequential_path(tmp_path):
 
 @pytest.mark.parametrize("agent", ["random", "greedy"])
 def test_baselines_batched_keep_their_sequential_records(tmp_path, evaluator, agent):
-    from agents.baselines import BASELINES
+    from jpq_agents.baselines import BASELINES
 
     logs = []
     for name, ev in (("sequential", None), ("batched", evaluator)):
-        env = gym.make("jpq_env/JPQ-v1", **({} if ev is None else {"evaluator": ev})).unwrapped
+        env = gym.make(
+            "jpq_env/JPQWeightsActs-v0", **({} if ev is None else {"evaluator": ev})
+        ).unwrapped
         search = Search(tmp_path / name, RunSettings(agent, 14, 3, {}), env)
         evaluator.batches.clear()
         BASELINES[agent](search, 3)
@@ -104,10 +106,10 @@ def test_baselines_batched_keep_their_sequential_records(tmp_path, evaluator, ag
 
 
 def _two_level_log(path, evaluator, episodes, reward, resume=False) -> list[dict]:
-    from agents.two_level import run_two_level
+    from jpq_agents.two_level import run_two_level
 
     kwargs = {"reward": reward, **({} if evaluator is None else {"evaluator": evaluator})}
-    env = gym.make("jpq_env/JPQ-v0", **kwargs).unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0", **kwargs).unwrapped
     search = Search(path, RunSettings("two-level", episodes, 4, {}), env, resume=resume)
     run_two_level(search, 4)
     assert search.count == episodes
@@ -164,10 +166,10 @@ def test_two_level_batched_resumes_to_the_sequential_records(tmp_path, evaluator
 
 
 def test_tape_ends_episodes_at_their_evaluation_unevaluated(tmp_path, evaluator):
-    from agents.batch import capturing
+    from jpq_agents.batch import capturing
 
     actions = episodes(3, seed=5)
-    env = gym.make("jpq_env/JPQ-v0", evaluator=evaluator).unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0", evaluator=evaluator).unwrapped
     search = Search(tmp_path, RunSettings("random", 3, 0, {}), env)
     evaluator.batches.clear()
     with capturing(search) as tape:

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from agents.cli import main
+from jpq_agents.cli import main
 from jpq_env import Conventions, LocalEvaluator, Policy, load_task, measure
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.cli import main
+from jpq_agents.cli import main
 from jpq_env import LocalEvaluator, Policy, load_task
 from jpq_env.evaluate import iter_batches
 from jpq_env.export import load_compressed
@@ -37,7 +37,9 @@ def test_search_writes_every_file_and_a_summary(run_dir: Path, capsys):
         assert (run_dir / name).exists(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["evaluations"] == 12 and summary["agent"] == "two-level"
-    assert summary["env"]["id"] == "jpq_env/JPQ-v1"  # activation widths are decided by default
+    assert (
+        summary["env"]["id"] == "jpq_env/JPQWeightsActs-v0"
+    )  # activation widths are decided by default
     assert summary["best"]["bops_ratio"] <= 1 / 32 + 1e-12
     policy = Policy.from_json(json.loads((run_dir / "policy.json").read_text()))
     evaluator = LocalEvaluator(load_task("digits"))
@@ -47,7 +49,7 @@ def test_search_writes_every_file_and_a_summary(run_dir: Path, capsys):
 def test_search_defaults_to_the_environments_budget(tmp_path):
     import gymnasium as gym
 
-    for extra, target in (([], 1 / 128), (["--env", "jpq_env/JPQ-v0"], 1 / 64)):
+    for extra, target in (([], 1 / 128), (["--env", "jpq_env/JPQWeights-v0"], 1 / 64)):
         out = tmp_path / str(len(extra))
         assert main(["search", "--episodes", "2", "--out", str(out), "--quiet", *extra]) == 0
         env_kwargs = dict(json.loads((out / "summary.json").read_text())["env"])
@@ -130,7 +132,7 @@ def test_rl_zoo_trains_with_the_project_hyperparameters(tmp_path):
     conf = str(ROOT / "agents" / "hyperparams" / "ppo.yml")
     cmd = [
         sys.executable, "-m", "rl_zoo3.train", "--gym-packages", "jpq_env",
-        "--env", "jpq_env/JPQ-v0", "--algo", "ppo", "--conf-file", conf,
+        "--env", "jpq_env/JPQWeights-v0", "--algo", "ppo", "--conf-file", conf,
         "-n", "96", "--log-folder", str(tmp_path), "--eval-freq", "-1", "--seed", "0",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the checkout, installed or not

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.run_lock import LOCK_NAME, RunLock
-from agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
+from jpq_agents.run_lock import LOCK_NAME, RunLock
+from jpq_agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
 from jpq_env.atomic import atomic_file, save_atomic, write_atomic
 from jpq_env.envs import JPQEnv
 
@@ -39,7 +39,7 @@ FILES = {
 
 
 def _search_command(out: Path, resume: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "agents.cli", "search", "--agent", "random", "--episodes"]
+    cmd = [sys.executable, "-m", "jpq_agents.cli", "search", "--agent", "random", "--episodes"]
     cmd += [str(EPISODES), "--out", str(out), "--quiet", "--seed", "1"]
     return cmd + (["--resume"] if resume else [])
 
@@ -233,7 +233,7 @@ def test_writers_in_the_source_are_atomic():
 
 def test_a_second_process_cannot_search_in_a_directory_in_use(tmp_path, capsys):
     """The newcomer's case: a --resume into a folder another search is writing to is refused."""
-    from agents.cli import main
+    from jpq_agents.cli import main
 
     out = tmp_path / "run"
     out.mkdir()
@@ -241,7 +241,7 @@ def test_a_second_process_cannot_search_in_a_directory_in_use(tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from agents.run_lock import RunLock; "
+            "import sys; from pathlib import Path; from jpq_agents.run_lock import RunLock; "
             "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); sys.stdin.read()",
             str(out),
         ],
@@ -273,7 +273,7 @@ def test_a_second_process_cannot_search_in_a_directory_in_use(tmp_path, capsys):
 def _other_process_can_lock(directory: Path) -> bool:
     code = (
         "import sys; from pathlib import Path\n"
-        "from agents.run_lock import RunLock, RunLockedError\n"
+        "from jpq_agents.run_lock import RunLock, RunLockedError\n"
         "try:\n    RunLock(Path(sys.argv[1])).acquire()\nexcept RunLockedError:\n    sys.exit(3)"
     )
     done = subprocess.run([sys.executable, "-c", code, str(directory)], env=_env(), cwd=ROOT)
@@ -309,7 +309,7 @@ def test_a_search_in_a_directory_removed_and_made_again_is_locked_again(tmp_path
 
 def test_a_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path, monkeypatch):
     """The previous holder unlinks the file as it lets go; a lock on the unlinked file is void."""
-    from agents import run_lock
+    from jpq_agents import run_lock
 
     real, calls = run_lock.fcntl.flock, []
 
@@ -330,7 +330,7 @@ def test_a_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path,
 
 
 def test_without_flock_a_search_runs_unguarded_with_a_warning(tmp_path, monkeypatch):
-    from agents import run_lock
+    from jpq_agents import run_lock
 
     def unsupported(fd: int, op: int) -> None:
         raise OSError(37, "No locks available")

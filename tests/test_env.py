@@ -206,14 +206,14 @@ def test_registration_is_idempotent():
         warnings.simplefilter("error")
         register_envs()
         register_envs()
-    assert gym.spec("jpq_env/JPQ-v0").entry_point == "jpq_env.envs.jpq:JPQEnv"
-    assert jpq_env.PRESETS["jpq_env/JPQDeep-v0"] == {"task": "digits-deep"}
+    assert gym.spec("jpq_env/JPQWeights-v0").entry_point == "jpq_env.envs.jpq:JPQEnv"
+    assert jpq_env.PRESETS["jpq_env/JPQWeightsDeep-v0"] == {"task": "digits-deep"}
 
 
 def test_module_colon_id_from_a_fresh_process():
     code = (
         "import gymnasium as gym, numpy as np\n"
-        "env = gym.make('jpq_env:JPQ-v0')\n"
+        "env = gym.make('jpq_env:JPQWeights-v0')\n"
         "obs, _ = env.reset(seed=0)\n"
         "print(obs.shape, env.action_space.shape)\n"
     )
@@ -228,7 +228,7 @@ def test_vector_envs_with_two_workers_match_a_serial_env(env: JPQEnv):
 
     actions = _episode_actions(env, 7)
     serial = _rollout(env, actions)[-1]
-    vec = AsyncVectorEnv([lambda: gym.make("jpq_env/JPQ-v0")] * 2)  # forked workers
+    vec = AsyncVectorEnv([lambda: gym.make("jpq_env/JPQWeights-v0")] * 2)  # forked workers
     try:
         vec.reset(seed=0)
         for a in actions:
@@ -237,7 +237,7 @@ def test_vector_envs_with_two_workers_match_a_serial_env(env: JPQEnv):
     finally:
         vec.close()
     # SB3 starts workers with forkserver: "module:id" imports jpq_env (and registers) in each.
-    sb3 = SubprocVecEnv([lambda: gym.make("jpq_env:JPQ-v0")] * 2)
+    sb3 = SubprocVecEnv([lambda: gym.make("jpq_env:JPQWeights-v0")] * 2)
     try:
         sb3.reset()
         for a in actions:

@@ -1,4 +1,4 @@
-"""JPQ-v1: activation widths as a layer decision."""
+"""JPQWeightsActs-v0: activation widths as a layer decision."""
 
 import numpy as np
 import pytest

@@ -6,10 +6,10 @@ linear layers. On them:
 
 - a policy's BOPs and size never exceed FP32's, and lowering any weight or activation width, or
   pruning one more kernel, never raises either (monotonicity);
-- the environment never raises on an action inside its action space (JPQ-v0 style: one fixed
-  activation width; JPQ-v1 style: a set), every episode ends within [0, FP32] costs (within budget
-  under the forward wall), the pruned kernels are exactly zero in the compressed working copy,
-  and the user's model is bitwise the original after every episode.
+- the environment never raises on an action inside its action space (JPQWeights-v0 style: one fixed
+  activation width; JPQWeightsActs-v0 style: a set), every episode ends within [0, FP32] costs
+  (within budget under the forward wall), the pruned kernels are exactly zero in the compressed
+  working copy, and the user's model is bitwise the original after every episode.
 
 Few examples each and ``deadline=None``: a fast fuzz in CI, not an exhaustive search.
 """
@@ -180,7 +180,7 @@ def test_costs_are_bounded_by_fp32_and_monotone(data: st.DataObject, spec: NetSp
 def _episode_env(data: st.DataObject, spec: NetSpec) -> JPQEnv:
     act_bits = data.draw(
         st.one_of(
-            st.sampled_from([8, 6, 4]),  # JPQ-v0: one width
+            st.sampled_from([8, 6, 4]),  # JPQWeights-v0: one width
             st.lists(st.sampled_from([2, 3, 4, 6, 8]), min_size=2, max_size=4, unique=True),
         ),
         label="act_bits",
@@ -240,7 +240,7 @@ def test_random_episodes_never_raise_and_never_touch_the_model(data: st.DataObje
     assert _bitwise_equal(_state(env.evaluator.compressed.module), original)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("env_id", ["jpq_env/JPQ-v0", "jpq_env/JPQ-v1"])
+@pytest.mark.parametrize("env_id", ["jpq_env/JPQWeights-v0", "jpq_env/JPQWeightsActs-v0"])
 def test_sampled_actions_on_the_registered_envs_never_raise(env_id: str):
     import gymnasium as gym
 

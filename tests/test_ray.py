@@ -15,8 +15,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents.batch import play_many
-from agents.search import LOG_NAME, RunSettings, Search
+from jpq_agents.batch import play_many
+from jpq_agents.search import LOG_NAME, RunSettings, Search
 from jpq_env import LocalEvaluator, Policy, load_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,13 +59,13 @@ def local_ray(ray_module):
 
 def random_episodes(n: int, seed: int = 0) -> list[list[np.ndarray]]:
     """Native action sequences of ``n`` random episodes of the default environment."""
-    env = gym.make("jpq_env/JPQ-v0").unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0").unwrapped
     env.action_space.seed(seed)
     return [[env.action_space.sample() for _ in range(2 * env.num_layers)] for _ in range(n)]
 
 
 def policies_of(episodes: list[list[np.ndarray]]) -> list[Policy]:
-    env = gym.make("jpq_env/JPQ-v0").unwrapped
+    env = gym.make("jpq_env/JPQWeights-v0").unwrapped
     out = []
     for actions in episodes:
         env.reset()
@@ -84,8 +84,9 @@ def test_default_path_never_imports_ray():
     # Every agent module and the CLI imported, one episode of the default environment played.
     code = (
         "import sys, gymnasium as gym, jpq_env\n"
-        "import agents.cli, agents.run, agents.batch, agents.sb3, agents.baselines\n"
-        "env = gym.make('jpq_env/JPQ-v0')\n"
+        "import jpq_agents.cli, jpq_agents.run, jpq_agents.batch, jpq_agents.sb3, "
+        "jpq_agents.baselines\n"
+        "env = gym.make('jpq_env/JPQWeights-v0')\n"
         "env.reset(seed=0)\n"
         "done = False\n"
         "while not done:\n"
@@ -130,7 +131,7 @@ def test_killed_actor_is_restarted_and_the_search_counts_exactly(
     # Each evaluation takes at least 1.5 s, so 0.5 s after the batch starts actor 0 is mid-way.
     with RayEvaluator("digits", workers=2, pad_seconds=1.5) as pool:
         before = pool.describe()[0]["pid"]
-        env = gym.make("jpq_env/JPQ-v0", evaluator=pool).unwrapped
+        env = gym.make("jpq_env/JPQWeights-v0", evaluator=pool).unwrapped
         search = Search(tmp_path, RunSettings("random", 4, 0, {}), env)
         killer = threading.Timer(0.5, local_ray.kill, (pool.actors[0],), {"no_restart": False})
         killer.start()
@@ -149,7 +150,7 @@ def test_killed_actor_is_restarted_and_the_search_counts_exactly(
 
 @pytest.mark.slow
 def test_ppo_on_ray_actor_envs_counts_and_resumes_exactly(local_ray, local_evaluator, tmp_path):
-    from agents.run import run_search
+    from jpq_agents.run import run_search
 
     run = tmp_path / "run"
     first = run_search("ppo", run, 4, seed=3, progress=False, workers=2)
@@ -200,12 +201,12 @@ def test_pool_spans_the_nodes_of_an_emulated_cluster(ray_module, local_evaluator
 @pytest.mark.slow
 @pytest.mark.parametrize(("agent", "episodes"), [("random", 6), ("two-level", 50)])
 def test_cli_search_on_ray_gives_the_in_process_records(local_ray, tmp_path, agent, episodes):
-    from agents.cli import main
+    from jpq_agents.cli import main
 
     # two-level on v0: 50 evaluations are its warm start, a full batch of 8 sampled episodes
     # (the controllers' draws and an update), then refinement rounds.
     args = ["search", "--agent", agent, "--episodes", str(episodes), "--quiet", "--seed", "5"]
-    args += ["--env", "jpq_env/JPQ-v0"]
+    args += ["--env", "jpq_env/JPQWeights-v0"]
     assert main([*args, "--out", str(tmp_path / "local")]) == 0
     assert main([*args, "--out", str(tmp_path / "ray"), "--workers", "2"]) == 0
     assert read_log(tmp_path / "ray") == read_log(tmp_path / "local")
@@ -224,7 +225,7 @@ def read_log(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_ddpg_on_ray_actor_envs_explores_per_env_and_counts_exactly(local_ray, tmp_path):
-    from agents.run import run_search
+    from jpq_agents.run import run_search
 
     # No warm-up: the actor acts from the first step, the two envs see the same observations,
     # so only their exploration noise can tell their episodes apart.
@@ -236,11 +237,11 @@ def test_ddpg_on_ray_actor_envs_explores_per_env_and_counts_exactly(local_ray, t
 
 @pytest.mark.slow
 def test_vec_env_plays_a_killed_actors_episode_again(local_ray, tmp_path):
-    from agents.ray_vec_env import RayVecEnv
+    from jpq_agents.ray_vec_env import RayVecEnv
     from jpq_env.wrappers import FlatBoxView
 
-    env = gym.make("jpq_env/JPQ-v0").unwrapped
-    search = Search(tmp_path, RunSettings("ppo", 2, 0, {"id": "jpq_env/JPQ-v0"}), env)
+    env = gym.make("jpq_env/JPQWeights-v0").unwrapped
+    search = Search(tmp_path, RunSettings("ppo", 2, 0, {"id": "jpq_env/JPQWeights-v0"}), env)
     layers, size = env.num_layers, env.action_space.shape[0]
     actions = np.random.default_rng(7).uniform(-1, 1, (layers, 2, size)).astype(np.float32)
     venv = RayVecEnv(search, "jpq_env.wrappers:FlatBoxView", 2)
@@ -255,7 +256,7 @@ def test_vec_env_plays_a_killed_actors_episode_again(local_ray, tmp_path):
         venv.close()
     expected = []
     for i in range(2):  # the same episodes in this process
-        view = FlatBoxView(gym.make("jpq_env/JPQ-v0").unwrapped)
+        view = FlatBoxView(gym.make("jpq_env/JPQWeights-v0").unwrapped)
         view.reset()
         for t in range(layers):
             info = view.step(actions[t, i])[4]
@@ -268,11 +269,11 @@ def test_vec_env_plays_a_killed_actors_episode_again(local_ray, tmp_path):
 def test_maskable_ppo_on_ray_actor_envs_gets_the_local_masks(local_ray, local_evaluator, tmp_path):
     from sb3_contrib.common.maskable.utils import get_action_masks
 
-    from agents.ray_vec_env import RayVecEnv
-    from agents.run import run_search
+    from jpq_agents.ray_vec_env import RayVecEnv
+    from jpq_agents.run import run_search
     from jpq_env.wrappers import MultiDiscreteView
 
-    env_id = "jpq_env/JPQ-v1"
+    env_id = "jpq_env/JPQWeightsActs-v0"
     summary = run_search("maskable-ppo", tmp_path / "run", 4, 8, env_id, progress=False, workers=2)
     log = read_log(tmp_path / "run")
     assert summary["evaluations"] == 4 and [r["episode"] for r in log] == list(range(4))
@@ -306,11 +307,11 @@ def test_maskable_ppo_on_ray_actor_envs_gets_the_local_masks(local_ray, local_ev
 
 @pytest.mark.slow
 def test_vec_env_reset_waits_for_a_killed_actor(local_ray, tmp_path, monkeypatch):
-    from agents import ray_vec_env
-    from agents.ray_vec_env import RayVecEnv
+    from jpq_agents import ray_vec_env
+    from jpq_agents.ray_vec_env import RayVecEnv
 
-    env = gym.make("jpq_env/JPQ-v0").unwrapped
-    search = Search(tmp_path, RunSettings("ppo", 2, 0, {"id": "jpq_env/JPQ-v0"}), env)
+    env = gym.make("jpq_env/JPQWeights-v0").unwrapped
+    search = Search(tmp_path, RunSettings("ppo", 2, 0, {"id": "jpq_env/JPQWeights-v0"}), env)
     layers, size = env.num_layers, env.action_space.shape[0]
     actions = np.random.default_rng(9).uniform(-1, 1, (layers, 2, size)).astype(np.float32)
     venv = RayVecEnv(search, "jpq_env.wrappers:FlatBoxView", 2)
@@ -345,7 +346,7 @@ def test_vec_env_reset_waits_for_a_killed_actor(local_ray, tmp_path, monkeypatch
 
 def ray_pid(actor) -> int:
     """The process id of a ``RayVecEnv`` actor (waits while Ray restarts it)."""
-    from agents.ray_vec_env import _when_back
+    from jpq_agents.ray_vec_env import _when_back
 
     return int(_when_back(actor.describe)["pid"])
 

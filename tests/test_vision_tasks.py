@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from agents.cli import main
+from jpq_agents.cli import main
 from jpq_env import LayerGraph, LocalEvaluator, Policy, TaskError, load_task
 from jpq_env.tasks.image_data import CIFAR10_MEAN, CIFAR10_STD, cifar10_data
 from jpq_env.tasks.vision import ARCHITECTURES, ResNet20

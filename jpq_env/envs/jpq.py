@@ -57,14 +57,15 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Action Space
 
-    ``Box(-1, 1, (L + G,), float32)`` with ``L`` layer entries (1 in v0, 2 in v1); a step reads
-    only the entries of its phase, each mapped from
+    ``Box(-1, 1, (L + G,), float32)`` with ``L`` layer entries (1, or 2 when activation widths are
+    decided); a step reads only the entries of its phase, each mapped from
     [-1, 1] to [0, 1] first:
 
     - layer phase: entry 0 is the sparsity as a fraction of ``max_sparsity``; with a set of
-      ``act_bits`` (v1), entry 1 picks the width of the layer's input activations from it;
-    - channel phase: entries L..L+G-1 pick, for each importance group of the remaining kernels (most
-      important first), a width from ``bits`` (ascending: [0, 1/n) -> the smallest, ...).
+      ``act_bits`` (JPQWeightsActs), entry 1 picks the width of the layer's input activations
+      from it;
+    - channel phase: entries L..L+G-1 pick, for each importance group of the remaining kernels
+      (most important first), a width from ``bits`` (ascending: [0, 1/n) -> the smallest, ...).
       ``channel_groups=0`` gives one entry per kernel of the widest layer (kernels in importance
       order; entries beyond a layer's kernels are ignored).
 
@@ -108,7 +109,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     import gymnasium as gym
     import jpq_env
 
-    env = gym.make("jpq_env/JPQ-v0", budget_bops=1 / 64, reward="galen", enforcement="wall")
+    env = gym.make("jpq_env/JPQWeights-v0", budget_bops=1 / 64, reward="galen", enforcement="wall")
     obs, info = env.reset(seed=0)
     ```
 
@@ -122,8 +123,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
       default BOPs 1/64, size none). A budget that even the cheapest decisions exceed is refused.
     - ``bits``: weight widths of kept kernels (default 2, 3, 4, 5, 6, 8).
     - ``act_bits``: activation width of every layer input (default 8), or a set of widths to make
-      it a layer decision (entry 1 of the action, JPQ-v1); the network input is counted at
-      ``input_bits`` either way.
+      it a layer decision (entry 1 of the action, JPQWeightsActs-v0); the network input is counted
+      at ``input_bits`` either way.
     - ``max_sparsity``: largest share of a layer's kernels that may be pruned (default 0.8).
     - ``channel_groups``: importance groups per channel decision (default 4; 0 = per kernel).
     - ``importance``: kernel ranking criterion, ``"l1"`` or ``"l2"`` or a registered one.
@@ -139,8 +140,12 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Version History
 
-    - v0: weights-only decisions (AJPQ): sparsity then per-group weight widths, activations fixed.
-    - v1: the layer decision also picks the layer's input activation width (``act_bits`` a set).
+    Ids name the problem; ``-vN`` counts revisions of the same problem.
+
+    - ``JPQWeights-v0`` (``JPQ-v0`` in jpq-env 0.1): weights-only decisions (AJPQ): sparsity
+      then per-group weight widths, activations fixed.
+    - ``JPQWeightsActs-v0`` (``JPQ-v1`` in jpq-env 0.1): the layer decision also picks the
+      layer's input activation width (``act_bits`` a set).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's convention
@@ -257,7 +262,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     @property
     def action_size(self) -> int:
-        """Length of the native action: layer entries (2 on v1, else 1) + channel slots."""
+        """Length of the native action: layer entries (1, or 2 deciding activations) + slots."""
         return self.layer_slots + self.channel_slots
 
     @property

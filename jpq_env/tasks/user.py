@@ -207,7 +207,7 @@ def make_task(
 
     Returns:
         The task, usable as ``JPQEnv(task=task)``, ``LocalEvaluator(task)`` and
-        ``agents.run.run_search(..., env_kwargs={"task": task})``.
+        ``jpq_agents.run.run_search(..., env_kwargs={"task": task})``.
 
     Raises:
         TaskError: Naming the split and the problem: an empty split, a sample whose shape differs
