@@ -43,7 +43,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _task_option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE``; the value is read as JSON when it parses (numbers, lists), else a string."""
+    """``KEY=VALUE``; the value is read as JSON when it parses (numbers, lists), else a string.
+
+    A comma-separated list of numbers (``mean=0.485,0.456,0.406``) is a list, as in JSON.
+    """
     import json
 
     key, sep, value = text.partition("=")
@@ -52,7 +55,15 @@ def _task_option(text: str) -> tuple[str, object]:
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
-        return key, value
+        pass
+    if "," in value:
+        try:
+            parts = [json.loads(part) for part in value.split(",")]
+        except json.JSONDecodeError:
+            return key, value
+        if all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts):
+            return key, parts
+    return key, value
 
 
 def _add_task_args(parser: argparse.ArgumentParser, task_default: str | None) -> None:
@@ -87,6 +98,8 @@ def _report(args: argparse.Namespace) -> int:
     )
     graph = evaluator.graph
     print(f"task {task.name}: {len(graph)} compressible layers")
+    for key, value in task.details.items():
+        print(f"{key}: {value}")
     print(
         _table(
             (

@@ -18,6 +18,7 @@ from jpq_env.envs import JPQEnv
 from jpq_env.tasks import Task
 
 from .baselines import BASELINES
+from .optuna_search import OPTUNA_AGENTS, run_optuna
 from .play import act_level_near, jpq, least_uniform_pruning, play, uniform_choices
 from .plots import pareto_plot
 from .sb3 import ALGOS, run_sb3
@@ -46,6 +47,8 @@ def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], None]]:
         )
     for name, fn in BASELINES.items():
         table[name] = lambda search, seed, _, fn=fn: fn(search, seed)  # type: ignore[misc]
+    for name, (sampler, warm) in OPTUNA_AGENTS.items():
+        table[name] = lambda search, seed, _, s=sampler, w=warm: run_optuna(search, seed, s, w)  # type: ignore[misc]
     return table
 
 

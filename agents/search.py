@@ -28,6 +28,7 @@ import numpy as np
 from jpq_env import Policy
 from jpq_env.atomic import write_atomic
 from jpq_env.envs import JPQEnv
+from jpq_env.evaluate import Evaluation
 
 from .run_lock import RunLock, RunLockedError
 
@@ -79,12 +80,17 @@ class _ReplayEvaluator:
         self.inner = inner
         self.records = records
         self.position = 0
+        self.last: Evaluation | None = None
 
     @property
     def fp32_accuracy(self) -> float:
         return float(self.inner.fp32_accuracy)
 
-    def accuracy(self, policy: Policy) -> float:
+    @property
+    def supports_racing(self) -> bool:
+        return bool(getattr(self.inner, "supports_racing", False))
+
+    def accuracy(self, policy: Policy, **race: Any) -> float:
         if self.position < len(self.records):
             record = self.records[self.position]
             self.position += 1
@@ -96,8 +102,13 @@ class _ReplayEvaluator:
                     f"cannot resume: episode {record['episode']} replayed a different policy than "
                     "the log holds (the code or its settings changed since the run started)"
                 )
-            return float(record["accuracy"])
-        return float(self.inner.accuracy(policy))
+            score = float(record["accuracy"])
+            images = int(record.get("proxy_images", 0))
+            self.last = Evaluation(score, images, bool(record.get("proxy_complete", True)))
+            return score
+        score = float(self.inner.accuracy(policy, **race))
+        self.last = getattr(self.inner, "last", None)
+        return score
 
 
 class SearchRecorder(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
@@ -169,6 +180,7 @@ class Search:
         self.on_record = on_record
         self.records: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
+        self.phase = ""  # set by agents ("warm-start", "learning", ...); logged with each record
         self._lock = claim_directory(self.out)
         try:
             self._open(env, resume)
@@ -305,6 +317,11 @@ class Search:
             "reward": reward,
             "policy": info["policy"],
         }
+        if self.phase:
+            record["phase"] = self.phase
+        if info.get("proxy_complete") is False:  # raced: it lost, scored on part of the split
+            record["proxy_complete"] = False
+            record["proxy_images"] = int(info["proxy_images"])
         replayed = episode < len(self._replay)
         if replayed and _policy_key(record["policy"]) != _policy_key(
             self._replay[episode]["policy"]
@@ -319,7 +336,8 @@ class Search:
                 os.fsync(f.fileno())
         self.records.append(record)
         better = self.best is None or record["accuracy"] > self.best["accuracy"]
-        if record["budget_met"] and better:
+        # A raced evaluation (stopped early: it lost) scored only part of the held-out split.
+        if record["budget_met"] and record.get("proxy_complete", True) and better:
             self.best = record
             self._save_best()
         if self.on_record is not None:

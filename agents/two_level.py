@@ -64,10 +64,12 @@ Deterministic: with the same seed the same episodes are played (the search's res
 
 from __future__ import annotations
 
+import copy
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -75,7 +77,10 @@ import torch
 from torch import nn
 from torch.distributions import Beta, Categorical
 
+from jpq_env import Policy
 from jpq_env.envs import JPQEnv
+from jpq_env.policy import LayerPolicy
+from jpq_env.sensitivity import SensitivityTable, measure_sensitivity
 
 from .batch import capturing, parallelism, play_many
 from .play import (
@@ -90,6 +95,7 @@ from .play import (
     uniform_choices,
 )
 from .search import Search
+from .surrogate import Surrogate, SurrogateEvaluator
 
 __all__ = ["TwoLevelConfig", "TwoLevelController", "run_two_level"]
 
@@ -119,6 +125,17 @@ class TwoLevelConfig:
             kept), evaluated in parallel on an evaluator pool. The rounds do not depend on the
             evaluator, so in-process and pooled searches give the same records; a pool with
             more workers than this leaves the extra ones idle during refinement.
+        surrogate: Model-based learning: train the controllers on imagined episodes scored by a
+            surrogate of the proxy (``jpq_agents.surrogate``) fitted to the real evaluations, and
+            spend real evaluations on the imagined episodes with the best upper confidence bound;
+            refinement screens its neighbours with the surrogate too. False: the controllers learn
+            from real episodes alone (model-free, as in jpq-env 0.1).
+        imagined: Imagined episodes per round of the model-based learning phase.
+        real_per_round: Real evaluations per round (the imagined episodes with the best bound).
+        optimism: Standard deviations of the surrogate added to its mean (exploration).
+        screen: Refinement: neighbours scored by the surrogate per neighbour evaluated.
+        race: Refinement: stop an evaluation once it cannot beat the incumbent (the proxy's
+            racing, ``JPQEnv.race``), paired with the incumbent's per-image results.
     """
 
     hidden: int = 64
@@ -134,6 +151,12 @@ class TwoLevelConfig:
     warm_start: bool = True
     accept_ties: bool = True
     refine_batch: int = 4
+    surrogate: bool = True
+    imagined: int = 96
+    real_per_round: int = 8
+    optimism: float = 1.0
+    screen: int = 8
+    race: bool = True
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -200,6 +223,10 @@ class _Episode:
     chan_levels: list[np.ndarray] = field(default_factory=list)
     choices: list[LayerChoice] = field(default_factory=list)
     reward: float = 0.0
+    policy: Policy | None = None  # the applied policy (known once played to the end)
+    mean: float = 0.0  # imagined: the surrogate's prediction and its spread
+    std: float = 0.0
+    origin: str = ""  # the phase that produced it (refinement: the phase its chain started in)
 
 
 class _Agent:
@@ -220,6 +247,14 @@ class _Agent:
         self.elite: list[_Episode] = []
         self.best: _Episode | None = None
         self.parallel = parallelism(search)
+        self._evaluated: set[tuple[bytes, ...]] = set()
+        if config.surrogate:
+            self.surrogate = Surrogate(
+                self._table(),
+                float(search.evaluator.fp32_accuracy),
+                floor=1.0 / max(self.base.task.num_classes, 1),
+                seed=seed,
+            )
 
     # ---- features ---------------------------------------------------------------------------
 
@@ -282,7 +317,7 @@ class _Agent:
                 levels = np.zeros(self.slots, dtype=np.int64)
                 levels[: len(fixed[layer].levels)] = fixed[layer].levels
             chan_obs = obs
-            obs, _, _, _, _ = env.step(channel_action(self.base, levels))
+            obs, _, _, _, info = env.step(channel_action(self.base, levels))
             applied = self._applied_levels(layer, parts, levels)
             ep.chan_obs.append(chan_obs)
             ep.chan_groups.append(feats)
@@ -295,12 +330,15 @@ class _Agent:
             )
             levels_applied = tuple(int(x) for x in applied[: len(parts)])
             ep.choices.append(LayerChoice(n_pruned, levels_applied, act_level))
+        if "reward_total" in info:  # played to the end (not on a capturing tape)
+            ep.reward = float(info["reward_total"])
+            ep.policy = self.base.last_policy
         return ep
 
     def _evaluate(
         self, plays: list[Callable[[gym.Env[np.ndarray, np.ndarray]], _T]]
-    ) -> list[tuple[_T, float]]:
-        """Play each episode (``play(env)`` plays one on ``env``); what it returned, its reward.
+    ) -> list[tuple[_T, dict[str, Any]]]:
+        """Play each episode (``play(env)`` plays one on ``env``); what it returned, its record.
 
         With an evaluator pool the episodes are played on a capturing tape first and then
         evaluated in one batch (``jpq_agents.batch``); otherwise one after another through the
@@ -319,7 +357,7 @@ class _Agent:
         if self.search.count != before + len(plays):
             raise RuntimeError(f"{len(plays)} episodes recorded {self.search.count - before}")
         recorded = self.search.records[before:]
-        return [(out, float(r["reward"])) for out, r in zip(outs, recorded, strict=True)]
+        return list(zip(outs, recorded, strict=True))
 
     def _applied_act(self, layer: int) -> int | None:
         """Activation level the layer actually got (None when activations are not decided)."""
@@ -469,13 +507,30 @@ class _Agent:
             self._move(out, direction=-1, avoid=changed)
         return out
 
-    def _learned(self, plans: list[list[LayerChoice] | None]) -> list[_Episode]:
+    def _learned(
+        self, plans: list[list[LayerChoice] | None], origin: str = "learning"
+    ) -> list[_Episode]:
         """Play and evaluate episodes (None: sampled from the controllers) and remember them."""
         played = self._evaluate([functools.partial(self._episode, fixed=plan) for plan in plans])
-        for ep, reward in played:
-            ep.reward = reward
+        for ep, record in played:
+            ep.reward = float(record["reward"])
+            ep.policy = self._policy_of(record)
+            ep.origin = origin
+            self._evaluated.add(self._key(ep.policy))
             self._remember(ep)
         return [ep for ep, _ in played]
+
+    def _policy_of(self, record: dict[str, Any]) -> Policy:
+        layers = tuple(
+            LayerPolicy(p["name"], np.asarray(p["bits"]), p["act_bits"]) for p in record["policy"]
+        )
+        return Policy(layers, self.base.graph.fingerprint)
+
+    @staticmethod
+    def _key(policy: Policy) -> tuple[bytes, ...]:
+        return tuple(
+            np.int64(lp.act_bits).tobytes() + np.asarray(lp.bits).tobytes() for lp in policy.layers
+        )
 
     def _candidate(
         self, choices: list[LayerChoice]
@@ -488,18 +543,121 @@ class _Agent:
 
         return play_candidate
 
+    # ---- model-based learning ---------------------------------------------------------------
+
+    def _table(self) -> SensitivityTable:
+        """The environment's sensitivity table (measured here if the env was built without)."""
+        if self.base.sensitivity is not None:
+            return self.base.sensitivity
+        base = self.base
+        space = base.space
+        return measure_sensitivity(
+            base.task,
+            base.graph,
+            base.bits,
+            space.act_bits if base.decides_act else (),
+            fixed_act=space.fixed_act,
+            unprunable=[i for i in range(base.num_layers) if space.max_pruned(i) == 0],
+            device=getattr(self.search.evaluator, "device", "cpu"),
+        )
+
+    def _fit(self) -> None:
+        """Refit the surrogate to every complete real evaluation so far."""
+        records = [r for r in self.search.records if r.get("proxy_complete", True)]
+        if records:
+            self.surrogate.fit(
+                [self._policy_of(r) for r in records], [r["accuracy"] for r in records]
+            )
+
+    @contextmanager
+    def _imagination(self) -> Iterator[SurrogateEvaluator]:
+        """The environment, outside the search, scored by the surrogate (nothing is counted)."""
+        base = self.base
+        evaluator, design = base.evaluator, copy.deepcopy(base.reward_design)
+        imagined = SurrogateEvaluator(
+            self.surrogate, float(self.search.evaluator.fp32_accuracy), self.config.optimism
+        )
+        base.evaluator = imagined
+        try:
+            yield imagined
+        finally:
+            base.evaluator, base.reward_design = evaluator, design
+
+    def _imagine(self, n: int) -> list[_Episode]:
+        """``n`` episodes sampled from the controllers, scored by the surrogate, learned from."""
+        out: list[_Episode] = []
+        batch: list[_Episode] = []
+        with self._imagination() as imagined:
+            for _ in range(n):
+                ep = self._episode(self.base)
+                ep.mean, ep.std = imagined.last_mean, imagined.last_std
+                out.append(ep)
+                batch.append(ep)
+                self.returns.append(ep.reward)
+                if len(batch) == self.config.batch_episodes:
+                    self._update(batch)
+                    batch = []
+        return out
+
+    def _screened(self, plans: list[list[LayerChoice]], k: int) -> list[list[LayerChoice]]:
+        """The ``k`` plans not evaluated yet with the best optimistic predicted reward."""
+        scored = []
+        with self._imagination():
+            for plan in plans:
+                ep = self._episode(self.base, fixed=plan)
+                assert ep.policy is not None
+                scored.append((ep.reward, ep.choices, self._key(ep.policy)))
+        return self._top(scored, k)
+
+    def _top(self, scored: list[tuple[float, Any, Any]], k: int) -> list[Any]:
+        """The first ``k`` distinct, not yet evaluated items by score (stable among equals)."""
+        seen = set(self._evaluated)
+        picks = []
+        for _, item, key in sorted(scored, key=lambda t: -t[0]):
+            if key in seen:
+                continue
+            seen.add(key)
+            picks.append(item)
+            if len(picks) == k:
+                break
+        return picks
+
+    def _model_based(self, until: int) -> None:
+        """Rounds of: fit the surrogate, learn on imagined episodes, evaluate the best of them."""
+        cfg = self.config
+        while self.search.count < until:
+            self._fit()
+            imagined = self._imagine(cfg.imagined)
+            wanted = min(cfg.real_per_round, until - self.search.count)
+            scored = [
+                (ep.reward, ep.choices, self._key(ep.policy))
+                for ep in imagined
+                if ep.policy is not None
+            ]
+            plans = self._top(scored, wanted)
+            if not plans:  # every imagined episode was evaluated already: explore
+                plans = [None] * wanted
+            real = self._learned(plans)
+            self._update(real)
+
+    # ---- the search -------------------------------------------------------------------------
+
     def run(self) -> None:
         cfg = self.config
         total = self.search.settings.episodes
         refine_from = total - int(cfg.refine_fraction * total) if total >= 20 else total
         if cfg.warm_start:
+            self.search.phase = "warm-start"
             n = self.base.num_layers
             plans: list[list[LayerChoice] | None] = []
             for w, act in level_pairs(self.base):  # the two-stage baseline's policies
                 pruned = least_uniform_pruning(self.base, [w] * n, [act] * n)
                 if pruned is not None:
                     plans.append(uniform_choices(self.base, pruned, [w] * n, [act] * n))
-            self._learned(plans[: max(refine_from - self.search.count, 0)])
+            self._learned(plans[: max(refine_from - self.search.count, 0)], "warm-start")
+        self.search.phase = "learning"
+        if cfg.surrogate:
+            self._model_based(refine_from)
         batch: list[_Episode] = []
         while self.search.count < refine_from:
             wanted = min(cfg.batch_episodes - len(batch), refine_from - self.search.count)
@@ -507,15 +665,55 @@ class _Agent:
             if len(batch) == cfg.batch_episodes:
                 self._update(batch)
                 batch = []
+        self._refine(total)
+
+    def _refine(self, total: int) -> None:
+        """Local search around the best: rounds of neighbours, screened and raced if enabled."""
+        cfg = self.config
         width = max(cfg.refine_batch, 1)
-        while not self.search.done and self.best is not None:
-            best = self.best
-            wanted = min(width, total - self.search.count)
-            candidates = [self._candidate(self._mutate(best.choices)) for _ in range(wanted)]
-            tried = self._evaluate(candidates)
-            choices, reward = max(tried, key=lambda cr: cr[1])  # the first of equals
-            if reward > best.reward or (cfg.accept_ties and reward == best.reward):
-                self.best = _Episode(choices=choices, reward=reward)
+        evaluator = self.search.evaluator
+        racing = cfg.race and hasattr(evaluator, "set_incumbent")
+        try:
+            while not self.search.done and self.best is not None:
+                best = self.best
+                self.search.phase = f"refinement:from-{best.origin.split(':')[-1] or 'learning'}"
+                wanted = min(width, total - self.search.count)
+                if cfg.surrogate and cfg.screen > 1:
+                    if self.surrogate.fitted or self.search.records:
+                        self._fit()
+                    pool = [self._mutate(best.choices) for _ in range(wanted * cfg.screen)]
+                    chosen = self._screened(pool, wanted) or pool[:wanted]
+                else:
+                    chosen = [self._mutate(best.choices) for _ in range(wanted)]
+                if racing:
+                    evaluator.set_incumbent(best.policy)
+                    self.base.race(best.reward)
+                try:
+                    tried = self._evaluate([self._candidate(c) for c in chosen])
+                finally:
+                    self.base.race(None)
+                for _, record in tried:
+                    self._evaluated.add(self._key(self._policy_of(record)))
+                complete = [(c, r) for c, r in tried if r.get("proxy_complete", True)]
+                if not complete:
+                    continue
+                choices, record = max(complete, key=lambda cr: float(cr[1]["reward"]))
+                reward = float(record["reward"])
+                if reward > best.reward or (cfg.accept_ties and reward == best.reward):
+                    origin = (
+                        best.origin
+                        if best.origin.startswith("refinement")
+                        else (f"refinement:{best.origin}")
+                    )
+                    self.best = _Episode(
+                        choices=choices,
+                        reward=reward,
+                        policy=self._policy_of(record),
+                        origin=origin,
+                    )
+        finally:
+            if racing:
+                evaluator.set_incumbent(None)
 
     def _replayed_choices(self, proposed: list[LayerChoice]) -> list[LayerChoice]:
         """The choices as applied (the wall may have changed what was proposed)."""

@@ -68,7 +68,7 @@ def run_case(case: str, val: int, calib: int) -> dict[str, float]:
     totals: dict[str, float] = {}
     _timed(ev.compressed, "apply", totals)
     _timed(ev, "_recalibrate", totals)
-    _timed(ev, "_top1", totals)
+    _timed(ev, "_evaluate", totals)  # re-calibration and the held-out pass
     rng = np.random.default_rng(0)
     env.reset(seed=0)
     start = time.perf_counter()
@@ -77,7 +77,7 @@ def run_case(case: str, val: int, calib: int) -> dict[str, float]:
         action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
         _, _, terminated, _, info = env.step(action)
     episode = time.perf_counter() - start
-    proxy = totals["_recalibrate"] + totals["_top1"]
+    proxy = totals["_evaluate"]
     return {
         "layers": len(env.graph),
         "batch": ev.batch_size,
@@ -86,7 +86,7 @@ def run_case(case: str, val: int, calib: int) -> dict[str, float]:
         "decide_s": episode - proxy - totals["apply"],
         "apply_s": totals["apply"],
         "recal_s": totals["_recalibrate"],
-        "eval_s": totals["_top1"],
+        "eval_s": totals["_evaluate"] - totals["_recalibrate"],
         "fp32": fp32,
         "accuracy": info["accuracy"],
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

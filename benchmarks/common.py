@@ -15,6 +15,20 @@ from typing import Any
 
 import torch
 
+from jpq_env.threads import configure_threads
+
+__all__ = [
+    "RESULTS",
+    "commit",
+    "configure_threads",
+    "load_rows",
+    "machine",
+    "mean_sd",
+    "run_grid",
+    "time_call",
+    "write_result",
+]
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -39,13 +53,34 @@ def machine() -> str:
     )
 
 
+def commit() -> str:
+    """The checkout's commit (short hash), with ``+changes`` when the tree has edits."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+changes" if dirty else "")
+
+
 def write_result(name: str, body: str) -> Path:
-    """Write ``benchmarks/results/NAME.md`` with the command that produced it."""
+    """Write ``benchmarks/results/NAME.md`` with the commit and command that produced it."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.md"
     command = "python -m benchmarks." + Path(sys.argv[0]).stem + " " + " ".join(sys.argv[1:])
     path.write_text(
-        f"{body}\n\nProduced by `{command.strip()}` on {time.strftime('%Y-%m-%d')}; {machine()}.\n"
+        f"{body}\n\nProduced by `{command.strip()}` at commit {commit()} on "
+        f"{time.strftime('%Y-%m-%d')}; {machine()}.\n"
     )
     return path
 

@@ -203,6 +203,11 @@ def test_evaluation_leaves_torch_global_random_state_alone():
     first = evaluator.accuracy(policy)
     # Agents sample from this state: an evaluation (or a log answering for one) must not move it.
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert evaluator.test_accuracy(policy) == first and evaluator.accuracy(policy) == first
+    evaluator.test_accuracy(policy)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert noisy.reads >= 3 * len(noisy)  # the transform ran: its draws just repeat each time
+    test = evaluator.test_accuracy(policy)
+    torch.rand(5)  # an agent draws between evaluations: the transform's draws must not change
+    assert evaluator.test_accuracy(policy) == test
+    fresh = LocalEvaluator(task, device="cpu")
+    assert fresh.accuracy(policy) == first and evaluator.accuracy(policy) == first
+    assert noisy.reads >= 5 * len(noisy)  # the transform ran: its draws just repeat each time

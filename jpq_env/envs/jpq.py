@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any, SupportsFloat
 
@@ -19,6 +20,7 @@ from jpq_env.graph import LayerGraph
 from jpq_env.policy import Conventions, Policy
 from jpq_env.quant import SUPPORTED_BITS
 from jpq_env.rewards import Outcome, RewardDesign, make_reward
+from jpq_env.sensitivity import SensitivityTable, measure_sensitivity
 from jpq_env.tasks import Task, load_task
 
 __all__ = ["LAYER", "CHANNEL", "JPQEnv"]
@@ -82,7 +84,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     sparsity and mean weight width of all decided layers, and for
     BOPs and size the budget used by decided layers and the budget left after the cheapest
     possible rest, each squashed as ``x / (1 + x)`` (0.5 means exactly the budget).
-    ``jpq_env.envs.observation.FEATURES`` names the entries.
+    ``jpq_env.envs.observation.FEATURES`` names the entries. With ``sensitivity=True`` the
+    current layer's sensitivities follow (``SensitivityTable.features``: one entry per weight
+    width, per measured sparsity and per activation width).
 
     ## Rewards
 
@@ -131,12 +135,34 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     - ``enforcement``: ``"wall"`` (default; AMC), ``"lowering"`` (HAQ) or ``"none"``.
     - ``bn_recalibration``: re-estimate BatchNorm statistics in the proxy (default True).
     - ``input_bits``, ``first_last_bits``: counting conventions (``jpq_env.Conventions``).
-    - ``shaping``: per-step potential-based shaping coefficient (default 0: terminal only).
+    - ``shaping``: per-step potential-based shaping coefficient on the projected BOPs (default 0:
+      terminal only).
+    - ``sensitivity``: append the current layer's sensitivities (``jpq_env.sensitivity``: what
+      each width, sparsity and activation width of this layer alone costs at the output,
+      measured once per task and cached) to the observation, and report each channel step's
+      ``layer_kl`` and the episode's ``predicted_fidelity`` in ``info`` (default False).
+    - ``error_shaping``: coefficient of a potential-based shaping term on that prediction:
+      potential ``error_shaping * (exp(-sum of the decided layers' KL) - 1)``, so each decision
+      is told at once what it is estimated to cost; it telescopes to zero over an episode, so the
+      optimal policies stay the same (implies the measurement, not the observation features).
     - ``evaluator``: an object with ``fp32_accuracy`` and ``accuracy(policy)``; default a
       ``LocalEvaluator`` on the task.
     - ``device``: where the default evaluator runs the proxy: ``"auto"`` (CUDA when available,
       else CPU), ``"cpu"`` or ``"cuda"``.
     - ``render_mode``: ``"ansi"`` for a per-layer table of decisions and costs.
+    - ``metric``: what the default evaluator scores: ``"top1"`` (default), ``"agreement"`` with
+      the FP32 model's predictions, or ``"kl"`` (``exp(-KL)`` to the FP32 model's outputs); see
+      ``jpq_env.evaluate``.
+    - ``val_images``: score only this many held-out images (a lower fidelity; default all).
+
+    ## Racing
+
+    An agent that only needs to know whether an episode beats a reward it already has (a local
+    search around its incumbent) calls ``race(reward)`` before playing it: the evaluation then stops
+    as soon as the proxy is confident that the episode's reward stays below ``reward`` (see
+    ``jpq_env.racing``), and the final ``info`` says so (``proxy_complete`` False, ``proxy_images``
+    the images scored). ``race(None)`` goes back to complete evaluations. Evaluators without
+    racing (a Ray pool) always evaluate completely.
 
     ## Version History
 
@@ -170,6 +196,10 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         task_options: dict[str, Any] | None = None,
         device: str = "auto",
         render_mode: str | None = None,
+        metric: str = "top1",
+        val_images: int | None = None,
+        sensitivity: bool = False,
+        error_shaping: float = 0.0,
     ) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -194,6 +224,15 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             )
         if isinstance(shaping, bool) or not isinstance(shaping, (int, float)) or shaping < 0:
             raise ValueError(f"shaping must be a non-negative number, got {shaping!r}")
+        if not isinstance(sensitivity, bool):
+            raise ValueError(f"sensitivity must be True or False, got {sensitivity!r}")
+        if (
+            isinstance(error_shaping, bool)
+            or not isinstance(error_shaping, (int, float))
+            or not np.isfinite(error_shaping)
+            or error_shaping < 0
+        ):
+            raise ValueError(f"error_shaping must be a non-negative number, got {error_shaping!r}")
         self.render_mode = render_mode
         self.bits = _check_bits("bits", bits, 1)
         act_choices = _check_bits(
@@ -209,8 +248,14 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self.task = load_task(task, **(task_options or {}))
         self.graph = LayerGraph.from_module(self.task.model, self.task.example_input)
         self.evaluator: Evaluator = evaluator or LocalEvaluator(
-            self.task, self.graph, bn_recalibration=bn_recalibration, device=device
+            self.task,
+            self.graph,
+            bn_recalibration=bn_recalibration,
+            device=device,
+            metric=metric,
+            val_images=val_images,
         )
+        self._race_target: float | None = None
         modules = [self.task.model.get_submodule(name) for name in self.graph.names]
         orders = [kernel_ranking(m.weight, importance) for m in modules]  # type: ignore[arg-type]
         scores = [IMPORTANCE[importance](m.weight.detach().float().cpu()) for m in modules]  # type: ignore[operator]
@@ -231,6 +276,21 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
                 f"{max_sparsity}, {self.bits[0]}-bit weights, {act_choices[0]}-bit activations) "
                 f"reach BOPs {bops:.5f} and size {size:.5f} of FP32"
             )
+        self.error_shaping = float(error_shaping)
+        self.sensitivity: SensitivityTable | None = None
+        if sensitivity or self.error_shaping:
+            self.sensitivity = measure_sensitivity(
+                self.task,
+                self.graph,
+                self.bits,
+                act_choices if len(act_choices) > 1 else (),
+                importance=importance,
+                fixed_act=self.space.fixed_act,
+                unprunable=[i for i in range(len(self.graph)) if self.space.max_pruned(i) == 0],
+                bn_recalibration=bn_recalibration,
+                device=getattr(self.evaluator, "device", device),
+            )
+        self._sens_features = sensitivity
         self.per_kernel = channel_groups == 0
         widest = max(x.out_channels for x in self.graph.layers)
         self.channel_slots = widest if self.per_kernel else channel_groups
@@ -240,7 +300,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space = spaces.Box(
             -1.0, 1.0, (self.layer_slots + self.channel_slots,), np.float32
         )
-        self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
+        extra = self.sensitivity.size if self._sens_features and self.sensitivity else 0
+        self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES) + extra,), np.float32)
         pinned = set(self.space.pinned_bits)
         self._static = static_features(self.graph, pinned)
         self._layer = -1  # -1: not reset; len(graph): terminated
@@ -250,6 +311,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self._features_cache: tuple[int, list[LayerDecision | None], np.ndarray] | None = None
         self._sizes: dict[int, np.ndarray] = {}  # importance-group sizes by kept kernels
         self._potential = 0.0
+        self._decided_kl = 0.0  # sum of the sensitivity contributions of the decided layers
         self.last_policy: Policy | None = None
         self.last_cost: CostReport | None = None
 
@@ -268,7 +330,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     @property
     def observation_size(self) -> int:
         """Length of the observation vector."""
-        return len(FEATURES)
+        return int(self.observation_space.shape[0])  # type: ignore[index]
 
     @property
     def current_layer(self) -> int:
@@ -304,6 +366,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self._layer, self._phase = 0, LAYER
         self._decisions = [None] * len(self.graph)
         self._pending = None
+        self._decided_kl = 0.0
         self._potential = self._potential_now()
         return self._obs(), self._info()
 
@@ -329,7 +392,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             new_potential = 0.0
         else:
             new_potential = self._potential_now()
-        if self.shaping:
+        if self.shaping or self.error_shaping:
             info["reward_shaping"] = new_potential - self._potential
             reward += info["reward_shaping"]
         self._potential = new_potential
@@ -428,10 +491,16 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self._layer += 1
         self._phase = LAYER
         kept_bits = applied.ranked_bits[:kept]
-        return {
+        info: dict[str, Any] = {
             "proposed_mean_bits": float(proposed.ranked_bits[:kept].mean()),
             "applied_mean_bits": float(kept_bits.mean()),
         }
+        if self.sensitivity is not None:
+            kl = self.sensitivity.contribution(layer, applied.ranked_bits, applied.act_bits)
+            self._decided_kl += kl
+            info["layer_kl"] = kl  # what this decision alone costs at the output (estimated)
+            info["predicted_fidelity"] = float(np.exp(-self._decided_kl))
+        return info
 
     def _group_sizes(self, kept: int) -> np.ndarray:
         """Sizes of the importance groups of ``kept`` kernels: near-equal chunks, larger first."""
@@ -448,7 +517,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             self._decisions = list(decisions)
         policy = self.space.policy(decisions)
         cost = measure(self.graph, policy)
-        accuracy = float(self.evaluator.accuracy(policy))
+        accuracy = self._score(policy, cost)
         fp32 = float(self.evaluator.fp32_accuracy)
         outcome = Outcome(
             accuracy, fp32, float(cost.bops), cost.bops_ratio, cost.size_ratio, self.budget.targets
@@ -465,6 +534,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             size_bits=cost.size_bits,
             size_ratio=cost.size_ratio,
             budget_met=self.budget.met(cost),
+            **self._evaluation_info(),
             policy=[
                 {
                     "name": lp.name,
@@ -477,7 +547,64 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         )
         return info
 
+    def race(self, reward: float | None) -> None:
+        """Race the next evaluations against ``reward`` (None: evaluate completely); see above."""
+        if reward is not None and not (isinstance(reward, (int, float)) and np.isfinite(reward)):
+            raise ValueError(f"race() takes a finite reward or None, got {reward!r}")
+        self._race_target = None if reward is None else float(reward)
+
+    def _score(self, policy: Policy, cost: CostReport) -> float:
+        """The proxy's score of ``policy``, raced against the target reward if one is set."""
+        target = self._race_target
+        if target is None or not getattr(self.evaluator, "supports_racing", False):
+            return float(self.evaluator.accuracy(policy))
+        needed = self._accuracy_needed(target, cost)
+        if needed is None:
+            return float(self.evaluator.accuracy(policy))
+        return float(self.evaluator.accuracy(policy, at_least=needed))  # type: ignore[call-arg]
+
+    def _accuracy_needed(self, target: float, cost: CostReport) -> float | None:
+        """The least score whose reward reaches ``target`` at these costs (None: not invertible).
+
+        Found by bisection on the reward design's ``terms`` (pure: a stateful design is not
+        moved); a design whose reward is not monotone in the score is not raced.
+        """
+        fp32 = float(self.evaluator.fp32_accuracy)
+
+        def reward(acc: float) -> float:
+            outcome = Outcome(
+                acc, fp32, float(cost.bops), cost.bops_ratio, cost.size_ratio, self.budget.targets
+            )
+            return float(self.reward_design.terms(outcome)["total"])
+
+        grid = [reward(a) for a in np.linspace(0.0, 1.0, 11)]
+        if any(b < a - 1e-12 for a, b in itertools.pairwise(grid)):
+            return None
+        if grid[-1] < target:
+            return 1.0 + 1e-9  # not even a perfect score reaches it
+        if grid[0] >= target:
+            return None  # any score reaches it: nothing to race
+        lo, hi = 0.0, 1.0
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            if reward(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def _evaluation_info(self) -> dict[str, Any]:
+        last = getattr(self.evaluator, "last", None)
+        if last is None:
+            return {}
+        return {"proxy_images": int(last.images), "proxy_complete": bool(last.complete)}
+
     def _potential_now(self) -> float:
+        # Predicted loss of fidelity of the decided layers: exp(-sum KL) - 1, in [-1, 0].
+        error = self.error_shaping * (float(np.exp(-self._decided_kl)) - 1.0)
+        return error + self._budget_potential()
+
+    def _budget_potential(self) -> float:
         if not self.shaping or self.budget.bops is None:
             return 0.0
 
@@ -501,7 +628,10 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             dyn[2] = self._pending[1] / max(self.space.act_bits[-1], 1)
         dyn[3] = max(self._layer, 0) / len(self.graph)
         dyn[4:] = self._decision_features(layer)
-        obs = np.concatenate([self._static[layer], dyn]).astype(np.float32)
+        parts = [self._static[layer], dyn]
+        if self._sens_features and self.sensitivity is not None:
+            parts.append(self.sensitivity.features(layer))
+        obs = np.concatenate(parts).astype(np.float32)
         return np.clip(obs, 0.0, 1.0)
 
     def _decision_features(self, layer: int) -> np.ndarray:

@@ -6,7 +6,7 @@ training data) and re-calibrates BatchNorm on ``calib``; ``test`` is for final r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -32,6 +32,8 @@ class Task:
         calib: Small split used for BatchNorm re-calibration and activation ranges.
         test: Test split, used only for final reports.
         num_classes: Number of classes; labels must lie in ``[0, num_classes)``.
+        details: Facts about how the task was built that reports show (e.g. the input
+            normalisation a vision task applied), as short strings.
     """
 
     name: str
@@ -42,3 +44,4 @@ class Task:
     calib: Dataset
     test: Dataset
     num_classes: int
+    details: dict[str, str] = field(default_factory=dict)

@@ -50,6 +50,7 @@ from jpq_env.tasks.user import make_task, split_indices, subset
 __all__ = [
     "ARCHITECTURES",
     "ResNet20",
+    "channel_stats",
     "load_weights",
     "mobilenet_v2_cifar_task",
     "mobilenet_v2_imagenet_task",
@@ -178,6 +179,20 @@ def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
         )
     state = _state_dict(file)
     own = model.state_dict()
+    # Checkpoints saved by PyTorch before 0.4.1 (the public CIFAR ResNets among them) have no
+    # BatchNorm step counters; torch's own load_state_dict accepts that. The counter only matters
+    # for momentum=None training, so it starts at zero, as in a fresh BatchNorm.
+    counters = sorted(
+        k for k in set(own) - set(state) if k.rsplit(".", 1)[-1] == "num_batches_tracked"
+    )
+    if counters:
+        state = {**state, **{k: torch.zeros_like(own[k]) for k in counters}}
+        warnings.warn(
+            f"weights '{file}' have no BatchNorm num_batches_tracked counters (saved by an older "
+            f"PyTorch): {len(counters)} filled in with 0",
+            UserWarning,
+            stacklevel=3,
+        )
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -208,6 +223,54 @@ def _model(arch: str, num_classes: int, weights: str | Path | None, seed: int) -
     return model.eval()
 
 
+def channel_stats(value: object, name: str) -> tuple[float, float, float]:
+    """Three per-channel numbers (``mean`` or ``std``) from a sequence or from text.
+
+    Text as it comes from a command line is accepted in the comma form ``0.485,0.456,0.406`` and
+    as JSON ``[0.485, 0.456, 0.406]``.
+
+    Raises:
+        TaskError: Naming the option and the forms it takes, if ``value`` is not three finite
+            numbers (``std`` also positive).
+    """
+    import json
+    import math
+
+    items: object = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            items = json.loads(text) if text.startswith("[") else text.split(",")
+        except json.JSONDecodeError:
+            items = None
+    numbers: list[float] = []
+    if isinstance(items, (list, tuple)) and len(items) == 3:
+        for item in items:
+            try:
+                if isinstance(item, bool):
+                    raise ValueError
+                numbers.append(float(item))
+            except (TypeError, ValueError):
+                break
+    ok = len(numbers) == 3 and all(math.isfinite(x) for x in numbers)
+    if ok and name == "std":
+        ok = all(x > 0 for x in numbers)
+    if not ok:
+        kind = "positive numbers" if name == "std" else "numbers"
+        raise TaskError(
+            f"{name} must be three {kind}, one per colour channel, e.g. "
+            f"--task-option {name}=0.485,0.456,0.406 or {name}=[0.485,0.456,0.406]; got {value!r}"
+        )
+    return numbers[0], numbers[1], numbers[2]
+
+
+def _normalisation(mean: object, std: object) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    m, sd = channel_stats(mean, "mean"), channel_stats(std, "std")
+    known = {(CIFAR10_MEAN, CIFAR10_STD): "CIFAR-10's", (IMAGENET_MEAN, IMAGENET_STD): "ImageNet's"}
+    label = known.get((m, sd), "custom")
+    return m, sd, f"{label}: mean {', '.join(map(str, m))}; std {', '.join(map(str, sd))}"
+
+
 def _need_data(arch: str, data: str | Path | None, what: str) -> Path:
     if data is None:
         raise TaskError(f"task '{arch}' needs data=PATH (--data PATH): {what}")
@@ -221,16 +284,17 @@ def _cifar_task(
     val_size: int,
     calib_size: int,
     seed: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | str,
+    std: Sequence[float] | str,
 ) -> Task:
     path = _need_data(
         arch, data, "a folder holding cifar-10-batches-py/ with CIFAR-10's python batches"
     )
+    mean, std, normalisation = _normalisation(mean, std)
     model = _model(arch, 10, weights, seed)
     train_all, test = cifar10_data(path, mean, std)
     idx = split_indices(len(train_all), val_size, calib_size, seed)
-    return make_task(
+    task = make_task(
         model,
         train=train_all.subset(idx["train"]),
         val=train_all.subset(idx["val"]).tensors(),  # read every episode: keep them as floats
@@ -240,6 +304,8 @@ def _cifar_task(
         num_classes=10,
         name=arch,
     )
+    task.details["normalisation"] = normalisation
+    return task
 
 
 def _folder_task(
@@ -250,14 +316,15 @@ def _folder_task(
     val_size: int,
     calib_size: int,
     seed: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | str,
+    std: Sequence[float] | str,
 ) -> Task:
     path = _need_data(arch, data, "an ImageFolder root with train/CLASS/IMAGE and val/CLASS/IMAGE")
+    mean, std, normalisation = _normalisation(mean, std)
     train_all, test, classes = image_folder_data(path, image_size, mean=mean, std=std)
     idx = split_indices(len(train_all), val_size, calib_size, seed)  # type: ignore[arg-type]
     model = _model(arch, len(classes), weights, seed)
-    return make_task(
+    task = make_task(
         model,
         train=subset(train_all, idx["train"]),
         val=subset(train_all, idx["val"]),
@@ -267,6 +334,8 @@ def _folder_task(
         num_classes=len(classes),
         name=arch,
     )
+    task.details["normalisation"] = normalisation
+    return task
 
 
 def resnet18_cifar_task(
@@ -275,8 +344,8 @@ def resnet18_cifar_task(
     val_size: int = 5000,
     calib_size: int = 512,
     seed: int = 0,
-    mean: Sequence[float] = CIFAR10_MEAN,
-    std: Sequence[float] = CIFAR10_STD,
+    mean: Sequence[float] | str = CIFAR10_MEAN,
+    std: Sequence[float] | str = CIFAR10_STD,
 ) -> Task:
     """``resnet18-cifar``: torchvision resnet18 with a CIFAR stem on CIFAR-10 (see module doc).
 
@@ -286,8 +355,10 @@ def resnet18_cifar_task(
         val_size: Held-out training images scored by the search.
         calib_size: Training images for BatchNorm re-calibration and activation ranges.
         seed: Seed of the split (and of the random initialisation without weights).
-        mean: Per-channel normalisation mean the weights were trained with.
-        std: Per-channel normalisation standard deviation.
+        mean: Per-channel normalisation mean the weights were trained with: three numbers, or
+            text ``"0.485,0.456,0.406"`` / ``"[0.485, 0.456, 0.406]"`` (the public CIFAR
+            ResNet-20/32/44/56 checkpoints were trained with ImageNet's, these numbers).
+        std: Per-channel normalisation standard deviation, in the same forms.
     """
     return _cifar_task("resnet18-cifar", data, weights, val_size, calib_size, seed, mean, std)
 
@@ -298,8 +369,8 @@ def mobilenet_v2_cifar_task(
     val_size: int = 5000,
     calib_size: int = 512,
     seed: int = 0,
-    mean: Sequence[float] = CIFAR10_MEAN,
-    std: Sequence[float] = CIFAR10_STD,
+    mean: Sequence[float] | str = CIFAR10_MEAN,
+    std: Sequence[float] | str = CIFAR10_STD,
 ) -> Task:
     """``mobilenet_v2-cifar``: torchvision mobilenet_v2, stride-1 stem, on CIFAR-10.
 
@@ -314,8 +385,8 @@ def resnet20_cifar_task(
     val_size: int = 5000,
     calib_size: int = 512,
     seed: int = 0,
-    mean: Sequence[float] = CIFAR10_MEAN,
-    std: Sequence[float] = CIFAR10_STD,
+    mean: Sequence[float] | str = CIFAR10_MEAN,
+    std: Sequence[float] | str = CIFAR10_STD,
 ) -> Task:
     """``resnet20-cifar``: He et al.'s ResNet-20 on CIFAR-10.
 
@@ -331,8 +402,8 @@ def resnet18_imagenet_task(
     val_size: int = 3000,
     calib_size: int = 512,
     seed: int = 0,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | str = IMAGENET_MEAN,
+    std: Sequence[float] | str = IMAGENET_STD,
 ) -> Task:
     """``resnet18-imagenet``: torchvision resnet18 on an ImageFolder (one output per class folder).
 
@@ -343,8 +414,8 @@ def resnet18_imagenet_task(
         val_size: Held-out training images scored by the search.
         calib_size: Training images for BatchNorm re-calibration and activation ranges.
         seed: Seed of the split (and of the random initialisation without weights).
-        mean: Per-channel normalisation mean.
-        std: Per-channel normalisation standard deviation.
+        mean: Per-channel normalisation mean: three numbers or text ``"a,b,c"``.
+        std: Per-channel normalisation standard deviation, in the same forms.
     """
     return _folder_task(
         "resnet18-imagenet", data, weights, image_size, val_size, calib_size, seed, mean, std
@@ -358,8 +429,8 @@ def mobilenet_v2_imagenet_task(
     val_size: int = 3000,
     calib_size: int = 512,
     seed: int = 0,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | str = IMAGENET_MEAN,
+    std: Sequence[float] | str = IMAGENET_STD,
 ) -> Task:
     """``mobilenet_v2-imagenet``: torchvision mobilenet_v2 on an ImageFolder.
 

@@ -1,0 +1,227 @@
+"""A forward pass that can stop at a compressible layer and resume there: prefix reuse.
+
+Two policies that agree on every layer before layer ``k`` (weights, masks and input activation
+widths) compute exactly the same tensors up to the moment layer ``k`` is called: the compressed
+view of a layer depends only on its own decision and on what flows into it. A local search that
+changes one layer at a time (the two-level controller's refinement, greedy's probes) can therefore
+skip the unchanged prefix and start from the activations that the earlier policy left there.
+
+``SegmentedForward`` runs the model's torch.fx graph node by node, which is what makes stopping and
+resuming possible; at chosen *checkpoints* (the positions just before a compressible layer is
+called) it keeps references to every value that is still needed later (the live set: the main path,
+a residual shortcut). Resuming feeds those values back in and runs only the remaining nodes.
+Because full passes run through the same executor, in the same batches, a resumed pass gives
+bitwise the same result as a full one.
+
+In-place operations would make a kept value change after it was kept. Modules with an ``inplace``
+flag (``nn.ReLU(inplace=True)`` ...), functions called with ``inplace=True`` and augmented
+assignments (``out += identity``) are switched to their out-of-place form on the working copy (the
+same numbers); a graph with another in-place call (``x.add_(y)``) is run normally but cannot be
+resumed (``resumable`` is False), nor can one that calls a module with buffers twice.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+__all__ = ["Checkpoint", "SegmentedForward"]
+
+State = dict[fx.Node, Any]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A place where a pass can stop and resume.
+
+    Attributes:
+        layer: The compressible layer called right after this point (its index in the graph).
+        position: Index of that layer's call in the node list.
+        live: Nodes computed before ``position`` and read at or after it.
+        floats_per_sample: Float elements of the live set per sample (its memory cost).
+        macs_before: MACs of the compressible layers before this point (what resuming saves).
+    """
+
+    layer: int
+    position: int
+    live: tuple[fx.Node, ...]
+    floats_per_sample: int
+    macs_before: int
+
+
+_OUT_OF_PLACE = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+}
+
+
+def _inplace_free(gm: fx.GraphModule) -> bool:
+    """Switch in-place modules and functions to out-of-place; False if another one remains."""
+    ok = True
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(str(node.target))
+            if getattr(module, "inplace", False) is True:
+                module.inplace = False  # type: ignore[assignment]
+        elif node.op == "call_function":
+            if node.target in _OUT_OF_PLACE:  # ``out += identity`` (torchvision's ResNets)
+                node.target = _OUT_OF_PLACE[node.target]
+            if node.kwargs.get("inplace") is True:
+                node.kwargs = {**node.kwargs, "inplace": False}
+            elif getattr(node.target, "__name__", "").endswith("_"):
+                ok = False
+        elif node.op == "call_method" and str(node.target).endswith("_"):
+            ok = False
+    return ok
+
+
+class SegmentedForward:
+    """Runs ``module``'s fx graph, able to keep the live values at checkpoints and resume there.
+
+    Args:
+        module: The working copy to run (its submodules, hooks and weights are used as they are
+            at each call; in-place flags are switched off on it).
+        layer_names: The compressible layers in execution order (``LayerGraph.names``).
+        example_input: One input batch, to size the live sets.
+        layer_macs: MACs per sample of each compressible layer (``LayerInfo.macs``).
+
+    Raises:
+        torch.fx errors: If the module cannot be traced (``LayerGraph`` has traced it already,
+            so this does not happen for a model the evaluator accepted).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        layer_names: Sequence[str],
+        example_input: torch.Tensor,
+        layer_macs: Sequence[int],
+    ) -> None:
+        gm = fx.symbolic_trace(module) if not isinstance(module, fx.GraphModule) else module
+        self.gm = gm
+        self.resumable = _inplace_free(gm)
+        self.nodes: list[fx.Node] = list(gm.graph.nodes)
+        index = {node: i for i, node in enumerate(self.nodes)}
+        self._modules = dict(gm.named_modules())
+        self._last_use = {node: index[node] for node in self.nodes}
+        for i, node in enumerate(self.nodes):
+            for arg in node.all_input_nodes:
+                self._last_use[arg] = max(self._last_use[arg], i)
+        placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        self._input = placeholders[0] if placeholders else None
+        self._defaults = {n: n.args[0] for n in placeholders[1:] if n.args}
+        if len(self._defaults) != len(placeholders) - 1:
+            self.resumable = False  # a forward argument beyond the input without a default
+        calls = {
+            str(n.target): i
+            for i, n in reversed(list(enumerate(self.nodes)))
+            if n.op == "call_module"
+        }
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            if n.op == "call_module":
+                counts[str(n.target)] = counts.get(str(n.target), 0) + 1
+        self.positions = [calls[name] for name in layer_names]
+        # A module with buffers called twice (a shared BatchNorm, say) carries state from before
+        # a checkpoint into the part after it: resuming would need more than the live values.
+        # Stateless modules (torchvision's one ReLU per block) may be called any number of times.
+        self.resumable &= all(
+            c == 1 or not any(True for _ in self._modules[name].buffers())
+            for name, c in counts.items()
+        )
+        self.call_positions = calls
+        sizes = self._sizes(example_input)
+        cumulative = [0]
+        for macs in layer_macs:
+            cumulative.append(cumulative[-1] + int(macs))
+        self.checkpoints: list[Checkpoint] = []
+        for layer, position in enumerate(self.positions):
+            live = tuple(
+                n
+                for n in self.nodes[:position]
+                if self._last_use[n] >= position and n.op != "get_attr"
+            )
+            floats = sum(sizes.get(n, 0) for n in live)
+            self.checkpoints.append(Checkpoint(layer, position, live, floats, cumulative[layer]))
+
+    @torch.no_grad()
+    def _sizes(self, example_input: torch.Tensor) -> dict[fx.Node, int]:
+        """Float elements per sample of every node's value (0 for non-tensors)."""
+        sizes: dict[fx.Node, int] = {}
+
+        def measure(node: fx.Node, value: Any) -> None:
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                sizes[node] = int(value[0].numel()) if value.shape[0] == len(example_input) else 0
+            elif isinstance(value, (tuple, list)):
+                sizes[node] = sum(
+                    int(v[0].numel()) for v in value if isinstance(v, torch.Tensor) and v.dim() > 0
+                )
+
+        self.run(example_input, observe=measure)
+        return sizes
+
+    def _fetch(self, target: str) -> Any:
+        owner, _, name = target.rpartition(".")
+        return getattr(self.gm.get_submodule(owner) if owner else self.gm, name)
+
+    def run(
+        self,
+        x: torch.Tensor,
+        start: int = 0,
+        state: State | None = None,
+        keep: Sequence[Checkpoint] = (),
+        observe: Any = None,
+    ) -> tuple[Any, list[State]]:
+        """Run the graph on ``x`` from node ``start`` (with the live ``state`` kept there).
+
+        Args:
+            x: The input batch (unused when resuming: the state holds what is needed).
+            start: Node position to start at (0: the beginning; else a checkpoint's position).
+            state: The live values at ``start`` (a checkpoint's state), required if ``start > 0``.
+            keep: Checkpoints after ``start`` whose live values to return.
+            observe: Optional ``f(node, value)`` called for every computed value.
+
+        Returns:
+            The graph's output and, per checkpoint in ``keep``, its live values.
+        """
+        env: State = dict(state) if state is not None else {}
+        if start == 0:
+            if self._input is not None:
+                env[self._input] = x
+            env.update(self._defaults)
+        wanted = {c.position: c for c in keep}
+        kept: list[State] = []
+        for i in range(start, len(self.nodes)):
+            if i in wanted:
+                kept.append({n: env[n] for n in wanted[i].live})
+            node = self.nodes[i]
+            if node.op == "placeholder":
+                if node not in env:
+                    raise RuntimeError(f"no value for the forward argument '{node.target}'")
+                continue
+            if node.op == "output":
+                return fx.node.map_arg(node.args[0], env.__getitem__), kept
+            args = fx.node.map_arg(node.args, env.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+            if node.op == "get_attr":
+                value = self._fetch(str(node.target))
+            elif node.op == "call_module":
+                value = self._modules[str(node.target)](*args, **kwargs)
+            elif node.op == "call_function":
+                value = node.target(*args, **kwargs)  # type: ignore[operator]
+            else:  # call_method
+                value = getattr(args[0], str(node.target))(*args[1:], **kwargs)
+            env[node] = value
+            if observe is not None:
+                observe(node, value)
+            for arg in node.all_input_nodes:  # drop what nothing reads any more
+                if self._last_use[arg] <= i:
+                    env.pop(arg, None)
+        raise RuntimeError("the graph has no output node")
