@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from jpq_env import validation as check
 from jpq_env.compress import CompressedModel, calibrate_ranges
 from jpq_env.graph import LayerGraph
 from jpq_env.policy import Policy
@@ -112,6 +113,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -169,13 +172,16 @@ class LocalEvaluator:
         device: str | torch.device | None = "auto",
     ) -> None:
         self.device = resolve_device(device)
+        if not isinstance(task, Task):
+            raise ValueError(f"task must be a jpq_env.Task, got {type(task).__name__}")
         self.task = task
-        self.bn_recalibration = bn_recalibration
+        self.bn_recalibration = check.flag("bn_recalibration", bn_recalibration)
+        check.choice("act_range", act_range, ("max", "percentile"))
+        check.choice("weight_method", weight_method, ("max", "mse"))
+        batch_size = check.integer("batch_size", batch_size, low=1, optional=True)
         self.graph = (
             graph if graph is not None else LayerGraph.from_module(task.model, task.example_input)
         )
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size or auto_batch_size(self.graph, task.example_input)
         self.compressed = CompressedModel(
             task.model, self.graph, weight_method=weight_method, device=self.device
@@ -304,10 +310,8 @@ class PaddedEvaluator:
     """
 
     def __init__(self, inner: Any, seconds: float) -> None:
-        if not isinstance(seconds, (int, float)) or seconds < 0:
-            raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
         self.inner = inner
-        self.seconds = float(seconds)
+        self.seconds = check.number("seconds", seconds, low=0.0)
 
     @property
     def fp32_accuracy(self) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from jpq_env import validation as check
 from jpq_env.atomic import write_atomic
 from jpq_env.graph import LayerGraph
 from jpq_env.quant import FULL_PRECISION, SUPPORTED_BITS
@@ -248,11 +249,8 @@ class Conventions:
             ("input_bits", self.input_bits),
             ("first_last_bits", self.first_last_bits),
         ):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer width or None, got {value!r}")
-            if value not in SUPPORTED_BITS or value == 0:
+            width = check.integer(name, value, optional=True)
+            if width is not None and (width not in SUPPORTED_BITS or width == 0):
                 raise ValueError(f"{name}={value} is not a supported width (1-16 or 32)")
 
     def apply(self, graph: LayerGraph, policy: Policy) -> Policy:

@@ -134,12 +134,12 @@ ARGUMENTS = [
     pytest.param({"task": "nope"}, TaskError, "unknown task 'nope'", id="unknown-task"),
     pytest.param({"importance": "l7"}, ValueError, "unknown importance criterion 'l7'", id="unknown-criterion"),
     pytest.param({"enforcement": "soft"}, ValueError, "unknown enforcement 'soft'", id="unknown-enforcement"),
-    pytest.param({"render_mode": "human"}, ValueError, "unknown render_mode 'human'", id="unknown-render-mode"),
-    pytest.param({"max_sparsity": 1.0}, ValueError, r"max_sparsity must be in \[0, 1\)", id="max-sparsity-1"),
-    pytest.param({"channel_groups": -2}, ValueError, "channel_groups must be a non-negative integer", id="channel-groups-negative"),
-    pytest.param({"shaping": "x"}, ValueError, "shaping must be a non-negative number", id="shaping-string"),
+    pytest.param({"render_mode": "human"}, ValueError, r"unknown render_mode 'human': choose one of \['ansi', None\]", id="unknown-render-mode"),
+    pytest.param({"max_sparsity": 1.0}, ValueError, r"max_sparsity must be a finite number in \[0, 1\), got 1.0", id="max-sparsity-1"),
+    pytest.param({"channel_groups": -2}, ValueError, "channel_groups must be an integer >= 0, got -2", id="channel-groups-negative"),
+    pytest.param({"shaping": "x"}, ValueError, "shaping must be a finite number >= 0, got 'x'", id="shaping-string"),
     pytest.param({"first_last_bits": 0}, ValueError, "first_last_bits=0 is not a supported width", id="first-last-bits-zero"),
-    pytest.param({"input_bits": 3.5}, ValueError, "input_bits must be an integer width", id="input-bits-float"),
+    pytest.param({"input_bits": 3.5}, ValueError, "input_bits must be an integer or None, got 3.5", id="input-bits-float"),
 ]  # fmt: skip
 
 
