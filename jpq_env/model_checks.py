@@ -59,8 +59,11 @@ def check_model(model: nn.Module) -> None:
         if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
             continue
         t = t.detach()
+        # One reduction is enough almost always: NaN or inf anywhere makes the sum non-finite.
+        if bool(torch.isfinite(t.sum())):
+            continue
         finite = torch.isfinite(t)
-        if bool(finite.all()):
+        if bool(finite.all()):  # only an overflowing sum of finite values
             continue
         nans = int(torch.isnan(t).sum())
         infs = int((~finite).sum()) - nans
@@ -80,7 +83,7 @@ def check_model(model: nn.Module) -> None:
                 raise GraphError(
                     f"module '{name}' has an old-style torch.nn.utils.{fix[7:]} hook: its "
                     f"'{getattr(hook, 'name', 'weight')}' is recomputed on every call, so a "
-                    "compressed weight would never be used (and the model cannot be copied). "
+                    "compressed weight would never be used. "
                     f"Fold it into a plain weight first: torch.nn.utils.{fix}({_module_expr(name)})"
                 )
 
@@ -88,8 +91,8 @@ def check_model(model: nn.Module) -> None:
 def _extent(t: torch.Tensor) -> tuple[tuple[str, int], int, int]:
     """The storage a tensor lives in and the byte range it spans there."""
     size = t.element_size()
-    start = t.storage_offset()
-    end = start + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True)) + 1
+    start = int(t.storage_offset())
+    end = start + sum(int(n - 1) * int(s) for n, s in zip(t.shape, t.stride(), strict=True)) + 1
     key = (str(t.device), t.untyped_storage().data_ptr())
     return key, start * size, end * size
 
@@ -120,7 +123,7 @@ def check_written_modules(
         if parametrize.is_parametrized(module):
             attrs = sorted(getattr(module, "parametrizations", {}).keys())
             kinds = sorted(
-                {type(p).__name__ for a in attrs for p in module.parametrizations[a]}  # type: ignore[union-attr,index]
+                {type(p).__name__ for a in attrs for p in module.parametrizations[a]}  # type: ignore[index]
             )
             attr = attrs[0] if attrs else "weight"
             raise GraphError(
@@ -171,8 +174,8 @@ def _check_shared(model: nn.Module, gm: fx.GraphModule, written: Sequence[str]) 
                 if tname in module._parameters:
                     copy = f"torch.nn.Parameter({copy})"
                 raise GraphError(
-                    f"the {tname} of '{name}' is shared with {_list(others)} ({name}.{tname} = "
-                    f"{others[0]}, say): compressing one would change the other, as for a module "
+                    f"the {tname} of layer '{name}' is the same tensor as {_list(others)} (tied "
+                    "or shared weights): compressing one would change the other, as for a module "
                     f"called twice. Give it its own copy before compressing: {own} = {copy}"
                 )
     prefixes = tuple(f"{name}." for name in written)

@@ -47,9 +47,16 @@ class LayerPolicy:
     act_bits: int = FULL_PRECISION
 
     def __post_init__(self) -> None:
-        # Normalise numpy scalars and lists so that policies compare, hash and serialise alike.
-        object.__setattr__(self, "bits", np.asarray(self.bits, dtype=np.int64))
-        object.__setattr__(self, "act_bits", int(self.act_bits))
+        # Normalise numpy scalars and lists so that policies compare, hash and serialise alike;
+        # a float or bool width would be truncated silently, so it is refused.
+        bits = np.asarray(self.bits)
+        if bits.dtype.kind not in "iu":
+            raise PolicyError(
+                f"layer '{self.name}': bits must be integer widths, got dtype {bits.dtype}"
+            )
+        object.__setattr__(self, "bits", bits.astype(np.int64, copy=False))
+        act = check.integer(f"layer '{self.name}': act_bits", self.act_bits, error=PolicyError)
+        object.__setattr__(self, "act_bits", act)
 
     @property
     def sparsity(self) -> float:
@@ -88,6 +95,8 @@ class Policy:
         conventions: Conventions | None = None,
     ) -> Policy:
         """Every kernel at ``w_bits``, every layer input at ``a_bits`` (then the conventions)."""
+        w_bits = check.integer("w_bits", w_bits, low=0, error=PolicyError)
+        a_bits = check.integer("a_bits", a_bits, low=1, error=PolicyError)
         policy = cls(
             tuple(
                 LayerPolicy(x.name, np.full(x.out_channels, w_bits, dtype=np.int64), a_bits)

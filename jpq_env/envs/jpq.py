@@ -30,7 +30,9 @@ _ACTION_TOLERANCE = 1e-6
 
 def _is_evaluator(obj: object) -> bool:
     """Has ``accuracy(policy)`` and ``fp32_accuracy`` (looked up without computing it)."""
-    has_fp32 = hasattr(type(obj), "fp32_accuracy") or "fp32_accuracy" in getattr(obj, "__dict__", {})
+    has_fp32 = hasattr(type(obj), "fp32_accuracy") or "fp32_accuracy" in getattr(
+        obj, "__dict__", {}
+    )
     return callable(getattr(obj, "accuracy", None)) and has_fp32
 
 
@@ -182,7 +184,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
-        render_mode = check.choice("render_mode", render_mode, [*self.metadata["render_modes"], None])
+        render_mode = check.choice(
+            "render_mode", render_mode, [*self.metadata["render_modes"], None]
+        )
         enforcement = check.choice("enforcement", enforcement, ENFORCEMENT)
         importance = check.choice("importance criterion", importance, list(IMPORTANCE))
         max_sparsity = check.number("max_sparsity", max_sparsity, low=0.0, high=1.0, high_open=True)

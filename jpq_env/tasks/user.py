@@ -27,6 +27,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from jpq_env import validation as check
 from jpq_env.graph import LayerGraph
+from jpq_env.model_checks import check_model
 from jpq_env.tasks.base import Task, TaskError
 
 __all__ = ["DataLike", "known_labels", "make_task", "split_indices", "subset"]
@@ -235,6 +236,7 @@ def make_task(
     """
     if not isinstance(model, nn.Module):
         raise TaskError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)  # NaN weights, weight-norm hooks: before the model is copied and run
     if not isinstance(name, str) or not name:
         raise TaskError(f"name must be a non-empty string, got {name!r}")
     num_classes = check.integer("num_classes", num_classes, low=1, optional=True, error=TaskError)
