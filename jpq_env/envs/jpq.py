@@ -150,6 +150,12 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
       else CPU), ``"cpu"`` or ``"cuda"``.
     - ``render_mode``: ``"ansi"`` for a per-layer table of decisions and costs.
 
+    Every argument is checked before any work (``jpq_env.validation``): a ``ValueError`` names
+    the argument, the value and what is allowed (``bool`` is not an integer, a flag is only
+    ``True`` or ``False``, NaN and inf are not numbers). Layers of the model that jpq-env does not
+    compress are counted at FP32 in every cost and in the FP32 reference (``graph.uncompressed``);
+    a budget they alone exceed is refused as infeasible.
+
     ## Version History
 
     Ids name the problem; ``-vN`` counts revisions of the same problem.
