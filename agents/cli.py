@@ -133,6 +133,27 @@ def _report(args: argparse.Namespace) -> int:
             ],
         )
     )
+    if graph.uncompressed:
+        total = max(graph.total_macs, 1)
+        print(
+            f"\nNot compressed ({len(graph.uncompressed)}; FP32 weights, counted at 32-bit "
+            "weights and inputs in every policy's BOPs and size and in the FP32 reference):"
+        )
+        print(
+            _table(
+                ("layer", "kind", "params", "MACs", "MACs share"),
+                [
+                    (
+                        x.name,
+                        x.kind,
+                        f"{x.params:,}",
+                        "not counted" if x.macs is None else f"{x.macs:,}",
+                        "-" if x.macs is None else f"{x.macs / total:.1%}",
+                    )
+                    for x in graph.uncompressed
+                ],
+            )
+        )
     fp32 = measure(graph, Policy.uniform(graph))
     print(
         f"\nFP32: accuracy val {evaluator.fp32_accuracy:.2%} test "

@@ -7,10 +7,11 @@ as the environment reads it, so every trial is counted, enforced and logged like
 episode. The objective is the episode's reward.
 
 - ``tpe`` / ``cmaes``: cold, the optimizer starts from nothing (CMA-ES from the centre of the
-  box, ``sigma0 = 0.5``);
+  box with Optuna's default step, a sixth of the range);
 - ``tpe-warm`` / ``cmaes-warm``: warm-started from the two-stage (prune-then-quantize) policies:
-  they are enqueued as the first trials (TPE), or CMA-ES starts at the best of them with a
-  smaller step (``sigma0 = 0.2``) after evaluating them all.
+  they are enqueued as the first trials (TPE), or evaluated first and handed to CMA-ES as
+  ``source_trials`` (Optuna's warm-starting CMA-ES, Nomura et al. 2021: the initial mean and
+  covariance from the best of them).
 
 Both are seeded (``TPESampler(seed)``, ``CmaEsSampler(seed)``): the same seed gives the same
 trials. CMA-ES needs the ``cmaes`` package (a dependency of jpq-env).
@@ -18,6 +19,7 @@ trials. CMA-ES needs the ``cmaes`` package (a dependency of jpq-env).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -82,25 +84,31 @@ def run_optuna(search: Search, seed: int, sampler: str, warm: bool) -> None:
     if sampler == "tpe":
         chosen: Any = optuna.samplers.TPESampler(seed=seed)
     else:
-        x0 = None
-        sigma0 = 0.5
-        if starts:  # evaluate the two-stage policies first, then start CMA-ES at the best
-            rewards = []
+        source = None
+        if starts:  # evaluate the two-stage policies, then warm-start CMA-ES from them
+            first = optuna.create_study(direction="maximize")
             for params in starts:
                 if search.done:
                     return
-                rewards.append(_episode(search, base, params, seed))
-            x0 = starts[int(np.argmax(rewards))]
-            sigma0 = 0.2
+                first.enqueue_trial(params)
+                _ask_and_tell(first, search, base, names, seed)
+            source = first.trials
             starts = []
-        chosen = optuna.samplers.CmaEsSampler(seed=seed, x0=x0, sigma0=sigma0)
+        with warnings.catch_warnings():  # source_trials is marked experimental; it is tested here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            chosen = optuna.samplers.CmaEsSampler(seed=seed, source_trials=source)
     study = optuna.create_study(direction="maximize", sampler=chosen)
     for params in starts:
         study.enqueue_trial(params)
     while not search.done:
-        trial = study.ask()
-        params = {name: trial.suggest_float(name, -1.0, 1.0) for name in names}
-        study.tell(trial, _episode(search, base, params, seed))
+        _ask_and_tell(study, search, base, names, seed)
+
+
+def _ask_and_tell(study: Any, search: Search, base: Any, names: list[str], seed: int) -> None:
+    """One trial: the sampler's (or an enqueued) parameters, played as an episode."""
+    trial = study.ask()
+    params = {name: trial.suggest_float(name, -1.0, 1.0) for name in names}
+    study.tell(trial, _episode(search, base, params, seed))
 
 
 OPTUNA_AGENTS: dict[str, tuple[str, bool]] = {

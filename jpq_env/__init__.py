@@ -2,7 +2,8 @@
 
 The compression core (usable without any RL):
 
-- ``LayerGraph``: compressible layers, their features and channel wiring;
+- ``LayerGraph``: compressible layers, their features and channel wiring, and the layers it does
+  not compress (counted at FP32, named by an ``UncompressedLayersWarning``);
 - ``measure``: MACs, BOPs and size of a policy;
 - ``CompressedModel``: a policy applied to a working copy of a model, undone exactly;
 - ``LocalEvaluator``: the accuracy proxy;
@@ -15,7 +16,7 @@ Importing the package registers the Gymnasium ids (``jpq_env/JPQWeights-v0`` and
 from jpq_env.compress import CompressedModel, kernel_ranking, register_importance
 from jpq_env.costs import CostReport, measure
 from jpq_env.evaluate import Evaluator, LocalEvaluator
-from jpq_env.graph import GraphError, LayerGraph
+from jpq_env.graph import GraphError, LayerGraph, UncompressedLayersWarning
 from jpq_env.policy import Conventions, LayerPolicy, Policy, PolicyError
 from jpq_env.registration import PRESETS, register_envs
 from jpq_env.tasks import Task, TaskError, load_task, make_task
@@ -34,6 +35,7 @@ __all__ = [
     "PolicyError",
     "Task",
     "TaskError",
+    "UncompressedLayersWarning",
     "kernel_ranking",
     "load_task",
     "make_task",

@@ -21,6 +21,7 @@ from functools import cache, cached_property
 
 import numpy as np
 
+from jpq_env import validation as check
 from jpq_env.costs import CostReport, bit_connections, measure
 from jpq_env.graph import LayerGraph
 from jpq_env.policy import Conventions, LayerPolicy, Policy
@@ -44,13 +45,15 @@ class Budget:
 
     def __post_init__(self) -> None:
         for name, value in (("BOPs", self.bops), ("size", self.size)):
-            if value is None:
-                continue
-            number = isinstance(value, (int, float, np.integer, np.floating))
-            if isinstance(value, bool) or not number or not 0.0 < float(value) <= 1.0:
-                raise ValueError(
-                    f"the {name} budget must be a fraction of FP32 in (0, 1], got {value!r}"
-                )
+            check.number(
+                f"the {name} budget",
+                value,
+                low=0.0,
+                high=1.0,
+                low_open=True,
+                optional=True,
+                allowed="a fraction of FP32 in (0, 1] or None",
+            )
 
     @property
     def targets(self) -> dict[str, float]:
@@ -131,7 +134,9 @@ class DecisionSpace:
             {i: input_bits for i in graph.input_layers} if input_bits is not None else {}
         )
         fp32 = measure(graph, Policy.uniform(graph))
-        self.fp32_bops, self.fp32_size = fp32.bops, fp32.size_bits
+        self.fp32_bops, self.fp32_size = fp32.bops_fp32, fp32.size_bits_fp32
+        # Layers the graph does not compress cost the same in every policy (at FP32).
+        self.fixed_bops, self.fixed_size = fp32.uncompressed_bops, fp32.uncompressed_size_bits
         self._aggressive: dict[int, LayerDecision] = {}
         # The last few decisions' weighted connections: an episode asks for the same ones several
         # times (the wall's checks, then the observation's budget features). Matched by
@@ -212,14 +217,23 @@ class DecisionSpace:
         return weighted
 
     def ratios(self, decisions: Sequence[LayerDecision | None]) -> tuple[float, float]:
-        """BOPs and size as fractions of FP32, undecided layers at their most aggressive."""
+        """BOPs and size as fractions of FP32, undecided layers at their most aggressive.
+
+        The fixed cost of the uncompressed layers is included.
+        """
         bops, size = self.layer_costs(decisions)
-        return int(bops.sum()) / self.fp32_bops, int(size.sum()) / self.fp32_size
+        return (
+            (int(bops.sum()) + self.fixed_bops) / self.fp32_bops,
+            (int(size.sum()) + self.fixed_size) / self.fp32_size,
+        )
 
     def layer_costs(
         self, decisions: Sequence[LayerDecision | None]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Per-layer BOPs and size in bits, undecided layers at their most aggressive."""
+        """Per-layer BOPs and size in bits, undecided layers at their most aggressive.
+
+        Compressible layers only: ``fixed_bops`` and ``fixed_size`` hold the uncompressed ones.
+        """
         full = self._complete(decisions)
         weighted = self._weighted(full)
         acts = np.array([d.act_bits for d in full], dtype=np.int64)

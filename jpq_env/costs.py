@@ -12,6 +12,17 @@ Definitions, all per sample (the tests check each against an independent count):
   since a layer may mix widths. The FP32 reference is ``MACs x 32 x 32``, so W8A8 is 1/16.
 - **Size**: the bits of the kept weights of the compressible layers (biases, BatchNorm parameters
   and per-channel scales are not counted: they are a fixed, small overhead).
+- **Layers the graph does not compress** (``LayerGraph.uncompressed``: a ``ConvTranspose2d``, a
+  ``Conv1d``, a module's functional ``F.conv2d``, a ``LayerNorm`` ...) are counted as the
+  compressed model runs them, at full precision: MACs x 32-bit weights x 32-bit inputs in BOPs
+  (whatever feeds them: the compressed view fake-quantizes only the inputs of compressible layers,
+  so an uncompressed layer computes in FP32 even on the network input), their weights (biases
+  excluded) at 32 bits in the size. That fixed cost is in every policy's totals and in the FP32
+  references, so a budget is a fraction of the *whole* network: a model whose uncompressed layers
+  hold 60% of the MACs cannot reach 1/64 of FP32 BOPs, and the environment says so. (Papers that
+  count unsearched layers at 8 bits also run them at 8 bits; here they run in FP32, so they are
+  counted in FP32: counting and simulation never disagree.) Per-layer reports list the
+  compressible layers; ``CostReport.uncompressed_*`` hold the fixed part.
 
 Counting conventions (network input at 8 bits, first/last layers pinned) are applied to the
 policy first by ``Conventions.apply`` in ``jpq_env.policy``; this module counts a policy literally.
@@ -28,7 +39,7 @@ from jpq_env.graph import LayerGraph, Liveness
 from jpq_env.policy import Policy
 from jpq_env.quant import FULL_PRECISION
 
-__all__ = ["CostReport", "LayerCost", "bit_connections", "measure", "totals"]
+__all__ = ["CostReport", "LayerCost", "bit_connections", "measure", "totals", "uncompressed_costs"]
 
 _FP32_PAIR = FULL_PRECISION * FULL_PRECISION
 
@@ -63,13 +74,16 @@ class CostReport:
     """Costs of a whole network under a policy, with the FP32 references.
 
     Attributes:
-        layers: Per-layer costs, in execution order.
-        macs: Total effective MACs.
-        bops: Total BOPs.
-        size_bits: Total bits of kept weights.
+        layers: Per-layer costs of the compressible layers, in execution order.
+        macs: Total effective MACs (uncompressed layers included).
+        bops: Total BOPs (uncompressed layers included).
+        size_bits: Total bits of kept weights (uncompressed layers included).
         macs_fp32: MACs of the dense network.
         bops_fp32: BOPs of the dense FP32 network (MACs x 32 x 32).
         size_bits_fp32: Weights of the dense network at 32 bits.
+        uncompressed_macs: MACs of the layers the graph does not compress (fixed).
+        uncompressed_bops: Their BOPs at 32-bit weights and inputs (fixed).
+        uncompressed_size_bits: Their weights at 32 bits (fixed).
     """
 
     layers: tuple[LayerCost, ...]
@@ -79,6 +93,9 @@ class CostReport:
     macs_fp32: int
     bops_fp32: int
     size_bits_fp32: int
+    uncompressed_macs: int = 0
+    uncompressed_bops: int = 0
+    uncompressed_size_bits: int = 0
 
     @property
     def bops_ratio(self) -> float:
@@ -120,10 +137,22 @@ def bit_connections(
     return pairs, weighted
 
 
+def uncompressed_costs(graph: LayerGraph) -> tuple[int, int, int]:
+    """MACs, BOPs and size in bits of the layers the graph does not compress (fixed, FP32).
+
+    Layers whose MACs cannot be counted (``UncompressedLayer.macs`` None) add their weights only.
+    """
+    macs = graph.uncompressed_macs
+    size = sum(x.weight_params for x in graph.uncompressed) * FULL_PRECISION
+    return macs, macs * _FP32_PAIR, size
+
+
 def totals(
     graph: LayerGraph, bits: Sequence[np.ndarray], act_bits: Sequence[int]
 ) -> tuple[int, int]:
     """Total BOPs and size in bits, without validation or a per-layer report (the fast path).
+
+    Uncompressed layers are included at their fixed FP32 cost (``uncompressed_costs``).
 
     Args:
         graph: The layer graph.
@@ -132,9 +161,11 @@ def totals(
     """
     live = graph.liveness([b > 0 for b in bits], batchnorms=False)
     _, weighted = bit_connections(graph, bits, live)
+    _, fixed_bops, fixed_size = uncompressed_costs(graph)
     return (
-        int((weighted * graph.connection_macs * np.asarray(act_bits, dtype=np.int64)).sum()),
-        int((weighted * graph.kernel_areas).sum()),
+        int((weighted * graph.connection_macs * np.asarray(act_bits, dtype=np.int64)).sum())
+        + fixed_bops,
+        int((weighted * graph.kernel_areas).sum()) + fixed_size,
     )
 
 
@@ -169,12 +200,16 @@ def measure(graph: LayerGraph, policy: Policy) -> CostReport:
             )
         )
     macs_fp32 = graph.total_macs
+    fixed_macs, fixed_bops, fixed_size = uncompressed_costs(graph)
     return CostReport(
         layers=tuple(layers),
-        macs=sum(c.macs for c in layers),
-        bops=sum(c.bops for c in layers),
-        size_bits=sum(c.size_bits for c in layers),
+        macs=sum(c.macs for c in layers) + fixed_macs,
+        bops=sum(c.bops for c in layers) + fixed_bops,
+        size_bits=sum(c.size_bits for c in layers) + fixed_size,
         macs_fp32=macs_fp32,
         bops_fp32=macs_fp32 * _FP32_PAIR,
-        size_bits_fp32=sum(x.weight_params for x in graph.layers) * FULL_PRECISION,
+        size_bits_fp32=graph.weight_params * FULL_PRECISION,
+        uncompressed_macs=fixed_macs,
+        uncompressed_bops=fixed_bops,
+        uncompressed_size_bits=fixed_size,
     )

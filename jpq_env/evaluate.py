@@ -52,6 +52,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from jpq_env import validation as check
 from jpq_env.compress import CompressedModel, calibrate_ranges
 from jpq_env.forward import Checkpoint, SegmentedForward
 from jpq_env.graph import LayerGraph
@@ -180,6 +181,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -277,24 +280,23 @@ class LocalEvaluator:
         prefix_cache_mb: float = 1024,
         race_z: float = 2.0,
     ) -> None:
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric '{metric}': choose one of {list(METRICS)}")
-        if val_images is not None and (isinstance(val_images, bool) or val_images < 1):
-            raise ValueError(f"val_images must be a positive number of images, got {val_images!r}")
-        if not isinstance(prefix_cache_mb, (int, float)) or not prefix_cache_mb >= 0:
-            raise ValueError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb!r}")
-        if not isinstance(race_z, (int, float)) or not math.isfinite(race_z) or race_z <= 0:
-            raise ValueError(f"race_z must be a positive number, got {race_z!r}")
+        metric = check.choice("metric", metric, METRICS)
+        val_images = check.integer("val_images", val_images, low=1, optional=True)
+        prefix_cache_mb = check.number("prefix_cache_mb", prefix_cache_mb, low=0.0)
+        race_z = check.number("race_z", race_z, low=0.0, low_open=True)
         self.device = resolve_device(device)
+        if not isinstance(task, Task):
+            raise ValueError(f"task must be a jpq_env.Task, got {type(task).__name__}")
         self.task = task
-        self.bn_recalibration = bn_recalibration
+        self.bn_recalibration = check.flag("bn_recalibration", bn_recalibration)
+        check.choice("act_range", act_range, ("max", "percentile"))
+        check.choice("weight_method", weight_method, ("max", "mse"))
+        batch_size = check.integer("batch_size", batch_size, low=1, optional=True)
         self.metric = metric
         self.race_z = float(race_z)
         self.graph = (
             graph if graph is not None else LayerGraph.from_module(task.model, task.example_input)
         )
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size or auto_batch_size(self.graph, task.example_input)
         self.compressed = CompressedModel(
             task.model, self.graph, weight_method=weight_method, device=self.device
@@ -317,7 +319,7 @@ class LocalEvaluator:
             task.example_input.to(self.device),
             [x.macs for x in self.graph.layers],
         )
-        self._total_macs = max(self.graph.total_macs, 1)
+        self._total_macs = max(self.graph.compressible_macs, 1)
         self._checkpoints = self._choose_checkpoints(prefix_cache_mb)
         self._bn_positions = self._batchnorm_positions()
         self._prefix: _Prefix | None = None
@@ -753,10 +755,8 @@ class PaddedEvaluator:
     """
 
     def __init__(self, inner: Any, seconds: float) -> None:
-        if not isinstance(seconds, (int, float)) or seconds < 0:
-            raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
         self.inner = inner
-        self.seconds = float(seconds)
+        self.seconds = check.number("seconds", seconds, low=0.0)
 
     @property
     def fp32_accuracy(self) -> float:

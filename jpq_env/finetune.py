@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from jpq_env import validation as check
 from jpq_env.evaluate import LocalEvaluator, top1
 from jpq_env.policy import Policy
 from jpq_env.quant import FULL_PRECISION, ActRange, quantize_activation, quantize_weight
@@ -99,8 +100,10 @@ def finetune(
     Returns:
         Test accuracy before (as ``LocalEvaluator.test_accuracy`` reports it) and after.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    epochs = check.integer("epochs", epochs, low=1)
+    lr = check.number("lr", lr, low=0.0, low_open=True)
+    batch_size = check.integer("batch_size", batch_size, low=1)
+    seed = check.integer("seed", seed)
     before = evaluator.test_accuracy(policy)
     module = evaluator.prepare(policy)
     cm, graph = evaluator.compressed, evaluator.graph

@@ -8,6 +8,19 @@ input position, through BatchNorm, activations, pooling, flatten, residual adds 
 That wiring is what lets pruning an output kernel also remove the matching input channels of every
 consumer (``LayerGraph.liveness``), in the cost model and in the compressed view alike.
 
+Everything else in the network that holds parameters or does multiply-accumulates (a
+``ConvTranspose2d``, a ``Conv1d`` or ``Conv3d``, an ``nn.LSTM``, a ``LayerNorm``, a custom
+module's functional ``F.conv2d(x, self.weight)``, a ``torch.matmul``) is recorded in
+``LayerGraph.uncompressed`` with its parameters and its MACs, counted per node by
+``torch.utils.flop_counter`` on the traced example input. The cost model counts those layers at
+full precision, and building the graph warns once (``UncompressedLayersWarning``) naming them and
+their share of the MACs and weights: a layer jpq-env does not compress is never silently left out.
+
+A model is refused (``GraphError``, before anything is compressed) where compressing it would give
+a wrong result without a word: a compressible module called twice, a weight shared between modules,
+a weight recomputed by a parametrization, NaN or inf in a parameter or buffer
+(``jpq_env.model_checks``).
+
 Why torch.fx and not torch-pruning's DependencyGraph: fx ships with torch (no extra dependency in
 the core), gives an exact op-level graph in execution order (adds, concats and flattens are explicit
 nodes) on which ``ShapeProp`` records every tensor's shape from one example input, and it fails
@@ -22,7 +35,9 @@ Rules of the channel wiring (applied by ``liveness``):
   (pruning channel c of a block's last conv while the shortcut still carries c leaves c alive
   downstream, and the consumers keep paying for it); channels that come from the network input or
   from an op the graph does not understand (an option-A shortcut's zero padding, say) are always
-  alive (a safe over-count, never a wrong mask);
+  alive (a safe over-count, never a wrong mask). A layer the graph does not compress is such an
+  op: the channels after it are alive whatever was pruned before it, and pruning the kernels that
+  feed it does not make it any cheaper (its cost is fixed);
 - an output kernel is alive if the decision keeps it *and* at least one of its input channels is
   alive: a kernel that only sees dead inputs outputs its bias alone, so it is removed too (this is
   how a depthwise conv's channels follow its input);
@@ -36,6 +51,7 @@ import contextlib
 import copy
 import io
 import operator
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -46,14 +62,25 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["ChannelSources", "GraphError", "LayerGraph", "LayerInfo", "Liveness"]
+from jpq_env.model_checks import GraphError, check_model, check_written_modules
+
+__all__ = [
+    "ChannelSources",
+    "GraphError",
+    "LayerGraph",
+    "LayerInfo",
+    "Liveness",
+    "UncompressedLayer",
+    "UncompressedLayersWarning",
+]
 
 BoolArray = np.ndarray
 
 
-class GraphError(ValueError):
-    """The model cannot be turned into a layer graph (untraceable, nothing to compress, ...)."""
+class UncompressedLayersWarning(UserWarning):
+    """The model has layers jpq-env does not compress; the cost model counts them at FP32."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +136,32 @@ class LayerInfo:
     def macs_per_connection(self) -> int:
         """MACs contributed by one (output kernel, input channel) pair: kh * kw * H_out * W_out."""
         return self.kernel[0] * self.kernel[1] * self.out_hw[0] * self.out_hw[1]
+
+
+@dataclass(frozen=True)
+class UncompressedLayer:
+    """A module (or a module's functional code) that holds parameters or MACs but is not compressed.
+
+    Its weights stay FP32 in the compressed model and the cost model counts it as it runs there:
+    MACs x 32-bit weights x 32-bit inputs in BOPs, its weights at 32 bits in the size, in every
+    policy and in the FP32 reference alike.
+
+    Attributes:
+        name: Qualified module name (``model.get_submodule(name)``), or for code in the model's
+            own ``forward`` the name of the fx node (``matmul``, say).
+        kind: Module class (``ConvTranspose2d``) or function name (``matmul``).
+        params: Parameter elements it holds (biases included).
+        weight_params: Parameter elements other than biases: what the size model counts.
+        macs: Multiply-accumulates per sample, as ``torch.utils.flop_counter`` counts them on the
+            traced input; None where they cannot be counted (``nn.LSTM``, ``nn.MultiheadAttention``
+            and ``nn.Bilinear`` run kernels the counter does not see): then they are in no count.
+    """
+
+    name: str
+    kind: str
+    params: int
+    weight_params: int
+    macs: int | None
 
 
 @dataclass(frozen=True)
@@ -239,7 +292,33 @@ _KEEP_FUNCTIONS: set[Any] = {
 }
 _KEEP_METHODS = {"relu", "relu_", "tanh", "contiguous", "clone", "detach"}
 _ADD = {operator.add, operator.iadd, torch.add}
+_NO_MAC_FUNCTIONS: set[Any] = {
+    *_KEEP_FUNCTIONS,
+    *_ADD,
+    operator.getitem,
+    operator.mul,
+    getattr,
+    torch.flatten,
+    torch.cat,
+    F.pad,
+}
+_NO_MAC_METHODS = {*_KEEP_METHODS, "add", "add_", "flatten", "view", "reshape", "mean", "size"}
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+# Parameters of these belong to the compressible layers' channels (the compressed view masks BN
+# channels of pruned kernels), so they are not uncompressed layers.
+_PART_OF_LAYERS = (*_BN, nn.PReLU)
+# Modules whose computation has no multiply-accumulates: a zero count from the flop counter is
+# exact for them. For any other module with parameters, zero means "not counted" (None).
+_NO_MACS = (
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+    nn.modules.batchnorm._NormBase,
+    nn.PReLU,
+)
 
 
 class _NamingTracer(fx.Tracer):
@@ -275,6 +354,33 @@ def _trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph)
 
 
+class _ShapesAndMacs(ShapeProp):
+    """``ShapeProp`` that also counts each node's MACs (``node.meta["macs"]``, whole batch).
+
+    Compressible layers (counted from their shapes) and ops the graph knows to carry no MACs
+    (activations, BatchNorm, pooling, adds, reshapes) skip the counter, which costs about half a
+    millisecond per op.
+    """
+
+    def run_node(self, n: fx.Node) -> Any:
+        if not self._may_carry_macs(n):
+            return super().run_node(n)
+        with FlopCounterMode(display=False) as counter:
+            result = super().run_node(n)
+        n.meta["macs"] = counter.get_total_flops() // 2  # the counter counts 2 FLOPs per MAC
+        return result
+
+    def _may_carry_macs(self, n: fx.Node) -> bool:
+        if n.op == "call_module":
+            module = self.module.get_submodule(str(n.target))
+            return not isinstance(module, (nn.Conv2d, nn.Linear, nn.Flatten, *_BN, *_KEEP_MODULES))
+        if n.op == "call_function":
+            return n.target not in _NO_MAC_FUNCTIONS
+        if n.op == "call_method":
+            return str(n.target) not in _NO_MAC_METHODS
+        return False
+
+
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     shape = getattr(meta, "shape", None)
@@ -294,6 +400,8 @@ class LayerGraph:
         input_layers: Layers that read the network input directly.
         fingerprint: A string identifying the architecture (names and shapes of the layers); a
             policy records it so that it is never applied to another model.
+        uncompressed: Modules and ops with parameters or MACs that are not compressed, in
+            execution order (counted at FP32 by the cost model).
     """
 
     layers: tuple[LayerInfo, ...]
@@ -302,6 +410,7 @@ class LayerGraph:
     output_layers: frozenset[int]
     input_layers: frozenset[int]
     fingerprint: str = field(default="")
+    uncompressed: tuple[UncompressedLayer, ...] = ()
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -325,9 +434,51 @@ class LayerGraph:
         return np.array([x.kernel[0] * x.kernel[1] for x in self.layers], dtype=np.int64)
 
     @property
-    def total_macs(self) -> int:
+    def compressible_macs(self) -> int:
         """MACs of the dense network's compressible layers, per sample."""
         return sum(layer.macs for layer in self.layers)
+
+    @property
+    def uncompressed_macs(self) -> int:
+        """MACs of the layers the graph does not compress (those it can count), per sample."""
+        return sum(x.macs or 0 for x in self.uncompressed)
+
+    @property
+    def total_macs(self) -> int:
+        """MACs of the dense network, per sample: compressible and uncompressed layers."""
+        return self.compressible_macs + self.uncompressed_macs
+
+    @property
+    def weight_params(self) -> int:
+        """Weight elements of the whole network that the size model counts (biases excluded)."""
+        return sum(x.weight_params for x in self.layers) + sum(
+            x.weight_params for x in self.uncompressed
+        )
+
+    def uncompressed_summary(self) -> str | None:
+        """One sentence naming the uncompressed layers and their shares; None if there are none."""
+        if not self.uncompressed:
+            return None
+        shown = self.uncompressed[:6]
+        names = ", ".join(f"'{x.name}' ({x.kind})" for x in shown)
+        if len(self.uncompressed) > len(shown):
+            names += f" and {len(self.uncompressed) - len(shown)} more"
+        macs = self.uncompressed_macs / max(self.total_macs, 1)
+        weights = sum(x.weight_params for x in self.uncompressed) / max(self.weight_params, 1)
+        uncounted = [x.name for x in self.uncompressed if x.macs is None]
+        note = (
+            f"; the MACs of {', '.join(repr(n) for n in uncounted)} cannot be counted and are in "
+            "no count"
+            if uncounted
+            else ""
+        )
+        n = len(self.uncompressed)
+        return (
+            f"jpq-env does not compress {n} layer{'s' if n > 1 else ''} of this model: {names}, "
+            f"holding {macs:.1%} of its MACs and {weights:.1%} of its weights{note}. They stay "
+            "FP32 and are counted at 32-bit weights and inputs in BOPs, size and the FP32 "
+            "reference; channels through them count as alive"
+        )
 
     def consumers(self, index: int) -> list[int]:
         """Layers that read at least one output channel of layer ``index``."""
@@ -374,9 +525,15 @@ class LayerGraph:
         The model is traced and run on a private deep copy in eval mode: the caller's module, its
         weights, buffers and train/eval flags are left exactly as they were.
 
+        Layers the graph does not compress are listed in ``uncompressed`` and named by an
+        ``UncompressedLayersWarning`` (shown once per model and process).
+
         Raises:
             GraphError: If the model cannot be traced, calls a compressible module more than once,
-                or has no compressible layer.
+                has no compressible layer, or cannot be compressed correctly: a parameter or
+                buffer holding NaN or inf, a compressible layer's (or its BatchNorm's) tensor
+                shared with another module or read in ``forward`` besides the layer's own call, a
+                weight recomputed by a parametrization or a weight-norm hook.
         """
         if not isinstance(model, nn.Module):
             raise GraphError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -389,18 +546,31 @@ class LayerGraph:
                 f"got a bare {type(model).__name__}: wrap it, e.g. nn.Sequential(layer), so that "
                 "it has a name inside a model"
             )
+        check_model(model)
         private = copy.deepcopy(model).eval()
         gm = _trace(private)
         try:
             # ShapeProp prints the traceback itself before raising: keep stderr for our message.
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-                ShapeProp(gm).propagate(example_input.detach().to(_device_of(private)))
+                _ShapesAndMacs(gm).propagate(example_input.detach().to(_device_of(private)))
         except Exception as exc:
             raise GraphError(
                 f"the model failed on the example input of shape {tuple(example_input.shape)}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        return _Builder(gm).build()
+        batch = int(example_input.shape[0]) if example_input.dim() else 1
+        graph = _Builder(gm, max(batch, 1)).build()
+        check_written_modules(private, gm, graph.names, tuple(graph.bn_sources))
+        summary = graph.uncompressed_summary()
+        if summary is not None and summary not in _TOLD:
+            # Once per process and model, however many times its graph is built (make_task, the
+            # env, the evaluator ...): Python's own registry is reset by every catch_warnings.
+            _TOLD.add(summary)
+            warnings.warn(summary, UncompressedLayersWarning, stacklevel=2)
+        return graph
+
+
+_TOLD: set[str] = set()  # uncompressed-layer warnings already given in this process
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -412,8 +582,12 @@ def _device_of(model: nn.Module) -> torch.device:
 class _Builder:
     """Walks an fx graph once, in execution order, tracking channel sources per tensor."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, batch: int = 1) -> None:
         self.gm = gm
+        self.batch = batch
+        self.params = dict(gm.named_parameters(remove_duplicate=False))
+        # Uncompressed layers by name: kind, parameters (by identity), MACs (None: uncounted).
+        self.uncompressed: dict[str, tuple[str, dict[int, tuple[str, int]], int | None]] = {}
         self.env: dict[fx.Node, ChannelSources | None] = {}
         self.layers: list[LayerInfo] = []
         self.sources: list[ChannelSources] = []
@@ -427,6 +601,8 @@ class _Builder:
     def build(self) -> LayerGraph:
         for node in self.gm.graph.nodes:
             self.env[node] = self._visit(node)
+            if node not in self.layer_nodes:
+                self._record_uncompressed(node)
         if not self.layers:
             raise GraphError(
                 "the model has no compressible layer: jpq-env compresses nn.Conv2d (plain, "
@@ -443,7 +619,72 @@ class _Builder:
             output_layers=frozenset(self.outputs),
             input_layers=frozenset(self.input_layers),
             fingerprint=fingerprint,
+            uncompressed=tuple(
+                UncompressedLayer(
+                    name,
+                    kind,
+                    sum(n for _, n in params.values()),
+                    sum(n for p, n in params.values() if "bias" not in p.rsplit(".", 1)[-1]),
+                    macs,
+                )
+                for name, (kind, params, macs) in self.uncompressed.items()
+            ),
         )
+
+    def _record_uncompressed(self, node: fx.Node) -> None:
+        """Record ``node`` if it holds parameters or does MACs outside the compressible layers.
+
+        A leaf module is recorded under its own name; functional code (a parameter read by
+        ``get_attr``, a ``torch.matmul``) under the innermost module whose ``forward`` runs it,
+        or the node's own name at the top level.
+        """
+        macs: int | None = node.meta.get("macs", 0)
+        params: dict[int, tuple[str, int]] = {}
+        if node.op == "call_module":
+            module = self.gm.get_submodule(str(node.target))
+            if isinstance(module, _PART_OF_LAYERS):
+                return
+            for pname, p in module.named_parameters():
+                params[id(p)] = (pname, int(p.numel()))
+            name, kind = str(node.target), type(module).__name__
+            if not params and not macs:
+                return
+            if params and not macs and not isinstance(module, _NO_MACS):
+                macs = None  # a module with weights whose kernels the counter does not see
+        elif node.op in ("call_function", "call_method", "get_attr"):
+            if node.op == "get_attr":
+                param = self.params.get(str(node.target))
+                if param is None:
+                    return  # a buffer or constant: no weights
+                params[id(param)] = (str(node.target), int(param.numel()))
+            if not params and not macs:
+                return
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                name, (_, cls) = next(reversed(stack.items()))
+                kind = getattr(cls, "__name__", str(cls))
+            else:  # the model's own forward: named after the parameter it reads, if any
+                read = [n for n in node.all_input_nodes if str(n.target) in self.params]
+                target = node.target
+                kind = "parameter" if node.op == "get_attr" else getattr(target, "__name__", "")
+                if node.op == "get_attr":
+                    name = str(target)
+                elif read and read[0].op == "get_attr":
+                    name = str(read[0].target)
+                else:
+                    name = node.name
+                kind = kind or name
+        else:
+            return
+        if macs is not None:
+            macs = round(macs / self.batch)
+        if name in self.uncompressed:
+            old_kind, old_params, old_macs = self.uncompressed[name]
+            total = None if old_macs is None or macs is None else old_macs + macs
+            kind = kind if old_kind == "parameter" else old_kind  # the op reading it says more
+            self.uncompressed[name] = (kind, {**old_params, **params}, total)
+        else:
+            self.uncompressed[name] = (kind, params, macs)
 
     def _arg(self, node: Any) -> ChannelSources | None:
         return self.env.get(node) if isinstance(node, fx.Node) else None

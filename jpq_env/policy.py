@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from jpq_env import validation as check
 from jpq_env.atomic import write_atomic
 from jpq_env.graph import LayerGraph
 from jpq_env.quant import FULL_PRECISION, SUPPORTED_BITS
@@ -46,9 +47,16 @@ class LayerPolicy:
     act_bits: int = FULL_PRECISION
 
     def __post_init__(self) -> None:
-        # Normalise numpy scalars and lists so that policies compare, hash and serialise alike.
-        object.__setattr__(self, "bits", np.asarray(self.bits, dtype=np.int64))
-        object.__setattr__(self, "act_bits", int(self.act_bits))
+        # Normalise numpy scalars and lists so that policies compare, hash and serialise alike;
+        # a float or bool width would be truncated silently, so it is refused.
+        bits = np.asarray(self.bits)
+        if bits.dtype.kind not in "iu":
+            raise PolicyError(
+                f"layer '{self.name}': bits must be integer widths, got dtype {bits.dtype}"
+            )
+        object.__setattr__(self, "bits", bits.astype(np.int64, copy=False))
+        act = check.integer(f"layer '{self.name}': act_bits", self.act_bits, error=PolicyError)
+        object.__setattr__(self, "act_bits", act)
 
     @property
     def sparsity(self) -> float:
@@ -87,6 +95,8 @@ class Policy:
         conventions: Conventions | None = None,
     ) -> Policy:
         """Every kernel at ``w_bits``, every layer input at ``a_bits`` (then the conventions)."""
+        w_bits = check.integer("w_bits", w_bits, low=0, error=PolicyError)
+        a_bits = check.integer("a_bits", a_bits, low=1, error=PolicyError)
         policy = cls(
             tuple(
                 LayerPolicy(x.name, np.full(x.out_channels, w_bits, dtype=np.int64), a_bits)
@@ -248,11 +258,8 @@ class Conventions:
             ("input_bits", self.input_bits),
             ("first_last_bits", self.first_last_bits),
         ):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer width or None, got {value!r}")
-            if value not in SUPPORTED_BITS or value == 0:
+            width = check.integer(name, value, optional=True)
+            if width is not None and (width not in SUPPORTED_BITS or width == 0):
                 raise ValueError(f"{name}={value} is not a supported width (1-16 or 32)")
 
     def apply(self, graph: LayerGraph, policy: Policy) -> Policy:

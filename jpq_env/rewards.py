@@ -24,6 +24,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jpq_env import validation as check
+
 __all__ = [
     "REWARDS",
     "AMCReward",
@@ -112,7 +114,7 @@ class HAQReward(RewardDesign):
     name = "haq"
 
     def __init__(self, scale: float = 0.1) -> None:
-        self.scale = scale
+        self.scale = check.number("scale", scale, low=0.0, low_open=True)
 
     def terms(self, outcome: Outcome) -> dict[str, float]:
         """Accuracy change against FP32 and the scaled reward."""
@@ -126,7 +128,7 @@ class GalenR6Reward(RewardDesign):
     name = "galen"
 
     def __init__(self, beta: float = 5.0) -> None:
-        self.beta = beta
+        self.beta = check.number("beta", beta, low=0.0)
 
     def _gap(self, ratio: float) -> float:
         return abs(ratio - 1.0)
@@ -156,7 +158,8 @@ class MnasNetReward(RewardDesign):
     name = "mnasnet"
 
     def __init__(self, w: float = -0.07) -> None:
-        self.w = w
+        # A positive exponent would reward exceeding the budget.
+        self.w = check.number("w", w, high=0.0)
 
     def terms(self, outcome: Outcome) -> dict[str, float]:
         """Accuracy, the multiplicative factor (1 within budget) and the reward."""
@@ -176,9 +179,9 @@ class LagrangianReward(RewardDesign):
     deterministic = False
 
     def __init__(self, mu: float = 1.0, lr: float = 0.5) -> None:
-        self.mu0 = mu
-        self.lr = lr
-        self.mu = mu
+        self.mu0 = check.number("mu", mu, low=0.0)
+        self.lr = check.number("lr", lr, low=0.0)
+        self.mu = self.mu0
 
     def reset(self) -> None:
         """Start again from the initial multiplier."""
@@ -220,6 +223,4 @@ def make_reward(spec: str | RewardDesign) -> RewardDesign:
     """
     if isinstance(spec, RewardDesign):
         return spec
-    if spec not in REWARDS:
-        raise ValueError(f"unknown reward design '{spec}': choose one of {sorted(REWARDS)}")
-    return REWARDS[spec]()
+    return REWARDS[check.choice("reward design", spec, sorted(REWARDS))]()

@@ -229,7 +229,8 @@ def measure_sensitivity(
         act_bits: Activation widths to measure (empty: activations are not decided).
         importance: Kernel ranking criterion deciding which kernels a sparsity prunes.
         fixed_act: Layers whose input width is fixed (the network input), by layer index.
-        unprunable: Layers that may not be pruned (output layers, pinned layers).
+        unprunable: Layers that may not be pruned (pinned layers; the layers producing the
+            output are never pruned).
         images: Held-out images to average the KL over (a seeded subset of ``task.val``).
         calib_images: Calibration images for the BatchNorm re-calibration of each measurement.
         bn_recalibration: Re-calibrate BatchNorm, as the proxy does.
@@ -239,6 +240,7 @@ def measure_sensitivity(
     from jpq_env.evaluate import LocalEvaluator  # the evaluator builds on this module's users
 
     fixed_act = dict(fixed_act or {})
+    unprunable = sorted({*(int(i) for i in unprunable), *graph.output_layers})
     settings = {
         "bits": sorted(int(b) for b in bits),
         "act_bits": sorted(int(b) for b in act_bits),

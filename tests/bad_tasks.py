@@ -6,7 +6,10 @@ factory is caused by its one defect.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -100,3 +103,119 @@ def wrong_num_classes() -> Task:
     task = _task()
     task.num_classes = 10
     return task
+
+
+# ---- models that would compress to a wrong result without a word ------------------------------
+
+
+def _bn_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, CLASSES),
+    ).eval()
+
+
+class _TwoBranches(nn.Module):
+    """Two convs on the same input, added: ``a`` and ``b`` can be tied (same weight shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.b = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.a(x) + self.b(x), 1))
+
+
+class _TiedToTransposed(nn.Module):
+    """A conv whose weight is also an uncompressed ConvTranspose2d's (an autoencoder's tie)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.up = nn.ConvTranspose2d(4, 4, 3, padding=1)
+        self.up.weight = self.conv.weight
+        self.fc = nn.Linear(4 * 6 * 6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.up(self.conv(self.stem(x))), 1))
+
+
+class _ReadsItsWeight(nn.Module):
+    """The output layer's weight is also used functionally in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.conv(x), 1)
+        return self.fc(x) + F.linear(x, self.fc.weight)
+
+
+class _CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 8 * 8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.conv(self.conv(x)), 1))
+
+
+def nan_weight() -> Task:
+    model = _model()
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    return _task(model)
+
+
+def inf_buffer() -> Task:
+    model = _bn_model()
+    with torch.no_grad():
+        model[1].running_var[2] = float("inf")
+    return _task(model)
+
+
+def shared_weight() -> Task:
+    model = _TwoBranches()
+    model.b.weight = model.a.weight
+    return _task(model.eval())
+
+
+def tied_to_uncompressed() -> Task:
+    return _task(_TiedToTransposed().eval())
+
+
+def weight_read_in_forward() -> Task:
+    return _task(_ReadsItsWeight().eval())
+
+
+def weight_normed() -> Task:
+    model = _model()
+    nn.utils.parametrizations.weight_norm(model[0])
+    return _task(model)
+
+
+def old_weight_norm() -> Task:
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of parametrizations
+        nn.utils.weight_norm(model[0])
+    return _task(model)
+
+
+def old_spectral_norm() -> Task:
+    model = _model()
+    nn.utils.spectral_norm(model[0])
+    return _task(model)
+
+
+def called_twice() -> Task:
+    return _task(_CalledTwice().eval())

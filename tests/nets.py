@@ -140,6 +140,27 @@ class ResNet20(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class UpsampleNet(nn.Module):
+    """conv, a ConvTranspose2d the graph does not compress (2/3 of the MACs), conv, pool, linear.
+
+    On 3x8x8 inputs: conv1 3->8 3x3 at 8x8, up 8->8 4x4 stride 2 from 8x8 to 16x16, conv2 8->4
+    3x3 stride 2 back to 8x8, global average pool, fc 4->3.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.up = nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 3, stride=2, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.up(F.relu(self.bn1(self.conv1(x)))))
+        x = F.relu(self.conv2(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial statistics and affine parameters (eval-mode tests)."""
     g = torch.Generator().manual_seed(seed)

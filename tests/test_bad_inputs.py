@@ -23,13 +23,29 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from jpq_agents.cli import main
 from jpq_agents.run import run_search
 from jpq_agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
-from jpq_env import GraphError, LayerGraph, Policy, PolicyError, TaskError
+from jpq_env import (
+    GraphError,
+    LayerGraph,
+    LayerPolicy,
+    LocalEvaluator,
+    Policy,
+    PolicyError,
+    Task,
+    TaskError,
+    load_task,
+    make_task,
+)
 from jpq_env.envs import JPQEnv
+from jpq_env.evaluate import PaddedEvaluator
 from jpq_env.export import export_compressed, load_compressed
+from jpq_env.finetune import finetune
+from jpq_env.rewards import GalenR6Reward, GalenR7Reward, HAQReward, LagrangianReward, MnasNetReward
+from tests import bad_tasks
 from tests.nets import PlainNet
 
 ACTS = [2, 3, 4, 5, 6, 8]
@@ -134,12 +150,25 @@ ARGUMENTS = [
     pytest.param({"task": "nope"}, TaskError, "unknown task 'nope'", id="unknown-task"),
     pytest.param({"importance": "l7"}, ValueError, "unknown importance criterion 'l7'", id="unknown-criterion"),
     pytest.param({"enforcement": "soft"}, ValueError, "unknown enforcement 'soft'", id="unknown-enforcement"),
-    pytest.param({"render_mode": "human"}, ValueError, "unknown render_mode 'human'", id="unknown-render-mode"),
-    pytest.param({"max_sparsity": 1.0}, ValueError, r"max_sparsity must be in \[0, 1\)", id="max-sparsity-1"),
-    pytest.param({"channel_groups": -2}, ValueError, "channel_groups must be a non-negative integer", id="channel-groups-negative"),
-    pytest.param({"shaping": "x"}, ValueError, "shaping must be a non-negative number", id="shaping-string"),
+    pytest.param({"render_mode": "human"}, ValueError, r"unknown render_mode 'human': choose one of \['ansi', None\]", id="unknown-render-mode"),
+    pytest.param({"max_sparsity": 1.0}, ValueError, r"max_sparsity must be a finite number in \[0, 1\), got 1.0", id="max-sparsity-1"),
+    pytest.param({"channel_groups": -2}, ValueError, "channel_groups must be an integer >= 0, got -2", id="channel-groups-negative"),
+    pytest.param({"shaping": "x"}, ValueError, "shaping must be a finite number >= 0, got 'x'", id="shaping-string"),
     pytest.param({"first_last_bits": 0}, ValueError, "first_last_bits=0 is not a supported width", id="first-last-bits-zero"),
-    pytest.param({"input_bits": 3.5}, ValueError, "input_bits must be an integer width", id="input-bits-float"),
+    pytest.param({"input_bits": 3.5}, ValueError, "input_bits must be an integer or None, got 3.5", id="input-bits-float"),
+    pytest.param({"shaping": float("nan")}, ValueError, "shaping must be a finite number >= 0, got nan", id="shaping-nan"),
+    pytest.param({"shaping": float("inf")}, ValueError, "shaping must be a finite number >= 0, got inf", id="shaping-inf"),
+    pytest.param({"bn_recalibration": "no"}, ValueError, "bn_recalibration must be True or False, got 'no'", id="bn-recalibration-string"),
+    pytest.param({"bn_recalibration": 0}, ValueError, "bn_recalibration must be True or False, got 0", id="bn-recalibration-int"),
+    pytest.param({"max_sparsity": False}, ValueError, r"max_sparsity must be a finite number in \[0, 1\), got False", id="max-sparsity-bool"),
+    pytest.param({"task_options": [1, 2]}, ValueError, r"task_options must be a mapping of names to values \(a dict\) or None, got list \[1, 2\]", id="task-options-list"),
+    pytest.param({"task_options": {1: 2}}, ValueError, "task_options must have string keys", id="task-options-int-key"),
+    pytest.param({"task": 3}, TaskError, "task must be a built-in name, a factory path .* got int 3", id="task-not-a-string"),
+    pytest.param({"importance": ["l1"]}, ValueError, r"unknown importance criterion \['l1'\]", id="importance-list"),
+    pytest.param({"reward": ["galen"]}, ValueError, r"unknown reward design \['galen'\]", id="reward-list"),
+    pytest.param({"bits": 4}, ValueError, "bits must be a list of integer widths, got 4", id="bits-not-a-list"),
+    pytest.param({"evaluator": object()}, ValueError, r"evaluator must have an accuracy\(policy\) method", id="evaluator-not-an-evaluator"),
+    pytest.param({"device": 3}, ValueError, "device must be 'auto', 'cpu' or 'cuda.*got 3", id="device-int"),
 ]  # fmt: skip
 
 
@@ -151,6 +180,111 @@ def test_bad_argument_is_named(kwargs, error, message):
 
 def test_numpy_budgets_are_accepted():
     assert JPQEnv(budget_bops=np.float32(0.05)).budget.bops == pytest.approx(0.05)
+
+
+def test_numpy_scalars_are_accepted_where_python_ones_are(env: JPQEnv):
+    other = JPQEnv(
+        act_bits=np.int64(8),
+        max_sparsity=np.float32(0.5),
+        channel_groups=np.int64(2),
+        shaping=np.float64(0.1),
+        bn_recalibration=np.bool_(True),
+        evaluator=env.evaluator,
+    )
+    assert (other.space.max_sparsity, other.channel_slots, other.shaping) == (0.5, 2, 0.1)
+
+
+# ---- arguments of the other public constructors -------------------------------------------------
+
+CONSTRUCTORS = [
+    pytest.param(lambda: LocalEvaluator(_good_task(), bn_recalibration="no"), "bn_recalibration must be True or False, got 'no'", id="evaluator-bn-recalibration-string"),
+    pytest.param(lambda: LocalEvaluator(_good_task(), batch_size=True), "batch_size must be an integer >= 1 or None, got True", id="evaluator-batch-size-bool"),
+    pytest.param(lambda: LocalEvaluator(_good_task(), batch_size=2.5), "batch_size must be an integer >= 1 or None, got 2.5", id="evaluator-batch-size-float"),
+    pytest.param(lambda: LocalEvaluator("digits"), "task must be a jpq_env.Task, got str", id="evaluator-task-name"),  # type: ignore[arg-type]
+    pytest.param(lambda: PaddedEvaluator(None, float("nan")), "seconds must be a finite number >= 0, got nan", id="padded-evaluator-nan"),
+    pytest.param(lambda: GalenR6Reward(beta=float("nan")), "beta must be a finite number >= 0, got nan", id="reward-galen-beta-nan"),
+    pytest.param(lambda: GalenR7Reward(beta=-1.0), "beta must be a finite number >= 0, got -1.0", id="reward-galen-r7-beta-negative"),
+    pytest.param(lambda: HAQReward(scale=float("inf")), "scale must be a finite number > 0, got inf", id="reward-haq-scale-inf"),
+    pytest.param(lambda: MnasNetReward(w=0.07), "w must be a finite number <= 0, got 0.07", id="reward-mnasnet-positive-exponent"),
+    pytest.param(lambda: LagrangianReward(mu=-1.0), "mu must be a finite number >= 0, got -1.0", id="reward-lagrangian-mu-negative"),
+    pytest.param(lambda: LagrangianReward(lr="0.5"), "lr must be a finite number >= 0, got '0.5'", id="reward-lagrangian-lr-string"),
+]  # fmt: skip
+
+
+def _good_task() -> Task:
+    return load_task("tests.bad_tasks:good")
+
+
+def _good_graph() -> LayerGraph:
+    task = _good_task()
+    return LayerGraph.from_module(task.model, task.example_input)
+
+
+POLICY_ARGUMENTS = [
+    pytest.param(lambda: LayerPolicy("conv", [2.7, 4]), r"layer 'conv': bits must be integer widths, got dtype float64", id="layer-policy-float-bits"),
+    pytest.param(lambda: LayerPolicy("conv", [True, False]), "bits must be integer widths, got dtype bool", id="layer-policy-bool-bits"),
+    pytest.param(lambda: LayerPolicy("conv", [4], act_bits=8.0), r"layer 'conv': act_bits must be an integer, got 8.0", id="layer-policy-float-act-bits"),
+    pytest.param(lambda: Policy.uniform(_good_graph(), True), "w_bits must be an integer >= 0, got True", id="policy-uniform-bool-width"),
+    pytest.param(lambda: Policy.uniform(_good_graph(), 4, 0), "a_bits must be an integer >= 1, got 0", id="policy-uniform-zero-act-bits"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("build", "message"), POLICY_ARGUMENTS)
+def test_bad_policy_argument_is_named(build, message):
+    with pytest.raises(PolicyError, match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"epochs": True}, "epochs must be an integer >= 1, got True", id="finetune-epochs-bool"),
+        pytest.param({"lr": float("nan")}, "lr must be a finite number > 0, got nan", id="finetune-lr-nan"),
+        pytest.param({"batch_size": 0}, "batch_size must be an integer >= 1, got 0", id="finetune-batch-size-zero"),
+    ],
+)  # fmt: skip
+def test_bad_finetune_argument_is_named(env: JPQEnv, kwargs, message):
+    policy = Policy.uniform(env.graph, 8, 8, env.conventions)
+    with pytest.raises(ValueError, match=message):
+        finetune(env.evaluator, policy, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("build", "message"), CONSTRUCTORS)
+def test_bad_constructor_argument_is_named(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def _data(n: int, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, 8, 8, generator=g), torch.arange(n) % 4)
+
+
+MAKE_TASK = [
+    pytest.param({"val_size": True}, r"val_size must be a count of samples \(an integer >= 1\) or a fraction in \(0, 1\), got True", id="make-task-val-size-bool"),
+    pytest.param({"val_size": float("nan")}, "val_size must be a count of samples .* got nan", id="make-task-val-size-nan"),
+    pytest.param({"val_size": "10"}, "val_size must be a count of samples .* got '10'", id="make-task-val-size-string"),
+    pytest.param({"calib_size": True}, "calib_size must be an integer >= 1, got True", id="make-task-calib-size-bool"),
+    pytest.param({"calib_size": 2.5}, "calib_size must be an integer >= 1, got 2.5", id="make-task-calib-size-float"),
+    pytest.param({"seed": "0"}, "seed must be an integer, got '0'", id="make-task-seed-string"),
+    pytest.param({"num_classes": True}, "num_classes must be an integer >= 1 or None, got True", id="make-task-num-classes-bool"),
+    pytest.param({"name": 3}, "name must be a non-empty string, got 3", id="make-task-name-int"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "message"), MAKE_TASK)
+def test_bad_make_task_argument_is_named(kwargs, message):
+    args = {"train": _data(40), "test": _data(8, seed=1), "val_size": 8, "calib_size": 8} | kwargs
+    with pytest.raises(TaskError, match=message):
+        make_task(_good_task().model, **args)
+
+
+def test_make_task_takes_numpy_sizes():
+    task = make_task(
+        _good_task().model, train=_data(40), test=_data(8, seed=1), val_size=np.float32(0.25),
+        calib_size=np.int64(8),
+    )  # fmt: skip
+    assert (len(task.val), len(task.train), len(task.calib)) == (10, 30, 8)
 
 
 # ---- tasks: user factories, models and data ---------------------------------------------------
@@ -170,6 +304,45 @@ TASKS = [
     pytest.param("tests.bad_tasks:empty_val", TaskError, "the val split is empty", id="data-empty"),
     pytest.param("tests.bad_tasks:inputs_only", TaskError, r"calib split must hold \(inputs, labels\), got 1 tensors", id="data-no-labels"),
 ]  # fmt: skip
+
+
+# Models that would compress to a wrong result without a word: refused wherever a model enters.
+MODELS = [
+    pytest.param("nan_weight", r"NaN or inf in 1 tensor: '0.weight' \(1 NaN of 108\)", id="model-nan-weight"),
+    pytest.param("inf_buffer", r"NaN or inf in 1 tensor: '1.running_var' \(1 inf of 4\)", id="model-inf-buffer"),
+    pytest.param("shared_weight", r"the weight of layer 'a' is the same tensor as b.weight .*model.a.weight = torch.nn.Parameter", id="model-shared-weight"),
+    pytest.param("tied_to_uncompressed", "the weight of layer 'conv' is the same tensor as up.weight", id="model-weight-tied-to-uncompressed"),
+    pytest.param("weight_read_in_forward", r"'fc.weight' is read directly in forward\(\)", id="model-weight-read-in-forward"),
+    pytest.param("weight_normed", r"layer '0' has a parametrization on 'weight' \(_WeightNorm.*remove_parametrizations\(model.get_submodule\('0'\), 'weight'\)", id="model-parametrized-weight-norm"),
+    pytest.param("old_weight_norm", r"old-style torch.nn.utils.weight_norm hook.*remove_weight_norm\(model.get_submodule\('0'\)\)", id="model-old-weight-norm"),
+    pytest.param("old_spectral_norm", r"old-style torch.nn.utils.spectral_norm hook.*remove_spectral_norm", id="model-old-spectral-norm"),
+    pytest.param("called_twice", "module 'conv' is called more than once", id="model-module-called-twice"),
+    pytest.param("untraceable", "cannot trace the model with torch.fx", id="model-untraceable"),
+]  # fmt: skip
+
+ENTRY_POINTS = {
+    "graph": lambda name, t: LayerGraph.from_module(t.model, t.example_input),
+    "make-task": lambda name, t: make_task(t.model, train=t.train, test=t.test, val_size=4, calib_size=4),
+    "evaluator": lambda name, t: LocalEvaluator(t, device="cpu"),
+    "env": lambda name, t: JPQEnv(task=f"tests.bad_tasks:{name}", budget_bops=0.5),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+@pytest.mark.parametrize(("factory", "message"), MODELS)
+def test_bad_model_is_refused_wherever_it_enters(factory, message, entry):
+    task = getattr(bad_tasks, factory)()
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    with pytest.raises(GraphError, match=message):
+        ENTRY_POINTS[entry](factory, task)
+    after = task.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(v, after[k]) or v.isnan().any() for k, v in before.items())
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_the_bad_model_control_is_good(entry):
+    ENTRY_POINTS[entry]("good", bad_tasks.good())
 
 
 def test_the_bad_task_control_is_good():

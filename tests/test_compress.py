@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jpq_env.compress import CompressedModel, calibrate_ranges, kernel_ranking, register_importance
-from jpq_env.graph import LayerGraph
+from jpq_env.graph import GraphError, LayerGraph
 from jpq_env.policy import LayerPolicy, Policy, PolicyError, bits_from_ranking
 from tests.nets import PlainNet, ResidualNet, SeparableNet, randomize_bn
 
@@ -222,13 +222,24 @@ def test_pickled_working_copy_applies_and_restores_like_the_original():
         assert torch.equal(clone.module(x), model(x))
 
 
-def test_parametrized_layers_are_applied_and_restored():
+def test_a_parametrized_layer_is_refused_and_compresses_once_folded():
+    # A parametrization recomputes the weight on every call, so a compressed weight written into
+    # it would never be used: refused with the call that folds it; folded, it compresses.
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
     model[0] = nn.utils.parametrizations.weight_norm(model[0])
     x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(GraphError, match=r"remove_parametrizations\(model.get_submodule\('0'\)"):
+        LayerGraph.from_module(model, x[:1])
+    nn.utils.parametrize.remove_parametrizations(model[0], "weight")
     graph = LayerGraph.from_module(model, x[:1])
     cm = CompressedModel(model, graph)
-    cm.apply(Policy.uniform(graph, 2, 32))
+    policy = Policy.uniform(graph, 2, 32)
+    policy.layers[0].bits[1] = 0
+    cm.apply(policy)
+    weight = cm.module[0].weight.detach()
+    assert torch.equal(weight[1], torch.zeros_like(weight[1]))  # pruned: zero
+    for k in (0, 2, 3):  # 2 bits: levels -1, 0, 1 times one scale
+        assert len(torch.unique(weight[k])) <= 3
     cm.restore()
     with torch.no_grad():
         assert torch.equal(cm.module(x), model(x))

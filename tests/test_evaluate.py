@@ -172,7 +172,7 @@ def test_auto_batch_size_bounds_the_widest_activation():
     )
     widest = 64 * 224 * 224
     assert auto_batch_size(graph, torch.zeros(1, 3, 224, 224)) == ACTIVATION_BUDGET // widest
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1 or None, got 0"):
         LocalEvaluator(_task(), batch_size=0)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from jpq_env import validation as check
 from jpq_env.budget import ENFORCEMENT, Budget, DecisionSpace, LayerDecision
 from jpq_env.compress import IMPORTANCE, kernel_ranking
 from jpq_env.costs import CostReport, measure, totals
@@ -29,7 +30,17 @@ LAYER, CHANNEL = 0, 1
 _ACTION_TOLERANCE = 1e-6
 
 
+def _is_evaluator(obj: object) -> bool:
+    """Has ``accuracy(policy)`` and ``fp32_accuracy`` (looked up without computing it)."""
+    has_fp32 = hasattr(type(obj), "fp32_accuracy") or "fp32_accuracy" in getattr(
+        obj, "__dict__", {}
+    )
+    return callable(getattr(obj, "accuracy", None)) and has_fp32
+
+
 def _check_bits(name: str, values: Sequence[int], low: int) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a list of integer widths, got {values!r}")
     vals = list(values)
     if not vals:
         raise ValueError(f"{name} must not be empty")
@@ -82,8 +93,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     (0 layer, 1 channel), the chosen sparsity and activation width during the channel phase,
     progress through the layers, the previous layer's sparsity and mean weight width, the mean
     sparsity and mean weight width of all decided layers, and for
-    BOPs and size the budget used by decided layers and the budget left after the cheapest
-    possible rest, each squashed as ``x / (1 + x)`` (0.5 means exactly the budget).
+    BOPs and size the budget used by decided layers (and by the layers jpq-env does not compress,
+    a fixed cost) and the budget left after the cheapest possible rest, each squashed as
+    ``x / (1 + x)`` (0.5 means exactly the budget).
     ``jpq_env.envs.observation.FEATURES`` names the entries. With ``sensitivity=True`` the
     current layer's sensitivities follow (``SensitivityTable.features``: one entry per weight
     width, per measured sparsity and per activation width).
@@ -164,6 +176,12 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     the images scored). ``race(None)`` goes back to complete evaluations. Evaluators without
     racing (a Ray pool) always evaluate completely.
 
+    Every argument is checked before any work (``jpq_env.validation``): a ``ValueError`` names
+    the argument, the value and what is allowed (``bool`` is not an integer, a flag is only
+    ``True`` or ``False``, NaN and inf are not numbers). Layers of the model that jpq-env does not
+    compress are counted at FP32 in every cost and in the FP32 reference (``graph.uncompressed``);
+    a budget they alone exceed is refused as infeasible.
+
     ## Version History
 
     Ids name the problem; ``-vN`` counts revisions of the same problem.
@@ -202,41 +220,28 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         error_shaping: float = 0.0,
     ) -> None:
         super().__init__()
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"unknown render_mode '{render_mode}': use 'ansi' or None")
-        if enforcement not in ENFORCEMENT:
+        render_mode = check.choice(
+            "render_mode", render_mode, [*self.metadata["render_modes"], None]
+        )
+        enforcement = check.choice("enforcement", enforcement, ENFORCEMENT)
+        importance = check.choice("importance criterion", importance, list(IMPORTANCE))
+        max_sparsity = check.number("max_sparsity", max_sparsity, low=0.0, high=1.0, high_open=True)
+        channel_groups = check.integer("channel_groups", channel_groups, low=0)
+        shaping = check.number("shaping", shaping, low=0.0)
+        bn_recalibration = check.flag("bn_recalibration", bn_recalibration)
+        task_options = check.mapping("task_options", task_options)
+        if evaluator is not None and not _is_evaluator(evaluator):
             raise ValueError(
-                f"unknown enforcement '{enforcement}': choose one of {list(ENFORCEMENT)}"
+                "evaluator must have an accuracy(policy) method and an fp32_accuracy attribute "
+                f"(jpq_env.evaluate.Evaluator), got {type(evaluator).__name__}"
             )
-        if importance not in IMPORTANCE:
-            raise ValueError(
-                f"unknown importance criterion '{importance}': choose one of {sorted(IMPORTANCE)}"
-            )
-        if not isinstance(max_sparsity, (int, float)) or not 0.0 <= max_sparsity < 1.0:
-            raise ValueError(f"max_sparsity must be in [0, 1), got {max_sparsity!r}")
-        if (
-            isinstance(channel_groups, bool)
-            or not isinstance(channel_groups, int)
-            or channel_groups < 0
-        ):
-            raise ValueError(
-                f"channel_groups must be a non-negative integer, got {channel_groups!r}"
-            )
-        if isinstance(shaping, bool) or not isinstance(shaping, (int, float)) or shaping < 0:
-            raise ValueError(f"shaping must be a non-negative number, got {shaping!r}")
-        if not isinstance(sensitivity, bool):
-            raise ValueError(f"sensitivity must be True or False, got {sensitivity!r}")
-        if (
-            isinstance(error_shaping, bool)
-            or not isinstance(error_shaping, (int, float))
-            or not np.isfinite(error_shaping)
-            or error_shaping < 0
-        ):
-            raise ValueError(f"error_shaping must be a non-negative number, got {error_shaping!r}")
+        sensitivity = check.flag("sensitivity", sensitivity)
+        error_shaping = check.number("error_shaping", error_shaping, low=0.0)
+        metric = check.choice("metric", metric, ["top1", "agreement", "kl"])
         self.render_mode = render_mode
         self.bits = _check_bits("bits", bits, 1)
         act_choices = _check_bits(
-            "act_bits", [act_bits] if isinstance(act_bits, int) else act_bits, 1
+            "act_bits", [act_bits] if isinstance(act_bits, (int, np.integer)) else act_bits, 1
         )
         self.budget = Budget(budget_bops, budget_size)
         self.reward_design = make_reward(reward)
@@ -245,7 +250,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self.shaping = float(shaping)
         self.conventions = Conventions(input_bits=input_bits, first_last_bits=first_last_bits)
 
-        self.task = load_task(task, **(task_options or {}))
+        self.task = load_task(task, **task_options)
         self.graph = LayerGraph.from_module(self.task.model, self.task.example_input)
         self.evaluator: Evaluator = evaluator or LocalEvaluator(
             self.task,
@@ -271,10 +276,18 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError("give at least one budget: budget_bops and/or budget_size")
         if not self.space.feasible(self.budget):
             bops, size = self.space.ratios([None] * len(self.graph))
+            fixed = ""
+            if self.graph.uncompressed:
+                fixed = (
+                    f"; the layers jpq-env does not compress ({len(self.graph.uncompressed)}, see "
+                    "graph.uncompressed) alone cost BOPs "
+                    f"{self.space.fixed_bops / self.space.fp32_bops:.5f} and size "
+                    f"{self.space.fixed_size / self.space.fp32_size:.5f} of FP32"
+                )
             raise ValueError(
                 f"infeasible budget {self.budget.targets}: even the cheapest decisions (sparsity "
                 f"{max_sparsity}, {self.bits[0]}-bit weights, {act_choices[0]}-bit activations) "
-                f"reach BOPs {bops:.5f} and size {size:.5f} of FP32"
+                f"reach BOPs {bops:.5f} and size {size:.5f} of FP32{fixed}"
             )
         self.error_shaping = float(error_shaping)
         self.sensitivity: SensitivityTable | None = None
@@ -660,6 +673,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._decisions:
             per_layer = self.space.layer_costs(self._decisions)
             decided = np.array([d is not None for d in self._decisions])
+            fixed = (self.space.fixed_bops, self.space.fixed_size)  # uncompressed layers: spent
             for j, (key, fp32) in enumerate(
                 (("bops", self.space.fp32_bops), ("size", self.space.fp32_size))
             ):
@@ -667,7 +681,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
                 if target is None:
                     continue
                 budget_abs = target * fp32
-                used, rest = per_layer[j][decided].sum(), per_layer[j][~decided].sum()
+                used = per_layer[j][decided].sum() + fixed[j]
+                rest = per_layer[j][~decided].sum()
                 dyn[4 + 2 * j] = squash(used / budget_abs)
                 dyn[5 + 2 * j] = squash(max(budget_abs - used - rest, 0.0) / budget_abs)
         self._features_cache = (layer, list(self._decisions), dyn)

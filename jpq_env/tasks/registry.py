@@ -63,6 +63,11 @@ def load_task(spec: str | Task, **options: Any) -> Task:
         if options:
             raise TaskError(f"task options {sorted(options)} cannot apply to a Task object")
         return spec
+    if not isinstance(spec, str):
+        raise TaskError(
+            "task must be a built-in name, a factory path 'package.module:function' or a "
+            f"jpq_env.Task, got {type(spec).__name__} {spec!r}"
+        )
     factory = _resolve(BUILTIN_TASKS.get(spec, spec))
     try:
         inspect.signature(factory).bind(**options)

@@ -25,6 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
+from jpq_env import validation as check
+from jpq_env.graph import LayerGraph
+from jpq_env.model_checks import check_model
 from jpq_env.tasks.base import Task, TaskError
 
 __all__ = ["DataLike", "known_labels", "make_task", "split_indices", "subset"]
@@ -51,21 +54,18 @@ def split_indices(
         ``val`` are disjoint and cover ``range(n)``, ``calib`` is a subset of ``train``.
 
     Raises:
-        TaskError: If the sizes leave an empty split.
+        TaskError: If an argument has the wrong type (``val_size=True`` is not one sample) or the
+            sizes leave an empty split.
     """
-    if isinstance(val_size, float) and not isinstance(val_size, bool):
-        if not 0.0 < val_size < 1.0:
-            raise TaskError(f"val_size as a fraction must lie in (0, 1), got {val_size}")
-        n_val = max(1, round(val_size * n))
-    else:
-        n_val = int(val_size)
-    if n_val < 1 or n_val >= n:
+    val_size = _check_val_size(val_size)
+    calib_size = check.integer("calib_size", calib_size, low=1, error=TaskError)
+    seed = check.integer("seed", seed, error=TaskError)
+    n_val = max(1, round(val_size * n)) if isinstance(val_size, float) else val_size
+    if n_val >= n:
         raise TaskError(
             f"val_size {val_size} leaves no held-out or no training data: the training set has "
             f"{n} samples; choose a held-out size between 1 and {n - 1}"
         )
-    if calib_size < 1:
-        raise TaskError(f"calib_size must be at least 1, got {calib_size}")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g).numpy()
     val, train = perm[:n_val], perm[n_val:]
@@ -74,6 +74,22 @@ def split_indices(
         k: np.sort(v).astype(np.int64)
         for k, v in (("train", train), ("val", val), ("calib", calib))
     }
+
+
+def _check_val_size(val_size: Any) -> int | float:
+    """A count of held-out samples (an integer >= 1) or a fraction in (0, 1); bools refused."""
+    if isinstance(val_size, (int, np.integer)) and not isinstance(val_size, (bool, np.bool_)):
+        return check.integer("val_size", val_size, low=1, error=TaskError)
+    return check.number(
+        "val_size",
+        val_size,
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        high_open=True,
+        allowed="a count of samples (an integer >= 1) or a fraction in (0, 1)",
+        error=TaskError,
+    )
 
 
 def subset(dataset: Dataset, indices: np.ndarray) -> Dataset:
@@ -210,12 +226,23 @@ def make_task(
         ``jpq_agents.run.run_search(..., env_kwargs={"task": task})``.
 
     Raises:
-        TaskError: Naming the split and the problem: an empty split, a sample whose shape differs
-            from the example input, a model that cannot run on it or whose output does not fit
-            ``num_classes``, labels outside ``[0, num_classes)``.
+        TaskError: Naming the argument, or the split and the problem: an argument of the wrong
+            type or range, an empty split, a sample whose shape differs from the example input, a
+            model that cannot run on it or whose output does not fit ``num_classes``, labels
+            outside ``[0, num_classes)``.
+        GraphError: If the model cannot be compressed as it is (``LayerGraph.from_module``
+            traces it here): untraceable, a compressible module called twice, shared or
+            parametrized weights, NaN or inf in a parameter or buffer.
     """
     if not isinstance(model, nn.Module):
         raise TaskError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)  # NaN weights, weight-norm hooks: before the model is copied and run
+    if not isinstance(name, str) or not name:
+        raise TaskError(f"name must be a non-empty string, got {name!r}")
+    num_classes = check.integer("num_classes", num_classes, low=1, optional=True, error=TaskError)
+    val_size = _check_val_size(val_size)
+    calib_size = check.integer("calib_size", calib_size, low=1, error=TaskError)
+    seed = check.integer("seed", seed, error=TaskError)
     splits: dict[str, Dataset] = {
         "train": _as_dataset(train, "train"),
         "test": _as_dataset(test, "test"),
@@ -270,6 +297,9 @@ def make_task(
             _, y = first[split]
             labels = torch.as_tensor([y]) if not isinstance(y, torch.Tensor) else y.reshape(1)
         _check_labels(labels, num_classes, split)
+    # What the environment and the evaluator will do with the model, checked now: it traces,
+    # calls each compressible module once, holds numbers, and its layers are its own.
+    LayerGraph.from_module(model, example_input)
     return Task(
         name, model, example_input, splits["train"], splits["val"], splits["calib"],
         splits["test"], num_classes,
