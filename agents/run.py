@@ -25,9 +25,19 @@ from .sb3 import ALGOS, run_sb3
 from .search import RunSettings, Search, claim_directory, write_atomic
 from .two_level import run_two_level
 
-__all__ = ["AGENTS", "DEFAULT_ENV", "run_search"]
+__all__ = ["AGENTS", "DEFAULT_ENV", "LEARNER_ENV", "run_search"]
 
 DEFAULT_ENV = "jpq_env/JPQWeightsActs-v0"
+
+LEARNER_ENV: dict[str, dict[str, Any]] = {
+    "two-level": {"sensitivity": True},
+    "ddpg": {"sensitivity": True, "error_shaping": 1.0},
+    "ppo": {"sensitivity": True, "error_shaping": 1.0},
+    "maskable-ppo": {"sensitivity": True, "error_shaping": 1.0},
+}
+"""Environment arguments a learning agent's search gets by default (``env_kwargs`` overrides):
+the layers' sensitivities in the observation (``jpq_env.sensitivity``) and, for the SB3 agents,
+the potential-based shaping on their predicted cost. Recorded in ``run.json`` like any argument."""
 """The environment id of a search when none is given (``run_search``, ``jpq search``)."""
 
 
@@ -126,7 +136,8 @@ def run_search(
         raise ValueError(f"unknown environment id '{env_id}': choose one of {known}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    env_kwargs = dict(env_kwargs or {})
+    # The learning agents get the learning signals unless the caller says otherwise.
+    env_kwargs = {**LEARNER_ENV.get(agent, {}), **(env_kwargs or {})}
     # Claimed before the task, the environment or a Ray pool is built: a second search on a busy
     # directory stops at once.
     lock = claim_directory(Path(out))

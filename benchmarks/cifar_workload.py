@@ -23,7 +23,8 @@ the folder holding ``cifar-10-batches-py/`` and ``--weights`` at the public chec
 ``--task-option mean=0.485,0.456,0.406 --task-option std=0.229,0.224,0.225``.
 
     python -m benchmarks.cifar_workload                  # both steps, into benchmarks/data/
-    python -m benchmarks.cifar_workload --quick          # a smoke run on a few images (CI)
+    python -m benchmarks.cifar_workload --quick          # a smoke run on a few images, in a
+                                                         # temporary folder (CI)
 
 Writes ``DATA/cifar-10-batches-py/``, ``DATA/resnet20-jpeg-ft.pt`` and its record
 ``DATA/resnet20-jpeg-ft.json`` (FP32 test accuracy before and after, sha256), and, unless
@@ -38,6 +39,7 @@ import io
 import json
 import pickle
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -216,10 +218,14 @@ def finetune_checkpoint(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", type=Path, default=SHARED, help="folder of the JPEG archive")
-    parser.add_argument("--out", type=Path, default=DATA, help="where the workload goes")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where the workload goes (default benchmarks/data)"
+    )
     parser.add_argument("--quick", action="store_true", help="20 images per class, no results")
     args = parser.parse_args()
     configure_threads()
+    if args.out is None:  # a quick run never touches the real workload
+        args.out = Path(tempfile.mkdtemp(prefix="jpq-cifar-")) if args.quick else DATA
     limit = 20 if args.quick else None
     counts = make_batches(args.shared / "cifar10-jpeg.tar.gz", args.out, limit)
     extra = {"val_size": 50, "calib_size": 32} if args.quick else {}

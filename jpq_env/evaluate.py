@@ -76,6 +76,9 @@ ACTIVATION_BUDGET = 2**25
 """Elements (128 MB in float32) the widest activation of one evaluation batch may hold."""
 
 MAX_BATCH = 512
+CPU_BATCH_ELEMENTS = 2**20
+"""Elements (4 MB) of the widest activation a CPU batch aims at (see ``auto_batch_size``)."""
+MIN_CPU_BATCH = 16
 METRICS = ("top1", "agreement", "kl")
 _RESULTS_KEPT = 64  # per-image results of recent complete evaluations (racing pairs with them)
 
@@ -192,19 +195,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def auto_batch_size(graph: LayerGraph, example_input: torch.Tensor) -> int:
-    """The largest batch (at most ``MAX_BATCH``) whose widest activation fits the budget.
+def auto_batch_size(
+    graph: LayerGraph, example_input: torch.Tensor, device: str | torch.device | None = None
+) -> int:
+    """A batch size for the proxy: bounded memory everywhere, cache-sized batches on the CPU.
 
     The widest tensor an evaluation holds is a layer's input or output; keeping it under
-    ``ACTIVATION_BUDGET`` elements bounds the proxy's memory whatever the input size (resnet18 at
-    224x224: 41 images per batch, about 130 MB per activation; the digits tasks: 512).
+    ``ACTIVATION_BUDGET`` elements bounds the proxy's memory whatever the input size (at most
+    ``MAX_BATCH`` images). On the CPU (``device``), batches are also kept near
+    ``CPU_BATCH_ELEMENTS`` elements of the widest activation (at least ``MIN_CPU_BATCH`` images):
+    measured on ResNet-20 at 32x32, channels-last convolutions ran 2.5x faster per image in
+    batches of 64 than in batches of 512 (the activations stay in the caches).
     """
     widest = max(
         [int(example_input[:1].numel())]
         + [x.out_channels * x.out_hw[0] * x.out_hw[1] for x in graph.layers]
         + [x.in_channels * x.in_hw[0] * x.in_hw[1] for x in graph.layers]
     )
-    return max(1, min(MAX_BATCH, ACTIVATION_BUDGET // widest))
+    size = min(MAX_BATCH, ACTIVATION_BUDGET // widest)
+    if device is not None and torch.device(device).type == "cpu":
+        size = min(size, max(MIN_CPU_BATCH, CPU_BATCH_ELEMENTS // widest))
+    return max(1, size)
 
 
 def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -297,10 +308,15 @@ class LocalEvaluator:
         self.graph = (
             graph if graph is not None else LayerGraph.from_module(task.model, task.example_input)
         )
-        self.batch_size = batch_size or auto_batch_size(self.graph, task.example_input)
+        self.batch_size = batch_size or auto_batch_size(self.graph, task.example_input, self.device)
         self.compressed = CompressedModel(
             task.model, self.graph, weight_method=weight_method, device=self.device
         )
+        # Channels-last convolutions are faster on the CPU (1.4x on ResNet-20); the working copy
+        # and the batches take that layout (same values; the user's model is not touched).
+        self._channels_last = self.device.type == "cpu" and task.example_input.dim() == 4
+        if self._channels_last:
+            self.compressed.module.to(memory_format=torch.channels_last)
         with _private_rng():  # a random transform of the user's draws the same numbers here too
             for split in ("calib", "val"):  # the test split waits for the final report
                 self._check_split(split)
@@ -380,7 +396,10 @@ class LocalEvaluator:
                 raise TaskError(
                     f"the {split} split has labels outside [0, {n}) or not one label per sample"
                 )
-            yield x.to(self.device), y.to(self.device)
+            x = x.to(self.device)
+            if self._channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device)
 
     @cached_property
     def _val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:

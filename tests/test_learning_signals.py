@@ -1,4 +1,4 @@
-"""Learning signals: the sensitivity table, its features and shaping, the surrogate, racing in the env."""
+"""Learning signals: the sensitivity table, its features and shaping, the surrogate, env racing."""
 
 import math
 
@@ -77,8 +77,8 @@ def test_contribution_interpolates_and_weights_by_kernel_share(table_and_task):
     assert table.contribution(1, np.full(k, 32), 32) == 0.0
 
 
-def test_table_round_trips_and_is_read_from_the_disk_cache(table_and_task, tmp_path):
-    table, task, env = table_and_task
+def test_table_round_trips_and_is_read_from_the_disk_cache(table_and_task):
+    table, task, _ = table_and_task
     again = SensitivityTable.from_json(table.to_json())
     assert np.array_equal(again.prune, table.prune) and np.array_equal(again.weight, table.weight)
     import time
@@ -148,7 +148,7 @@ def test_env_race_inverts_the_reward_design(table_and_task):
 
 
 def test_surrogate_fits_the_scores_it_saw_and_is_deterministic(table_and_task):
-    table, task, env = table_and_task
+    table, _, env = table_and_task
     ev = env.evaluator
     rng = np.random.default_rng(1)
     policies, scores = [], []
