@@ -218,6 +218,18 @@ def auto_batch_size(
     return max(1, size)
 
 
+def _standard_layout_hooks(bn: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that give ``bn`` its input in the standard layout and hand channels-last back."""
+
+    def before(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0].contiguous(), *args[1:])
+
+    def after(_: nn.Module, __: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+        return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
+
+    return [bn.register_forward_pre_hook(before), bn.register_forward_hook(after)]
+
+
 def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
@@ -504,6 +516,10 @@ class LocalEvaluator:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average over the calibration split
             bn.train()
+        # Batch statistics of channels-last activations are reduced in an order that depends on
+        # the thread count (a Ray actor's one thread and a 2-thread process then disagree by an
+        # image); in the standard layout they are not. BatchNorms see standard-layout inputs here.
+        hooks = [h for bn in bns for h in _standard_layout_hooks(bn)] if self._channels_last else []
         keep = keep or []
         states: dict[int, list[dict[Any, Any]]] = {c.position: [] for c in keep}
         try:
@@ -514,6 +530,8 @@ class LocalEvaluator:
                     states[c.position].append(s)
                 self._count(len(x), pos)
         finally:
+            for hook in hooks:
+                hook.remove()
             for bn, momentum in zip(bns, momenta, strict=True):
                 bn.momentum = momentum
                 bn.eval()

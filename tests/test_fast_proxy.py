@@ -235,3 +235,44 @@ def test_bad_evaluator_options_are_named():
     ):
         with pytest.raises(ValueError, match=text):
             LocalEvaluator(task, device="cpu", **kwargs)
+
+
+_THREADS_SCRIPT = """
+import json, sys
+import numpy as np
+from jpq_env import LocalEvaluator, Policy, load_task
+ev = LocalEvaluator(load_task("digits"))
+rng = np.random.default_rng(0)
+scores = []
+for _ in range(12):
+    layers = []
+    for info, lp in zip(ev.graph.layers, Policy.uniform(ev.graph).layers):
+        bits = rng.choice([0, 2, 3, 4, 8], size=info.out_channels)
+        if info.index in ev.graph.output_layers:
+            bits[bits == 0] = 4
+        layers.append({"name": lp.name, "bits": bits.tolist(), "act_bits": int(rng.choice([4, 8]))})
+    data = {"schema": 1, "fingerprint": ev.graph.fingerprint, "layers": layers}
+    scores.append(ev.accuracy(Policy.from_json(data)))
+print(json.dumps(scores))
+"""
+
+
+@pytest.mark.slow
+def test_scores_do_not_depend_on_the_thread_count():
+    # A Ray actor runs one thread, a local search two: channels-last BatchNorm statistics once
+    # made them disagree by an image. Thread pools are sized at start-up, hence the subprocesses.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    runs = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "JPQ_THREADS": threads}
+        out = subprocess.run(
+            [sys.executable, "-c", _THREADS_SCRIPT], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert runs[0] == runs[1]
+    assert len(set(runs[0])) > 6  # the policies really differ
