@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -169,9 +171,9 @@ def _report(args: argparse.Namespace) -> int:
             (
                 f"W{w}A{a}",
                 f"{evaluator.accuracy(policy):.2%}",
-                f"1/{1 / cost.bops_ratio:.1f}",
+                _one_in(cost.bops_ratio),
                 f"{cost.bops:,}",
-                f"1/{1 / cost.size_ratio:.1f}",
+                _one_in(cost.size_ratio),
             )
         )
     print("\nUniform policies (network input at 8 bits; accuracy: held-out proxy)")
@@ -190,6 +192,16 @@ def _fraction(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"not a fraction: '{text}'") from exc
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"a budget must lie in (0, 1], got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"a seed must lie in [0, 2**32), got {value}")
     return value
 
 
@@ -229,7 +241,7 @@ def _search(args: argparse.Namespace) -> int:
             ray=args.ray,
             workers=args.workers,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # Every finished evaluation is already in the log (one fsynced line each).
         if (Path(args.out) / "evaluations.jsonl").exists():
             hint = (
@@ -238,8 +250,8 @@ def _search(args: argparse.Namespace) -> int:
             )
         else:
             hint = " before the first evaluation: nothing to resume."
-        print(f"\njpq: interrupted{hint}", file=sys.stderr)
-        return 130
+        print(f"\njpq: {_interruption(exc)}{hint}", file=sys.stderr)
+        return _exit_code(exc)
     best = summary["best"]
     rows = [
         ("agent", summary["agent"]),
@@ -260,8 +272,8 @@ def _search(args: argparse.Namespace) -> int:
                 "best accuracy (val / test)",
                 f"{best['accuracy_val']:.2%} / {best['accuracy_test']:.2%}",
             ),
-            ("BOPs of FP32", f"{best['bops_ratio']:.5f} (1/{1 / best['bops_ratio']:.1f})"),
-            ("size of FP32", f"{best['size_ratio']:.4f} (1/{1 / best['size_ratio']:.1f})"),
+            ("BOPs of FP32", f"{best['bops_ratio']:.5f} ({_one_in(best['bops_ratio'])})"),
+            ("size of FP32", f"{best['size_ratio']:.4f} ({_one_in(best['size_ratio'])})"),
         ]
     print(_table(("summary", ""), rows))
     files = "policy.json, evaluations.jsonl, pareto.png, summary.json, tensorboard/"
@@ -269,28 +281,71 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_policy(args: argparse.Namespace) -> tuple[Policy, LocalEvaluator, dict[str, object]]:
-    import json
-    from pathlib import Path
+def _file_task(data: dict[str, Any], path: str, cli_task: str | None) -> tuple[str, dict[str, Any]]:
+    """The task a policy file may be evaluated on, and the options it brings.
+
+    A policy file is data a user may have downloaded: it never chooses code to import. A built-in
+    task name in it is used as is; a factory path (``module:function``) only if the user names
+    the same factory with ``--task``. Its options must be a JSON object of plain values.
+    """
+    from jpq_env.tasks import BUILTIN_TASKS
+
+    named = data.get("task", "digits")
+    if not isinstance(named, str):
+        raise PolicyError(f"policy file '{path}': 'task' must be a string, got {named!r}")
+    env = data.get("env", {})
+    if not isinstance(env, dict):
+        raise PolicyError(f"policy file '{path}': 'env' must be an object, got {env!r}")
+    options = env.get("task_options") or {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise PolicyError(
+            f"policy file '{path}': 'env.task_options' must be an object of named options, "
+            f"got {options!r}"
+        )
+    if cli_task is not None:  # the user chose the code; the file's options only for that task
+        return cli_task, dict(options) if cli_task == named else {}
+    if named not in BUILTIN_TASKS:
+        raise PolicyError(
+            f"policy file '{path}' names the task factory '{named}': a policy file never chooses "
+            f"code to import. If you trust that code, name it yourself: --task {named}"
+        )
+    return named, dict(options)
+
+
+def _load_policy(args: argparse.Namespace) -> tuple[Policy, LocalEvaluator, dict[str, Any]]:
+    from jpq_env import validation as check
+    from jpq_env.jsonfile import read_json
 
     path = args.policy
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise PolicyError(f"cannot read policy file '{path}': {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise PolicyError(f"policy file '{path}' is not valid JSON: {exc}") from exc
+    data = read_json(path, "policy file", error=PolicyError)
     policy = Policy.from_json(data)
-    env = data.get("env") if isinstance(data.get("env"), dict) else {}
-    # The task's options (data, weights) come from the search's settings unless given here.
-    options = {} if args.task else dict(env.get("task_options") or {})
-    options.update(_task_options(args))
-    task = load_task(args.task or str(data.get("task", "digits")), **options)
-    evaluator = LocalEvaluator(
-        task, bn_recalibration=bool(env.get("bn_recalibration", True)), device=args.device
+    task_name, options = _file_task(data, path, args.task)
+    options.update(_task_options(args))  # the command line's options win
+    env = data.get("env") or {}
+    recalibrate = check.flag(
+        f"policy file '{path}': env.bn_recalibration",
+        env.get("bn_recalibration", True),
+        error=PolicyError,
     )
+    task = load_task(task_name, **options)
+    evaluator = LocalEvaluator(task, bn_recalibration=recalibrate, device=args.device)
     policy.validate(evaluator.graph)
     return policy, evaluator, data
+
+
+def _check_output_file(path: Path) -> None:
+    """Refuse an output path that cannot take a file, before any work is done."""
+    if path.is_dir():
+        raise ValueError(f"--out '{path}' is a directory: name a file in it")
+    if not path.parent.is_dir():
+        raise ValueError(f"--out '{path}': directory '{path.parent}' does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--out '{path}': directory '{path.parent}' is not writable")
+
+
+def _one_in(ratio: float) -> str:
+    """``ratio`` as "1/N" (``0`` when nothing is left: every kernel pruned)."""
+    return f"1/{1 / ratio:.1f}" if ratio > 0 else "0"
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -320,7 +375,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(
         f"\ntest accuracy {test:.2%} (FP32 {fp32:.2%}) | val accuracy "
         f"{evaluator.accuracy(policy):.2%}\nBOPs {cost.bops:,} = {cost.bops_ratio:.5f} of FP32 "
-        f"(1/{1 / cost.bops_ratio:.1f}) | size {cost.size_bits:,} bits = {cost.size_ratio:.4f} "
+        f"({_one_in(cost.bops_ratio)}) | size {cost.size_bits:,} bits = {cost.size_ratio:.4f} "
         f"of FP32 ({cost.size_bytes('MB'):.4f} MB)"
     )
     return 0
@@ -332,9 +387,10 @@ def _finetune(args: argparse.Namespace) -> int:
     from jpq_env.export import save_atomic
     from jpq_env.finetune import finetune
 
+    out = Path(args.out) if args.out else Path(args.policy).with_name("finetuned.pt")
+    _check_output_file(out)  # before the training, not after it
     policy, evaluator, _ = _load_policy(args)
     result = finetune(evaluator, policy, epochs=args.epochs, lr=args.lr, seed=args.seed)
-    out = Path(args.out) if args.out else Path(args.policy).with_name("finetuned.pt")
     save_atomic(result.state_dict, out)
     print(
         f"test accuracy before fine-tuning {result.accuracy_before:.2%}, after {args.epochs} "
@@ -348,6 +404,7 @@ def _export(args: argparse.Namespace) -> int:
     from jpq_env.evaluate import top1
     from jpq_env.export import export_compressed, load_compressed
 
+    _check_output_file(Path(args.out))
     policy, evaluator, _ = _load_policy(args)
     export_compressed(evaluator, policy, args.out)
     task = evaluator.task
@@ -397,7 +454,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--enforcement", default="wall", choices=["wall", "lowering", "none"])
     search.add_argument("--episodes", type=_positive, default=300, help="evaluations to spend")
     search.add_argument("--warmup-episodes", type=int, default=10, help="DDPG warm-up episodes")
-    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--seed", type=_seed, default=0, help="seed of the agent and the env")
     search.add_argument("--out", default="runs/search", help="output directory")
     search.add_argument(
         "--resume", action="store_true", help="continue the run in --out (or start one there)"
@@ -427,7 +484,7 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("policy")
     finetune.add_argument("--epochs", type=_positive, default=3)
     finetune.add_argument("--lr", type=float, default=1e-3)
-    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--seed", type=_seed, default=0, help="seed of the data order")
     _add_task_args(finetune, None)
     finetune.add_argument(
         "--out", default=None, help="weights file (default: finetuned.pt beside the policy)"
@@ -444,16 +501,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the process is, so that it stops as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _: object) -> None:
+    raise Terminated(signum)
+
+
+def _interruption(exc: BaseException) -> str:
+    if isinstance(exc, Terminated):
+        import signal
+
+        return f"stopped by {signal.Signals(exc.signum).name}"
+    return "interrupted"
+
+
+def _exit_code(exc: BaseException) -> int:
+    return 128 + exc.signum if isinstance(exc, Terminated) else 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``jpq`` command."""
+    """Entry point of the ``jpq`` command.
+
+    Errors the user can fix end with one ``jpq: error:`` line and exit 2; Ctrl-C, SIGTERM and
+    SIGHUP stop the work where it is (a search says how to resume) with 130, 143 and 129.
+    """
+    import signal
+
     from .search import SearchError
 
-    args = _parser().parse_args(argv)
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous[signum] = signal.signal(signum, _raise_terminated)
     try:
+        args = _parser().parse_args(argv)
         return int(args.func(args))
     except (TaskError, GraphError, PolicyError, SearchError, ValueError, OSError) as exc:
         print(f"jpq: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # during start-up, or in a command other than search
+        print(f"\njpq: {_interruption(exc)}", file=sys.stderr)
+        return _exit_code(exc)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,10 @@ def run_search(
     """
     if agent not in AGENTS:
         raise ValueError(f"unknown agent '{agent}': choose one of {sorted(AGENTS)}")
+    if not str(out).strip():
+        raise ValueError("out must name a directory, got ''")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     if env_id not in gym.registry:
@@ -184,6 +189,9 @@ def _run(
     env = gym.make(env_id, **env_kwargs, **extra).unwrapped
     if not isinstance(env, JPQEnv):
         raise TypeError(f"{env_id} is not a JPQ environment")
+    check_split = getattr(_local(env), "check_split", None)
+    if check_split is not None:  # the test split is scored at the end: check it now
+        check_split("test")
     # A Task object (jpq_env.make_task) is recorded by its name: the run's files stay JSON.
     named = {k: v.name if isinstance(v, Task) else v for k, v in env_kwargs.items()}
     settings = RunSettings(agent, episodes, seed, {"id": env_id, **named})

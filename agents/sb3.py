@@ -121,6 +121,44 @@ def run_sb3(
             env.close()
 
 
+def policy_kwargs(text: str) -> dict[str, Any]:
+    """RL Zoo's ``policy_kwargs`` string (``"dict(net_arch=[64, 64])"``), parsed, never run.
+
+    RL Zoo evaluates it as Python; here only a ``dict(...)`` call or a ``{...}`` literal of plain
+    values (numbers, strings, lists, nested dicts) is read, so a hyperparameter file cannot run
+    code. Activation functions and other objects are not supported.
+
+    Raises:
+        ValueError: If the string is anything else.
+    """
+    import ast
+
+    def value(node: ast.expr) -> Any:
+        call = node if isinstance(node, ast.Call) else None
+        if call and isinstance(call.func, ast.Name) and call.func.id == "dict" and not call.args:
+            return {k.arg: value(k.value) for k in call.keywords if k.arg is not None}
+        if isinstance(node, ast.Dict):
+            return {
+                ast.literal_eval(k): value(v)
+                for k, v in zip(node.keys, node.values, strict=True)
+                if k
+            }
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        return ast.literal_eval(node)
+
+    try:
+        parsed = value(ast.parse(text, mode="eval").body)
+    except (SyntaxError, ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(
+            f"policy_kwargs {text!r}: only dict(...) or {{...}} of plain values is read ({exc})"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"policy_kwargs {text!r} is not a dict")
+    return parsed
+
+
 def _learn(
     search: Search, seed: int, agent: str, env: Any, env_id: str, layers: int, warmup: int
 ) -> None:
@@ -134,8 +172,7 @@ def _learn(
     vec = isinstance(env, VecEnv)
     kwargs = {k: v for k, v in params.items() if k not in _ZOO_ONLY}
     if "policy_kwargs" in kwargs and isinstance(kwargs["policy_kwargs"], str):
-        # RL Zoo's format, a Python expression: evaluated with no builtins (no imports, no open).
-        kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"__builtins__": {}, "dict": dict})
+        kwargs["policy_kwargs"] = policy_kwargs(kwargs["policy_kwargs"])
     if "train_freq" in kwargs and isinstance(kwargs["train_freq"], list):
         kwargs["train_freq"] = tuple(kwargs["train_freq"])
     if vec:

@@ -14,6 +14,7 @@ differs from the logged one stops the run with an error instead of mixing two ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -29,6 +30,7 @@ from jpq_env import Policy
 from jpq_env.atomic import write_atomic
 from jpq_env.envs import JPQEnv
 from jpq_env.evaluate import Evaluation
+from jpq_env.jsonfile import loads, read_json
 
 from .run_lock import RunLock, RunLockedError
 
@@ -71,6 +73,126 @@ class RunSettings:
 
 def _policy_key(policy: list[dict[str, Any]]) -> str:
     return json.dumps([[p["act_bits"], p["bits"]] for p in policy], separators=(",", ":"))
+
+
+_SETTINGS_TYPES: dict[str, type | tuple[type, ...]] = {
+    "agent": str,
+    "episodes": int,
+    "seed": int,
+    "env": dict,
+}
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """A run's ``run.json``, checked: the four settings with their types.
+
+    Raises:
+        SearchError: If the file cannot be read, is not JSON or not a run's settings.
+    """
+    data = read_json(path, "run settings", error=SearchError)
+    if not isinstance(data, dict):
+        raise SearchError(
+            f"cannot resume: '{path}' holds {type(data).__name__}, not a run's settings"
+        )
+    for key, kind in _SETTINGS_TYPES.items():
+        value = data.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise SearchError(
+                f"cannot resume: '{path}' needs '{key}' ({getattr(kind, '__name__', kind)}), got "
+                f"{value!r}"
+            )
+    return data
+
+
+def _normal_env(env: dict[str, Any]) -> dict[str, Any]:
+    """Environment settings with the defaults filled in, so that equivalent runs compare equal.
+
+    ``--budget-bops 1/128`` on an id whose default is 1/128, or ``--device cpu`` on a machine
+    without CUDA, is the same run as leaving them out.
+    """
+    import inspect
+
+    from jpq_env.evaluate import resolve_device
+
+    env = dict(env)
+    spec = gym.registry.get(str(env.get("id")))
+    defaults: dict[str, Any] = {
+        k: p.default
+        for k, p in inspect.signature(JPQEnv.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty and _plain(p.default)
+    }
+    if spec is not None:
+        defaults.update({k: v for k, v in spec.kwargs.items() if _plain(v)})
+    normal = {**defaults, **env}
+    with contextlib.suppress(ValueError, RuntimeError):  # an unusable device: as written
+        normal["device"] = resolve_device(normal.get("device")).type
+    return normal
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str, list, tuple, dict))
+
+
+def _differences(previous: dict[str, Any], mine: dict[str, Any]) -> list[str]:
+    """The settings (other than ``episodes``) in which two runs differ, each named."""
+    out = []
+    for key in ("agent", "seed"):
+        if previous.get(key) != mine.get(key):
+            out.append(f"{key} is {previous.get(key)!r} there, {mine.get(key)!r} here")
+    a, b = _normal_env(previous.get("env", {})), _normal_env(mine.get("env", {}))
+    for key in sorted(set(a) | set(b)):
+        if _jsonable(a.get(key)) != _jsonable(b.get(key)):
+            out.append(f"env.{key} is {a.get(key)!r} there, {b.get(key)!r} here")
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_record(record: dict[str, Any], where: str) -> None:
+    """Type-check one logged evaluation: a resumed run trusts nothing it cannot check.
+
+    Raises:
+        SearchError: Naming the line and the field that is missing or wrong.
+    """
+
+    def bad(name: str, expected: str) -> SearchError:
+        return SearchError(
+            f"cannot resume: {where}: '{name}' must be {expected}, got "
+            f"{record.get(name)!r:.80}; the log was edited or is corrupt"
+        )
+
+    def number(value: Any) -> bool:
+        real = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return real and bool(np.isfinite(value))
+
+    for key in ("accuracy", "accuracy_fp32"):
+        if not number(record.get(key)) or not 0.0 <= record[key] <= 1.0:
+            raise bad(key, "a number in [0, 1]")
+    for key in ("bops_ratio", "size_ratio"):
+        if not number(record.get(key)) or record[key] < 0:
+            raise bad(key, "a number >= 0")
+    if not number(record.get("reward")):
+        raise bad("reward", "a finite number")
+    if not isinstance(record.get("budget_met"), bool):
+        raise bad("budget_met", "true or false")
+    policy = record.get("policy")
+    if not isinstance(policy, list) or not all(
+        isinstance(p, dict)
+        and isinstance(p.get("name"), str)
+        and type(p.get("act_bits")) is int
+        and isinstance(p.get("bits"), list)
+        and all(type(b) is int for b in p["bits"])
+        for p in policy
+    ):
+        raise bad("policy", "a list of layers with 'name', 'act_bits' and 'bits' (integers)")
+    if "proxy_complete" in record and not isinstance(record["proxy_complete"], bool):
+        raise bad("proxy_complete", "true or false")
+    if "proxy_images" in record and type(record["proxy_images"]) is not int:
+        raise bad("proxy_images", "an integer")
+    if "phase" in record and not isinstance(record["phase"], str):
+        raise bad("phase", "a string")
 
 
 class _ReplayEvaluator:
@@ -134,6 +256,16 @@ def claim_directory(out: Path) -> RunLock:
     Raises:
         SearchError: If ``out`` cannot be created, or another process is searching in it.
     """
+    if out.exists() and not out.is_dir():
+        raise SearchError(f"cannot use '{out}' as the output directory: it is a file")
+    if out.is_dir() and not (out / RUN_NAME).exists():
+        foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise SearchError(
+                f"'{out}' is not empty and holds no run ({RUN_NAME} is missing): it holds "
+                f"{shown}. Choose a new or empty output directory (nothing was written)"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -220,18 +352,26 @@ class Search:
         if resume and not run_file.exists() and log_file.exists():
             raise SearchError(f"cannot resume: '{self.out}' has a log but no {RUN_NAME}")
         if resume and run_file.exists():
-            try:
-                previous = json.loads(run_file.read_text())
-            except json.JSONDecodeError as exc:
-                raise SearchError(f"cannot resume: '{run_file}' is not valid JSON: {exc}") from exc
-            mine = asdict(settings)
-            if {k: v for k, v in previous.items() if k != "episodes"} != {
-                k: v for k, v in mine.items() if k != "episodes"
-            }:
+            previous = _read_settings(run_file)
+            differ = _differences(previous, asdict(settings))
+            if differ:
                 raise SearchError(
-                    f"cannot resume: '{self.out}' holds a run with other settings: {previous}"
+                    f"cannot resume: '{self.out}' holds a run with other settings: "
+                    + "; ".join(differ)
+                    + " (nothing was overwritten)"
+                )
+            if previous["episodes"] > settings.episodes:
+                raise SearchError(
+                    f"cannot resume with {settings.episodes} episodes: the run in '{self.out}' "
+                    f"was started for {previous['episodes']}. A resumed run never shrinks: pass "
+                    f"--episodes {previous['episodes']} or more (nothing was overwritten)"
                 )
             logged = self._read_log(log_file)
+            if len(logged) > settings.episodes:
+                raise SearchError(
+                    f"cannot resume with {settings.episodes} episodes: '{log_file}' already holds "
+                    f"{len(logged)} (nothing was overwritten)"
+                )
             env.evaluator = _ReplayEvaluator(env.evaluator, logged)
             self._replay = logged
         else:
@@ -262,9 +402,10 @@ class Search:
         torn = [tail] if tail else []
         for number, line in enumerate(lines, 1):
             try:
-                record = json.loads(line)
+                record = loads(line, f"line {number}", error=ValueError)
                 if not isinstance(record, dict) or record.get("episode") != len(records):
                     raise ValueError(f"expected the record of episode {len(records)}")
+                _check_record(record, f"line {number} of '{path}'")  # an edit, never a tear
             except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
                 if number < len(lines):
                     raise SearchError(
@@ -330,18 +471,53 @@ class Search:
                 f"cannot resume: episode {episode} replayed a different policy than the log holds"
             )
         if not replayed:
-            with (self.out / LOG_NAME).open("a") as f:
-                f.write(json.dumps(record, separators=(",", ":")) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            self._append(record)
         self.records.append(record)
         better = self.best is None or record["accuracy"] > self.best["accuracy"]
         # A raced evaluation (stopped early: it lost) scored only part of the held-out split.
         if record["budget_met"] and record.get("proxy_complete", True) and better:
             self.best = record
+            if not replayed:
+                self._save_best()
+        if replayed and episode == len(self._replay) - 1 and self.best is not None:
+            # The replay is over: its best came from the log. Check its score with the proxy
+            # before it is written anywhere (an edited accuracy must not become the result).
+            self._verify(self.best)
             self._save_best()
         if self.on_record is not None:
             self.on_record(record, replayed)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        path = self.out / LOG_NAME
+        try:
+            with path.open("a") as f:
+                f.write(json.dumps(record, separators=(",", ":")) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise SearchError(
+                f"cannot append episode {record['episode']} to '{path}': {exc.strerror}; the "
+                "episodes before it are in the log (resume once there is room)"
+            ) from exc
+
+    def _verify(self, record: dict[str, Any]) -> None:
+        """Score a logged record's policy again; stop if the log claims another accuracy."""
+        data = {"schema": 1, "fingerprint": self.base.graph.fingerprint, "layers": record["policy"]}
+        try:
+            policy = Policy.from_json(data)
+            score = float(self.evaluator.accuracy(policy))
+        except ValueError as exc:
+            raise SearchError(
+                f"cannot resume: episode {record['episode']} of '{self.out / LOG_NAME}' holds a "
+                f"policy this model cannot take: {exc}"
+            ) from exc
+        if score != record["accuracy"]:
+            raise SearchError(
+                f"cannot resume: episode {record['episode']} of '{self.out / LOG_NAME}' claims "
+                f"held-out accuracy {record['accuracy']!r}, the proxy gives {score!r}: the log was "
+                "edited, or the code, data or device changed since the run started (nothing was "
+                "overwritten)"
+            )
 
     def _save_best(self) -> None:
         assert self.best is not None
@@ -365,4 +541,4 @@ class Search:
         """The most accurate policy within budget so far."""
         if self.best is None:
             return None
-        return Policy.from_json(json.loads((self.out / POLICY_NAME).read_text()))
+        return Policy.load(self.out / POLICY_NAME)

@@ -30,16 +30,32 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         raise FileNotFoundError(
             f"cannot write '{target}': directory '{target.parent}' does not exist"
         )
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write '{target}': {exc.strerror}") from exc
+    try:
+        # mkstemp makes the file private (0600); results are ordinary files (0666 - umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if str(target) in str(exc):
+            raise
+        raise OSError(exc.errno, f"cannot write '{target}': {exc.strerror}") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -38,6 +38,7 @@ workers, say): anything with ``fp32_accuracy`` and ``accuracy(policy)`` can stan
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import OrderedDict
@@ -158,10 +159,47 @@ def iter_batches(
         raise TaskError(f"the {split} split is empty")
     # A private generator: a DataLoader draws its base seed from torch's global RNG otherwise.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
-    for batch in loader:
+    batches = iter(loader)
+    for start in itertools.count(0, batch_size):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (RuntimeError, TypeError, ValueError) as exc:  # collate: samples that do not stack
+            raise TaskError(_unstackable(dataset, split, start, batch_size, exc)) from exc
         if not isinstance(batch, (list, tuple)) or len(batch) != 2:
             raise TaskError(f"the {split} split must yield (input, label) pairs")
         yield batch[0], batch[1]
+
+
+def _unstackable(dataset: Dataset, split: str, start: int, size: int, exc: Exception) -> str:
+    """Why samples ``start`` to ``start + size - 1`` of a split cannot form one batch."""
+
+    def form(i: int) -> str:
+        sample = dataset[i]
+        x = sample[0] if isinstance(sample, (list, tuple)) else sample
+        if isinstance(x, torch.Tensor):
+            return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+        return f"a {type(x).__name__}"
+
+    try:
+        first = form(start)
+        for i in range(start + 1, start + size):
+            try:
+                other = form(i)
+            except IndexError:
+                break
+            if other != first:
+                return (
+                    f"the {split} split: sample {i} is {other} but sample {start} is {first}; "
+                    "every sample's input must have the same shape and type"
+                )
+    except Exception:  # the dataset itself failed: report the batching error as it was
+        pass
+    return (
+        f"the {split} split: samples {start} to {start + size - 1} cannot be batched: "
+        f"{type(exc).__name__}: {exc}"
+    )
 
 
 @torch.no_grad()
@@ -778,6 +816,32 @@ class LocalEvaluator:
         """Top-1 on the test split (final reports only); ``None`` scores the FP32 model as is."""
         return self._score(policy, "test")
 
+    def check_split(self, split: str) -> None:
+        """Check every label of ``split`` (and that the model runs on it) before long work.
+
+        The test split is only scored at the end of a search; a bad label there would otherwise
+        fail after the whole search. Labels are read from a ``targets`` attribute (torchvision's
+        datasets) when there is one, else by a pass over the split.
+
+        Raises:
+            TaskError: Naming the split, if a label is not a class index or a sample cannot be
+                batched.
+        """
+        with _private_rng():
+            self._check_split(split)
+            data = getattr(self.task, split)
+            if isinstance(data, TensorDataset):
+                return  # all its labels were checked above
+            targets = getattr(data, "targets", None)
+            if targets is not None and len(targets) == len(data):
+                labels = torch.as_tensor(targets)
+                n = self.task.num_classes
+                if labels.is_floating_point() or int(labels.min()) < 0 or int(labels.max()) >= n:
+                    raise TaskError(f"the {split} split has labels outside [0, {n})")
+                return
+            for _ in self._batches(split):
+                pass
+
 
 class PaddedEvaluator:
     """An evaluator whose every ``accuracy`` call takes at least ``seconds`` of wall time.
@@ -812,3 +876,7 @@ class PaddedEvaluator:
     def test_accuracy(self, policy: Policy | None) -> float:
         """The inner evaluator's test accuracy (final reports; not padded)."""
         return float(self.inner.test_accuracy(policy))
+
+    def check_split(self, split: str) -> None:
+        """The inner evaluator's check of a split (see ``LocalEvaluator.check_split``)."""
+        self.inner.check_split(split)

@@ -12,7 +12,6 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -207,15 +206,9 @@ class Policy:
         Raises:
             PolicyError: If the file is missing, not JSON or not a policy.
         """
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise PolicyError(f"cannot read policy file '{path}': {exc.strerror}") from exc
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PolicyError(f"policy file '{path}' is not valid JSON: {exc}") from exc
-        return cls.from_json(data)
+        from jpq_env.jsonfile import read_json
+
+        return cls.from_json(read_json(path, "policy file", error=PolicyError))
 
 
 def _short(names: list[str], limit: int = 4) -> str:

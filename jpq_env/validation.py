@@ -21,7 +21,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-__all__ = ["choice", "flag", "integer", "mapping", "number"]
+__all__ = ["array", "choice", "flag", "integer", "mapping", "number"]
 
 Error = type[Exception]
 
@@ -206,3 +206,14 @@ def mapping(name: str, value: Any, *, error: Error = ValueError) -> dict[str, An
     if bad:
         raise error(f"{name} must have string keys (keyword arguments), got {bad[0]!r}")
     return dict(value)
+
+
+def array(value: Any) -> np.ndarray:
+    """``value`` as a numpy array; a torch tensor (on any device, with grad or not) included.
+
+    Agents written in torch hand their actions over as tensors; ``np.asarray`` fails on one that
+    requires grad or lives on a GPU.
+    """
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        return np.asarray(value.detach().cpu().numpy())
+    return np.asarray(value)

@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from jpq_env import validation as check
 from jpq_env.envs.jpq import LAYER, JPQEnv
 
 __all__ = ["FlatBoxView", "MultiDiscreteView"]
@@ -71,7 +72,7 @@ class FlatBoxView(_PerLayerView):
         self.action_space = env.action_space
 
     def _native(self, action: Any) -> np.ndarray:
-        return np.asarray(action, dtype=np.float32)
+        return check.array(action).astype(np.float32)
 
 
 class MultiDiscreteView(_PerLayerView):
@@ -102,7 +103,7 @@ class MultiDiscreteView(_PerLayerView):
         self.action_space = spaces.MultiDiscrete(self._nvec)
 
     def _native(self, action: Any) -> np.ndarray:
-        a = np.asarray(action)
+        a = check.array(action)
         if a.shape != self._nvec.shape or not np.issubdtype(a.dtype, np.integer):
             raise ValueError(f"action must be {self._nvec.size} integers, got {a.dtype} {a.shape}")
         nvec = self._nvec

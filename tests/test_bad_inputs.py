@@ -16,6 +16,7 @@ digits checkpoints (``test_digits.py``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -496,10 +497,15 @@ def _search(out: Path, env: JPQEnv, agent: str = "random", resume: bool = False)
 @pytest.mark.parametrize(
     ("prepare", "resume", "message"),
     [
-        pytest.param(lambda d: (d / LOG_NAME).write_text("{}\n"), False, "already holds a run: pass --resume", id="results-dir-holds-a-run"),
-        pytest.param(lambda d: (d / LOG_NAME).write_text("{}\n"), True, f"has a log but no {RUN_NAME}", id="resume-without-run-file"),
+        pytest.param(lambda d: (d / RUN_NAME).write_text("{}"), False, "already holds a run: pass --resume", id="results-dir-holds-a-run"),
+        pytest.param(lambda d: (d / LOG_NAME).write_text("{}\n"), True, f"holds no run \\({RUN_NAME} is missing\\): it holds {LOG_NAME}", id="resume-without-run-file"),
         pytest.param(lambda d: (d / RUN_NAME).write_text('{"agent": "greedy", "episodes": 2, "seed": 0, "env": {}}'), True, "holds a run with other settings", id="resume-other-settings"),
         pytest.param(lambda d: (d / RUN_NAME).write_text('{"agent": "ran'), True, f"{RUN_NAME}' is not valid JSON", id="resume-truncated-run-file"),
+        pytest.param(lambda d: (d / RUN_NAME).write_text("[]"), True, f"{RUN_NAME}' holds list, not a run's settings", id="resume-run-file-a-list"),
+        pytest.param(lambda d: (d / RUN_NAME).write_text("null"), True, f"{RUN_NAME}' holds NoneType, not a run's settings", id="resume-run-file-null"),
+        pytest.param(lambda d: (d / RUN_NAME).write_text('{"agent": "random", "episodes": "2", "seed": 0, "env": {}}'), True, r"needs 'episodes' \(int\), got '2'", id="resume-run-file-episodes-a-string"),
+        pytest.param(lambda d: (d / RUN_NAME).write_bytes(b'{"agent": "\xff"}'), True, "is not UTF-8 text", id="resume-run-file-undecodable"),
+        pytest.param(lambda d: [(d / n).write_text("mine") for n in ("policy.json", "summary.json", "reference.jsonl")], False, "is not empty and holds no run", id="out-holds-the-users-files"),
     ],
 )  # fmt: skip
 def test_results_directory_of_another_run_is_named(tmp_path, env: JPQEnv, prepare, resume, message):
@@ -508,3 +514,353 @@ def test_results_directory_of_another_run_is_named(tmp_path, env: JPQEnv, prepar
     with pytest.raises(SearchError, match=message):
         _search(tmp_path, env, resume=resume)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing overwritten
+
+
+# ---- trust: a policy file never runs code, no result lost or silently wrong --------------------
+
+
+def _random_run(out: Path, episodes: int, *extra: str) -> int:
+    argv = ["search", "--agent", "random", "--episodes", str(episodes), "--out", str(out)]
+    return main([*argv, "--quiet", *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trust") / "run"
+    assert _random_run(out, 6) == 0
+    return out
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "finetune", "export"])
+def test_a_policy_file_never_chooses_code_to_import(
+    tmp_path, policy_json, monkeypatch, capsys, command
+):
+    monkeypatch.chdir(tmp_path)
+    evil = {**policy_json, "task": "os:system", "env": {"task_options": {"command": "touch PWNED"}}}
+    (tmp_path / "evil.json").write_text(json.dumps(evil))
+    argv = [command, "evil.json"] + (["--out", "out.pt"] if command != "evaluate" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "names the task factory 'os:system': a policy file never chooses code to import" in err
+    assert "--task os:system" in err  # how to run it, if the user trusts it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.json"]  # no PWNED, no out.pt
+
+
+def test_a_factory_the_user_names_runs_with_the_files_options(tmp_path, capsys):
+    task = load_task("tests.bad_tasks:good")
+    graph = LayerGraph.from_module(task.model, task.example_input)
+    data = {
+        **Policy.uniform(graph, 8, 8).to_json(),
+        "task": "tests.bad_tasks:good",
+        "env": {"task_options": {}},
+    }
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    assert main(["evaluate", str(tmp_path / "p.json")]) == 2
+    assert "never chooses code" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "p.json"), "--task", "tests.bad_tasks:good"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+POLICY_FILE_FIELDS = [
+    pytest.param(lambda d: {**d, "env": {"task_options": [1, 2]}}, "'env.task_options' must be an object of named options, got [1, 2]", id="policy-task-options-a-list"),
+    pytest.param(lambda d: {**d, "env": [1]}, "'env' must be an object", id="policy-env-a-list"),
+    pytest.param(lambda d: {**d, "task": 3}, "'task' must be a string, got 3", id="policy-task-a-number"),
+    pytest.param(lambda d: {**d, "env": {"bn_recalibration": "no"}}, "env.bn_recalibration must be True or False, got 'no'", id="policy-recalibration-a-string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("edit", "message"), POLICY_FILE_FIELDS)
+def test_bad_policy_file_field_is_named_by_the_cli(tmp_path, policy_json, capsys, edit, message):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(edit(policy_json)))
+    assert main(["evaluate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, "is nested too deeply", id="policy-nested-100000-deep"),
+        pytest.param(b'{"schema": 1, "\xff": 2}', "is not UTF-8 text", id="policy-undecodable"),
+    ],
+)  # fmt: skip
+def test_unreadable_policy_file_is_named(tmp_path, capsys, content, message):
+    path = tmp_path / "p.json"
+    path.write_bytes(content)
+    assert main(["evaluate", str(path)]) == 2
+    assert f"policy file '{path}' {message}" in capsys.readouterr().err
+
+
+def test_a_policy_with_nothing_left_is_evaluated(tmp_path, env: JPQEnv, capsys):
+    # Every kernel but the output layer's pruned: the output layer loses all its inputs too.
+    policy = Policy.uniform(env.graph, 0, 8)
+    layers = list(policy.layers)
+    last = layers[-1]
+    layers[-1] = LayerPolicy(last.name, np.full(len(last.bits), 8), last.act_bits)
+    data = Policy(tuple(layers), policy.fingerprint).to_json()
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    assert main(["evaluate", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr().out
+    assert "BOPs 0 = 0.00000 of FP32 (0)" in out
+    assert "test accuracy" in out
+
+
+def test_a_resumed_run_never_shrinks(finished_run, capsys):
+    before = _files(finished_run)
+    assert _random_run(finished_run, 3, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "cannot resume with 3 episodes: the run in" in err and "was started for 6" in err
+    assert "--episodes 6 or more" in err
+    assert _files(finished_run) == before
+
+
+def test_out_holding_the_users_files_is_refused(tmp_path, capsys):
+    for name in ("policy.json", "summary.json", "reference.jsonl"):
+        (tmp_path / name).write_text(f"the user's {name}")
+    before = _files(tmp_path)
+    for resume in ([], ["--resume"]):
+        assert _random_run(tmp_path, 2, *resume) == 2
+        err = capsys.readouterr().err
+        assert "is not empty and holds no run (run.json is missing): it holds policy.json" in err
+    assert _files(tmp_path) == before
+
+
+def test_an_empty_out_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["search", "--agent", "random", "--episodes", "2", "--out", "", "--quiet"]
+    assert main(argv) == 2
+    assert "out must name a directory, got ''" in capsys.readouterr().err
+    assert not (tmp_path / LOG_NAME).exists() and not (tmp_path / RUN_NAME).exists()
+
+
+def _edit_log(run: Path, target: Path, line: int, change: Callable[[dict[str, Any]], None]) -> None:
+    for name in ("run.json", LOG_NAME, "policy.json"):
+        (target / name).write_bytes((run / name).read_bytes())
+    records = [json.loads(x) for x in (target / LOG_NAME).read_text().splitlines()]
+    change(records[line])
+    (target / LOG_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+LOG_EDITS = [
+    pytest.param(lambda r: r.pop("policy"), r"line 2 of .*'policy' must be a list of layers", id="log-record-without-policy"),
+    pytest.param(lambda r: r.update(accuracy="high"), r"line 2 of .*'accuracy' must be a number in \[0, 1\], got 'high'", id="log-accuracy-a-string"),
+    pytest.param(lambda r: r.update(accuracy=float("nan")), r"'accuracy' must be a number in \[0, 1\], got nan", id="log-accuracy-nan"),
+    pytest.param(lambda r: r.update(budget_met="yes"), r"'budget_met' must be true or false", id="log-budget-met-a-string"),
+    pytest.param(lambda r: r["policy"][0].update(bits="8"), r"'policy' must be a list of layers", id="log-bits-a-string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "message"), LOG_EDITS)
+def test_an_edited_log_record_is_named(finished_run, tmp_path, capsys, change, message):
+    _edit_log(finished_run, tmp_path, 1, change)
+    before = _files(tmp_path)
+    assert _random_run(tmp_path, 6, "--resume") == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert _files(tmp_path) == before
+
+
+def test_an_edited_accuracy_never_becomes_the_result(finished_run, tmp_path, capsys):
+    records = [json.loads(x) for x in (finished_run / LOG_NAME).read_text().splitlines()]
+    within = [r["episode"] for r in records if r["budget_met"]]
+    assert within, "the fixture run needs a policy within budget"
+    _edit_log(finished_run, tmp_path, within[0], lambda r: r.update(accuracy=0.999))
+    before = _files(tmp_path)
+    assert _random_run(tmp_path, 6, "--resume") == 2
+    err = capsys.readouterr().err
+    assert (
+        f"episode {within[0]} of" in err
+        and "claims held-out accuracy 0.999, the proxy gives" in err
+    )
+    assert _files(tmp_path) == before  # policy.json still the real best
+
+
+def test_an_untouched_log_resumes_to_the_same_files(finished_run, tmp_path):
+    _edit_log(finished_run, tmp_path, 0, lambda r: None)
+    assert _random_run(tmp_path, 6, "--resume") == 0
+    assert (tmp_path / "policy.json").read_bytes() == (finished_run / "policy.json").read_bytes()
+
+
+def test_equivalent_settings_resume_and_a_difference_is_named(finished_run, tmp_path, capsys):
+    _edit_log(finished_run, tmp_path, 0, lambda r: None)
+    assert _random_run(tmp_path, 6, "--resume", "--budget-bops", "1/128", "--device", "cpu") == 0
+    capsys.readouterr()
+    assert _random_run(tmp_path, 6, "--resume", "--budget-bops", "1/64") == 2
+    err = capsys.readouterr().err
+    assert "env.budget_bops is 0.0078125 there, 0.015625 here" in err
+
+
+def test_result_files_are_readable_by_others(finished_run):
+    for name in ("policy.json", "summary.json", "run.json", LOG_NAME, "reference.jsonl"):
+        mode = (finished_run / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~_umask(), (name, oct(mode))
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import os
+
+    from jpq_env.atomic import write_atomic
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    search = Search(tmp_path / "run", RunSettings("random", 2, 0), JPQEnv())
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=r"cannot write '.*summary.json': No space left on device"):
+        write_atomic(tmp_path / "summary.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary file left behind
+    info = {
+        "accuracy": 0.5,
+        "accuracy_fp32": 0.9,
+        "bops_ratio": 0.01,
+        "size_ratio": 0.1,
+        "budget_met": True,
+        "policy": [],
+    }
+    with pytest.raises(
+        SearchError, match=r"cannot append episode 0 to '.*evaluations.jsonl': No space left"
+    ):
+        search.record(info, 0.0)
+    search.release()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "one"])
+def test_a_bad_seed_is_refused_before_any_work(tmp_path, capsys, seed):
+    with pytest.raises(SystemExit) as stop:
+        _random_run(tmp_path / "run", 2, "--seed", seed)
+    assert stop.value.code == 2
+    assert "--seed" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+        run_search("random", tmp_path / "lib", 2, seed=-1)
+
+
+def test_a_grad_tensor_action_is_taken(env: JPQEnv):
+    fresh, twin = JPQEnv(evaluator=env.evaluator), JPQEnv(evaluator=env.evaluator)
+    fresh.reset(seed=0)
+    twin.reset(seed=0)
+    action = torch.full(fresh.action_space.shape, 0.5, requires_grad=True)
+    obs = fresh.step(action)[0]
+    assert np.array_equal(obs, twin.step(np.full(fresh.action_space.shape, 0.5))[0])
+
+
+def test_channel_groups_beyond_the_widest_layer_are_refused(env: JPQEnv):
+    with pytest.raises(ValueError, match=r"channel_groups=1000000000 is more than the 64 kernels"):
+        JPQEnv(evaluator=env.evaluator, channel_groups=10**9)
+
+
+class _ShapeOf(torch.utils.data.Dataset):
+    """A map-style split (not tensors) whose sample ``odd`` has another input shape or label."""
+
+    def __init__(self, n: int, odd: int, shape: bool = True) -> None:
+        self.base, self.odd, self.shape = bad_tasks._data(n), odd, shape
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.base[i]
+        if i == self.odd:
+            return (x[:, :4], int(y)) if self.shape else (x, 99)
+        return x, int(y)
+
+
+def test_a_test_split_sample_of_another_shape_is_named():
+    task = bad_tasks._task(test=_ShapeOf(8, 5))
+    evaluator = LocalEvaluator(task)
+    with pytest.raises(
+        TaskError,
+        match=r"the test split: sample 5 is a torch.float32 tensor of shape \(3, 4, 8\) but sample 0 is a torch.float32 tensor of shape \(3, 8, 8\)",
+    ):
+        evaluator.check_split("test")
+
+
+def test_a_bad_test_label_fails_before_the_search(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        bad_tasks,
+        "late_bad_label",
+        lambda: bad_tasks._task(test=_ShapeOf(8, 6, shape=False)),
+        raising=False,
+    )
+    with pytest.raises(TaskError, match=r"the test split has labels outside \[0, 4\)"):
+        run_search(
+            "random",
+            tmp_path / "run",
+            2,
+            env_kwargs={"task": "tests.bad_tasks:late_bad_label"},
+            progress=False,
+        )
+    assert not (tmp_path / "run" / LOG_NAME).exists()  # before the first evaluation
+
+
+def test_finetune_into_a_directory_fails_before_training(tmp_path, policy_json, capsys):
+    (tmp_path / "p.json").write_text(json.dumps(policy_json))
+    (tmp_path / "weights").mkdir()
+    assert main(["finetune", str(tmp_path / "p.json"), "--out", str(tmp_path / "weights")]) == 2
+    assert f"--out '{tmp_path / 'weights'}' is a directory" in capsys.readouterr().err
+    assert list((tmp_path / "weights").iterdir()) == []
+
+
+def test_rl_zoo_policy_kwargs_are_parsed_never_run():
+    from jpq_agents.sb3 import policy_kwargs
+
+    assert policy_kwargs("dict(net_arch=[64, 64])") == {"net_arch": [64, 64]}
+    assert policy_kwargs('{"net_arch": dict(pi=[32], vf=[16])}') == {
+        "net_arch": {"pi": [32], "vf": [16]}
+    }
+    for code in [
+        '__import__("os").system("touch PWNED")',
+        "().__class__.__bases__",
+        'dict(a=open("f"))',
+    ]:
+        with pytest.raises(ValueError, match="only dict"):
+            policy_kwargs(code)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_search_with_the_resume_hint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jpq_agents.cli",
+        "search",
+        "--agent",
+        "random",
+        "--episodes",
+        "100000",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    deadline = time.monotonic() + 120
+    while (
+        not ((out / LOG_NAME).exists() and (out / LOG_NAME).stat().st_size)
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "stopped by SIGTERM" in err and "--resume" in err and "Traceback" not in err

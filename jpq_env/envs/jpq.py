@@ -306,6 +306,11 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self._sens_features = sensitivity
         self.per_kernel = channel_groups == 0
         widest = max(x.out_channels for x in self.graph.layers)
+        if channel_groups > widest:
+            raise ValueError(
+                f"channel_groups={channel_groups} is more than the {widest} kernels of the widest "
+                "layer: use at most that, or 0 for one entry per kernel"
+            )
         self.channel_slots = widest if self.per_kernel else channel_groups
         # A set of activation widths makes them a layer decision (entry 1 of the action).
         self.decides_act = len(act_choices) > 1
@@ -442,7 +447,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _unit_action(self, action: Any) -> np.ndarray:
         try:
-            raw = np.asarray(action)
+            raw = check.array(action)
             # Complex or boolean actions would be cast silently (imaginary part dropped): refuse.
             if raw.dtype.kind not in "iuf":
                 raise TypeError(f"dtype {raw.dtype}")
