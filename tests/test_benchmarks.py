@@ -21,6 +21,7 @@ QUICK = {
     "byom_episode": 10,
     "soak": 10,
     "proxy": 3,
+    "two_level_ablation": 5,
     "cifar_workload": 0,  # prints its record as JSON, no table
 }
 
