@@ -75,44 +75,74 @@ def two_stage(search: Search, seed: int) -> None:
 def greedy(search: Search, seed: int) -> None:
     """Greedy width allocation with magnitude pruning paying for it.
 
-    Starts from the smallest widths (weights and, on v1, activations) with the least uniform
-    pruning that fits; each round tries one more level for every layer's weights and every
-    layer's activations (the shared pruning rising as needed to stay within budget) and keeps the
-    most accurate trial, until no trial improves on the current policy.
+    Starts from the most accurate of the prune-then-quantize policies (every uniform width, WxAy
+    pair on v1, with the least uniform pruning that fits: the ``two-stage`` baseline's episodes)
+    and of the smallest widths with the least pruning that fits. Each round then tries one more
+    level for every layer's weights and every layer's activations (the shared pruning rising as
+    needed to stay within budget) and keeps the most accurate trial, until no trial improves on
+    the current policy.
+
+    Cost in evaluations for ``L`` layers and ``P`` width pairs (``P`` = 6 on v0, 36 on v1 with six
+    widths): ``P + 1`` to start, then at most ``L`` (v0) or ``2 L`` (v1) per round. Starting from
+    the two-stage policy rather than from the smallest widths is what makes 300 evaluations enough
+    on 20 layers (ResNet-20: from the smallest widths, 7 rounds of 40 probes ended far below the
+    budget, at 1/197 of FP32 BOPs and 16% test accuracy). When the evaluation budget ends a round
+    early, ``search.stop_reason`` says so.
     """
     base = jpq(search.env)
     n = base.num_layers
     # One row per kind of width: weights, then activations (v1 only); levels[kind][layer].
     tops = [len(base.bits)] + ([len(base.space.act_bits)] if base.decides_act else [])
-    levels = [[0] * n for _ in tops]
 
     def acts(lv: list[list[int]]) -> list[int | None]:
         return list(lv[1]) if base.decides_act else [None] * n
 
-    pruned = least_uniform_pruning(base, levels[0], acts(levels))
-    if pruned is None:
+    starts: list[tuple[list[list[int]], list[int]]] = []
+    uniform_levels = [(w, a) for w, a in level_pairs(base)] + [(0, 0 if base.decides_act else None)]
+    for w, a in dict.fromkeys(uniform_levels):  # the two-stage policies, then the smallest widths
+        levels = [[w] * n] + ([[a if a is not None else 0] * n] if base.decides_act else [])
+        pruned = least_uniform_pruning(base, levels[0], acts(levels))
+        if pruned is not None:
+            starts.append((levels, pruned))
+    if not starts:
         return
-    info = play(search.env, uniform_choices(base, pruned, levels[0], acts(levels)), seed=seed)
+    probes = [choice_actions(base, uniform_choices(base, p, lv[0], acts(lv))) for lv, p in starts]
+    scored = list(zip(starts, play_many(search, probes, seed=seed), strict=False))
+    if not scored:
+        return
+    (levels, pruned), info = max(scored, key=lambda x: x[1]["accuracy"])  # first of equals
     accuracy = info["accuracy"]
-    while not search.done:
+    while True:
         best: tuple[float, list[list[int]], list[int]] | None = None
         trials = []
         for kind, top in enumerate(tops):
             for layer in range(n):
-                if levels[kind][layer] + 1 >= top:
-                    continue
+                if levels[kind][layer] + 1 >= top or (kind == 1 and layer in base.space.fixed_act):
+                    continue  # no higher level, or a width the conventions fix (the same policy)
                 trial = [list(row) for row in levels]
                 trial[kind][layer] += 1
                 trial_pruned = least_uniform_pruning(base, trial[0], acts(trial))
                 if trial_pruned is not None:
                     trials.append((trial, trial_pruned))
+        if not trials:
+            return
+        if search.done:
+            search.stop_reason = (
+                f"the evaluation budget ran out while greedy still had {len(trials)} probes to "
+                "try (see greedy's cost in evaluations in jpq_agents.baselines)"
+            )
+            return
         # One round's probes in one batch (in parallel on an evaluator pool), cut to the budget.
         probes = [choice_actions(base, uniform_choices(base, p, t[0], acts(t))) for t, p in trials]
-        for (trial, trial_pruned), info in zip(
-            trials, play_many(search, probes, seed=seed), strict=False
-        ):
+        played = play_many(search, probes, seed=seed)
+        for (trial, trial_pruned), info in zip(trials, played, strict=False):
             if best is None or info["accuracy"] > best[0]:
                 best = (info["accuracy"], trial, trial_pruned)
+        if len(played) < len(trials):
+            search.stop_reason = (
+                f"the evaluation budget ran out in a round of greedy, after {len(played)} of its "
+                f"{len(trials)} probes (see greedy's cost in evaluations in jpq_agents.baselines)"
+            )
         if best is None or best[0] <= accuracy:
             return
         accuracy, levels, pruned = best

@@ -276,6 +276,8 @@ def _search(args: argparse.Namespace) -> int:
             ("size of FP32", f"{best['size_ratio']:.4f} ({_one_in(best['size_ratio'])})"),
         ]
     print(_table(("summary", ""), rows))
+    if summary.get("stop_reason"):
+        print(f"\nstopped early: {summary['stop_reason']}")
     files = "policy.json, evaluations.jsonl, pareto.png, summary.json, tensorboard/"
     print(f"\nfiles in {args.out}: {files}")
     return 0

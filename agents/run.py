@@ -268,6 +268,8 @@ def _summarize(
         },
         "budget_violations": sum(not r["budget_met"] for r in search.records),
     }
+    if search.stop_reason:
+        summary["stop_reason"] = search.stop_reason
     pareto_plot(
         search.records, reference, env.budget.targets.get("bops"), out / "pareto.png", agent
     )

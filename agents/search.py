@@ -313,6 +313,7 @@ class Search:
         self.records: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.phase = ""  # set by agents ("warm-start", "learning", ...); logged with each record
+        self.stop_reason = ""  # set by an agent cut short by the evaluation budget (summary)
         self._lock = claim_directory(self.out)
         try:
             self._open(env, resume)

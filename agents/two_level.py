@@ -654,6 +654,9 @@ class _Agent:
                 pruned = least_uniform_pruning(self.base, [w] * n, [act] * n)
                 if pruned is not None:
                     plans.append(uniform_choices(self.base, pruned, [w] * n, [act] * n))
+            # The warm start is played whole even when refinement would take every evaluation
+            # (refine_fraction=1): refinement needs a policy to start from.
+            refine_from = max(refine_from, min(len(plans), total))
             self._learned(plans[: max(refine_from - self.search.count, 0)], "warm-start")
         self.search.phase = "learning"
         if cfg.surrogate:

@@ -73,7 +73,8 @@ def _register(variant: str) -> str:
 def _curve(log: Path) -> tuple[list[float], str]:
     """Best complete held-out accuracy within budget after each evaluation; the best's phase."""
     best, phase, curve = 0.0, "", []
-    for line in log.read_text().splitlines():
+    lines = log.read_text().splitlines() if log.exists() else []  # no evaluation: no log
+    for line in lines:
         r = json.loads(line)
         if r["budget_met"] and r.get("proxy_complete", True) and r["accuracy"] > best:
             best, phase = r["accuracy"], r.get("phase", "")

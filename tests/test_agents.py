@@ -8,7 +8,7 @@ from jpq_agents.play import fits, least_uniform_pruning
 from jpq_agents.run import run_search
 from jpq_agents.sb3 import TruncatedNormalDecayNoise, hyperparameters, run_sb3
 from jpq_agents.search import LOG_NAME, POLICY_NAME, RunSettings, Search, SearchError
-from jpq_agents.two_level import run_two_level
+from jpq_agents.two_level import TwoLevelConfig, run_two_level
 from jpq_env import Policy, measure
 from jpq_env.envs import JPQEnv
 
@@ -128,7 +128,20 @@ def test_baselines_stay_within_budget_and_two_stage_prunes_no_more_than_needed(t
         assert fits(env, pruned, [lv] * n)[0]
         assert not fits(env, [max(p - 1, 0) for p in pruned], [lv] * n)[0]
     greedy = _lines(tmp_path / "greedy")
-    assert max(r["accuracy"] for r in greedy) >= greedy[0]["accuracy"]
+    two_stage = _lines(tmp_path / "two-stage")
+    # Greedy starts from the two-stage policies: it ends at least as accurate as the best of them.
+    assert max(r["accuracy"] for r in greedy) >= max(r["accuracy"] for r in two_stage)
+    assert [r["policy"] for r in greedy[: len(two_stage)]] == [r["policy"] for r in two_stage]
+
+
+def test_greedy_cut_short_by_the_evaluation_budget_says_so(tmp_path, shared):
+    search = Search(tmp_path, RunSettings("greedy", 10, 0), _env(shared))
+    BASELINES["greedy"](search, 0)
+    assert search.count == 10
+    assert "the evaluation budget ran out" in search.stop_reason
+    roomy = Search(tmp_path / "roomy", RunSettings("greedy", 400, 0), _env(shared))
+    BASELINES["greedy"](roomy, 0)
+    assert roomy.count < 400 and roomy.stop_reason == ""  # it ran out of improvements instead
 
 
 def test_two_level_is_deterministic_and_exact_in_its_budget(tmp_path, shared):
@@ -165,3 +178,12 @@ def test_hyperparameters_come_from_zoo_yaml():
     assert ppo["gamma"] == 1.0 and ppo["n_steps"] == 48
     assert hyperparameters("ppo", "jpq_env/JPQWeightsDeep-v0")["n_steps"] == 88
     assert hyperparameters("ddpg", "someone/Else-v0")["gamma"] == 1.0  # the default entry
+
+
+def test_two_level_without_learning_refines_its_warm_start(tmp_path, shared):
+    # refine_fraction=1: the warm start is still played whole, then every evaluation refines.
+    search = Search(tmp_path, RunSettings("two-level", 30, 0), _env(shared))
+    run_two_level(search, 0, TwoLevelConfig(refine_fraction=1.0))
+    phases = [r.get("phase", "") for r in search.records]
+    assert search.count == 30 and phases[0] == "warm-start"
+    assert "learning" not in phases and phases[-1].startswith("refinement")
