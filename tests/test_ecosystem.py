@@ -1,0 +1,93 @@
+"""The project as users of the RL ecosystem meet it: SB3's vector envs, gymnasium specs, RL Zoo."""
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+from jpq_env.envs import JPQEnv
+from jpq_env.envs.render import HEIGHT, bits_frame
+from jpq_env.registration import PRESETS, RENAMED
+
+_CHEAP = {"val_images": 16}  # a low-fidelity proxy: each episode's evaluation is cheap
+
+
+def _play(vec, steps: int) -> None:
+    vec.seed(0)
+    vec.reset()
+    for _ in range(steps):
+        vec.step(np.stack([vec.action_space.sample() for _ in range(vec.num_envs)]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", sorted(PRESETS))
+def test_make_vec_env_builds_two_subprocess_workers_on_every_id(env_id):
+    # SB3 passes render_mode="rgb_array" and only retries without it on a TypeError. "fork" keeps
+    # the test fast (the workers inherit the imports); one id below uses SB3's default method.
+    vec = make_vec_env(
+        env_id, n_envs=2, vec_env_cls=SubprocVecEnv, env_kwargs=_CHEAP,
+        vec_env_kwargs={"start_method": "fork"},
+    )  # fmt: skip
+    try:
+        _play(vec, 3)
+        frames = vec.get_images()
+        assert len(frames) == 2
+        for frame in frames:
+            assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[0] == HEIGHT
+    finally:
+        vec.close()
+
+
+@pytest.mark.slow
+def test_make_vec_env_with_sb3s_default_start_method():
+    # forkserver workers start from a fresh interpreter that has not imported jpq_env: the
+    # "module:id" form makes gymnasium import it (and so register the ids) first.
+    vec = make_vec_env(
+        "jpq_env:jpq_env/JPQWeightsActs-v0", n_envs=2, vec_env_cls=SubprocVecEnv, env_kwargs=_CHEAP
+    )
+    try:
+        _play(vec, 2)
+    finally:
+        vec.close()
+
+
+@pytest.mark.parametrize("old_id", sorted(RENAMED))
+def test_make_vec_env_builds_the_renamed_ids(old_id):
+    with pytest.warns(FutureWarning, match="is renamed"):
+        vec = make_vec_env(old_id, n_envs=1, vec_env_cls=DummyVecEnv, env_kwargs=_CHEAP)
+    try:
+        _play(vec, 1)
+        assert vec.get_images()[0].dtype == np.uint8
+    finally:
+        vec.close()
+
+
+def test_rgb_array_frame_shows_each_decided_layer():
+    env = JPQEnv(render_mode="rgb_array", val_images=16)
+    env.reset(seed=0)
+    blank = env.render()
+    assert isinstance(blank, np.ndarray) and blank.dtype == np.uint8
+    assert blank.shape == (HEIGHT, env.num_layers * 10 + 2, 3)
+    env.step(np.ones(env.action_space.shape, dtype=np.float32))  # the layer decision
+    env.step(np.ones(env.action_space.shape, dtype=np.float32))  # widest bits for layer 0
+    frame = env.render()
+    assert frame.shape == blank.shape
+    assert not np.array_equal(frame[:, 2:10], blank[:, 2:10])  # layer 0 drawn
+    assert np.array_equal(frame[:, 12:], blank[:, 12:])  # the others still undecided
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym.make("jpq_env/JPQWeights-v0", render_mode="rgb_array", val_images=16).close()
+
+
+def test_bits_frame_scales_bars_to_the_widest_width():
+    full = bits_frame([(8.0, 8, 0.0)], 8)
+    half = bits_frame([(4.0, 4, 1.0)], 8)
+    blue = (full[:, 2:6] == (31, 119, 180)).all(axis=-1).all(axis=-1).sum()
+    blue_half = (half[:, 2:6] == (31, 119, 180)).all(axis=-1).all(axis=-1).sum()
+    assert blue == HEIGHT - 4 and blue_half == (HEIGHT - 4) // 2
+    assert (half[-1, 2:10] == (90, 90, 90)).all()  # all pruned: a full grey strip
+    with pytest.raises(ValueError, match="max_bits"):
+        bits_frame([], 0)
