@@ -5,12 +5,15 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from jpq_env.envs import JPQEnv
 from jpq_env.envs.render import HEIGHT, bits_frame
 from jpq_env.registration import PRESETS, RENAMED
+from jpq_env.wrappers import FlatBoxView, MultiDiscreteView
 
 _CHEAP = {"val_images": 16}  # a low-fidelity proxy: each episode's evaluation is cheap
 
@@ -91,3 +94,37 @@ def test_bits_frame_scales_bars_to_the_widest_width():
     assert (half[-1, 2:10] == (90, 90, 90)).all()  # all pruned: a full grey strip
     with pytest.raises(ValueError, match="max_bits"):
         bits_frame([], 0)
+
+
+@pytest.mark.parametrize("view", [FlatBoxView, MultiDiscreteView])
+def test_views_are_recreated_from_their_spec_and_pass_gymnasiums_checker(view):
+    env = view(gym.make("jpq_env/JPQWeights-v0", val_images=16))
+    spec = env.spec
+    assert spec is not None and spec.additional_wrappers[-1].name == view.__name__
+    again = spec.make()
+    assert isinstance(again, view) and again.action_space == env.action_space
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is different from the unwrapped version.*")
+        gym_check_env(env, skip_render_check=True)
+    if view is MultiDiscreteView:
+        assert (
+            view(gym.make("jpq_env/JPQWeights-v0"), sparsity_levels=5).spec.make().sparsity_levels
+            == 5
+        )
+
+
+@pytest.mark.parametrize("view", [FlatBoxView, MultiDiscreteView])
+def test_monitor_under_a_view_counts_the_agents_steps(view):
+    # make_vec_env(wrapper_class=view), as RL Zoo builds it, puts SB3's Monitor below the view.
+    vec = make_vec_env("jpq_env/JPQWeights-v0", n_envs=1, wrapper_class=view, env_kwargs=_CHEAP)
+    vec.seed(0)
+    vec.reset()
+    monitor = vec.envs[0].env
+    assert isinstance(monitor, Monitor)
+    layers = vec.envs[0].unwrapped.num_layers
+    infos: list = []
+    for _ in range(layers):
+        _, _, _, infos = vec.step(np.stack([vec.action_space.sample()]))
+    assert infos[0]["episode"]["l"] == layers
+    assert monitor.get_episode_lengths() == [layers]
+    vec.close()
