@@ -1,6 +1,12 @@
 """The project as users of the RL ecosystem meet it: SB3's vector envs, gymnasium specs, RL Zoo."""
 
+import os
+import shutil
+import subprocess
+import sys
 import warnings
+import zipfile
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -15,6 +21,7 @@ from jpq_env.envs.render import HEIGHT, bits_frame
 from jpq_env.registration import PRESETS, RENAMED
 from jpq_env.wrappers import FlatBoxView, MultiDiscreteView
 
+ROOT = Path(__file__).resolve().parents[1]
 _CHEAP = {"val_images": 16}  # a low-fidelity proxy: each episode's evaluation is cheap
 
 
@@ -128,3 +135,55 @@ def test_monitor_under_a_view_counts_the_agents_steps(view):
     assert infos[0]["episode"]["l"] == layers
     assert monitor.get_episode_lengths() == [layers]
     vec.close()
+
+
+@pytest.mark.slow
+def test_rl_zoo_reads_the_shipped_hyperparameters_as_a_module_from_any_folder(tmp_path):
+    # No checkout path: the conf file is a module of the installed package (RL Zoo imports a
+    # --conf-file that is neither .yml nor .py and reads its `hyperparams`).
+    cmd = [
+        sys.executable, "-m", "rl_zoo3.train", "--gym-packages", "jpq_env",
+        "--env", "jpq_env/JPQWeights-v0", "--algo", "ppo",
+        "--conf-file", "jpq_agents.hyperparams.ppo", "--env-kwargs", "val_images:16",
+        "-n", "48", "--log-folder", str(tmp_path), "--eval-freq", "-1", "--seed", "0",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Using 'default' hyperparameters" not in out.stdout
+    (config,) = tmp_path.rglob("config.yml")
+    saved = config.read_text()
+    assert "jpq_env.wrappers.FlatBoxView" in saved and "gae_lambda" in saved
+    assert list(tmp_path.rglob("*.zip"))
+
+
+def test_hyperparameter_modules_hold_the_yaml_tables():
+    from jpq_agents.hyperparams import ddpg, load, ppo, ppo_mask
+
+    assert ppo.hyperparams["jpq_env/JPQWeights-v0"]["n_steps"] == 48
+    assert ddpg.hyperparams["default"]["env_wrapper"] == "jpq_env.wrappers.FlatBoxView"
+    wrapper = ppo_mask.hyperparams["jpq_env/JPQWeightsActs-v0"]["env_wrapper"]
+    assert wrapper == "jpq_env.wrappers.MultiDiscreteView"
+    with pytest.raises(ValueError, match="no hyperparameters for 'sac'"):
+        load("sac")
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_license_and_the_hyperparameters(tmp_path):
+    # built from a copy: setuptools leaves build/ and *.egg-info behind in the source folder
+    junk = shutil.ignore_patterns(".*", "build", "dist", "runs", "*.egg-info", "__pycache__")
+    source = shutil.copytree(ROOT, tmp_path / "src", ignore=junk)
+    cmd = [
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+        "--no-index", "-q", "-w", str(tmp_path), str(source),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("jpq_env-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    for algo in ("ppo", "ddpg", "ppo_mask"):
+        assert f"jpq_agents/hyperparams/{algo}.py" in names
+        assert f"jpq_agents/hyperparams/{algo}.yml" in names
+    assert not any(n.startswith("agents/") for n in names)  # no generic top-level name
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
