@@ -16,7 +16,7 @@ from jpq_agents.cli import _parser, main
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("validate") / "run"
     argv = ["search", "--agent", "random", "--episodes", "5", "--out", str(out), "--quiet"]
-    assert main([*argv, "--env", "jpq_env/JPQWeights-v0", "--budget-bops", "1/16"]) == 0
+    assert main([*argv, "--env", "jpq_env/JPQWeights-v0"]) == 0  # the default budget, 1/64
     return out
 
 
@@ -102,3 +102,14 @@ def test_validate_names_the_first_mismatching_episode(run_dir, tmp_path, capsys)
     assert f"episode {policy['episode']}: bops_ratio logged" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "missing")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_summary_says_versions_date_speed_and_the_defaulted_budget(run_dir):
+    from importlib import metadata
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["budget"] == {"bops": 1 / 64}
+    assert summary["versions"]["torch"] == metadata.version("torch")
+    assert summary["versions"]["jpq-env"] == metadata.version("jpq-env")
+    assert summary["date"].endswith("+00:00") and summary["date"][:2] == "20"
+    assert summary["seconds_per_evaluation"] == pytest.approx(summary["seconds"] / 5, abs=0.01)
