@@ -187,3 +187,29 @@ def test_the_wheel_ships_the_license_and_the_hyperparameters(tmp_path):
         assert f"jpq_agents/hyperparams/{algo}.yml" in names
     assert not any(n.startswith("agents/") for n in names)  # no generic top-level name
     assert "MIT License" in (ROOT / "LICENSE").read_text()
+
+
+def test_train_digits_writes_to_the_current_folder_or_out_never_the_package(
+    tmp_path, monkeypatch, capsys
+):
+    import dataclasses
+    import hashlib
+
+    from jpq_env.tasks import digits, train_digits
+
+    shipped = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in digits.WEIGHTS_DIR.iterdir()
+    }
+    quick = tuple(dataclasses.replace(c, epochs=1) for c in train_digits._CONFIGS)
+    monkeypatch.setattr(train_digits, "_CONFIGS", quick)
+    monkeypatch.chdir(tmp_path)
+    assert train_digits.main([]) == 0
+    written = tmp_path / "digits-weights"
+    assert sorted(p.name for p in written.iterdir()) == sorted(shipped)
+    assert "differs from the shipped one" in capsys.readouterr().out  # 1 epoch, not 40
+    assert train_digits.main(["--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "metadata.json").exists()
+    after = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in digits.WEIGHTS_DIR.iterdir()
+    }
+    assert after == shipped
