@@ -5,7 +5,11 @@
 - ``jpq evaluate POLICY``: test accuracy, BOPs, size and a per-layer table;
 - ``jpq finetune POLICY``: short quantization-aware fine-tuning, accuracy before and after;
 - ``jpq export POLICY --out FILE``: a compressed checkpoint that reloads into the model;
-- ``jpq report``: the compression core on a task (layers, FP32 accuracy, MACs, BOPs, size).
+- ``jpq report``: the compression core on a task (layers, FP32 accuracy, MACs, BOPs, size);
+- ``jpq validate RUN_OR_POLICY``: replay logged policies, check their scores match the log;
+- ``jpq list``: tasks, agents, reward designs and environment ids; ``jpq --version``.
+
+The compression core (torch) is imported once a command runs, not for ``--help``.
 """
 
 from __future__ import annotations
@@ -16,20 +20,21 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+from .catalogue import AGENT_NAMES, listing, version
 
-from jpq_env import (
-    Conventions,
-    GraphError,
-    LocalEvaluator,
-    Policy,
-    PolicyError,
-    TaskError,
-    load_task,
-    measure,
-)
+if TYPE_CHECKING:
+    from jpq_env import (
+        Conventions,
+        GraphError,
+        LocalEvaluator,
+        Policy,
+        PolicyError,
+        TaskError,
+        load_task,
+        measure,
+    )
 
 __all__ = ["main"]
 
@@ -93,7 +98,25 @@ def _task_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
+def _import_core() -> None:
+    """Bind the compression core's names used below (imports torch: only when a command runs)."""
+    global Conventions, GraphError, LocalEvaluator, Policy, PolicyError, TaskError
+    global load_task, measure
+    from jpq_env import (
+        Conventions,
+        GraphError,
+        LocalEvaluator,
+        Policy,
+        PolicyError,
+        TaskError,
+        load_task,
+        measure,
+    )
+
+
 def _report(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     task = load_task(args.task, **_task_options(args))
     evaluator = LocalEvaluator(
         task, bn_recalibration=not args.no_bn_recalibration, device=args.device
@@ -418,13 +441,40 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    from .run import AGENTS
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's help shows the options' defaults."""
 
-    parser = argparse.ArgumentParser(
-        prog="jpq", description="Joint pruning and quantization of PyTorch networks."
-    )
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _list(args: argparse.Namespace) -> int:
+    print(listing())
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .validate import validate
+
+    return validate(args.path, task=args.task, device=args.device)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jpq", description="Joint pruning and quantization of PyTorch networks.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    listed = sub.add_parser("list", help="tasks, agents, reward designs and environment ids")
+    listed.set_defaults(func=_list)
+    check = sub.add_parser(
+        "validate", help="replay logged policies and check their scores match the log"
+    )
+    check.add_argument("path", help="a run folder (its evaluations.jsonl) or a policy.json")
+    check.add_argument("--task", default=None, help="task (default: the one the run names)")
+    check.add_argument(
+        "--device", default=None, help="where to replay: auto, cpu or cuda (default: the run's)"
+    )
+    check.set_defaults(func=_validate)
     report = sub.add_parser("report", help="measure a task: layers, FP32 accuracy, MACs, BOPs")
     _add_task_args(report, "digits")
     report.add_argument(
@@ -434,7 +484,9 @@ def _parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
 
     search = sub.add_parser("search", help="search a compression policy with an agent")
-    search.add_argument("--agent", default="two-level", choices=sorted(AGENTS))
+    search.add_argument(
+        "--agent", default="two-level", choices=sorted(AGENT_NAMES), help="search agent"
+    )
     _add_task_args(search, "digits")
     search.add_argument(
         "--env",
@@ -452,8 +504,13 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--budget-size", type=_fraction, default=None, help="fraction of FP32 weight bits, or none"
     )
-    search.add_argument("--reward", default="galen", help="reward design name")
-    search.add_argument("--enforcement", default="wall", choices=["wall", "lowering", "none"])
+    search.add_argument("--reward", default="galen", help="reward design name (see jpq list)")
+    search.add_argument(
+        "--enforcement",
+        default="wall",
+        choices=["wall", "lowering", "none"],
+        help="budget enforcement: forward wall (AMC), backward lowering (HAQ), none (penalty only)",
+    )
     search.add_argument("--episodes", type=_positive, default=300, help="evaluations to spend")
     search.add_argument("--warmup-episodes", type=int, default=10, help="DDPG warm-up episodes")
     search.add_argument("--seed", type=_seed, default=0, help="seed of the agent and the env")
@@ -483,9 +540,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_evaluate)
 
     finetune = sub.add_parser("finetune", help="quantization-aware fine-tuning of a policy")
-    finetune.add_argument("policy")
-    finetune.add_argument("--epochs", type=_positive, default=3)
-    finetune.add_argument("--lr", type=float, default=1e-3)
+    finetune.add_argument("policy", help="a policy.json written by jpq search")
+    finetune.add_argument("--epochs", type=_positive, default=3, help="fine-tuning epochs")
+    finetune.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
     finetune.add_argument("--seed", type=_seed, default=0, help="seed of the data order")
     _add_task_args(finetune, None)
     finetune.add_argument(
@@ -496,7 +553,7 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export", help="write a compressed checkpoint (integer weights, scales, masks)"
     )
-    export.add_argument("policy")
+    export.add_argument("policy", help="a policy.json written by jpq search")
     export.add_argument("--out", required=True, help="checkpoint file to write")
     _add_task_args(export, None)
     export.set_defaults(func=_export)
@@ -535,18 +592,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import signal
 
-    from .search import SearchError
-
     previous = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             previous[signum] = signal.signal(signum, _raise_terminated)
     try:
         args = _parser().parse_args(argv)
-        return int(args.func(args))
-    except (TaskError, GraphError, PolicyError, SearchError, ValueError, OSError) as exc:
-        print(f"jpq: error: {exc}", file=sys.stderr)
-        return 2
+        _import_core()  # torch and the core only once a command runs (fast --help)
+        from .search import SearchError
+
+        try:
+            return int(args.func(args))
+        except (TaskError, GraphError, PolicyError, SearchError, ValueError, OSError) as exc:
+            print(f"jpq: error: {exc}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt as exc:  # during start-up, or in a command other than search
         print(f"\njpq: {_interruption(exc)}", file=sys.stderr)
         return _exit_code(exc)

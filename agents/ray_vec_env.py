@@ -59,6 +59,8 @@ class _Logged:
 class _NativeReward(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
     """Keeps the native environment's last reward: the one the search records, not the view's."""
 
+    native_steps = True  # a view folds its two native steps above this wrapper, not below
+
     def __init__(self, env: gym.Env[np.ndarray, np.ndarray]) -> None:
         super().__init__(env)
         self.last_reward = 0.0

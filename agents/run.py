@@ -22,6 +22,7 @@ from .baselines import BASELINES
 from .optuna_search import OPTUNA_AGENTS, run_optuna
 from .play import act_level_near, jpq, least_uniform_pruning, play, uniform_choices
 from .plots import pareto_plot
+from .provenance import provenance
 from .sb3 import ALGOS, run_sb3
 from .search import RunSettings, Search, claim_directory, write_atomic
 from .two_level import run_two_level
@@ -267,6 +268,7 @@ def _summarize(
             "size_ratio": best["size_ratio"],
         },
         "budget_violations": sum(not r["budget_met"] for r in search.records),
+        **provenance(env.budget.targets, seconds, search.count),
     }
     if search.stop_reason:
         summary["stop_reason"] = search.stop_reason

@@ -8,16 +8,15 @@
   episodes before the first update) and Monte-Carlo returns (``gae_lambda=1``).
 
 Hyperparameters live in ``agents/hyperparams/<algo>.yml`` in RL Zoo's format, keyed by env id
-(``default`` for any other id), so RL Zoo can train with the same files.
+(``default`` for any other id), so RL Zoo can train with the same tables, installed as the modules
+``jpq_agents.hyperparams.<algo>`` (RL Zoo's ``--conf-file`` takes a module name).
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
 import numpy as np
-import yaml
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 
@@ -83,8 +82,9 @@ class TruncatedNormalDecayNoise(ActionNoise):
 
 def hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
     """The entry of ``agents/hyperparams/<algo>.yml`` for ``env_id`` (or its ``default``)."""
-    text = resources.files("jpq_agents").joinpath("hyperparams", f"{algo}.yml").read_text()
-    table = yaml.safe_load(text)
+    from .hyperparams import load
+
+    table = load(algo)
     return dict(table.get(env_id, table["default"]))
 
 

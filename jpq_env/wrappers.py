@@ -13,7 +13,9 @@ of a layer into one action:
   ``action_masks()`` method, for PPO and sb3-contrib's MaskablePPO.
 
 Both keep the native observation (taken at each layer decision), the final ``info`` and the
-reward (the sum of the two native steps' rewards).
+reward (the sum of the two native steps' rewards). Both record their constructor arguments
+(``gymnasium.utils.RecordConstructorArgs``), so ``env.spec.make()`` re-creates a view, and
+wrappers between a view and the environment count one step per layer, as the agent does.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
 
 from jpq_env import validation as check
 from jpq_env.envs.jpq import LAYER, JPQEnv
@@ -37,11 +40,69 @@ def _jpq(env: gym.Env[Any, Any]) -> JPQEnv:
     return base
 
 
-class _PerLayerView(gym.Wrapper[np.ndarray, Any, np.ndarray, np.ndarray]):
-    """Shared machinery: one step of the view is the layer step then the channel step."""
+class _LayerStep(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
+    """One step per layer on the native environment: its layer step, then its channel step.
+
+    The views put it directly above the ``JPQEnv``, so that every wrapper between a view and the
+    environment (SB3's ``Monitor``, gymnasium's ``TimeLimit`` and episode statistics) counts the
+    agent's steps, one per layer, and sees both native rewards summed into one.
+    """
 
     def __init__(self, env: gym.Env[np.ndarray, np.ndarray]) -> None:
         super().__init__(env)
+        self.jpq = _jpq(env)
+
+    @property
+    def spec(self) -> EnvSpec | None:  # type: ignore[override]
+        """The environment's spec: this fold is part of the view, not a wrapper of its own."""
+        return self.env.spec
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Take the layer decision and the channel decision of one layer."""
+        if self.jpq.phase != LAYER:
+            raise RuntimeError("the wrapped environment is not at a layer decision")
+        _, r1, terminated, truncated, info1 = self.env.step(action)
+        if terminated or truncated:
+            raise RuntimeError("the episode ended on a layer decision")
+        obs, r2, terminated, truncated, info = self.env.step(action)
+        info = {**{f"layer_{k}": v for k, v in info1.items() if k.startswith("applied_")}, **info}
+        return obs, float(r1) + float(r2), terminated, truncated, info
+
+
+def _fold_layer_steps(env: gym.Env[np.ndarray, np.ndarray]) -> gym.Env[np.ndarray, np.ndarray]:
+    """``env`` with a ``_LayerStep`` inserted once, as low as allowed.
+
+    The fold goes directly above the ``JPQEnv``, or directly above the topmost wrapper that sets
+    ``native_steps = True`` (one that must see the native steps, such as a recorder of the
+    native reward).
+    """
+    base = _jpq(env)
+    chain: list[Any] = []
+    node: Any = env
+    while node is not base:
+        if isinstance(node, _LayerStep):
+            return env  # folded already
+        chain.append(node)
+        node = node.env
+    below = next((i for i, w in enumerate(chain) if getattr(w, "native_steps", False)), len(chain))
+    if below == 0:
+        return _LayerStep(env)
+    chain[below - 1].env = _LayerStep(chain[below - 1].env)
+    return env
+
+
+class _PerLayerView(gym.Wrapper[np.ndarray, Any, np.ndarray, np.ndarray]):
+    """Shared machinery: one step of the view is the layer step then the channel step.
+
+    Wrappers between the view and the environment (SB3's ``Monitor`` that ``make_vec_env`` puts
+    below ``wrapper_class``) see those two native steps as one: the view inserts its fold
+    (``_LayerStep``) directly above the ``JPQEnv``.
+    """
+
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray]) -> None:
+        super().__init__(_fold_layer_steps(env))
         self.jpq = _jpq(env)
 
     def _native(self, action: Any) -> np.ndarray:
@@ -49,18 +110,10 @@ class _PerLayerView(gym.Wrapper[np.ndarray, Any, np.ndarray, np.ndarray]):
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         """Take the layer decision and the channel decision of one layer."""
-        native = self._native(action)
-        if self.jpq.phase != LAYER:
-            raise RuntimeError("the wrapped environment is not at a layer decision")
-        _, r1, terminated, truncated, info1 = self.env.step(native)
-        if terminated or truncated:
-            raise RuntimeError("the episode ended on a layer decision")
-        obs, r2, terminated, truncated, info = self.env.step(native)
-        info = {**{f"layer_{k}": v for k, v in info1.items() if k.startswith("applied_")}, **info}
-        return obs, float(r1) + float(r2), terminated, truncated, info
+        return self.env.step(self._native(action))
 
 
-class FlatBoxView(_PerLayerView):
+class FlatBoxView(_PerLayerView, gym.utils.RecordConstructorArgs):
     """One step per layer with a flat ``Box(-1, 1)`` action: entry 0 the sparsity, then the widths.
 
     The action is read exactly as the native environment reads it (see ``JPQEnv``): entry 0 at
@@ -68,6 +121,7 @@ class FlatBoxView(_PerLayerView):
     """
 
     def __init__(self, env: gym.Env[np.ndarray, np.ndarray]) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
         super().__init__(env)
         self.action_space = env.action_space
 
@@ -75,7 +129,7 @@ class FlatBoxView(_PerLayerView):
         return check.array(action).astype(np.float32)
 
 
-class MultiDiscreteView(_PerLayerView):
+class MultiDiscreteView(_PerLayerView, gym.utils.RecordConstructorArgs):
     """One step per layer with a ``MultiDiscrete`` action and action masks.
 
     Action ``[s, w_1, ..., w_G]``: ``s`` picks a sparsity among ``sparsity_levels`` evenly spaced
@@ -91,6 +145,7 @@ class MultiDiscreteView(_PerLayerView):
     """
 
     def __init__(self, env: gym.Env[np.ndarray, np.ndarray], sparsity_levels: int = 9) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, sparsity_levels=sparsity_levels)
         super().__init__(env)
         if self.jpq.per_kernel:
             raise ValueError("MultiDiscreteView needs importance groups: set channel_groups > 0")

@@ -69,7 +69,7 @@ def test_masks_allow_exactly_the_sparsities_the_wall_leaves_alone(base: JPQEnv):
         else:  # behaviour, not the same formula: an allowed level is applied as proposed
             for level in range(9):
                 trial = copy.deepcopy(view)
-                _, _, _, _, info = trial.env.step(trial._native(np.array([level, 0, 0, 0, 0])))
+                _, _, _, _, info = trial.jpq.step(trial._native(np.array([level, 0, 0, 0, 0])))
                 honoured = info["proposed_sparsity"] == info["applied_sparsity"]
                 assert honoured == bool(mask[level]), (base.current_layer, level)
         view.step(rich)

@@ -16,6 +16,7 @@ from jpq_env.budget import ENFORCEMENT, Budget, DecisionSpace, LayerDecision
 from jpq_env.compress import IMPORTANCE, kernel_ranking
 from jpq_env.costs import CostReport, measure, totals
 from jpq_env.envs.observation import FEATURES, N_STATIC, squash, static_features
+from jpq_env.envs.render import bits_frame
 from jpq_env.evaluate import Evaluator, LocalEvaluator
 from jpq_env.graph import LayerGraph
 from jpq_env.policy import Conventions, Policy
@@ -161,7 +162,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
       ``LocalEvaluator`` on the task.
     - ``device``: where the default evaluator runs the proxy: ``"auto"`` (CUDA when available,
       else CPU), ``"cpu"`` or ``"cuda"``.
-    - ``render_mode``: ``"ansi"`` for a per-layer table of decisions and costs.
+    - ``render_mode``: ``"ansi"`` for a per-layer table of decisions and costs, ``"rgb_array"``
+      for a small image of them (one bar per layer, see ``jpq_env.envs.render``; what SB3's
+      ``make_vec_env`` and video recorders ask for).
     - ``metric``: what the default evaluator scores: ``"top1"`` (default), ``"agreement"`` with
       the FP32 model's predictions, or ``"kl"`` (``exp(-KL)`` to the FP32 model's outputs); see
       ``jpq_env.evaluate``.
@@ -192,7 +195,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
       layer's input activation width (``act_bits`` a set).
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's convention
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's convention
 
     def __init__(
         self,
@@ -417,13 +420,23 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         info.update(self._info())
         return self._obs(), float(reward), terminated, False, info
 
-    def render(self) -> str | None:
-        """A per-layer table of the decisions so far and their costs (``render_mode="ansi"``)."""
-        if self.render_mode != "ansi":
+    def render(self) -> str | np.ndarray | None:
+        """The decisions so far, as the render mode asks.
+
+        ``"ansi"``: a per-layer table of them and their costs; ``"rgb_array"``: an RGB ``uint8``
+        image with one bar per layer (``jpq_env.envs.render``); no mode: ``None``.
+        """
+        if self.render_mode is None:
             return None
         decided = self._decisions or [None] * len(self.graph)
         policy = self.space.policy(decided)
         cost = measure(self.graph, policy)
+        if self.render_mode == "rgb_array":
+            bars = [
+                None if d is None else (c.mean_w_bits, d.act_bits, d.n_pruned / info.out_channels)
+                for info, d, c in zip(self.graph.layers, decided, cost.layers, strict=True)
+            ]
+            return bits_frame(bars, max(max(self.bits), max(self.space.act_bits)))
         lines = [
             f"{'layer':<24} {'kernels':>8} {'sparsity':>8} {'w bits':>7} {'a bits':>6} {'BOPs':>14}"
         ]

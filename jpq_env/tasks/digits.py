@@ -438,7 +438,7 @@ def _load_checkpoint(model: nn.Module, filename: str) -> nn.Module:
     if not path.is_file():
         raise TaskError(
             f"digits checkpoint not found: {path}; "
-            "run `python -m jpq_env.tasks.train_digits` to create it"
+            f"run `python -m jpq_env.tasks.train_digits --out {path.parent}` to create it"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
@@ -446,7 +446,7 @@ def _load_checkpoint(model: nn.Module, filename: str) -> nn.Module:
     except RuntimeError as exc:
         raise TaskError(
             f"digits checkpoint {path} does not match {type(model).__name__}: {exc}; "
-            "run `python -m jpq_env.tasks.train_digits` to recreate it"
+            f"run `python -m jpq_env.tasks.train_digits --out {path.parent}` to recreate it"
         ) from exc
     return model.eval()
 
