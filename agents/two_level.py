@@ -415,7 +415,9 @@ class _Agent:
         layer = self.net.sparsity(t["lobs"])
         chan = self.net.widths(t["cobs"], t["groups"])
         mask = t["mask"].float()
-        lp_layer = layer.log_prob(t["u"])
+        # A sparsity sampled at exactly 0 or 1 (float32 underflow at extreme concentrations) has
+        # log-probability -inf; clamped to the nearest interior floats it stays finite.
+        lp_layer = layer.log_prob(t["u"].clamp(1e-30, 1.0 - 2**-24))
         lp_chan = (chan.log_prob(t["levels"]) * mask).sum(-1)
         entropy = layer.entropy().mean() + ((chan.entropy() * mask).sum(-1)).mean()
         if self.acts:  # the activation width is part of the layer decision
@@ -452,9 +454,14 @@ class _Agent:
                 sil = -(e_layer * gap_l.detach()).mean() - (e_chan * gap_c.detach()).mean()
                 sil = sil + 0.5 * cfg.value * (gap_l.pow(2).mean() + gap_c.pow(2).mean())
                 loss = loss + cfg.imitation * sil
+            if not torch.isfinite(loss):  # never a step that would turn the weights into NaN
+                break
             self.opt.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+            norm = nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+            if not torch.isfinite(norm):  # a non-finite gradient (Beta's at a boundary): skip
+                self.opt.zero_grad()
+                break
             self.opt.step()
 
     def _remember(self, ep: _Episode) -> None:

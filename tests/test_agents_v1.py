@@ -153,3 +153,20 @@ def test_sb3_agents_run_on_v1(tmp_path, agent):
     assert summary["evaluations"] == 10 == len(records)
     assert summary["env"]["id"] == "jpq_env/JPQWeightsActs-v0"
     assert len({w[1] for r in records for w in _widths(r)}) >= 2  # activation widths vary
+
+
+def test_two_level_updates_stay_finite_at_the_sparsity_boundaries(tmp_path, shared):
+    # A sparsity sampled at exactly 0 or 1 (float32 underflow at extreme Beta concentrations)
+    # once gave -inf log-probabilities, NaN gradients and NaN weights in a long learning phase.
+    config = TwoLevelConfig(
+        warm_start=False, refine_fraction=0.0, batch_episodes=4, surrogate=False
+    )
+    search = Search(tmp_path, RunSettings("two-level", 8, 0), _env(shared))
+    agent = _Agent(search, 0, config)
+    agent.run()
+    batch = agent.elite[:4]
+    for ep, u in zip(batch, (0.0, 1.0, 0.0, 1.0), strict=False):
+        ep.layer_u = [u] * len(ep.layer_u)
+    agent._update(batch)
+    assert all(torch.isfinite(p).all() for p in agent.net.parameters())
+    agent.net.sparsity(torch.zeros(1, batch[0].layer_obs[0].shape[0]))  # still a valid Beta
