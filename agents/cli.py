@@ -599,9 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         _import_core()  # torch and the core only once a command runs (fast --help)
+        from jpq_env.threads import configure_threads
+
         from .search import SearchError
 
         try:
+            configure_threads()  # the cores this process may use (JPQ_THREADS overrides)
             return int(args.func(args))
         except (TaskError, GraphError, PolicyError, SearchError, ValueError, OSError) as exc:
             print(f"jpq: error: {exc}", file=sys.stderr)
