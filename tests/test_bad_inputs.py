@@ -279,6 +279,67 @@ def test_bad_make_task_argument_is_named(kwargs, message):
         make_task(_good_task().model, **args)
 
 
+def _pairs(n: int, seed: int = 0, **at: Any) -> list[Any]:
+    """``n`` (input, label) samples as a list; ``at`` replaces sample ``int(key[1:])`` (``s3=...``)."""
+    data = _data(n, seed)
+    samples: list[Any] = [(x, int(y)) for x, y in data]
+    for key, sample in at.items():
+        samples[int(key[1:])] = sample
+    return samples
+
+
+_X = torch.zeros(3, 8, 8)
+
+# Splits given as lists of samples, and samples the model cannot take: the split and the sample.
+MAKE_TASK_DATA = [
+    pytest.param({"train": _pairs(40, s3=(torch.zeros(3, 9, 9), 1))}, r"sample 3 of the train split has an input of shape \(3, 9, 9\) and dtype torch.float32, but sample 0 has \(3, 8, 8\)", id="data-list-sample-wrong-shape"),
+    pytest.param({"test": _pairs(8, s5=(_X.double(), 1))}, r"sample 5 of the test split has an input of shape \(3, 8, 8\) and dtype torch.float64, but sample 0 has \(3, 8, 8\) and torch.float32", id="data-list-sample-wrong-dtype"),
+    pytest.param({"train": _pairs(40, s2=_X)}, r"sample 2 of the train split is a tensor of shape \(3, 8, 8\), not an \(input, label\) pair", id="data-list-sample-not-a-pair"),
+    pytest.param({"train": _pairs(40, s0=(np.zeros((3, 8, 8)), 1))}, "sample 0 of the train split has an input of type ndarray: inputs must be tensors", id="data-list-input-not-a-tensor"),
+    pytest.param({"test": _pairs(8, s1=(_X, torch.tensor([1, 2])))}, r"sample 1 of the test split has a label of shape \(2,\): one class index per sample", id="data-list-label-not-a-class"),
+    pytest.param({"test": _pairs(8, s1=(_X, "cat"))}, "sample 1 of the test split has a label of str", id="data-list-label-string"),
+    pytest.param({"test": []}, "the test split is empty", id="data-list-empty"),
+    pytest.param({"test": (np.zeros((4, 3, 8, 8)), np.zeros(4))}, r"the test split as a pair \(inputs, labels\) must be two tensors, got ndarray and ndarray", id="data-pair-of-arrays"),
+    pytest.param({"test": {"x": 1}}, "got dict: not a torch.utils.data.Dataset, tuple or list", id="data-dict"),
+    pytest.param({"test": 3}, "got int: it has no __len__ and __getitem__", id="data-int"),
+    pytest.param({"train": (_data(40).tensors[0][:, 0], _data(40).tensors[1]), "test": (torch.zeros(4, 8, 8), torch.zeros(4, dtype=torch.long))}, r"cannot run on sample 0 of the val split \(sample \d+ of train, which val is cut from\) as a batch of one \(shape \(1, 8, 8\), dtype torch.float32\).*its first layer '0' \(Conv2d, 3 input channels\) takes torch.float32 inputs shaped \(batch, 3, height, width\), so each sample should be \(3, height, width\)", id="data-samples-miss-the-channel-axis"),
+    pytest.param({"train": (torch.zeros(40, 3, 8, 8, dtype=torch.uint8), torch.arange(40) % 4), "test": (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))}, r"cannot run on sample 0 of the val split .*dtype torch.uint8\).*takes torch.float32 inputs .*: convert the inputs to torch.float32", id="data-uint8-inputs"),
+    pytest.param({"test": (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))}, r"sample 0 of the test split has an input of shape \(3, 8, 8\) and dtype torch.uint8, but the model is traced with samples of shape \(3, 8, 8\) and dtype torch.float32", id="data-one-split-of-another-dtype"),
+    pytest.param({"example_input": torch.zeros(1, 3, 8, 8, dtype=torch.float64), "test": (torch.zeros(4, 3, 8, 8, dtype=torch.float64), torch.zeros(4, dtype=torch.long)), "val": (torch.zeros(4, 3, 8, 8, dtype=torch.float64), torch.zeros(4, dtype=torch.long)), "train": (torch.zeros(40, 3, 8, 8, dtype=torch.float64), torch.arange(40) % 4)}, r"cannot run on example_input \(shape \(1, 3, 8, 8\), dtype torch.float64\).*convert the inputs to torch.float32", id="data-example-input-of-another-dtype"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "message"), MAKE_TASK_DATA)
+def test_bad_make_task_data_is_named(kwargs, message):
+    args = {"train": _data(40), "test": _data(8, seed=1), "val_size": 8, "calib_size": 8} | kwargs
+    with pytest.raises(TaskError, match=message):
+        make_task(_good_task().model, **args)
+
+
+def test_the_make_task_data_control_is_good():
+    """Splits as lists of samples (Python or NumPy labels) are taken, stacked, as they are."""
+    train = [(x, np.int64(y)) for x, y in _pairs(40)]
+    with pytest.warns(UserWarning, match="val="):
+        task = make_task(_good_task().model, train=train, test=_pairs(8, seed=1), val_size=8, calib_size=8)
+    assert (len(task.train), len(task.val), len(task.test)) == (32, 8, 8)
+    assert torch.equal(task.test.tensors[0], _data(8, seed=1).tensors[0])
+
+
+def test_held_out_split_cut_from_train_is_warned_once():
+    """Without val=, the search scores data cut from train: one warning naming the option."""
+    args = {"train": _data(40), "test": _data(8, seed=1), "val_size": 8, "calib_size": 8}
+    with pytest.warns(UserWarning) as caught:
+        make_task(_good_task().model, **args)
+    about_val = [w for w in caught if "val=" in str(w.message)]
+    assert len(about_val) == 1 and about_val[0].filename == __file__  # points at the caller
+    assert "held-out split the search scores (8 samples) is cut from train" in str(about_val[0].message)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_task(_good_task().model, **args, val=_data(8, seed=2))  # val given: nothing to say
+
+
 def test_make_task_takes_numpy_sizes():
     task = make_task(
         _good_task().model, train=_data(40), test=_data(8, seed=1), val_size=np.float32(0.25),
