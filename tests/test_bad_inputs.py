@@ -16,6 +16,7 @@ digits checkpoints (``test_digits.py``).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -320,7 +321,9 @@ def test_the_make_task_data_control_is_good():
     """Splits as lists of samples (Python or NumPy labels) are taken, stacked, as they are."""
     train = [(x, np.int64(y)) for x, y in _pairs(40)]
     with pytest.warns(UserWarning, match="val="):
-        task = make_task(_good_task().model, train=train, test=_pairs(8, seed=1), val_size=8, calib_size=8)
+        task = make_task(
+            _good_task().model, train=train, test=_pairs(8, seed=1), val_size=8, calib_size=8
+        )
     assert (len(task.train), len(task.val), len(task.test)) == (32, 8, 8)
     assert torch.equal(task.test.tensors[0], _data(8, seed=1).tensors[0])
 
@@ -332,9 +335,9 @@ def test_held_out_split_cut_from_train_is_warned_once():
         make_task(_good_task().model, **args)
     about_val = [w for w in caught if "val=" in str(w.message)]
     assert len(about_val) == 1 and about_val[0].filename == __file__  # points at the caller
-    assert "held-out split the search scores (8 samples) is cut from train" in str(about_val[0].message)
-    import warnings
-
+    assert "held-out split the search scores (8 samples) is cut from train" in str(
+        about_val[0].message
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_task(_good_task().model, **args, val=_data(8, seed=2))  # val given: nothing to say

@@ -115,7 +115,8 @@ def test_bad_inputs_are_named(kwargs, message):
 
 
 def test_model_that_does_not_fit_the_data_is_named():
-    with pytest.raises(TaskError, match=r"cannot run on sample 0 of the val split .*\(shape \(1, 3, 8, 8\)"):
+    message = r"cannot run on sample 0 of the val split .*\(shape \(1, 3, 8, 8\)"
+    with pytest.raises(TaskError, match=message):
         make_task(nn.Sequential(nn.Flatten(), nn.Linear(10, 2)), train=_data(20), test=_data(5))
     with pytest.raises(TaskError, match=r"logits shaped \(batch, classes\), got \(1, 8, 8, 8\)"):
         make_task(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1)), train=_data(20), test=_data(5))
