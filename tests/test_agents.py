@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -129,6 +130,25 @@ def test_baselines_stay_within_budget_and_two_stage_prunes_no_more_than_needed(t
         assert not fits(env, [max(p - 1, 0) for p in pruned], [lv] * n)[0]
     greedy = _lines(tmp_path / "greedy")
     assert max(r["accuracy"] for r in greedy) >= greedy[0]["accuracy"]
+
+
+def test_baselines_that_run_out_of_policies_say_why(tmp_path, shared):
+    """uniform, two-stage and greedy stop short of a large budget with a reason; a budget that
+    stops them, or random search, gives none."""
+    expected = {
+        "uniform": "it played each uniform width without pruning",
+        "two-stage": "it played the least uniform pruning that fits the budget for each",
+        "greedy": r"in round \d+, none of the \d+ one-level raises improved accuracy",
+    }
+    for name, reason in expected.items():
+        search = Search(tmp_path / name, RunSettings(name, 400, 0), _env(shared))
+        stop = BASELINES[name](search, 0)
+        assert search.count < 400 and stop is not None, name
+        assert re.match(f"nothing left to try: {reason}", stop), stop
+        cut = Search(tmp_path / f"{name}-cut", RunSettings(name, 1, 0), _env(shared))
+        assert BASELINES[name](cut, 0) is None and cut.count == 1
+    search = Search(tmp_path / "random", RunSettings("random", 3, 0), _env(shared))
+    assert BASELINES["random"](search, 0) is None
 
 
 def test_two_level_is_deterministic_and_exact_in_its_budget(tmp_path, shared):
