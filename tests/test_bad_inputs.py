@@ -16,6 +16,7 @@ digits checkpoints (``test_digits.py``).
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from jpq_agents.cli import main
-from jpq_agents.run import run_search
+from jpq_agents.run import AGENTS, run_search
 from jpq_agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
 from jpq_env import (
     GraphError,
@@ -550,6 +551,38 @@ def test_search_output_that_is_a_file_is_named(tmp_path, capsys):
         assert main(argv) == 2
         assert f"cannot use '{out}' as the output directory" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+SEARCH_ARGUMENTS = [
+    pytest.param(["--task", "no_such_package_xyz.tasks:make"], "cannot import module 'no_such_package_xyz.tasks'", id="search-task-module-unknown"),
+    pytest.param(["--task", "tests.bad_tasks:missing"], "module 'tests.bad_tasks' has no function 'missing'", id="search-task-factory-missing"),
+    pytest.param(["--task", "tests.bad_tasks:raises"], "the dataset server is down", id="search-task-factory-raises"),
+    pytest.param(["--task-option", "nope=1"], r"task 'digits' does not take the options \['nope'\]", id="search-task-option-unknown"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "message"), SEARCH_ARGUMENTS)
+def test_search_that_cannot_start_leaves_no_directory(tmp_path, capsys, extra, message):
+    """The folders --out names are created to lock the run: one that cannot start removes them."""
+    out = tmp_path / "runs" / "run"
+    argv = ["search", "--agent", "random", "--episodes", "2", "--out", str(out), "--quiet"]
+    assert main([*argv, *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []  # neither run/ nor runs/ is left behind
+    out.mkdir(parents=True)  # a folder the user made is the user's: it stays, empty
+    assert main([*argv, *extra]) == 2
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_search_that_fails_after_it_started_keeps_its_directory(tmp_path, monkeypatch):
+    def broken(search: Search, seed: int, opts: dict[str, Any]) -> None:
+        search.env.reset(seed=seed)
+        raise RuntimeError("the agent broke")
+
+    monkeypatch.setitem(AGENTS, "random", broken)
+    with pytest.raises(RuntimeError, match="the agent broke"):
+        run_search("random", tmp_path / "run", 2, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [RUN_NAME]  # kept, as written
 
 
 def _search(out: Path, env: JPQEnv, agent: str = "random", resume: bool = False) -> Search:
