@@ -1,15 +1,22 @@
 """The catalogue of bad inputs: each is refused with an error of a known type naming the problem.
 
 Grouped by where a user meets them: actions, environment arguments, tasks (user factories, models,
-data), names of agents and environments, policy files, paths and result directories. Each case
-has an id; ``pytest tests/test_bad_inputs.py --collect-only -q`` lists the catalogue.
+data: ``make_task`` splits given as lists of samples, samples of a shape or dtype the model cannot
+take, named by split and sample index; a held-out split cut from train, warned about), names of
+agents and environments, policy files, paths and result directories (a ``jpq search`` that cannot
+start leaves no ``--out`` folders). Each case has an id; ``pytest tests/test_bad_inputs.py
+--collect-only -q`` lists the catalogue.
 
 Covered next to their modules and not repeated here: a bad ``jpq search`` argument on the command
 line (``test_cli_search.py::test_bad_search_arguments``: unknown agent, budget 0 or above 1,
 episodes 0), ``jpq evaluate`` on a missing, non-JSON or other-model policy file and ``jpq search``
 into a directory holding another run (``test_cli_search.py``), a malicious checkpoint
 (``test_safe_loading.py``), a torn or edited evaluation log (``test_crash_safety.py``), missing
-digits checkpoints (``test_digits.py``).
+digits checkpoints (``test_digits.py``), a baseline that runs out of policies before its budget
+(``test_agents.py::test_baselines_that_run_out_of_policies_say_why``,
+``test_cli_search.py::test_a_baseline_that_stops_early_says_so_and_why``), the files line of
+``jpq search`` (``test_cli_search.py::test_search_lists_the_files_it_wrote``), a kernel left
+without live inputs (``test_coupled_channels.py``).
 """
 
 # ruff: noqa: E501 - the catalogue is a table, one case per line
