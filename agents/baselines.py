@@ -17,6 +17,10 @@ counted, logged and enforced the same way:
 
 With an evaluator pool (``jpq search --ray/--workers``), random search and each round of greedy's
 probes are evaluated in batches (``jpq_agents.batch``): the same episodes, the same records.
+
+``uniform``, ``two-stage`` and ``greedy`` can run out of policies to try before the evaluation
+budget is spent; they then return why (a ``Stop``), and the run's summary says so
+(``"stopped_early"``). A baseline stopped by the budget returns None.
 """
 
 from __future__ import annotations
@@ -27,10 +31,18 @@ from .batch import choice_actions, parallelism, play_many
 from .play import fits, jpq, least_uniform_pruning, level_pairs, play, uniform_choices
 from .search import Search
 
-__all__ = ["BASELINES", "greedy", "random_search", "two_stage", "uniform"]
+__all__ = ["BASELINES", "Stop", "greedy", "random_search", "two_stage", "uniform"]
+
+Stop = str | None
+"""Why a baseline stopped before the evaluation budget was spent (None: the budget stopped it)."""
 
 
-def random_search(search: Search, seed: int) -> None:
+def _early(search: Search, reason: str) -> Stop:
+    """``reason``, unless the evaluation budget is spent all the same (the budget stopped it)."""
+    return None if search.done else reason
+
+
+def random_search(search: Search, seed: int) -> Stop:
     """Uniformly random actions until the evaluation budget is spent."""
     env = search.env
     env.action_space.seed(seed)
@@ -41,38 +53,50 @@ def random_search(search: Search, seed: int) -> None:
         while not search.done:
             episodes = [[env.action_space.sample() for _ in range(steps)] for _ in range(batch)]
             play_many(search, episodes)
-        return
+        return None
     while not search.done:
         env.reset()
         terminated = False
         while not terminated:
             terminated = env.step(env.action_space.sample())[2]
+    return None
 
 
-def uniform(search: Search, seed: int) -> None:
+def uniform(search: Search, seed: int) -> Stop:
     """Each uniform width (WxAy pair on v1) without pruning that fits (else the smallest one)."""
     base = jpq(search.env)
     n = base.num_layers
     pairs = [p for p in level_pairs(base) if fits(base, [0] * n, [p[0]] * n, [p[1]] * n)[0]]
     for w, a in pairs or level_pairs(base)[-1:]:
         if search.done:
-            return
+            return None
         play(search.env, uniform_choices(base, [0] * n, [w] * n, [a] * n), seed=seed)
+    fitting = f"the {len(pairs)} that fit the budget" if pairs else "none fits: the smallest one"
+    return _early(
+        search, f"nothing left to try: it played each uniform width without pruning ({fitting})"
+    )
 
 
-def two_stage(search: Search, seed: int) -> None:
+def two_stage(search: Search, seed: int) -> Stop:
     """Prune-then-quantize: per width (WxAy pair on v1), the least uniform pruning that fits."""
     base = jpq(search.env)
     n = base.num_layers
+    played = 0
     for w, a in level_pairs(base):
         if search.done:
-            return
+            return None
         pruned = least_uniform_pruning(base, [w] * n, [a] * n)
         if pruned is not None:
             play(search.env, uniform_choices(base, pruned, [w] * n, [a] * n), seed=seed)
+            played += 1
+    return _early(
+        search,
+        f"nothing left to try: it played the least uniform pruning that fits the budget for each "
+        f"of the {played} uniform widths that one fits",
+    )
 
 
-def greedy(search: Search, seed: int) -> None:
+def greedy(search: Search, seed: int) -> Stop:
     """Greedy width allocation with magnitude pruning paying for it.
 
     Starts from the most accurate of the prune-then-quantize policies (every uniform width, WxAy
@@ -105,14 +129,16 @@ def greedy(search: Search, seed: int) -> None:
         if pruned is not None:
             starts.append((levels, pruned))
     if not starts:
-        return
+        return "nothing to try: no uniform pruning brings any uniform width within budget"
     probes = [choice_actions(base, uniform_choices(base, p, lv[0], acts(lv))) for lv, p in starts]
     scored = list(zip(starts, play_many(search, probes, seed=seed), strict=False))
     if not scored:
-        return
+        return None
     (levels, pruned), info = max(scored, key=lambda x: x[1]["accuracy"])  # first of equals
     accuracy = info["accuracy"]
+    rounds = 0
     while True:
+        rounds += 1
         best: tuple[float, list[list[int]], list[int]] | None = None
         trials = []
         for kind, top in enumerate(tops):
@@ -124,14 +150,18 @@ def greedy(search: Search, seed: int) -> None:
                 trial_pruned = least_uniform_pruning(base, trial[0], acts(trial))
                 if trial_pruned is not None:
                     trials.append((trial, trial_pruned))
-        if not trials:
-            return
         if search.done:
-            search.stop_reason = (
-                f"the evaluation budget ran out while greedy still had {len(trials)} probes to "
-                "try (see greedy's cost in evaluations in jpq_agents.baselines)"
+            if trials:
+                search.stop_reason = (
+                    f"the evaluation budget ran out while greedy still had {len(trials)} probes "
+                    "to try (see greedy's cost in evaluations in jpq_agents.baselines)"
+                )
+            return None
+        if not trials:
+            return (
+                f"nothing left to try: after {rounds - 1} rounds no layer's width can be raised "
+                "a level within budget"
             )
-            return
         # One round's probes in one batch (in parallel on an evaluator pool), cut to the budget.
         probes = [choice_actions(base, uniform_choices(base, p, t[0], acts(t))) for t, p in trials]
         played = play_many(search, probes, seed=seed)
@@ -144,11 +174,14 @@ def greedy(search: Search, seed: int) -> None:
                 f"{len(trials)} probes (see greedy's cost in evaluations in jpq_agents.baselines)"
             )
         if best is None or best[0] <= accuracy:
-            return
+            return (
+                f"nothing left to try: in round {rounds}, none of the {len(trials)} one-level "
+                "raises improved accuracy (greedy converged)"
+            )
         accuracy, levels, pruned = best
 
 
-BASELINES: dict[str, Callable[[Search, int], None]] = {
+BASELINES: dict[str, Callable[[Search, int], Stop]] = {
     "random": random_search,
     "uniform": uniform,
     "two-stage": two_stage,

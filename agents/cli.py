@@ -286,6 +286,9 @@ def _search(args: argparse.Namespace) -> int:
         ),
         ("episodes over budget", summary["budget_violations"]),
     ]
+    stopped = summary.get("stopped_early")  # e.g. greedy converged: nothing left to try
+    if stopped:
+        rows[1] = ("evaluations", f"{summary['evaluations']} of {args.episodes} (stopped early)")
     if best is None:
         rows.append(("best within budget", "none found"))
     else:
@@ -299,10 +302,14 @@ def _search(args: argparse.Namespace) -> int:
             ("size of FP32", f"{best['size_ratio']:.4f} ({_one_in(best['size_ratio'])})"),
         ]
     print(_table(("summary", ""), rows))
-    if summary.get("stop_reason"):
-        print(f"\nstopped early: {summary['stop_reason']}")
-    files = "policy.json, evaluations.jsonl, pareto.png, summary.json, tensorboard/"
-    print(f"\nfiles in {args.out}: {files}")
+    if stopped:
+        n, of = summary["evaluations"], args.episodes
+        print(f"stopped early, after {n} of {of} evaluations: {stopped}")
+    if summary.get("cut_short_by_budget"):
+        print(f"cut short by the evaluation budget: {summary['cut_short_by_budget']}")
+    from .out_dir import listing
+
+    print(f"\nfiles in {args.out}: {listing(Path(args.out))}")
     return 0
 
 

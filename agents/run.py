@@ -18,8 +18,9 @@ from tqdm import tqdm
 from jpq_env.envs import JPQEnv
 from jpq_env.tasks import Task
 
-from .baselines import BASELINES
+from .baselines import BASELINES, Stop
 from .optuna_search import OPTUNA_AGENTS, run_optuna
+from .out_dir import missing_dirs, remove_empty
 from .play import act_level_near, jpq, least_uniform_pruning, play, uniform_choices
 from .plots import pareto_plot
 from .provenance import provenance
@@ -43,8 +44,8 @@ the potential-based shaping on their predicted cost. Recorded in ``run.json`` li
 """The environment id of a search when none is given (``run_search``, ``jpq search``)."""
 
 
-def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], None]]:
-    table: dict[str, Callable[[Search, int, dict[str, Any]], None]] = {
+def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], Stop]]:
+    table: dict[str, Callable[[Search, int, dict[str, Any]], Stop]] = {
         "two-level": lambda search, seed, _: run_two_level(search, seed),
     }
     for name in ALGOS:
@@ -145,7 +146,8 @@ def run_search(
     # The learning agents get the learning signals unless the caller says otherwise.
     env_kwargs = {**LEARNER_ENV.get(agent, {}), **(env_kwargs or {})}
     # Claimed before the task, the environment or a Ray pool is built: a second search on a busy
-    # directory stops at once.
+    # directory stops at once. A run that cannot start removes the empty folders it created.
+    created = missing_dirs(Path(out))
     lock = claim_directory(Path(out))
     try:
         if ray is None and workers is None:
@@ -168,6 +170,10 @@ def run_search(
                 scale.evaluator,
                 {"workers": scale.workers, "num_gpus": scale.num_gpus},
             )
+    except BaseException:
+        lock.release()
+        remove_empty(created)
+        raise
     finally:
         lock.release()
 
@@ -223,13 +229,13 @@ def _run(
         start = time.perf_counter()
         try:
             opts = {"env_id": env_id, "warmup_episodes": warmup_episodes, **(scale or {})}
-            AGENTS[agent](search, seed, opts)
+            stop = AGENTS[agent](search, seed, opts)  # why it ended early, if it did
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
         seconds = time.perf_counter() - start
-        return _summarize(search, agent, env, env_id, env_kwargs, seed, seconds)
+        return _summarize(search, agent, env, env_id, env_kwargs, seed, seconds, stop)
     finally:
         search.release()
 
@@ -242,8 +248,12 @@ def _summarize(
     env_kwargs: dict[str, Any],
     seed: int,
     seconds: float,
+    stop: Stop = None,
 ) -> dict[str, Any]:
-    """Reference points, test scores of FP32 and the best policy, the Pareto plot, summary.json."""
+    """Reference points, test scores of FP32 and the best policy, the Pareto plot, summary.json.
+
+    A run that ended before its evaluation budget was spent says why in ``"stopped_early"``.
+    """
     out, settings = search.out, search.settings
     evaluator = _local(env)
     reference = _reference(env_id, env_kwargs, evaluator)
@@ -255,6 +265,7 @@ def _summarize(
         "env": settings.env,
         "seed": seed,
         "evaluations": search.count,
+        **({} if search.done else {"stopped_early": stop or "the agent ended (no reason given)"}),
         "seconds": round(seconds, 2),
         "accuracy_fp32_val": evaluator.fp32_accuracy,
         "accuracy_fp32_test": evaluator.test_accuracy(None),
@@ -271,7 +282,7 @@ def _summarize(
         **provenance(env.budget.targets, seconds, search.count),
     }
     if search.stop_reason:
-        summary["stop_reason"] = search.stop_reason
+        summary["cut_short_by_budget"] = search.stop_reason
     pareto_plot(
         search.records, reference, env.budget.targets.get("bops"), out / "pareto.png", agent
     )

@@ -6,8 +6,12 @@ Definitions, all per sample (the tests check each against an independent count):
   ``in * out``. Pruning removes a layer's output kernels *and* the matching input channels of its
   consumers, so only pairs of a live kernel and a live input channel count (see
   ``LayerGraph.liveness``: a residual add takes the union of its operands' live channels, so a
-  channel after an add is removed only where every operand removes it; a depthwise conv's kernel
-  whose input channel is removed is removed with it, and counts nothing).
+  channel after an add is removed only where every operand removes it). **A kernel whose live
+  inputs are all pruned is removed too** and counts nothing, whatever its layer: a depthwise
+  kernel whose input channel is removed, a grouped conv's kernel whose group lost every input,
+  every kernel after a fully pruned layer. Its constant output (the bias, through BatchNorm and
+  the activation) is dropped, not folded into its consumers' biases: the compressed view zeroes
+  it (``jpq_env.compress``), so counting and simulation agree with the kernel removed.
 - **BOPs** of a layer: effective MACs x weight bits x input-activation bits, summed per kernel
   since a layer may mix widths. The FP32 reference is ``MACs x 32 x 32``, so W8A8 is 1/16.
 - **Size**: the bits of the kept weights of the compressible layers (biases, BatchNorm parameters

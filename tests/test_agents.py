@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -104,7 +105,10 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(
     resumed = Search(tmp_path / "broken", settings, inner, resume=True)
     run(resumed, 3)
     assert _lines(tmp_path / "broken") == _lines(tmp_path / "whole")
-    assert len(calls) == episodes - (kill_at + 1)  # logged episodes are not evaluated again
+    # Logged episodes are not evaluated again; only the best one the log claims is scored once
+    # more before it is written (an edited accuracy must not become the result).
+    claimed = any(r["budget_met"] for r in _lines(tmp_path / "whole")[: kill_at + 1])
+    assert len(calls) == episodes - (kill_at + 1) + claimed
     assert (tmp_path / "broken" / POLICY_NAME).read_text() == (
         tmp_path / "whole" / POLICY_NAME
     ).read_text()
@@ -142,6 +146,25 @@ def test_greedy_cut_short_by_the_evaluation_budget_says_so(tmp_path, shared):
     roomy = Search(tmp_path / "roomy", RunSettings("greedy", 400, 0), _env(shared))
     BASELINES["greedy"](roomy, 0)
     assert roomy.count < 400 and roomy.stop_reason == ""  # it ran out of improvements instead
+
+
+def test_baselines_that_run_out_of_policies_say_why(tmp_path, shared):
+    """uniform, two-stage and greedy stop short of a large budget with a reason; a budget that
+    stops them, or random search, gives none."""
+    expected = {
+        "uniform": "it played each uniform width without pruning",
+        "two-stage": "it played the least uniform pruning that fits the budget for each",
+        "greedy": r"in round \d+, none of the \d+ one-level raises improved accuracy",
+    }
+    for name, reason in expected.items():
+        search = Search(tmp_path / name, RunSettings(name, 400, 0), _env(shared))
+        stop = BASELINES[name](search, 0)
+        assert search.count < 400 and stop is not None, name
+        assert re.match(f"nothing left to try: {reason}", stop), stop
+        cut = Search(tmp_path / f"{name}-cut", RunSettings(name, 1, 0), _env(shared))
+        assert BASELINES[name](cut, 0) is None and cut.count == 1
+    search = Search(tmp_path / "random", RunSettings("random", 3, 0), _env(shared))
+    assert BASELINES["random"](search, 0) is None
 
 
 def test_two_level_is_deterministic_and_exact_in_its_budget(tmp_path, shared):

@@ -1,15 +1,22 @@
 """The catalogue of bad inputs: each is refused with an error of a known type naming the problem.
 
 Grouped by where a user meets them: actions, environment arguments, tasks (user factories, models,
-data), names of agents and environments, policy files, paths and result directories. Each case
-has an id; ``pytest tests/test_bad_inputs.py --collect-only -q`` lists the catalogue.
+data: ``make_task`` splits given as lists of samples, samples of a shape or dtype the model cannot
+take, named by split and sample index; a held-out split cut from train, warned about), names of
+agents and environments, policy files, paths and result directories (a ``jpq search`` that cannot
+start leaves no ``--out`` folders). Each case has an id; ``pytest tests/test_bad_inputs.py
+--collect-only -q`` lists the catalogue.
 
 Covered next to their modules and not repeated here: a bad ``jpq search`` argument on the command
 line (``test_cli_search.py::test_bad_search_arguments``: unknown agent, budget 0 or above 1,
 episodes 0), ``jpq evaluate`` on a missing, non-JSON or other-model policy file and ``jpq search``
 into a directory holding another run (``test_cli_search.py``), a malicious checkpoint
 (``test_safe_loading.py``), a torn or edited evaluation log (``test_crash_safety.py``), missing
-digits checkpoints (``test_digits.py``).
+digits checkpoints (``test_digits.py``), a baseline that runs out of policies before its budget
+(``test_agents.py::test_baselines_that_run_out_of_policies_say_why``,
+``test_cli_search.py::test_a_baseline_that_stops_early_says_so_and_why``), the files line of
+``jpq search`` (``test_cli_search.py::test_search_lists_the_files_it_wrote``), a kernel left
+without live inputs (``test_coupled_channels.py``).
 """
 
 # ruff: noqa: E501 - the catalogue is a table, one case per line
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +35,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from jpq_agents.cli import main
-from jpq_agents.run import run_search
+from jpq_agents.run import AGENTS, run_search
 from jpq_agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
 from jpq_env import (
     GraphError,
@@ -280,6 +288,69 @@ def test_bad_make_task_argument_is_named(kwargs, message):
         make_task(_good_task().model, **args)
 
 
+def _pairs(n: int, seed: int = 0, **at: Any) -> list[Any]:
+    """``n`` (input, label) samples as a list; ``at`` replaces sample ``int(key[1:])`` (``s3=...``)."""
+    data = _data(n, seed)
+    samples: list[Any] = [(x, int(y)) for x, y in data]
+    for key, sample in at.items():
+        samples[int(key[1:])] = sample
+    return samples
+
+
+_X = torch.zeros(3, 8, 8)
+
+# Splits given as lists of samples, and samples the model cannot take: the split and the sample.
+MAKE_TASK_DATA = [
+    pytest.param({"train": _pairs(40, s3=(torch.zeros(3, 9, 9), 1))}, r"sample 3 of the train split has an input of shape \(3, 9, 9\) and dtype torch.float32, but sample 0 has \(3, 8, 8\)", id="data-list-sample-wrong-shape"),
+    pytest.param({"test": _pairs(8, s5=(_X.double(), 1))}, r"sample 5 of the test split has an input of shape \(3, 8, 8\) and dtype torch.float64, but sample 0 has \(3, 8, 8\) and torch.float32", id="data-list-sample-wrong-dtype"),
+    pytest.param({"train": _pairs(40, s2=_X)}, r"sample 2 of the train split is a tensor of shape \(3, 8, 8\), not an \(input, label\) pair", id="data-list-sample-not-a-pair"),
+    pytest.param({"train": _pairs(40, s0=(np.zeros((3, 8, 8)), 1))}, "sample 0 of the train split has an input of type ndarray: inputs must be tensors", id="data-list-input-not-a-tensor"),
+    pytest.param({"test": _pairs(8, s1=(_X, torch.tensor([1, 2])))}, r"sample 1 of the test split has a label of shape \(2,\): one class index per sample", id="data-list-label-not-a-class"),
+    pytest.param({"test": _pairs(8, s1=(_X, "cat"))}, "sample 1 of the test split has a label of str", id="data-list-label-string"),
+    pytest.param({"test": []}, "the test split is empty", id="data-list-empty"),
+    pytest.param({"test": (np.zeros((4, 3, 8, 8)), np.zeros(4))}, r"the test split as a pair \(inputs, labels\) must be two tensors, got ndarray and ndarray", id="data-pair-of-arrays"),
+    pytest.param({"test": {"x": 1}}, "got dict: not a torch.utils.data.Dataset, tuple or list", id="data-dict"),
+    pytest.param({"test": 3}, "got int: it has no __len__ and __getitem__", id="data-int"),
+    pytest.param({"train": (_data(40).tensors[0][:, 0], _data(40).tensors[1]), "test": (torch.zeros(4, 8, 8), torch.zeros(4, dtype=torch.long))}, r"cannot run on sample 0 of the val split \(sample \d+ of train, which val is cut from\) as a batch of one \(shape \(1, 8, 8\), dtype torch.float32\).*its first layer '0' \(Conv2d, 3 input channels\) takes torch.float32 inputs shaped \(batch, 3, height, width\), so each sample should be \(3, height, width\)", id="data-samples-miss-the-channel-axis"),
+    pytest.param({"train": (torch.zeros(40, 3, 8, 8, dtype=torch.uint8), torch.arange(40) % 4), "test": (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))}, r"cannot run on sample 0 of the val split .*dtype torch.uint8\).*takes torch.float32 inputs .*: convert the inputs to torch.float32", id="data-uint8-inputs"),
+    pytest.param({"test": (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))}, r"sample 0 of the test split has an input of shape \(3, 8, 8\) and dtype torch.uint8, but the model is traced with samples of shape \(3, 8, 8\) and dtype torch.float32", id="data-one-split-of-another-dtype"),
+    pytest.param({"example_input": torch.zeros(1, 3, 8, 8, dtype=torch.float64), "test": (torch.zeros(4, 3, 8, 8, dtype=torch.float64), torch.zeros(4, dtype=torch.long)), "val": (torch.zeros(4, 3, 8, 8, dtype=torch.float64), torch.zeros(4, dtype=torch.long)), "train": (torch.zeros(40, 3, 8, 8, dtype=torch.float64), torch.arange(40) % 4)}, r"cannot run on example_input \(shape \(1, 3, 8, 8\), dtype torch.float64\).*convert the inputs to torch.float32", id="data-example-input-of-another-dtype"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "message"), MAKE_TASK_DATA)
+def test_bad_make_task_data_is_named(kwargs, message):
+    args = {"train": _data(40), "test": _data(8, seed=1), "val_size": 8, "calib_size": 8} | kwargs
+    with pytest.raises(TaskError, match=message):
+        make_task(_good_task().model, **args)
+
+
+def test_the_make_task_data_control_is_good():
+    """Splits as lists of samples (Python or NumPy labels) are taken, stacked, as they are."""
+    train = [(x, np.int64(y)) for x, y in _pairs(40)]
+    with pytest.warns(UserWarning, match="val="):
+        task = make_task(
+            _good_task().model, train=train, test=_pairs(8, seed=1), val_size=8, calib_size=8
+        )
+    assert (len(task.train), len(task.val), len(task.test)) == (32, 8, 8)
+    assert torch.equal(task.test.tensors[0], _data(8, seed=1).tensors[0])
+
+
+def test_held_out_split_cut_from_train_is_warned_once():
+    """Without val=, the search scores data cut from train: one warning naming the option."""
+    args = {"train": _data(40), "test": _data(8, seed=1), "val_size": 8, "calib_size": 8}
+    with pytest.warns(UserWarning) as caught:
+        make_task(_good_task().model, **args)
+    about_val = [w for w in caught if "val=" in str(w.message)]
+    assert len(about_val) == 1 and about_val[0].filename == __file__  # points at the caller
+    assert "held-out split the search scores (8 samples) is cut from train" in str(
+        about_val[0].message
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_task(_good_task().model, **args, val=_data(8, seed=2))  # val given: nothing to say
+
+
 def test_make_task_takes_numpy_sizes():
     task = make_task(
         _good_task().model, train=_data(40), test=_data(8, seed=1), val_size=np.float32(0.25),
@@ -487,6 +558,38 @@ def test_search_output_that_is_a_file_is_named(tmp_path, capsys):
         assert main(argv) == 2
         assert f"cannot use '{out}' as the output directory" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+SEARCH_ARGUMENTS = [
+    pytest.param(["--task", "no_such_package_xyz.tasks:make"], "cannot import module 'no_such_package_xyz.tasks'", id="search-task-module-unknown"),
+    pytest.param(["--task", "tests.bad_tasks:missing"], "module 'tests.bad_tasks' has no function 'missing'", id="search-task-factory-missing"),
+    pytest.param(["--task", "tests.bad_tasks:raises"], "the dataset server is down", id="search-task-factory-raises"),
+    pytest.param(["--task-option", "nope=1"], r"task 'digits' does not take the options \['nope'\]", id="search-task-option-unknown"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "message"), SEARCH_ARGUMENTS)
+def test_search_that_cannot_start_leaves_no_directory(tmp_path, capsys, extra, message):
+    """The folders --out names are created to lock the run: one that cannot start removes them."""
+    out = tmp_path / "runs" / "run"
+    argv = ["search", "--agent", "random", "--episodes", "2", "--out", str(out), "--quiet"]
+    assert main([*argv, *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []  # neither run/ nor runs/ is left behind
+    out.mkdir(parents=True)  # a folder the user made is the user's: it stays, empty
+    assert main([*argv, *extra]) == 2
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_search_that_fails_after_it_started_keeps_its_directory(tmp_path, monkeypatch):
+    def broken(search: Search, seed: int, opts: dict[str, Any]) -> None:
+        search.env.reset(seed=seed)
+        raise RuntimeError("the agent broke")
+
+    monkeypatch.setitem(AGENTS, "random", broken)
+    with pytest.raises(RuntimeError, match="the agent broke"):
+        run_search("random", tmp_path / "run", 2, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [RUN_NAME]  # kept, as written
 
 
 def _search(out: Path, env: JPQEnv, agent: str = "random", resume: bool = False) -> Search:

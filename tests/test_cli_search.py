@@ -46,6 +46,36 @@ def test_search_writes_every_file_and_a_summary(run_dir: Path, capsys):
     assert summary["best"]["accuracy_test"] == evaluator.test_accuracy(policy)
 
 
+@pytest.fixture(scope="module")
+def two_stage_run(tmp_path_factory) -> tuple[Path, str]:
+    """A two-stage search asked for more evaluations than it has policies to try."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("two-stage") / "run"
+    argv = ["search", "--agent", "two-stage", "--episodes", "300", "--out", str(out), "--quiet"]
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(argv) == 0
+    return out, stdout.getvalue()
+
+
+def test_a_baseline_that_stops_early_says_so_and_why(two_stage_run, run_dir):
+    assert "stopped_early" not in json.loads((run_dir / "summary.json").read_text())  # budget
+    out, printed = two_stage_run
+    summary = json.loads((out / "summary.json").read_text())
+    n = summary["evaluations"]
+    assert n < 300 and summary["stopped_early"].startswith("nothing left to try: it played")
+    assert f"{n} of 300 (stopped early)" in printed
+    assert f"stopped early, after {n} of 300 evaluations: {summary['stopped_early']}" in printed
+
+
+def test_search_lists_the_files_it_wrote(two_stage_run):
+    out, printed = two_stage_run
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    assert {"run.json", "reference.jsonl", "tensorboard/"} <= set(names)
+    assert printed.rstrip().splitlines()[-1] == f"files in {out}: {', '.join(names)}"
+
+
 def test_search_defaults_to_the_environments_budget(tmp_path):
     import gymnasium as gym
 

@@ -194,3 +194,56 @@ def test_residual_masking_equals_physical_removal_when_both_operands_drop_a_chan
                 cm.module(x), _SlimResidual(model, k_main, k_a, k_head)(x), rtol=1e-5, atol=1e-5
             )
         assert measure(g, policy).layers[3].kept_in == 5
+
+
+class GroupedChain(nn.Module):
+    """conv1 3->4; conv2 4->6 in 2 groups (kernels 0-2 read inputs 0-1, kernels 3-5 inputs 2-3);
+    global average pool; linear 6->3. Biases everywhere: a kernel that sees no live input still
+    outputs a constant, ReLU(bias)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_a_kernel_whose_live_inputs_are_all_pruned_is_removed_and_its_constant_dropped():
+    # Pruning conv1's kernels 0 and 1 leaves conv2's first group (kernels 0-2) without a live
+    # input: those kernels are removed too (not only depthwise ones), and fc loses their features.
+    torch.manual_seed(0)
+    model = GroupedChain().eval()
+    with torch.no_grad():
+        model.conv2.bias.copy_(torch.linspace(0.5, 1.0, 6))  # ReLU(bias) > 0: a real constant
+    x = torch.randn(2, 3, 5, 5)
+    g = LayerGraph.from_module(model, x[:1])
+    bits = _keep_bits(g, {"conv1": np.array([2, 3])})
+    cost = measure(g, _policy(g, bits, [8] * 3))
+    assert [c.kept_out for c in cost.layers] == [2, 3, 3]
+    assert [c.kept_in for c in cost.layers] == [3, 2, 3]
+    # By hand: conv1 2 kernels x 3 inputs x 3x3 x 5x5; conv2 3 kernels (group 1) x 2 inputs
+    # x 3x3 x 5x5; fc 3 outputs x 3 live features. Weights at 32 bits, inputs at 8.
+    macs = [2 * 3 * 9 * 25, 3 * 2 * 9 * 25, 3 * 3]
+    assert [c.macs for c in cost.layers] == macs
+    assert cost.bops == sum(m * 32 * 8 for m in macs)
+    assert cost.size_bits == (2 * 3 * 9 + 3 * 2 * 9 + 3 * 3) * 32
+    # The compressed view drops the removed kernels' constant output (it is not folded into fc's
+    # bias): it computes exactly the physically smaller network below.
+    cm = CompressedModel(model, g)
+    cm.apply(_policy(g, bits))
+    w1, b1 = model.conv1.weight.data[2:], model.conv1.bias.data[2:]
+    w2, b2 = model.conv2.weight.data[3:], model.conv2.bias.data[3:]
+    wf, bf = model.fc.weight.data[:, 3:], model.fc.bias.data
+
+    def slim(inp: torch.Tensor, fold: bool = False) -> torch.Tensor:
+        h = F.relu(F.conv2d(F.relu(F.conv2d(inp, w1, b1, padding=1)), w2, b2, padding=1))
+        const = model.fc.weight.data[:, :3] @ F.relu(model.conv2.bias.data[:3])
+        return F.linear(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1), wf, bf + fold * const)
+
+    with torch.no_grad():
+        torch.testing.assert_close(cm.module(x), slim(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(cm.module(x), slim(x, fold=True), atol=1e-3)

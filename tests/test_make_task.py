@@ -85,8 +85,8 @@ def test_given_splits_loaders_and_pairs_are_taken_as_they_are():
                 "val": _data(5),
                 "calib": TensorDataset(torch.zeros(4, 3, 9, 9), torch.zeros(4, dtype=torch.long)),
             },
-            r"the calib split has inputs of shape \(3, 9, 9\), but the example input has "
-            r"samples of shape \(3, 8, 8\)",
+            r"sample 0 of the calib split has an input of shape \(3, 9, 9\) and dtype "
+            r"torch.float32, but the model is traced with samples of shape \(3, 8, 8\)",
         ),
         ({"num_classes": 7}, "num_classes is 7 but the model outputs 5 logits"),
         (
@@ -100,10 +100,11 @@ def test_given_splits_loaders_and_pairs_are_taken_as_they_are():
         ({"val": TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4))}, "float32 labels"),
         (
             {"example_input": torch.zeros(1, 1, 8, 8)},
-            r"train split has inputs of shape \(3, 8, 8\)",
+            r"sample 0 of the train split has an input of shape \(3, 8, 8\)",
         ),
         ({"val_size": 100}, "val_size 100 leaves no held-out or no training data"),
-        ({"train": [1, 2, 3]}, "must be a map-style Dataset"),
+        ({"train": [1, 2, 3]}, r"sample 0 of the train split is an int, not an \(input, label\)"),
+        ({"train": 3}, "must be a map-style Dataset .* got int"),
         ({"train": DataLoader(_data(8), collate_fn=lambda b: b)}, "custom collate_fn"),
     ],
 )
@@ -114,7 +115,8 @@ def test_bad_inputs_are_named(kwargs, message):
 
 
 def test_model_that_does_not_fit_the_data_is_named():
-    with pytest.raises(TaskError, match=r"cannot run on the example input of shape \(1, 3, 8, 8\)"):
+    message = r"cannot run on sample 0 of the val split .*\(shape \(1, 3, 8, 8\)"
+    with pytest.raises(TaskError, match=message):
         make_task(nn.Sequential(nn.Flatten(), nn.Linear(10, 2)), train=_data(20), test=_data(5))
     with pytest.raises(TaskError, match=r"logits shaped \(batch, classes\), got \(1, 8, 8, 8\)"):
         make_task(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1)), train=_data(20), test=_data(5))

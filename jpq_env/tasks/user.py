@@ -8,7 +8,8 @@ training set when they are not given, deterministically (a seeded permutation), 
 can be checked before any search starts: split sizes, sample shapes against the model's example
 input, the model's output against the number of classes, and label ranges.
 
-Datasets are map-style (``len`` and indexing), yielding ``(input, label)`` pairs. A ``DataLoader``
+Datasets are map-style (``len`` and indexing), yielding ``(input, label)`` pairs; a list of such
+pairs is stacked into one ``TensorDataset`` (``jpq_env.tasks.samples``). A ``DataLoader``
 is accepted for its dataset: jpq-env batches in a fixed order itself (so that the same policy
 always gets the same accuracy), so the loader's sampler and batch size are not used, and a custom
 ``collate_fn`` is refused rather than silently dropped.
@@ -16,7 +17,8 @@ always gets the same accuracy), so the loader's sampler and batch size are not u
 
 from __future__ import annotations
 
-import copy
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,11 +31,13 @@ from jpq_env import validation as check
 from jpq_env.graph import LayerGraph
 from jpq_env.model_checks import check_model
 from jpq_env.tasks.base import Task, TaskError
+from jpq_env.tasks.samples import pairs_dataset, run_model
 
 __all__ = ["DataLike", "known_labels", "make_task", "split_indices", "subset"]
 
-DataLike = Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor]
-"""A split as ``make_task`` takes it: a map-style dataset, a DataLoader, ``(inputs, labels)``."""
+DataLike = Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor] | Sequence[tuple[Any, Any]]
+"""A split as ``make_task`` takes it: a map-style dataset, a DataLoader, ``(inputs, labels)``, or
+a list of ``(input, label)`` samples."""
 
 
 def split_indices(
@@ -113,17 +117,31 @@ def _as_dataset(data: Any, split: str) -> Dataset:
                 "items are (input, label) pairs instead"
             )
         data = data.dataset
-    if isinstance(data, (tuple, list)) and len(data) == 2:
+    if isinstance(data, (tuple, list)):
+        # Samples (a list of (input, label) pairs), or one pair (inputs, labels) of tensors.
+        if len(data) != 2 or isinstance(data[0], (tuple, list)):
+            return pairs_dataset(data, split)
         x, y = data
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TaskError(f"the {split} split as a pair must be two tensors (inputs, labels)")
+            raise TaskError(
+                f"the {split} split as a pair (inputs, labels) must be two tensors, got "
+                f"{type(x).__name__} and {type(y).__name__}; as a list, it must hold "
+                "(input, label) samples"
+            )
         if len(x) != len(y):
             raise TaskError(f"the {split} split has {len(x)} inputs but {len(y)} labels")
         return TensorDataset(x, y)
     if not isinstance(data, Dataset) or not hasattr(data, "__len__"):
+        if isinstance(data, Dataset):
+            what = "an iterable-style dataset (no __len__): jpq-env reads samples by index"
+        elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+            what = "not a torch.utils.data.Dataset, tuple or list (subclass Dataset, or list it)"
+        else:
+            what = "it has no __len__ and __getitem__"
         raise TaskError(
             f"the {split} split must be a map-style Dataset (with __len__ and __getitem__), a "
-            f"DataLoader over one, or a pair of tensors; got {type(data).__name__}"
+            "DataLoader over one, a pair of tensors (inputs, labels) or a list of (input, label) "
+            f"samples; got {type(data).__name__}: {what}"
         )
     if len(data) == 0:
         raise TaskError(f"the {split} split is empty")
@@ -187,6 +205,17 @@ def _first(dataset: Dataset, split: str) -> tuple[torch.Tensor, Any]:
     return x, y
 
 
+def _warn_val_from_train(n_val: int) -> None:
+    warnings.warn(
+        f"make_task: no val= given, so the held-out split the search scores ({n_val} sample"
+        f"{'s' if n_val != 1 else ''}) "
+        "is cut from train: a model trained on all of train (as public checkpoints are) is then "
+        "scored on its own training data. Pass val= with data the model was not trained on.",
+        UserWarning,
+        stacklevel=3,  # the caller of make_task
+    )
+
+
 def make_task(
     model: nn.Module,
     *,
@@ -209,7 +238,8 @@ def make_task(
         train: Training data (fine-tuning; the source of ``val`` and ``calib`` when not given).
         test: Test data, read only for final reports.
         val: Held-out data the search scores policies on; default ``val_size`` samples split off
-            ``train`` (and removed from it).
+            ``train`` (and removed from it), with a ``UserWarning``: a model trained on all of
+            ``train`` would be scored on data it has seen.
         calib: Calibration data (BatchNorm re-calibration, activation ranges); default
             ``calib_size`` samples of the (remaining) training data.
         example_input: One input batch to trace the model with; default the first ``val``
@@ -226,10 +256,10 @@ def make_task(
         ``jpq_agents.run.run_search(..., env_kwargs={"task": task})``.
 
     Raises:
-        TaskError: Naming the argument, or the split and the problem: an argument of the wrong
-            type or range, an empty split, a sample whose shape differs from the example input, a
-            model that cannot run on it or whose output does not fit ``num_classes``, labels
-            outside ``[0, num_classes)``.
+        TaskError: Naming the argument, or the split, the sample and the problem: an argument of
+            the wrong type or range, an empty split, a sample whose shape or dtype differs from the
+            example input, a model that cannot run on it (with what its first layer takes) or
+            whose output does not fit ``num_classes``, labels outside ``[0, num_classes)``.
         GraphError: If the model cannot be compressed as it is (``LayerGraph.from_module``
             traces it here): untraceable, a compressible module called twice, shared or
             parametrized weights, NaN or inf in a parameter or buffer.
@@ -247,8 +277,12 @@ def make_task(
         "train": _as_dataset(train, "train"),
         "test": _as_dataset(test, "test"),
     }
+    origin = "the val split"  # where val's sample 0 comes from, for errors
+    cut_from_train = 0  # held-out samples cut from train (warned about once the task is valid)
     if val is None:
         idx = split_indices(len(splits["train"]), val_size, calib_size, seed)  # type: ignore[arg-type]
+        origin = f"the val split (sample {idx['val'][0]} of train, which val is cut from)"
+        cut_from_train = len(idx["val"])
         full = splits["train"]
         splits["train"], splits["val"] = subset(full, idx["train"]), subset(full, idx["val"])
         if calib is None:
@@ -263,26 +297,23 @@ def make_task(
         splits["calib"] = subset(splits["train"], np.sort(order[:calib_size]))
 
     first = {split: _first(ds, split) for split, ds in splits.items()}
+    source = "example_input"
     if example_input is None:
         example_input = first["val"][0].unsqueeze(0)
+        source = f"sample 0 of {origin} as a batch of one"
     if not isinstance(example_input, torch.Tensor):
         raise TaskError(f"example_input must be a tensor, got {type(example_input).__name__}")
     sample_shape = tuple(example_input.shape[1:])
     for split in ("train", "val", "calib", "test"):
-        shape = tuple(first[split][0].shape)
-        if shape != sample_shape:
+        x = first[split][0]
+        if tuple(x.shape) != sample_shape or x.dtype != example_input.dtype:
             raise TaskError(
-                f"the {split} split has inputs of shape {shape}, but the example input has "
-                f"samples of shape {sample_shape} (example_input is one batch: (batch, ...))"
+                f"sample 0 of the {split} split has an input of shape {tuple(x.shape)} and dtype "
+                f"{x.dtype}, but the model is traced with samples of shape {sample_shape} and "
+                f"dtype {example_input.dtype} (the example input, one batch (batch, ...), is "
+                f"{'given' if source == 'example_input' else 'sample 0 of the val split'})"
             )
-    with torch.no_grad():
-        try:
-            out = copy.deepcopy(model).eval()(example_input)
-        except Exception as exc:
-            raise TaskError(
-                f"the model cannot run on the example input of shape "
-                f"{tuple(example_input.shape)}: {type(exc).__name__}: {exc}"
-            ) from exc
+    out = run_model(model, example_input, source)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = str(tuple(out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__
         raise TaskError(f"the model must return logits shaped (batch, classes), got {got}")
@@ -300,6 +331,8 @@ def make_task(
     # What the environment and the evaluator will do with the model, checked now: it traces,
     # calls each compressible module once, holds numbers, and its layers are its own.
     LayerGraph.from_module(model, example_input)
+    if cut_from_train:
+        _warn_val_from_train(cut_from_train)
     return Task(
         name, model, example_input, splits["train"], splits["val"], splits["calib"],
         splits["test"], num_classes,
