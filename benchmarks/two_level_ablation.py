@@ -11,7 +11,8 @@ seeds, against cold black-box optimizers through the same environment:
   (``surrogate=False``, jpq-env 0.1's learning);
 - ``pure-rl``: no warm start, no refinement: the controllers alone, model-based;
 - ``pure-rl-model-free``: the same, model-free;
-- ``cmaes`` and ``tpe``: Optuna's CMA-ES and TPE through the public Gymnasium API, cold.
+- ``cmaes`` and ``tpe``: Optuna's CMA-ES and TPE through the public Gymnasium API, cold;
+- ``two-stage`` and ``greedy``: the baselines (seed-free: one run each).
 
 Each row records the best policy within budget (held-out and test accuracy), the phase of the
 episode that found it, and the learning curve (best held-out accuracy within budget after each
@@ -51,6 +52,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pure-rl-model-free": {"warm_start": False, "refine_fraction": 0.0, "surrogate": False},
 }
 OPTIMIZERS = ("cmaes", "tpe")
+BASELINES = ("two-stage", "greedy")  # deterministic: one run each (seed 0)
 
 
 def _key(run: dict[str, Any]) -> tuple[str, ...]:
@@ -59,7 +61,7 @@ def _key(run: dict[str, Any]) -> tuple[str, ...]:
 
 def _register(variant: str) -> str:
     """The agent name of ``variant`` (two-level variants are added to the registry here)."""
-    if variant in OPTIMIZERS:
+    if variant in OPTIMIZERS or variant in BASELINES:
         return variant
     from jpq_agents.run import AGENTS
     from jpq_agents.two_level import TwoLevelConfig, run_two_level
@@ -88,7 +90,7 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
 
     task, env, budget = run["case"].split(":")
     kwargs: dict[str, Any] = {"task": task, "budget_bops": float(Fraction(budget))}
-    if run["variant"] not in OPTIMIZERS:
+    if run["variant"] in VARIANTS:
         kwargs["sensitivity"] = True  # what the two-level agent gets by default
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
@@ -148,7 +150,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             "| variant | held-out % | test % | best after (evaluations, median) | best came from |",
             "|---|---|---|---|---|",
         ]
-        for variant in [*VARIANTS, *OPTIMIZERS]:
+        for variant in [*VARIANTS, *OPTIMIZERS, *BASELINES]:
             runs = variants.get(variant)
             if not runs:
                 continue
@@ -175,7 +177,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     cases = sorted({r["case"] for r in rows})
     fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 4.2), squeeze=False)
     for ax, case in zip(axes[0], cases, strict=True):
-        for variant in [*VARIANTS, *OPTIMIZERS]:
+        for variant in [*VARIANTS, *OPTIMIZERS, *BASELINES]:
             curves = [r["curve"] for r in rows if r["case"] == case and r["variant"] == variant]
             if not curves:
                 continue
@@ -201,7 +203,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="task:env:budget, comma-separated")
-    parser.add_argument("--variants", default=",".join([*VARIANTS, *OPTIMIZERS]))
+    parser.add_argument("--variants", default=",".join([*VARIANTS, *OPTIMIZERS, *BASELINES]))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--report", action="store_true", help="rebuild the table and plot only")
@@ -214,7 +216,7 @@ def main() -> None:
         {"case": c, "variant": v, "seed": s, "episodes": args.episodes}
         for c in args.cases.split(",")
         for v in args.variants.split(",")
-        for s in range(args.seeds)
+        for s in range(1 if v in BASELINES else args.seeds)
     ]
     if args.quick:
         with tempfile.TemporaryDirectory() as tmp:
