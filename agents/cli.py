@@ -228,6 +228,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -322,12 +332,16 @@ def _file_task(data: dict[str, Any], path: str, cli_task: str | None) -> tuple[s
     """
     from jpq_env.tasks import BUILTIN_TASKS
 
-    named = data.get("task", "digits")
-    if not isinstance(named, str):
-        raise PolicyError(f"policy file '{path}': 'task' must be a string, got {named!r}")
     env = data.get("env", {})
     if not isinstance(env, dict):
         raise PolicyError(f"policy file '{path}': 'env' must be an object, got {env!r}")
+    named = data.get("task", env.get("task", "digits"))
+    if not isinstance(named, str):
+        raise PolicyError(f"policy file '{path}': 'task' must be a string, got {named!r}")
+    if "task" in env and env["task"] != named:
+        raise PolicyError(
+            f"policy file '{path}': 'task' is {named!r} but 'env.task' is {env['task']!r}"
+        )
     options = env.get("task_options") or {}
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         raise PolicyError(
@@ -365,14 +379,43 @@ def _load_policy(args: argparse.Namespace) -> tuple[Policy, LocalEvaluator, dict
     return policy, evaluator, data
 
 
-def _check_output_file(path: Path) -> None:
-    """Refuse an output path that cannot take a file, before any work is done."""
+def _check_output_file(path: Path, args: argparse.Namespace) -> None:
+    """Refuse an output path that cannot take a file or would destroy one, before any work.
+
+    Never the policy file itself, the task's weights or data named in it or on the command line,
+    or a run's own files; an existing file only with ``--force``.
+    """
     if path.is_dir():
         raise ValueError(f"--out '{path}' is a directory: name a file in it")
     if not path.parent.is_dir():
         raise ValueError(f"--out '{path}': directory '{path.parent}' does not exist")
     if not os.access(path.parent, os.W_OK):
         raise ValueError(f"--out '{path}': directory '{path.parent}' is not writable")
+    target = path.resolve()
+    inputs = [args.policy, *(str(v) for v in _task_options(args).values())]
+    with contextlib.suppress(PolicyError, ValueError, AttributeError):  # named later if bad
+        from jpq_env.jsonfile import read_json
+
+        env = read_json(args.policy, "policy file", error=PolicyError).get("env", {})
+        inputs += [str(v) for v in (env.get("task_options") or {}).values()]
+    for given in inputs:
+        same = False
+        with contextlib.suppress(OSError, ValueError):  # not a path: not an input file
+            same = Path(given).expanduser().resolve() == target
+        if same:
+            raise ValueError(
+                f"--out '{path}' is an input of this command ('{given}'): it would be "
+                "overwritten. Choose another file"
+            )
+    if (path.parent / "run.json").exists() and path.name in _RUN_FILES:
+        raise ValueError(f"--out '{path}' is a file of the run in '{path.parent}': choose another")
+    if path.exists() and not args.force:
+        raise ValueError(f"--out '{path}' exists: pass --force to replace it")
+
+
+_RUN_FILES = frozenset(
+    {"run.json", "evaluations.jsonl", "policy.json", "summary.json", "reference.jsonl"}
+)
 
 
 def _one_in(ratio: float) -> str:
@@ -420,7 +463,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from jpq_env.finetune import finetune
 
     out = Path(args.out) if args.out else Path(args.policy).with_name("finetuned.pt")
-    _check_output_file(out)  # before the training, not after it
+    _check_output_file(out, args)  # before the training, not after it
     policy, evaluator, _ = _load_policy(args)
     result = finetune(evaluator, policy, epochs=args.epochs, lr=args.lr, seed=args.seed)
     save_atomic(result.state_dict, out)
@@ -436,7 +479,7 @@ def _export(args: argparse.Namespace) -> int:
     from jpq_env.evaluate import top1
     from jpq_env.export import export_compressed, load_compressed
 
-    _check_output_file(Path(args.out))
+    _check_output_file(Path(args.out), args)
     policy, evaluator, _ = _load_policy(args)
     export_compressed(evaluator, policy, args.out)
     task = evaluator.task
@@ -519,7 +562,9 @@ def _parser() -> argparse.ArgumentParser:
         help="budget enforcement: forward wall (AMC), backward lowering (HAQ), none (penalty only)",
     )
     search.add_argument("--episodes", type=_positive, default=300, help="evaluations to spend")
-    search.add_argument("--warmup-episodes", type=int, default=10, help="DDPG warm-up episodes")
+    search.add_argument(
+        "--warmup-episodes", type=_natural, default=10, help="DDPG warm-up episodes"
+    )
     search.add_argument("--seed", type=_seed, default=0, help="seed of the agent and the env")
     search.add_argument("--out", default="runs/search", help="output directory")
     search.add_argument(
@@ -551,6 +596,7 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--epochs", type=_positive, default=3, help="fine-tuning epochs")
     finetune.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
     finetune.add_argument("--seed", type=_seed, default=0, help="seed of the data order")
+    finetune.add_argument("--force", action="store_true", help="replace an existing --out file")
     _add_task_args(finetune, None)
     finetune.add_argument(
         "--out", default=None, help="weights file (default: finetuned.pt beside the policy)"
@@ -562,6 +608,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("policy", help="a policy.json written by jpq search")
     export.add_argument("--out", required=True, help="checkpoint file to write")
+    export.add_argument("--force", action="store_true", help="replace an existing --out file")
     _add_task_args(export, None)
     export.set_defaults(func=_export)
     return parser

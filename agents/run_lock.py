@@ -100,7 +100,7 @@ class RunLock:
         if fcntl is None:
             return None
         while True:
-            handle = self.path.open("a+")
+            handle = self._open()
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -130,6 +130,27 @@ class RunLock:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         return handle
+
+    def _open(self) -> IO[str]:
+        """The lock file, never opened through a symbolic link.
+
+        A downloaded run folder could hold a ``.lock`` pointing at any file of the user's, which
+        the pid would then overwrite.
+        """
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            if self.path.is_symlink():
+                raise RunLockedError(
+                    f"'{self.path}' is a symbolic link, not a lock file: remove it (nothing was "
+                    "written)"
+                ) from None
+            raise OSError(exc.errno, f"cannot open '{self.path}': {exc.strerror}") from exc
+        if not os.path.isfile(self.path) or os.path.islink(self.path):
+            os.close(fd)
+            raise RunLockedError(f"'{self.path}' is not a regular file (nothing was written)")
+        return os.fdopen(fd, "r+")
 
     def release(self) -> None:
         """Count one user less; the last one unlocks the directory and removes the lock file."""

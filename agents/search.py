@@ -135,6 +135,9 @@ def _plain(value: Any) -> bool:
 
 def _differences(previous: dict[str, Any], mine: dict[str, Any]) -> list[str]:
     """The settings (other than ``episodes``) in which two runs differ, each named."""
+    env_id = previous.get("env", {}).get("id")
+    if env_id is not None and env_id not in gym.registry:
+        return [f"env.id {env_id!r} there is not a registered environment"]
     out = []
     for key in ("agent", "seed"):
         if previous.get(key) != mine.get(key):
@@ -350,6 +353,12 @@ class Search:
         """Check the directory's run against this one; set up the replay of a resumed log."""
         settings = self.settings
         run_file, log_file = self.out / RUN_NAME, self.out / LOG_NAME
+        links = sorted(p.name for p in self.out.iterdir() if p.is_symlink())
+        if links:  # a run's files are written in place: never through a link out of the folder
+            raise SearchError(
+                f"'{self.out}' holds symbolic links ({', '.join(links)}): a run directory holds "
+                "only its own files. Remove them (nothing was written)"
+            )
         if resume and not run_file.exists() and log_file.exists():
             raise SearchError(f"cannot resume: '{self.out}' has a log but no {RUN_NAME}")
         if resume and run_file.exists():
@@ -484,6 +493,7 @@ class Search:
             # The replay is over: its best came from the log. Check its score with the proxy
             # before it is written anywhere (an edited accuracy must not become the result).
             self._verify(self.best)
+            self._check_saved_best()
             self._save_best()
         if self.on_record is not None:
             self.on_record(record, replayed)
@@ -500,6 +510,41 @@ class Search:
                 f"cannot append episode {record['episode']} to '{path}': {exc.strerror}; the "
                 "episodes before it are in the log (resume once there is room)"
             ) from exc
+
+    def _check_saved_best(self) -> None:
+        """The best the run saved (``policy.json``) must be the best its log replays to.
+
+        An edit that lowers the real best's accuracy, or marks it as raced or over budget, makes
+        another record the best; the policy file the run wrote names the real one.
+        """
+        assert self.best is not None
+        path = self.out / POLICY_NAME
+        if not path.exists():
+            return
+        saved = read_json(path, "policy file", error=SearchError)
+        episode = saved.get("episode") if isinstance(saved, dict) else None
+        if episode == self.best["episode"]:
+            return
+        log = self.out / LOG_NAME
+        if type(episode) is not int or not 0 <= episode < len(self._replay):
+            raise SearchError(
+                f"cannot resume: '{path}' names episode {episode!r} as the best, which "
+                f"'{log}' does not hold (the files were edited; nothing was overwritten)"
+            )
+        record = self._replay[episode]
+        if not record["budget_met"] or record.get("proxy_complete", True) is False:
+            raise SearchError(
+                f"cannot resume: '{path}' holds episode {episode} as the run's best, but '{log}' "
+                "says it was over budget or raced (the log was edited; nothing was overwritten)"
+            )
+        self._verify(record)  # its claimed accuracy is checked too
+        if episode < self.best["episode"] and record["accuracy"] < self.best["accuracy"]:
+            return  # a crash between logging a new best and saving it: the log is ahead
+        raise SearchError(
+            f"cannot resume: '{path}' holds episode {episode} as the run's best, but '{log}' "
+            f"replays to episode {self.best['episode']} (the files were edited; nothing was "
+            "overwritten)"
+        )
 
     def _verify(self, record: dict[str, Any]) -> None:
         """Score a logged record's policy again; stop if the log claims another accuracy."""

@@ -230,6 +230,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"unknown device '{device}': use 'auto', 'cpu' or 'cuda[:N]'") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' asked for, but CUDA is not available here")
+    if resolved.type == "mps" and torch.backends.mps.is_available():
+        return resolved
+    if resolved.type not in ("cpu", "cuda"):  # meta, xpu, hpu, ...: not devices the proxy runs on
+        raise ValueError(f"unsupported device '{device}': use 'auto', 'cpu' or 'cuda[:N]'")
     return resolved
 
 

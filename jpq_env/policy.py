@@ -172,7 +172,8 @@ class Policy:
         Raises:
             PolicyError: If a field is missing or has the wrong type.
         """
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA_VERSION:
+        schema = data.get("schema") if isinstance(data, dict) else None
+        if type(schema) is not int or schema != SCHEMA_VERSION:  # true is not schema 1
             raise PolicyError(f"not a jpq-env policy (schema {SCHEMA_VERSION} expected)")
         fingerprint = data.get("fingerprint")
         layers = data.get("layers")

@@ -967,3 +967,168 @@ def test_sigterm_stops_a_search_with_the_resume_hint(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
     assert "stopped by SIGTERM" in err and "--resume" in err and "Traceback" not in err
+
+
+# ---- trust, second round: what an independent hostile audit found ----------------------------
+
+
+def _copy_run(run: Path, target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for p in run.iterdir():
+        if p.is_file() and not p.name.startswith("."):
+            (target / p.name).write_bytes(p.read_bytes())
+    return target
+
+
+def test_a_lock_link_in_a_run_folder_never_writes_through(finished_run, tmp_path, capsys):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's data")
+    for resume in (["--resume"], []):
+        run = tmp_path / f"run{len(resume)}"
+        if resume:
+            _copy_run(finished_run, run)
+        else:
+            run.mkdir()
+        (run / ".lock").symlink_to(precious)
+        assert _random_run(run, 6, *resume) == 2
+        assert ".lock' is a symbolic link" in capsys.readouterr().err
+        assert precious.read_text() == "the user's data"
+
+
+def test_a_run_file_that_is_a_link_is_refused(finished_run, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path / "run")
+    (run / LOG_NAME).unlink()
+    (run / LOG_NAME).symlink_to(tmp_path / "elsewhere.jsonl")
+    assert _random_run(run, 6, "--resume") == 2
+    assert "holds symbolic links (evaluations.jsonl)" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere.jsonl").exists()
+
+
+def test_finetune_and_export_never_overwrite_their_inputs(finished_run, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path / "run")
+    policy = run / "policy.json"
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"the user's model")
+    data = json.loads(policy.read_text())
+    data["env"]["task_options"] = {"weights": str(weights)}
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps(data))
+    before = _files(run)
+    cases = [
+        (["export", str(policy), "--out", str(policy)], "is an input of this command"),
+        (["export", str(policy), "--out", str(run / LOG_NAME)], "is a file of the run in"),
+        (["finetune", str(mine), "--out", str(weights)], "is an input of this command"),
+        (["export", str(policy), "--out", str(weights)], "exists: pass --force to replace it"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err
+    assert _files(run) == before and weights.read_bytes() == b"the user's model"
+    out = tmp_path / "model.pt"
+    assert main(["export", str(policy), "--out", str(out)]) == 0
+    assert main(["export", str(policy), "--out", str(out)]) == 2  # a second time: refused
+    assert main(["export", str(policy), "--out", str(out), "--force"]) == 0
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda r: r.update(accuracy=0.0), id="log-best-lowered"),
+        pytest.param(lambda r: r.update(proxy_complete=False, proxy_images=10), id="log-best-marked-raced"),
+    ],
+)  # fmt: skip
+def test_a_log_edited_to_demote_the_best_is_refused(finished_run, tmp_path, capsys, edit):
+    best = json.loads((finished_run / "policy.json").read_text())["episode"]
+    _edit_log(finished_run, tmp_path, best, edit)
+    before = _files(tmp_path)
+    assert _random_run(tmp_path, 6, "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"episode {best}" in err and "edited" in err
+    assert _files(tmp_path) == before
+
+
+def _cifar(root: Path, data: Any = None, labels: Any = None) -> Path:
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            "data": rng.integers(0, 256, size=(12, 3072), dtype=np.uint8) if data is None else data,
+            "labels": [int(v) for v in rng.integers(0, 10, size=12)] if labels is None else labels,
+        }
+        with (folder / name).open("wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
+CIFAR_BATCHES = [
+    pytest.param({"data": np.full((12, 3072), 0.5, dtype=np.float32)}, r"'data' must be uint8 pixels \(0-255\), got float32", id="cifar-float-pixels"),
+    pytest.param({"data": np.full((12, 3072), 765, dtype=np.int64)}, "'data' must be uint8 pixels", id="cifar-int64-pixels"),
+    pytest.param({"labels": [3.7] * 12}, "'labels' must be integers, got float64", id="cifar-float-labels"),
+    pytest.param({"labels": ["x"] * 12}, "'labels' must be integers", id="cifar-string-labels"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("batch", "message"), CIFAR_BATCHES)
+def test_a_bad_cifar_batch_is_named(tmp_path, batch, message):
+    from jpq_env.tasks.image_data import cifar10_data
+
+    root = _cifar(tmp_path, **batch)
+    with pytest.raises(TaskError, match=rf"CIFAR-10 batch '.*data_batch_1': {message}"):
+        cifar10_data(root)
+
+
+@pytest.mark.parametrize("option", ["std=1,1,1e-300", "mean=1e308,0,0"])
+def test_channel_statistics_beyond_float32_are_refused(option):
+    from jpq_env.tasks.vision import channel_stats
+
+    name, _, value = option.partition("=")
+    with pytest.raises(TaskError, match=f"{name} must be three"):
+        channel_stats(value, name)
+
+
+@pytest.mark.parametrize("device", ["meta", "xpu", "hpu"])
+def test_an_unsupported_device_is_one_line(tmp_path, capsys, device):
+    assert main(["report", "--device", device, "--quiet"]) == 2
+    assert f"unsupported device '{device}'" in capsys.readouterr().err
+
+
+def test_a_weights_file_with_objects_is_refused_in_one_line(tmp_path):
+    import os
+
+    from jpq_env.tasks.vision import _state_dict
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch PWNED",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(TaskError) as err:
+        _state_dict(tmp_path / "evil.pt")
+    assert "refused, nothing was executed" in str(err.value)
+    assert "weights_only` set to `False`" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resume_of_an_unknown_env_id_says_so(finished_run, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path / "run")
+    settings = json.loads((run / RUN_NAME).read_text())
+    settings["env"]["id"] = "os:system"
+    (run / RUN_NAME).write_text(json.dumps(settings))
+    assert _random_run(run, 6, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "env.id 'os:system' there is not a registered environment" in err
+    assert "budget_bops" not in err
+
+
+def test_smaller_audit_cases(tmp_path, policy_json, capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--agent", "ddpg", "--warmup-episodes", "-5", "--out", str(tmp_path / "r")])
+    assert "--warmup-episodes: must be at least 0" in capsys.readouterr().err
+    with pytest.raises(PolicyError, match="schema 1 expected"):
+        Policy.from_json({**policy_json, "schema": True})
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({**policy_json, "env": {"task": "digits-deep"}, "task": "digits"}))
+    assert main(["evaluate", str(path)]) == 2
+    assert "'task' is 'digits' but 'env.task' is 'digits-deep'" in capsys.readouterr().err

@@ -158,14 +158,35 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise TaskError(
             f"CIFAR-10 batch '{path}': 'data' must be an (N, 3072) uint8 array, got {shape}"
         )
-    labels_arr = np.asarray(labels if labels is not None else [], dtype=np.int64)
+    if data.dtype != np.uint8:  # a cast would truncate floats in [0, 1] or wrap large ints
+        raise TaskError(
+            f"CIFAR-10 batch '{path}': 'data' must be uint8 pixels (0-255), got {data.dtype}"
+        )
+    try:
+        raw_labels = np.asarray(labels if labels is not None else [])
+    except (TypeError, ValueError) as exc:
+        raise TaskError(f"CIFAR-10 batch '{path}': 'labels' is not a list of integers") from exc
+    if raw_labels.size and (raw_labels.dtype.kind not in "iu" and not _whole_numbers(raw_labels)):
+        raise TaskError(
+            f"CIFAR-10 batch '{path}': 'labels' must be integers, got {raw_labels.dtype} values "
+            f"such as {raw_labels.flat[0]!r}"
+        )
+    labels_arr = raw_labels.astype(np.int64) if raw_labels.size else np.zeros(0, np.int64)
     if labels_arr.shape != (data.shape[0],):
         raise TaskError(
             f"CIFAR-10 batch '{path}': {data.shape[0]} images but {labels_arr.size} labels"
         )
     if labels_arr.size and (labels_arr.min() < 0 or labels_arr.max() > 9):
         raise TaskError(f"CIFAR-10 batch '{path}': labels outside [0, 9]")
-    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels_arr
+    return data.reshape(-1, 3, 32, 32), labels_arr
+
+
+def _whole_numbers(values: np.ndarray) -> bool:
+    """True for an object array of Python ints (what a pickled list of labels becomes)."""
+    return values.dtype == object and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and -(2**62) < v < 2**62
+        for v in values.flat
+    )
 
 
 def cifar10_data(

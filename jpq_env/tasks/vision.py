@@ -145,12 +145,23 @@ ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # no refused object: not a checkpoint at all
+            raise TaskError(f"cannot load weights '{path}': not a torch checkpoint") from None
+        # torch's own message suggests weights_only=False, which would run the file's code.
+        raise TaskError(
+            f"weights file '{path}' holds pickled objects other than tensors: refused, nothing "
+            "was executed (a state_dict saved with torch.save(model.state_dict(), path) loads)"
+        ) from None
     except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise TaskError(
             f"cannot load weights '{path}' with torch.load(weights_only=True): "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {first}"
         ) from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -252,9 +263,10 @@ def channel_stats(value: object, name: str) -> tuple[float, float, float]:
                 numbers.append(float(item))
             except (TypeError, ValueError):
                 break
-    ok = len(numbers) == 3 and all(math.isfinite(x) for x in numbers)
+    # Finite in float32, where the inputs are normalised (1e308 is finite only in float64).
+    ok = len(numbers) == 3 and all(math.isfinite(x) and abs(x) < 3.4e38 for x in numbers)
     if ok and name == "std":
-        ok = all(x > 0 for x in numbers)
+        ok = all(x > 1.2e-38 for x in numbers)  # positive, and not zero in float32
     if not ok:
         kind = "positive numbers" if name == "std" else "numbers"
         raise TaskError(
