@@ -186,3 +186,21 @@ def test_a_foreign_program_file_is_named(tmp_path):
     bad.write_bytes(b"not a program")
     with pytest.raises(ValueError, match=r"'.*model.pt2' is not a readable torch.export program"):
         load_pruned(bad)
+
+
+@pytest.mark.parametrize("fmt", ["jpq", "torch"])
+def test_cli_export_reports_what_it_wrote(fmt, tmp_path, capsys):
+    from agents.cli import main
+
+    task = load_task("digits")
+    graph = LayerGraph.from_module(task.model, task.example_input)
+    policy = _random_policy(graph, np.random.default_rng(5), 8, 0.5)
+    policy.save(tmp_path / "policy.json")
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", str(tmp_path / "policy.json"), "--out", str(out), "--format", fmt]) == 0
+    text = capsys.readouterr().out
+    size = out.stat().st_size
+    assert f"{size:,} bytes" in text and "of the FP32 weights" in text
+    assert f"size model {measure(graph, policy).size_bits / 8:,.0f} bytes" in text
+    accuracy = LocalEvaluator(task, device="cpu").test_accuracy(policy)
+    assert f"(evaluate: {accuracy:.2%})" in text and "reloaded model test accuracy" in text
