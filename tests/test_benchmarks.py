@@ -22,6 +22,7 @@ QUICK = {
     "soak": 10,
     "proxy": 3,
     "cifar_workload": 0,  # prints its record as JSON, no table
+    "export": 5,
 }
 
 
