@@ -359,6 +359,15 @@ def _export(args: argparse.Namespace) -> int:
         save_pruned(pruned_module(evaluator, policy), task.example_input, args.out)
         reloaded = load_pruned(args.out)
         what = "torch.export program of the physically pruned model"
+    elif args.format == "onnx":
+        from jpq_env.onnx_export import ONNX_OPSET, export_onnx, load_onnx
+
+        try:
+            export_onnx(evaluator, policy, args.out)
+        except ImportError as exc:  # the optional extra is not installed
+            raise ValueError(str(exc)) from exc
+        reloaded = load_onnx(args.out)  # type: ignore[assignment]  # called like a module
+        what = f"ONNX opset {ONNX_OPSET}, integer weights, QDQ activations, pruned channels removed"
     else:
         export_compressed(evaluator, policy, args.out)
         reloaded = load_compressed(args.out, task.model, task.example_input)
@@ -456,10 +465,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="checkpoint file to write")
     export.add_argument(
         "--format",
-        choices=("jpq", "torch"),
+        choices=("jpq", "torch", "onnx"),
         default="jpq",
         help="jpq: bit-packed integer weights for load_compressed (default); torch: the "
-        "physically pruned model as a torch.export program (torch.export.load(FILE).module())",
+        "physically pruned model as a torch.export program (torch.export.load(FILE).module()); "
+        "onnx: that model in ONNX with integer weights and QDQ activations (opset 21, for "
+        "onnxruntime; needs pip install 'jpq-env[onnx]')",
     )
     _add_task_args(export, None)
     export.set_defaults(func=_export)
