@@ -2,10 +2,13 @@
 
 On the default task ("digits"): for uniform policies (8-bit activations) the bit-packed export
 (``jpq export``, format v2), the physically pruned ``torch.export`` program (``--format torch``)
-and an FP32 ``torch.save`` of the state dict, against the size model (``size_bits / 8``); then the
-CPU latency of the physically pruned model against the FP32 model at several fractions of every
-layer's kernels pruned (output layer kept), at batch 1 and 256, with FP32 activations and with
-the 8-bit activation fake-quantizers the export keeps.
+the ONNX file (``--format onnx``: opset 21, integer weights, QDQ activations) and an FP32
+``torch.save`` of the state dict, against the size model (``size_bits / 8``); then the CPU latency
+of the physically pruned model against the FP32 model at several fractions of every layer's
+kernels pruned (output layer kept), at batch 1 and 256, with FP32 activations and with the 8-bit
+activation fake-quantizers the export keeps, and of the W8A8 ONNX export of that policy in
+onnxruntime (one thread; its FP32 export as a reference). Without the ``onnx`` extra the ONNX
+columns read "n/a".
 
     OMP_NUM_THREADS=1 python -m benchmarks.export           # writes results/export.md
     python -m benchmarks.export --quick                     # a smoke run, writes nothing
@@ -16,7 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +32,15 @@ from jpq_env.compress import kernel_ranking
 from jpq_env.costs import measure
 from jpq_env.export import export_compressed
 from jpq_env.prune_export import pruned_module, save_pruned, weight_count
+
+try:
+    import onnxruntime  # noqa: F401  # the optional extra
+
+    from jpq_env.onnx_export import export_onnx, load_onnx
+
+    HAVE_ONNX = True
+except ImportError:
+    HAVE_ONNX = False
 
 
 def pruned_policy(ev: LocalEvaluator, w_bits: int, a_bits: int, fraction: float) -> Policy:
@@ -56,31 +70,65 @@ def size_rows(ev: LocalEvaluator, folder: Path) -> list[str]:
         torch_bytes = save_pruned(
             pruned_module(ev, policy), ev.task.example_input, folder / "m.pt2"
         )
+        onnx = "n/a"
+        if HAVE_ONNX:
+            size = export_onnx(ev, policy, folder / "m.onnx")["file_bytes"]
+            onnx = f"{size:,} ({size / model:.2f}x)"
         rows.append(
             f"| {name} | {model:,.0f} | {info['payload_bytes']:,} | {info['file_bytes']:,} "
-            f"({info['file_bytes'] / model:.2f}x) | {torch_bytes:,} | {os.path.getsize(fp32):,} |"
+            f"({info['file_bytes'] / model:.2f}x) | {torch_bytes:,} | {onnx} | "
+            f"{os.path.getsize(fp32):,} |"
         )
     return rows
 
 
-def latency_rows(ev: LocalEvaluator, fractions: list[float], repeats: int) -> list[str]:
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def onnx_sessions(ev: LocalEvaluator, fractions: list[float], folder: Path) -> dict[Any, Runner]:
+    """ONNX Runtime sessions (one thread) of the FP32 export and of the W8A8 policies."""
+    if not HAVE_ONNX:
+        return {}
+    sessions: dict[Any, Runner] = {}
+    for key, policy in [
+        ("fp32", Policy.uniform(ev.graph)),
+        *((f, pruned_policy(ev, 8, 8, f)) for f in fractions),
+    ]:
+        export_onnx(ev, policy, folder / "t.onnx")
+        sessions[key] = load_onnx(folder / "t.onnx", threads=1)
+    return sessions
+
+
+def latency_rows(
+    ev: LocalEvaluator, fractions: list[float], repeats: int, folder: Path
+) -> list[str]:
     fp32 = ev.task.model.eval()
+    sessions = onnx_sessions(ev, fractions, folder)
     rows = []
     for batch in (1, 256):
         x = torch.randn(batch, *ev.task.example_input.shape[1:])
         reps = repeats if batch == 1 else max(repeats // 10, 3)
         with torch.no_grad():
             base, _ = time_call(lambda x=x: fp32(x), reps, warmup=3)
+            ort_fp32 = "n/a"
+            if sessions:
+                t = time_call(lambda x=x: sessions["fp32"](x), reps, warmup=3)[0]
+                ort_fp32 = f"{t * 1e3:.3f} ({base / t:.2f}x)"
             for fraction in fractions:
                 times = []
                 for a_bits in (32, 8):
                     module = pruned_module(ev, pruned_policy(ev, 32, a_bits, fraction))
                     times.append(time_call(lambda m=module, x=x: m(x), reps, warmup=3)[0])
                 params = weight_count(module)
+                ort = "n/a"
+                if sessions:
+                    s = sessions[fraction]
+                    t = time_call(lambda s=s, x=x: s(x), reps, warmup=3)[0]
+                    ort = f"{t * 1e3:.3f} ({base / t:.2f}x)"
                 rows.append(
                     f"| {batch} | {fraction:.0%} | {params:,} | {base * 1e3:.3f} | "
                     f"{times[0] * 1e3:.3f} ({base / times[0]:.2f}x) | "
-                    f"{times[1] * 1e3:.3f} ({base / times[1]:.2f}x) |"
+                    f"{times[1] * 1e3:.3f} ({base / times[1]:.2f}x) | {ort_fp32} | {ort} |"
                 )
     return rows
 
@@ -91,10 +139,10 @@ def main() -> None:
     args = parser.parse_args()
     task = load_task("digits")
     ev = LocalEvaluator(task, device="cpu")
+    fractions = [0.5] if args.quick else [0.0, 0.25, 0.5, 0.75]
     with tempfile.TemporaryDirectory() as folder:
         sizes = size_rows(ev, Path(folder))
-    fractions = [0.5] if args.quick else [0.0, 0.25, 0.5, 0.75]
-    latency = latency_rows(ev, fractions, 20 if args.quick else 300)
+        latency = latency_rows(ev, fractions, 20 if args.quick else 300, Path(folder))
     body = "\n".join(
         [
             "# Exported artifacts (task digits)",
@@ -105,20 +153,27 @@ def main() -> None:
             "biases (kept whole), and a JSON header. The torch program stores the physically "
             "pruned model's float weights (fake-quantized values in FP32), so it is about as "
             "large as an FP32 model of its pruned size: it is the fast artifact, the `jpq` file "
-            "the small one.",
+            "the small one. The ONNX file (opset 21) holds the pruned graph with the integer "
+            "levels in INT4 (W2, W4: two a byte) or INT8 (W8) initializers, one float scale per "
+            "kernel, BatchNorm and biases in float, QDQ nodes on the activations, and the graph's "
+            "own names and shapes (a few KB).",
             "",
-            "| policy | size model | jpq payload | jpq file (vs model) | torch .pt2 | FP32 "
-            "state_dict |",
-            "|---|---|---|---|---|---|",
+            "| policy | size model | jpq payload | jpq file (vs model) | torch .pt2 | ONNX "
+            "(vs model) | FP32 state_dict |",
+            "|---|---|---|---|---|---|---|",
             *sizes,
             "",
             "CPU latency in ms (median; speed-up over FP32). Pruned: the physically pruned model "
             "(`pruned_module`, an fx GraphModule) with FP32 weights of the policy's kept kernels; "
             "A32: no activation quantizer, A8: with the 8-bit fake-quantizers the export keeps. "
-            "Weights: the model's conv/linear weight count (the cost model's).",
+            "Weights: the model's conv/linear weight count (the cost model's). ONNX: "
+            "onnxruntime, one thread, default graph optimizations; FP32: the export of the "
+            "uncompressed model (the runtime's own speed), W8A8: the ONNX export of the row's "
+            "pruning with 8-bit weights (INT8 DequantizeLinear) and 8-bit QDQ activations.",
             "",
-            "| batch | kernels pruned | weights | FP32 | pruned A32 | pruned A8 |",
-            "|---|---|---|---|---|---|",
+            "| batch | kernels pruned | weights | FP32 | pruned A32 | pruned A8 | ONNX FP32 | "
+            "ONNX W8A8 |",
+            "|---|---|---|---|---|---|---|---|",
             *latency,
         ]
     )

@@ -351,6 +351,7 @@ def write_onnx(
     }
     model = _to_opset21(model, int4)
     model.producer_name = "jpq-env"
+    del model.graph.value_info[:]  # intermediate shapes: a cache onnxruntime infers again
     onnx.checker.check_model(model, full_check=True)
     with atomic_file(path, "wb") as f:
         f.write(model.SerializeToString())
