@@ -156,7 +156,7 @@ def main() -> None:
             "the small one. The ONNX file (opset 21) holds the pruned graph with the integer "
             "levels in INT4 (W2, W4: two a byte) or INT8 (W8) initializers, one float scale per "
             "kernel, BatchNorm and biases in float, QDQ nodes on the activations, and the graph's "
-            "own names and shapes (a few KB).",
+            "own names (a few KB); opset 21 has no 2-bit type, so W2 levels take 4 bits.",
             "",
             "| policy | size model | jpq payload | jpq file (vs model) | torch .pt2 | ONNX "
             "(vs model) | FP32 state_dict |",
@@ -169,7 +169,10 @@ def main() -> None:
             "Weights: the model's conv/linear weight count (the cost model's). ONNX: "
             "onnxruntime, one thread, default graph optimizations; FP32: the export of the "
             "uncompressed model (the runtime's own speed), W8A8: the ONNX export of the row's "
-            "pruning with 8-bit weights (INT8 DequantizeLinear) and 8-bit QDQ activations.",
+            "pruning with 8-bit weights (INT8 DequantizeLinear) and 8-bit QDQ activations. "
+            "onnxruntime runs that QDQ graph in float (the weights dequantized at every call, "
+            "no QLinearConv: BatchNorm sits between each conv and the next QuantizeLinear), so "
+            "W8A8 is slower than the FP32 export until pruning removes enough work.",
             "",
             "| batch | kernels pruned | weights | FP32 | pruned A32 | pruned A8 | ONNX FP32 | "
             "ONNX W8A8 |",

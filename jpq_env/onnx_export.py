@@ -24,11 +24,13 @@ Opset 21 (the first with ``INT4`` and ``INT16`` quantization; the TorchScript ex
 jpq-env[onnx]``; this module imports them only when called.
 
 The dequantized weights are bitwise the compressed model's (the same ``levels * scale`` in
-float32) and the activation quantizers round as ``quantize_activation`` does (half to even): run
-as written (``load_onnx(path, optimize=False)``), the graph gives the compressed model's logits to
-float rounding. With onnxruntime's default graph optimizations (BatchNorm fused into the
-convolutions) float rounding changes, and an activation on a rounding boundary may take the
-neighbouring level: a few logits move by about one activation step (see ``load_onnx``).
+float32) and the activation quantizers round as ``quantize_activation`` does (half to even), but
+onnxruntime adds up convolutions in another order than torch (more so with its default graph
+optimizations: the NCHWc convolution layout). An activation that sits on a rounding boundary may
+then take the neighbouring level, so a few logits move by about one activation step; top-1 on the
+digits test split stays ``jpq evaluate``'s within one image (``tests/test_onnx_export.py``).
+onnxruntime runs this QDQ graph in float (no ``QLinearConv``: BatchNorm sits between each conv
+and the next ``QuantizeLinear``), so it is small, not faster than an FP32 export.
 """
 
 from __future__ import annotations
@@ -413,12 +415,10 @@ def load_onnx(
 ) -> OnnxModel:
     """An onnxruntime session on ``path`` (CPU; ``threads``: intra-op threads, None: default).
 
-    ``optimize=False`` runs the graph as it is written (``ORT_DISABLE_ALL``): then the logits are
-    the compressed model's (float32, as ``quantize_activation`` rounds). onnxruntime's default
-    optimizations (``optimize=True``, as a deployment runs it) fold the dequantized weights and
-    fuse BatchNorm into the convolutions, which changes float rounding; an activation that sat on
-    a rounding boundary may then take the neighbouring level, so a few logits move by about one
-    activation step (top-1 on the digits test split: the same, see the tests).
+    ``optimize=True``: onnxruntime's default graph optimizations (as a deployment runs it);
+    ``optimize=False`` runs the graph as it is written (``ORT_DISABLE_ALL``), whose float sums are
+    closer to torch's. Either may put an activation on a rounding boundary on the neighbouring
+    level (see the module docstring).
 
     Raises:
         OnnxFormatError: (a ``ValueError``) If the file is missing, is not an ONNX model, or is

@@ -44,8 +44,8 @@ def _policy(graph: LayerGraph, rng: np.random.Generator, widths, act: int, prune
 def _assert_close(path, x: torch.Tensor, expected: torch.Tensor, act: int) -> torch.Tensor:
     """The ONNX model's logits on ``x`` against the compressed model's; returns the optimized ones.
 
-    The weights are bitwise the compressed model's, but the runtimes add up in other orders (and
-    onnxruntime's optimizations fuse BatchNorm into the convolutions): an activation on a rounding
+    The weights are bitwise the compressed model's, but the runtimes add up in other orders (the
+    more so with onnxruntime's optimizations, NCHWc convolutions): an activation on a rounding
     boundary may take the neighbouring level, which moves a few logits by about one activation
     step (``2**-act`` of its range). That is the quantization tolerance: the largest difference a
     few steps, the mean one a step at most, relative to the logits' size; with float activations
