@@ -476,16 +476,40 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import os
+
+    from jpq_env.costs import measure
     from jpq_env.evaluate import top1
     from jpq_env.export import export_compressed, load_compressed
 
     _check_output_file(Path(args.out), args)
     policy, evaluator, _ = _load_policy(args)
-    export_compressed(evaluator, policy, args.out)
     task = evaluator.task
-    reloaded = top1(load_compressed(args.out, task.model, task.example_input), task.test)
+    if args.format == "torch":
+        from jpq_env.prune_export import load_pruned, pruned_module, save_pruned
+
+        save_pruned(pruned_module(evaluator, policy), task.example_input, args.out)
+        reloaded = load_pruned(args.out)
+        what = "torch.export program of the physically pruned model"
+    elif args.format == "onnx":
+        from jpq_env.onnx_export import ONNX_OPSET, export_onnx, load_onnx
+
+        try:
+            export_onnx(evaluator, policy, args.out)
+        except ImportError as exc:  # the optional extra is not installed
+            raise ValueError(str(exc)) from exc
+        reloaded = load_onnx(args.out)  # type: ignore[assignment]  # called like a module
+        what = f"ONNX opset {ONNX_OPSET}, integer weights, QDQ activations, pruned channels removed"
+    else:
+        export_compressed(evaluator, policy, args.out)
+        reloaded = load_compressed(args.out, task.model, task.example_input)
+        what = "jpq-compressed-v2 (bit-packed)"
+    cost = measure(evaluator.graph, policy)
+    size, fp32 = os.path.getsize(args.out), cost.size_bits_fp32 / 8
     print(
-        f"exported to {args.out}; reloaded model test accuracy {reloaded:.2%} "
+        f"exported to {args.out} ({what}): {size:,} bytes = {size / fp32:.3f} of the FP32 weights "
+        f"({fp32:,.0f} bytes); size model {cost.size_bits / 8:,.0f} bytes\n"
+        f"reloaded model test accuracy {top1(reloaded, task.test):.2%} "
         f"(evaluate: {evaluator.test_accuracy(policy):.2%})"
     )
     return 0
@@ -609,6 +633,15 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("policy", help="a policy.json written by jpq search")
     export.add_argument("--out", required=True, help="checkpoint file to write")
     export.add_argument("--force", action="store_true", help="replace an existing --out file")
+    export.add_argument(
+        "--format",
+        choices=("jpq", "torch", "onnx"),
+        default="jpq",
+        help="jpq: bit-packed integer weights for load_compressed (default); torch: the "
+        "physically pruned model as a torch.export program (torch.export.load(FILE).module()); "
+        "onnx: that model in ONNX with integer weights and QDQ activations (opset 21, for "
+        "onnxruntime; needs pip install 'jpq-env[onnx]')",
+    )
     _add_task_args(export, None)
     export.set_defaults(func=_export)
     return parser

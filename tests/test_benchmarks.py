@@ -23,6 +23,7 @@ QUICK = {
     "proxy": 3,
     "two_level_ablation": 5,
     "cifar_workload": 0,  # prints its record as JSON, no table
+    "export": 5,
 }
 
 

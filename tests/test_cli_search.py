@@ -11,6 +11,7 @@ from jpq_agents.cli import main
 from jpq_env import LocalEvaluator, Policy, load_task
 from jpq_env.evaluate import iter_batches
 from jpq_env.export import load_compressed
+from jpq_env.packing import read_container
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,8 +100,8 @@ def test_evaluate_and_export_agree(run_dir: Path, capsys, tmp_path):
         assert name in out
     ckpt = tmp_path / "model.pt"
     assert main(["export", str(policy_file), "--out", str(ckpt)]) == 0
-    record = torch.load(ckpt, weights_only=True)
-    assert record["layers"]["conv2"]["codes"].dtype in (torch.int8, torch.int16)
+    header, tensors = read_container(ckpt)  # bit-packed levels (format v2)
+    assert header["format"] == "jpq-compressed-v2" and tensors["payload"].dtype == torch.uint8
     model = load_compressed(ckpt, task.model, task.example_input)
     with torch.no_grad():
         correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in iter_batches(task.test, 512))
