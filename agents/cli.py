@@ -376,7 +376,36 @@ def _load_policy(args: argparse.Namespace) -> tuple[Policy, LocalEvaluator, dict
     task = load_task(task_name, **options)
     evaluator = LocalEvaluator(task, bn_recalibration=recalibrate, device=args.device)
     policy.validate(evaluator.graph)
+    _note_conventions(policy, evaluator, env, path)
     return policy, evaluator, data
+
+
+def _note_conventions(policy: Policy, evaluator: Any, env: dict[str, Any], path: str) -> None:
+    """Say so when a policy file departs from the conventions its search imposes.
+
+    A search pins, for example, the layers reading the network input at 8-bit inputs; a file
+    edited to 2 bits there describes a policy the search could never produce. It is evaluated as
+    written, with a note, instead of silently scoring something else than the search did.
+    """
+    from jpq_env.policy import Conventions
+
+    with contextlib.suppress(ValueError, TypeError):  # odd values: the env's own checks name them
+        conventions = Conventions(
+            input_bits=env.get("input_bits", 8), first_last_bits=env.get("first_last_bits")
+        )
+        imposed = conventions.apply(evaluator.graph, policy)
+        changed = [
+            a.name
+            for a, b in zip(policy.layers, imposed.layers, strict=True)
+            if a.act_bits != b.act_bits or not (a.bits == b.bits).all()
+        ]
+        if changed:
+            print(
+                f"jpq: note: policy file '{path}' departs from its search's conventions in "
+                f"{', '.join(changed)} (e.g. the network input at {conventions.input_bits} bits); "
+                "evaluated as written",
+                file=sys.stderr,
+            )
 
 
 def _check_output_file(path: Path, args: argparse.Namespace) -> None:

@@ -1132,3 +1132,15 @@ def test_smaller_audit_cases(tmp_path, policy_json, capsys):
     path.write_text(json.dumps({**policy_json, "env": {"task": "digits-deep"}, "task": "digits"}))
     assert main(["evaluate", str(path)]) == 2
     assert "'task' is 'digits' but 'env.task' is 'digits-deep'" in capsys.readouterr().err
+
+
+def test_a_policy_departing_from_the_search_conventions_is_noted(tmp_path, env: JPQEnv, capsys):
+    policy = Policy.uniform(env.graph, 8, 8, env.conventions)
+    data = policy.to_json()
+    data["layers"][0]["act_bits"] = 2  # the network input is pinned at 8 bits in a search
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    assert main(["evaluate", str(tmp_path / "p.json")]) == 0
+    assert "departs from its search's conventions in conv1" in capsys.readouterr().err
+    (tmp_path / "q.json").write_text(json.dumps(policy.to_json()))
+    assert main(["evaluate", str(tmp_path / "q.json")]) == 0
+    assert "departs" not in capsys.readouterr().err
