@@ -89,6 +89,11 @@ class _Answers:
     def fp32_accuracy(self) -> float:
         return float(self.inner.fp32_accuracy)
 
+    @property
+    def scorer(self) -> Any:
+        """The evaluator beneath, for a score outside the batch (a resumed best checked again)."""
+        return self.inner
+
     def accuracy(self, policy: Policy) -> float:
         if policy != next(self.policies):
             raise RuntimeError("an episode replayed a different policy than the one captured")

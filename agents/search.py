@@ -551,7 +551,8 @@ class Search:
         data = {"schema": 1, "fingerprint": self.base.graph.fingerprint, "layers": record["policy"]}
         try:
             policy = Policy.from_json(data)
-            score = float(self.evaluator.accuracy(policy))
+            scorer = getattr(self.evaluator, "scorer", self.evaluator)  # beneath a batch's
+            score = float(scorer.accuracy(policy))
         except ValueError as exc:
             raise SearchError(
                 f"cannot resume: episode {record['episode']} of '{self.out / LOG_NAME}' holds a "

@@ -38,7 +38,15 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, configure_threads, load_rows, mean_sd, run_grid, write_result
+from benchmarks.common import (
+    RESULTS,
+    commit,
+    configure_threads,
+    load_rows,
+    mean_sd,
+    run_grid,
+    write_result,
+)
 
 NAME = "two_level_ablation"
 ENVS = {"v0": "jpq_env/JPQWeights-v0", "v1": "jpq_env/JPQWeightsActs-v0"}
@@ -52,6 +60,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pure-rl-model-free": {"warm_start": False, "refine_fraction": 0.0, "surrogate": False},
 }
 OPTIMIZERS = ("cmaes", "tpe")
+NOTED = (  # rows recorded before rows named their commit
+    "85b4338 to 05ad056 (default and no-learning rows ran before 05ad056's NaN guard, which "
+    "they never reached)"
+)
 BASELINES = ("two-stage", "greedy")  # deterministic: one run each (seed 0)
 
 
@@ -107,6 +119,7 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
     best = summary["best"] or {}
     return {
         **run,
+        "commit": commit(),
         "evaluations": summary["evaluations"],
         "seconds": summary["seconds"],
         "fp32_test": summary["accuracy_fp32_test"],
@@ -231,7 +244,8 @@ def main() -> None:
         "Best policy within the BOPs budget by the held-out proxy (galen reward, forward wall); "
         "test accuracy on the task's test split. *Best came from*: the phase of the episode that "
         "found the best policy, per run (refined X: a refinement move from a policy of phase X). "
-        f"Curves: [{NAME}.png]({NAME}.png).\n\n" + table(rows)
+        f"Curves: [{NAME}.png]({NAME}.png). Rows were run at commits "
+        f"{', '.join(sorted({r.get('commit', NOTED) for r in rows}))}.\n\n" + table(rows)
     )
     print(write_result(NAME, body))
 
