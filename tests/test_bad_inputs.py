@@ -860,7 +860,10 @@ def test_a_grad_tensor_action_is_taken(env: JPQEnv):
 
 
 def test_channel_groups_beyond_the_widest_layer_are_refused(env: JPQEnv):
-    with pytest.raises(ValueError, match=r"channel_groups=1000000000 is more than the 64 kernels"):
+    with pytest.raises(
+        ValueError,
+        match=r"channel_groups=1000000000 is more than the 64 kernels of the widest layer and than 256",
+    ):
         JPQEnv(evaluator=env.evaluator, channel_groups=10**9)
 
 

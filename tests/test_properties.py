@@ -135,7 +135,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and torch.equal(a[k].view(-1), b[k].view(-1)) for k in a
+        a[k].dtype == b[k].dtype and torch.equal(a[k].reshape(-1), b[k].reshape(-1)) for k in a
     )
 
 

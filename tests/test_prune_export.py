@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -89,7 +91,7 @@ def test_test_nets_match_the_masked_model(name, prune):
     graph = LayerGraph.from_module(model, x[:1])
     ranges = calibrate_ranges(model, graph, [x])
     cm = CompressedModel(model, graph, act_ranges=ranges)
-    rng = np.random.default_rng(hash((name, prune)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{name}:{prune}".encode()))  # not hash(): salted
     for trial in range(4):
         policy = _random_policy(graph, rng, 32, prune)
         cm.apply(policy)
@@ -98,7 +100,8 @@ def test_test_nets_match_the_masked_model(name, prune):
             expected, got = cm.module(x), pruned(x)
         assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (trial, got - expected)
         assert weight_count(pruned) == _predicted_weights(graph, policy), trial
-        assert weight_count(pruned) < weight_count(model)
+        if any((lp.bits == 0).any() for lp in policy.layers):
+            assert weight_count(pruned) < weight_count(model)
 
 
 @pytest.mark.parametrize(("make", "dead"), [(ResidualNet, "a"), (PlainNet, "conv2")])

@@ -55,6 +55,10 @@ def _check_bits(name: str, values: Sequence[int], low: int) -> tuple[int, ...]:
     return tuple(sorted(int(v) for v in vals))
 
 
+MAX_CHANNEL_GROUPS = 256
+"""Importance groups allowed beyond the widest layer's kernels (more would only be empty)."""
+
+
 class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     """Joint pruning and quantization of a PyTorch network as a sequential decision problem.
 
@@ -309,10 +313,11 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self._sens_features = sensitivity
         self.per_kernel = channel_groups == 0
         widest = max(x.out_channels for x in self.graph.layers)
-        if channel_groups > widest:
+        if channel_groups > max(widest, MAX_CHANNEL_GROUPS):  # more groups than kernels: empty
             raise ValueError(
                 f"channel_groups={channel_groups} is more than the {widest} kernels of the widest "
-                "layer: use at most that, or 0 for one entry per kernel"
+                f"layer and than {MAX_CHANNEL_GROUPS}: use at most that, or 0 for one entry per "
+                "kernel"
             )
         self.channel_slots = widest if self.per_kernel else channel_groups
         # A set of activation widths makes them a layer decision (entry 1 of the action).
