@@ -218,31 +218,27 @@ def _fraction(text: str) -> float | None:
     return value
 
 
-def _seed(text: str) -> int:
+def _integer(text: str, low: int, high: int | None, rule: str) -> int:
+    """An integer option in [low, high) (argparse's error names the option and ``rule``)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"a seed must lie in [0, 2**32), got {value}")
+    if value < low or (high is not None and value >= high):
+        raise argparse.ArgumentTypeError(f"{rule}, got {value}")
     return value
+
+
+def _seed(text: str) -> int:
+    return _integer(text, 0, 2**32, "a seed must lie in [0, 2**32)")
 
 
 def _natural(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+    return _integer(text, 0, None, "must be at least 0")
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return _integer(text, 1, None, "must be at least 1")
 
 
 def _search(args: argparse.Namespace) -> int:
