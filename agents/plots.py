@@ -22,6 +22,15 @@ def one_in(ratio: float) -> str:
     )
 
 
+def _one_in_ticks(low: float, high: float) -> list[float]:
+    """Ticks 1/N over [low, high] (N = 2^k and 1.5 x 2^k): at least two on any range."""
+    ticks = [1 / (m * 2**k) for k in range(0, 24) for m in (1, 1.5)]
+    inside = sorted(t for t in ticks if low / 1.05 <= t <= high * 1.05)
+    if len(inside) > 8:  # a wide range: powers of two only
+        inside = [t for t in inside if (1 / t) == 2 ** round(math.log2(1 / t))]
+    return inside or [low, high]
+
+
 def pareto_front(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The points no other point beats on both BOPs and accuracy, by increasing BOPs.
 
@@ -69,9 +78,9 @@ def pareto_figure(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 5.6), dpi=120)
     scored = [r for r in records if r.get("proxy_complete", True)]
     raced = [r for r in records if not r.get("proxy_complete", True)]
     inside = [r for r in scored if r["budget_met"]]
@@ -160,16 +169,18 @@ def pareto_figure(
         ax.axvline(
             budget, color="red", linestyle="--", linewidth=1, label=f"budget {one_in(budget)}"
         )
-    if records or reference:
+    xs = [r["bops_ratio"] for r in [*records, *reference] if r["bops_ratio"] > 0]
+    if xs:
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=2))
+        ax.xaxis.set_major_locator(FixedLocator(_one_in_ticks(min(xs), max(xs))))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: one_in(x)))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("BOPs (fraction of FP32, log scale)")
     ax.set_ylabel("proxy accuracy (held-out split)")
     where = f", budget {one_in(budget)} of FP32 BOPs" if budget is not None else ""
     ax.set_title(f"{title}{where}: {len(records)} evaluated policies", fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
+    # Below the axes: inside, it hid points wherever it went (the budget line gathers them).
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
