@@ -256,6 +256,19 @@ def _search(args: argparse.Namespace) -> int:
         env_kwargs["task_options"] = _task_options(args)
     if args.device != "auto":
         env_kwargs["device"] = args.device
+    env_kwargs.update(dict(args.env_option))
+    agent_options: dict[str, object] = {}
+    if args.hyperparams is not None:
+        from .agent_options import read_hyperparams
+        from .sb3 import ALGOS
+
+        if args.agent not in ALGOS:
+            raise ValueError(
+                f"--hyperparams is for the SB3 agents ({', '.join(sorted(ALGOS))}); the "
+                f"{args.agent} agent takes --agent-option"
+            )
+        agent_options.update(read_hyperparams(args.hyperparams, args.env))
+    agent_options.update(dict(args.agent_option))
     try:
         summary = run_search(
             args.agent,
@@ -269,6 +282,7 @@ def _search(args: argparse.Namespace) -> int:
             warmup_episodes=args.warmup_episodes,
             ray=args.ray,
             workers=args.workers,
+            agent_options=agent_options,
         )
     except KeyboardInterrupt as exc:
         # Every finished evaluation is already in the log (one fsynced line each).
@@ -313,6 +327,18 @@ def _search(args: argparse.Namespace) -> int:
         print(f"stopped early, after {n} of {of} evaluations: {stopped}")
     if summary.get("cut_short_by_budget"):
         print(f"cut short by the evaluation budget: {summary['cut_short_by_budget']}")
+    replayed = summary.get("replayed_from_log", 0)
+    if replayed:
+        new = summary["evaluations"] - replayed
+        print(
+            f"resumed: {replayed} evaluations replayed from the log (not re-scored), {new} new"
+            + (" (the run had already finished: this is its summary again)" if not new else "")
+        )
+    if best is not None and best.get("same_as"):
+        print(
+            f"the best policy is the reference policy '{best['same_as']}' (prune-then-quantize):"
+            " the search found nothing better within budget"
+        )
     from .out_dir import listing
 
     print(f"\nfiles in {args.out}: {listing(Path(args.out))}")
@@ -439,7 +465,15 @@ def _check_output_file(path: Path, args: argparse.Namespace) -> None:
 
 
 _RUN_FILES = frozenset(
-    {"run.json", "evaluations.jsonl", "policy.json", "summary.json", "reference.jsonl"}
+    {
+        "run.json",
+        "evaluations.jsonl",
+        "policy.json",
+        "summary.json",
+        "reference.jsonl",
+        "pareto.png",
+        "model.zip",
+    }
 )
 
 
@@ -620,6 +654,32 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out (or start one there)"
     )
     search.add_argument("--quiet", action="store_true", help="no progress bar")
+    search.add_argument(
+        "--env-option",
+        type=_task_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another argument of the environment, e.g. val_images=1000, metric=kl, "
+        "sensitivity=false, channel_groups=8 (repeatable; see the README's env table)",
+    )
+    search.add_argument(
+        "--agent-option",
+        type=_task_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a hyperparameter of the agent (repeatable): two-level: a TwoLevelConfig field "
+        "(lr=0.001, refine_fraction=0.5, surrogate=false); ddpg/ppo/maskable-ppo: an argument "
+        "of the SB3 algorithm (learning_rate=0.001, n_steps=96, noise_std=0.3)",
+    )
+    search.add_argument(
+        "--hyperparams",
+        default=None,
+        metavar="FILE.yml",
+        help="SB3 agents: hyperparameters in RL Zoo's format (a table keyed by env id, or "
+        "'default'); its entry replaces the shipped values it names, --agent-option wins over it",
+    )
     search.add_argument(
         "--ray",
         default=None,

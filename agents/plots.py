@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from jpq_env.atomic import atomic_file
 
-__all__ = ["pareto_plot"]
+__all__ = ["one_in", "pareto_figure", "pareto_front", "pareto_plot"]
+
+
+def one_in(ratio: float) -> str:
+    """A fraction of FP32 as the project writes it everywhere: ``1/128`` (``1`` for FP32)."""
+    if not ratio > 0:
+        return "0"
+    inverse = 1 / ratio
+    return (
+        "1" if round(inverse) == 1 else f"1/{inverse:.0f}" if inverse >= 10 else f"1/{inverse:.2g}"
+    )
+
+
+def _one_in_ticks(low: float, high: float) -> list[float]:
+    """Ticks 1/N over [low, high] (N = 2^k and 1.5 x 2^k): at least two on any range."""
+    ticks = [1 / (m * 2**k) for k in range(0, 24) for m in (1, 1.5)]
+    inside = sorted(t for t in ticks if low / 1.05 <= t <= high * 1.05)
+    if len(inside) > 8:  # a wide range: powers of two only
+        inside = [t for t in inside if (1 / t) == 2 ** round(math.log2(1 / t))]
+    return inside or [low, high]
+
+
+def pareto_front(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point beats on both BOPs and accuracy, by increasing BOPs.
+
+    A point is on the front when every point with at most its BOPs has lower accuracy (ties in
+    BOPs keep the most accurate one).
+    """
+    front: list[dict[str, Any]] = []
+    for p in sorted(points, key=lambda r: (r["bops_ratio"], -r["accuracy"])):
+        if not front or p["accuracy"] > front[-1]["accuracy"]:
+            front.append(p)
+    return front
 
 
 def pareto_plot(
@@ -18,15 +51,50 @@ def pareto_plot(
     path: str | os.PathLike[str],
     title: str = "",
 ) -> None:
-    """Scatter proxy accuracy against BOPs (fraction of FP32, log scale) and save a PNG."""
+    """Save ``pareto_figure`` as a PNG (written atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(records, reference, budget, title)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+
+
+def pareto_figure(
+    records: Sequence[dict[str, Any]],
+    reference: Sequence[dict[str, Any]],
+    budget: float | None,
+    title: str = "",
+) -> Any:
+    """Scatter proxy accuracy against BOPs (fraction of FP32, log scale): a matplotlib Figure.
+
+    Drawn: every fully scored policy coloured by its episode (colour bar), raced ones (scored on
+    part of the held-out split, so their accuracy is not comparable) as grey crosses, the
+    Pareto front of the scored ones, the two-stage reference points, the FP32 model's accuracy,
+    the budget and the best policy within it (its legend entry names the reference point it
+    coincides with, which the star then hides).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    inside = [r for r in records if r["budget_met"]]
-    outside = [r for r in records if not r["budget_met"]]
+    fig, ax = plt.subplots(figsize=(8, 5.6), dpi=120)
+    scored = [r for r in records if r.get("proxy_complete", True)]
+    raced = [r for r in records if not r.get("proxy_complete", True)]
+    inside = [r for r in scored if r["budget_met"]]
+    outside = [r for r in scored if not r["budget_met"]]
+    if raced:
+        ax.scatter(
+            [r["bops_ratio"] for r in raced],
+            [r["accuracy"] for r in raced],
+            s=10,
+            marker="x",
+            c="silver",
+            linewidths=0.7,
+            label="raced (stopped early: a partial score)",
+        )
     if outside:
         ax.scatter(
             [r["bops_ratio"] for r in outside],
@@ -36,22 +104,27 @@ def pareto_plot(
             label="over budget",
         )
     if inside:
-        ax.scatter(
+        dots = ax.scatter(
             [r["bops_ratio"] for r in inside],
             [r["accuracy"] for r in inside],
             s=12,
             c=[r["episode"] for r in inside],
             cmap="viridis",
-            label="evaluated (colour: episode)",
+            vmin=0,
+            vmax=max(r["episode"] for r in records),
+            label="evaluated within budget",
         )
-        best = max(inside, key=lambda r: r["accuracy"])
-        ax.scatter(
-            [best["bops_ratio"]],
-            [best["accuracy"]],
-            marker="*",
-            s=220,
-            c="red",
-            label="best within budget",
+        fig.colorbar(dots, ax=ax, pad=0.01).set_label("episode")
+    if scored:
+        front = pareto_front(scored)
+        ax.step(
+            [p["bops_ratio"] for p in front],
+            [p["accuracy"] for p in front],
+            where="post",
+            color="tab:blue",
+            linewidth=1,
+            alpha=0.7,
+            label="Pareto front of the evaluated policies",
         )
     # Labels alternate below and above along the BOPs axis: neighbours (W5A5, W6A6) stay legible.
     for i, point in enumerate(sorted(reference, key=lambda p: p["bops_ratio"])):
@@ -62,26 +135,52 @@ def pareto_plot(
             s=40,
             facecolors="none",
             edgecolors="black",
+            label="two-stage (prune, then quantize)" if i == 0 else None,
         )
         ax.annotate(
-            point["label"],
+            point["label"].split(" (")[0].replace("two-stage ", ""),
             (point["bops_ratio"], point["accuracy"]),
             fontsize=6,
             xytext=(4, -8 if i % 2 == 0 else 4),
             textcoords="offset points",
         )
+    if inside:
+        best = max(inside, key=lambda r: r["accuracy"])
+        hidden = [
+            p["label"].split(" (")[0]
+            for p in reference
+            if math.isclose(p["bops_ratio"], best["bops_ratio"], rel_tol=1e-9)
+            and p["accuracy"] == best["accuracy"]
+        ]
+        ax.scatter(
+            [best["bops_ratio"]],
+            [best["accuracy"]],
+            marker="*",
+            s=220,
+            c="red",
+            zorder=3,
+            label=f"best within budget ({best['accuracy']:.2%}, episode {best['episode']})"
+            + (f": the same point as {hidden[0]}" if hidden else ""),
+        )
+    fp32 = next((r["accuracy_fp32"] for r in records if "accuracy_fp32" in r), None)
+    if fp32 is not None:
+        ax.axhline(fp32, color="grey", linestyle=":", linewidth=1, label=f"FP32 ({fp32:.2%})")
     if budget is not None:
         ax.axvline(
-            budget, color="red", linestyle="--", linewidth=1, label=f"budget 1/{1 / budget:.0f}"
+            budget, color="red", linestyle="--", linewidth=1, label=f"budget {one_in(budget)}"
         )
-    if records:
+    xs = [r["bops_ratio"] for r in [*records, *reference] if r["bops_ratio"] > 0]
+    if xs:
         ax.set_xscale("log")
-    ax.set_xlabel("BOPs (fraction of FP32)")
+        ax.xaxis.set_major_locator(FixedLocator(_one_in_ticks(min(xs), max(xs))))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: one_in(x)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("BOPs (fraction of FP32, log scale)")
     ax.set_ylabel("proxy accuracy (held-out split)")
-    ax.set_title(f"{title}: every evaluated policy; squares: two-stage baselines")
-    ax.legend(fontsize=7, loc="best")  # away from the points (W8A8 sits at the lower right)
+    where = f", budget {one_in(budget)} of FP32 BOPs" if budget is not None else ""
+    ax.set_title(f"{title}{where}: {len(records)} evaluated policies", fontsize=9)
+    # Below the axes: inside, it hid points wherever it went (the budget line gathers them).
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    return fig

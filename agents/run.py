@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import numbers
 import time
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from jpq_env.envs import JPQEnv
 from jpq_env.tasks import Task
 
+from .agent_options import check_agent_options, two_level_config
 from .baselines import BASELINES, Stop
 from .optuna_search import OPTUNA_AGENTS, run_optuna
 from .out_dir import missing_dirs, remove_empty
@@ -25,7 +27,7 @@ from .play import act_level_near, jpq, least_uniform_pruning, play, uniform_choi
 from .plots import pareto_plot
 from .provenance import provenance
 from .sb3 import ALGOS, run_sb3
-from .search import RunSettings, Search, claim_directory, write_atomic
+from .search import RunSettings, Search, _policy_key, claim_directory, write_atomic
 from .two_level import run_two_level
 
 __all__ = ["AGENTS", "DEFAULT_ENV", "LEARNER_ENV", "run_search"]
@@ -43,10 +45,15 @@ the layers' sensitivities in the observation (``jpq_env.sensitivity``) and, for 
 the potential-based shaping on their predicted cost. Recorded in ``run.json`` like any argument."""
 """The environment id of a search when none is given (``run_search``, ``jpq search``)."""
 
+_ENV_ARGS = frozenset(k for k in inspect.signature(JPQEnv.__init__).parameters if k != "self")
+"""The keyword arguments of ``JPQEnv``: what ``env_kwargs`` may hold."""
+
 
 def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], Stop]]:
     table: dict[str, Callable[[Search, int, dict[str, Any]], Stop]] = {
-        "two-level": lambda search, seed, _: run_two_level(search, seed),
+        "two-level": lambda search, seed, opts: run_two_level(
+            search, seed, two_level_config(opts.get("agent_options", {}))
+        ),
     }
     for name in ALGOS:
         table[name] = lambda search, seed, opts, name=name: run_sb3(  # type: ignore[misc]
@@ -57,6 +64,7 @@ def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], Stop]]:
             opts.get("warmup_episodes", 10),
             opts.get("workers"),
             opts.get("num_gpus", 0.0),
+            opts.get("agent_options"),
         )
     for name, fn in BASELINES.items():
         table[name] = lambda search, seed, _, fn=fn: fn(search, seed)  # type: ignore[misc]
@@ -95,6 +103,7 @@ def _reference(env_id: str, env_kwargs: dict[str, Any], evaluator: Any) -> list[
                 "accuracy": info["accuracy"],
                 "bops_ratio": info["bops_ratio"],
                 "budget_met": info["budget_met"],
+                "policy": [{"act_bits": p["act_bits"], "bits": p["bits"]} for p in info["policy"]],
             }
         )
     return points
@@ -112,6 +121,7 @@ def run_search(
     warmup_episodes: int = 10,
     ray: str | None = None,
     workers: int | None = None,
+    agent_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``agent`` for ``episodes`` evaluations and write the run's files into ``out``.
 
@@ -122,7 +132,13 @@ def run_search(
 
     Files: ``run.json`` (settings), ``evaluations.jsonl`` (every evaluated policy),
     ``policy.json`` (the best within budget), ``reference.jsonl`` (two-stage points),
-    ``pareto.png``, ``summary.json`` and TensorBoard logs in ``tensorboard/``.
+    ``pareto.png``, ``summary.json`` and TensorBoard logs in ``tensorboard/`` (the episodes, and
+    the learners' losses and entropy); the SB3 agents also save their trained model as
+    ``model.zip``.
+
+    ``agent_options`` sets the agent's hyperparameters (``jpq_agents.agent_options``: the
+    two-level controller's ``TwoLevelConfig`` fields, the SB3 algorithms' arguments); they are
+    checked before anything is written and recorded in ``run.json``.
 
     With ``ray`` (a cluster address, or ``"auto"``) or ``workers``, evaluations run on Ray (see
     ``jpq_agents.scale_out``); otherwise everything runs in this process, without importing Ray.
@@ -143,6 +159,12 @@ def run_search(
         raise ValueError(f"unknown environment id '{env_id}': choose one of {known}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    agent_options = check_agent_options(agent, agent_options)
+    unknown = sorted(set(env_kwargs or {}) - _ENV_ARGS)
+    if unknown:
+        raise ValueError(
+            f"unknown environment argument(s) {unknown}: choose from {sorted(_ENV_ARGS)}"
+        )
     # The learning agents get the learning signals unless the caller says otherwise.
     env_kwargs = {**LEARNER_ENV.get(agent, {}), **(env_kwargs or {})}
     # Claimed before the task, the environment or a Ray pool is built: a second search on a busy
@@ -152,7 +174,16 @@ def run_search(
     try:
         if ray is None and workers is None:
             return _run(
-                agent, out, episodes, seed, env_id, env_kwargs, resume, progress, warmup_episodes
+                agent,
+                out,
+                episodes,
+                seed,
+                env_id,
+                env_kwargs,
+                resume,
+                progress,
+                warmup_episodes,
+                agent_options=agent_options,
             )
         from .scale_out import ScaleOut
 
@@ -169,6 +200,7 @@ def run_search(
                 warmup_episodes,
                 scale.evaluator,
                 {"workers": scale.workers, "num_gpus": scale.num_gpus},
+                agent_options,
             )
     except BaseException:
         lock.release()
@@ -190,6 +222,7 @@ def _run(
     warmup_episodes: int,
     evaluator: Any = None,
     scale: dict[str, Any] | None = None,
+    agent_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     out = Path(out)
     extra = {} if evaluator is None else {"evaluator": evaluator}
@@ -201,8 +234,16 @@ def _run(
         check_split("test")
     # A Task object (jpq_env.make_task) is recorded by its name: the run's files stay JSON.
     named = {k: v.name if isinstance(v, Task) else v for k, v in env_kwargs.items()}
-    settings = RunSettings(agent, episodes, seed, {"id": env_id, **named})
+    settings = RunSettings(agent, episodes, seed, {"id": env_id, **named}, agent_options or {})
     writer: Any = None
+
+    def tensorboard() -> Any:
+        nonlocal writer
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tensorboard"))
+        return writer
 
     def on_record(record: dict[str, Any], replayed: bool) -> None:
         nonlocal writer
@@ -212,32 +253,63 @@ def _run(
             bar.set_postfix(best=f"{best['accuracy']:.2%}", bops=f"1/{1 / best['bops_ratio']:.0f}")
         if replayed:
             return
-        if writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tensorboard"))
         step = record["episode"]
         for key in ("accuracy", "reward", "bops_ratio", "size_ratio"):
-            writer.add_scalar(f"episode/{key}", record[key], step)
+            tensorboard().add_scalar(f"episode/{key}", record[key], step)
+        for key, value in record.get("reward_terms", {}).items():
+            tensorboard().add_scalar(f"reward/{key}", value, step)
         if best is not None:
-            writer.add_scalar("search/best_accuracy", best["accuracy"], step)
+            tensorboard().add_scalar("search/best_accuracy", best["accuracy"], step)
 
-    search = Search(out, settings, env, resume=resume, on_record=on_record)
+    def on_scalar(name: str, value: float, step: int) -> None:
+        tensorboard().add_scalar(name, value, step)
+
+    search = Search(out, settings, env, resume=resume, on_record=on_record, on_scalar=on_scalar)
+    # Every record names the phase it came from; two-level refines it (warm-start, refinement).
+    search.phase = "learning" if agent in ALGOS else "search"
+    replayed_at_start = search.replay_left  # answered from a resumed run's log
     try:
         # The bar starts once the directory is known to be usable (no 0% bar before an error).
         bar = tqdm(total=episodes, desc=f"{agent} search", unit="episode", disable=not progress)
         start = time.perf_counter()
         try:
-            opts = {"env_id": env_id, "warmup_episodes": warmup_episodes, **(scale or {})}
+            opts = {
+                "env_id": env_id,
+                "warmup_episodes": warmup_episodes,
+                "agent_options": agent_options or {},
+                **(scale or {}),
+            }
             stop = AGENTS[agent](search, seed, opts)  # why it ended early, if it did
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
         seconds = time.perf_counter() - start
-        return _summarize(search, agent, env, env_id, env_kwargs, seed, seconds, stop)
+        summary = _summarize(search, agent, env, env_id, env_kwargs, seed, seconds, stop)
+        if replayed_at_start:  # a resumed run: these came from its log, not from the proxy
+            summary["replayed_from_log"] = min(replayed_at_start, search.count)
+            write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+        return summary
     finally:
         search.release()
+
+
+def _task_name(env_kwargs: dict[str, Any]) -> str:
+    task = env_kwargs.get("task", "digits")
+    return str(task.name if isinstance(task, Task) else task)
+
+
+def _same_as_reference(best: dict[str, Any], reference: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"same_as": label}`` when the best policy is one of the two-stage reference policies.
+
+    A search whose best is its warm start found nothing better than prune-then-quantize; the
+    summary says so rather than leaving it to a comparison of numbers.
+    """
+    key = _policy_key(best["policy"])
+    for point in reference:
+        if "policy" in point and _policy_key(point["policy"]) == key:
+            return {"same_as": point["label"]}
+    return {}
 
 
 def _summarize(
@@ -277,6 +349,8 @@ def _summarize(
             "accuracy_test": evaluator.test_accuracy(best_policy),
             "bops_ratio": best["bops_ratio"],
             "size_ratio": best["size_ratio"],
+            **({"phase": best["phase"]} if best.get("phase") else {}),
+            **_same_as_reference(best, reference),
         },
         "budget_violations": sum(not r["budget_met"] for r in search.records),
         **provenance(env.budget.targets, seconds, search.count),
@@ -284,7 +358,11 @@ def _summarize(
     if search.stop_reason:
         summary["cut_short_by_budget"] = search.stop_reason
     pareto_plot(
-        search.records, reference, env.budget.targets.get("bops"), out / "pareto.png", agent
+        search.records,
+        reference,
+        env.budget.targets.get("bops"),
+        out / "pareto.png",
+        f"{agent} on {_task_name(env_kwargs)} ({env_id.split('/')[-1]})",
     )
     write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary

@@ -25,7 +25,7 @@ from jpq_env.wrappers import FlatBoxView, MultiDiscreteView
 from .play import jpq
 from .search import Search
 
-__all__ = ["ALGOS", "TruncatedNormalDecayNoise", "hyperparameters", "run_sb3"]
+__all__ = ["ALGOS", "TruncatedNormalDecayNoise", "algorithm_class", "hyperparameters", "run_sb3"]
 
 # Our agent names -> (RL Zoo's algorithm name, view).
 ALGOS = {
@@ -33,6 +33,8 @@ ALGOS = {
     "ppo": ("ppo", FlatBoxView),
     "maskable-ppo": ("ppo_mask", MultiDiscreteView),
 }
+MODEL_NAME = "model.zip"
+"""The trained SB3 model in a run directory (``stable_baselines3.<Algo>.load`` reads it)."""
 # Keys of RL Zoo's files that are not constructor arguments of the algorithms.
 _ZOO_ONLY = (
     "env_wrapper",
@@ -88,6 +90,17 @@ def hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
     return dict(table.get(env_id, table["default"]))
 
 
+def algorithm_class(agent: str) -> Any:
+    """The SB3 (or sb3-contrib) class of one of our agent names."""
+    if agent == "maskable-ppo":
+        from sb3_contrib import MaskablePPO
+
+        return MaskablePPO
+    from stable_baselines3 import DDPG, PPO
+
+    return {"ddpg": DDPG, "ppo": PPO}[agent]
+
+
 def run_sb3(
     search: Search,
     seed: int,
@@ -96,8 +109,13 @@ def run_sb3(
     warmup_episodes: int = 10,
     workers: int | None = None,
     num_gpus: float = 0.0,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     """Train an SB3 agent for exactly the search's evaluation budget.
+
+    ``overrides`` replace entries of the shipped hyperparameters (``jpq_agents.agent_options``
+    checks them). The learner's own scalars (losses, entropy, learning rate) go to the run's
+    ``tensorboard/`` folder and the trained model to ``model.zip`` in the run directory.
 
     Every episode of the views has one step per layer, so the budget is ``episodes x layers``
     steps of ``learn``. With ``workers``, the episodes run on that many Ray actors at once
@@ -115,7 +133,7 @@ def run_sb3(
     else:
         env = view(search.env)
     try:
-        _learn(search, seed, agent, env, env_id, layers, warmup_episodes)
+        _learn(search, seed, agent, env, env_id, layers, warmup_episodes, overrides or {})
     finally:
         if workers:
             env.close()
@@ -160,15 +178,20 @@ def policy_kwargs(text: str) -> dict[str, Any]:
 
 
 def _learn(
-    search: Search, seed: int, agent: str, env: Any, env_id: str, layers: int, warmup: int
+    search: Search,
+    seed: int,
+    agent: str,
+    env: Any,
+    env_id: str,
+    layers: int,
+    warmup: int,
+    overrides: dict[str, Any],
 ) -> None:
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3 import DDPG, PPO
     from stable_baselines3.common.noise import VectorizedActionNoise
     from stable_baselines3.common.vec_env import VecEnv
 
     zoo, _ = ALGOS[agent]
-    params = hyperparameters(zoo, env_id)
+    params = {**hyperparameters(zoo, env_id), **overrides}
     vec = isinstance(env, VecEnv)
     kwargs = {k: v for k, v in params.items() if k not in _ZOO_ONLY}
     if "policy_kwargs" in kwargs and isinstance(kwargs["policy_kwargs"], str):
@@ -190,13 +213,18 @@ def _learn(
                 TruncatedNormalDecayNoise(size, sigma, seed=seed + i) for i in range(env.num_envs)
             ]
             kwargs["action_noise"] = noise
-        model: Any = DDPG(params.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, **kwargs)
-    elif agent == "ppo":
-        model = PPO(params.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, **kwargs)
-    else:
-        model = MaskablePPO(params.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, **kwargs)
+    # The learner's scalars (train/loss, train/entropy_loss, train/learning_rate, ...) beside the
+    # search's own in the run's TensorBoard folder; nothing on stdout.
+    kwargs["tensorboard_log"] = str(search.out / "tensorboard")
+    cls = algorithm_class(agent)
+    model = cls(params.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, **kwargs)
     # A rollout may run past the budget; the callback stops learning at the exact count.
-    model.learn(total_timesteps=search.settings.episodes * layers, callback=_StopWhenDone(search))
+    model.learn(
+        total_timesteps=search.settings.episodes * layers,
+        callback=_StopWhenDone(search),
+        tb_log_name=agent,
+    )
+    model.save(search.out / MODEL_NAME)
 
 
 class _StopWhenDone(BaseCallback):

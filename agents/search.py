@@ -63,12 +63,15 @@ class RunSettings:
         episodes: Evaluations the search may spend.
         seed: Seed of the agent (and of the environment's reset).
         env: Keyword arguments of the environment (JSON-able).
+        agent_options: The agent's hyperparameters set by the user (``jpq_agents.agent_options``;
+            empty: the agent's defaults).
     """
 
     agent: str
     episodes: int
     seed: int
     env: dict[str, Any] = field(default_factory=dict)
+    agent_options: dict[str, Any] = field(default_factory=dict)
 
 
 def _policy_key(policy: list[dict[str, Any]]) -> str:
@@ -101,6 +104,8 @@ def _read_settings(path: Path) -> dict[str, Any]:
                 f"cannot resume: '{path}' needs '{key}' ({getattr(kind, '__name__', kind)}), got "
                 f"{value!r}"
             )
+    if not isinstance(data.get("agent_options", {}), dict):  # absent in runs of jpq-env 0.1
+        raise SearchError(f"cannot resume: '{path}': 'agent_options' must be an object")
     return data
 
 
@@ -142,6 +147,11 @@ def _differences(previous: dict[str, Any], mine: dict[str, Any]) -> list[str]:
     for key in ("agent", "seed"):
         if previous.get(key) != mine.get(key):
             out.append(f"{key} is {previous.get(key)!r} there, {mine.get(key)!r} here")
+    a_opts, b_opts = previous.get("agent_options") or {}, mine.get("agent_options") or {}
+    for key in sorted(set(a_opts) | set(b_opts)):
+        if _jsonable(a_opts.get(key)) != _jsonable(b_opts.get(key)):
+            there, here = a_opts.get(key, "default"), b_opts.get(key, "default")
+            out.append(f"agent option {key} is {there!r} there, {here!r} here")
     a, b = _normal_env(previous.get("env", {})), _normal_env(mine.get("env", {}))
     for key in sorted(set(a) | set(b)):
         if _jsonable(a.get(key)) != _jsonable(b.get(key)):
@@ -196,6 +206,11 @@ def _check_record(record: dict[str, Any], where: str) -> None:
         raise bad("proxy_images", "an integer")
     if "phase" in record and not isinstance(record["phase"], str):
         raise bad("phase", "a string")
+    terms = record.get("reward_terms", {})
+    if not isinstance(terms, dict) or not all(
+        isinstance(k, str) and number(v) for k, v in terms.items()
+    ):
+        raise bad("reward_terms", "an object of finite numbers")
 
 
 class _ReplayEvaluator:
@@ -291,6 +306,8 @@ class Search:
         resume: Continue the run already in ``out`` (start one if ``out`` holds none).
         on_record: Called after each recorded evaluation with the record and whether it was
             replayed from the log (progress bars, TensorBoard).
+        on_scalar: Called with a learner's quantity (name, value, evaluations so far) that an
+            agent reports through ``scalar`` (losses, entropy: TensorBoard).
 
     The directory is locked for this process from here until ``release()`` (or the end of a
     ``with`` block, or the process's exit), so that a second search started on it by another
@@ -308,11 +325,13 @@ class Search:
         env: JPQEnv,
         resume: bool = False,
         on_record: Callable[[dict[str, Any], bool], None] | None = None,
+        on_scalar: Callable[[str, float, int], None] | None = None,
     ) -> None:
         self.out = Path(out)
         self.settings = settings
         self.base = env
         self.on_record = on_record
+        self.on_scalar = on_scalar
         self.records: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.phase = ""  # set by agents ("warm-start", "learning", ...); logged with each record
@@ -324,6 +343,14 @@ class Search:
             self.release()
             raise
         self.env = SearchRecorder(env, self)
+
+    def scalar(self, name: str, value: float) -> None:
+        """Report a learner's quantity (a loss, an entropy) at the current evaluation count.
+
+        Quantities of a resumed run's replayed part were reported by the first run: dropped.
+        """
+        if self.on_scalar is not None and self.replay_left == 0:
+            self.on_scalar(name, float(value), self.count)
 
     @property
     def evaluator(self) -> Any:
@@ -461,6 +488,7 @@ class Search:
             "episode": episode,
             "agent": self.settings.agent,
             "accuracy": info["accuracy"],
+            "split": "val",  # the proxy's: held-out images, never the test split
             "accuracy_fp32": info["accuracy_fp32"],
             "bops_ratio": info["bops_ratio"],
             "size_ratio": info["size_ratio"],
@@ -470,6 +498,9 @@ class Search:
         }
         if self.phase:
             record["phase"] = self.phase
+        terms = {k[len("reward_") :]: float(v) for k, v in info.items() if k.startswith("reward_")}
+        if terms:
+            record["reward_terms"] = terms
         if info.get("proxy_complete") is False:  # raced: it lost, scored on part of the split
             record["proxy_complete"] = False
             record["proxy_images"] = int(info["proxy_images"])

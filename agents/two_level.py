@@ -158,6 +158,25 @@ class TwoLevelConfig:
     screen: int = 8
     race: bool = True
 
+    def __post_init__(self) -> None:
+        """Refuse values the controller cannot run with, naming the field."""
+        for name in (
+            "hidden", "batch_episodes", "epochs", "refine_batch", "imagined", "real_per_round"
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"TwoLevelConfig.{name} must be at least 1, got {getattr(self, name)}"
+                )
+        for name in ("elite", "screen"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TwoLevelConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or not self.clip > 0:
+            raise ValueError(f"TwoLevelConfig: lr and clip must be > 0, got {self.lr}, {self.clip}")
+        if not 0.0 <= self.refine_fraction <= 1.0:
+            raise ValueError(
+                f"TwoLevelConfig.refine_fraction must be in [0, 1], got {self.refine_fraction}"
+            )
+
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(
@@ -463,6 +482,12 @@ class _Agent:
                 self.opt.zero_grad()
                 break
             self.opt.step()
+        # The learner's state for TensorBoard (jpq search writes it beside the episodes).
+        self.search.scalar("two_level/loss", float(loss.detach()))
+        self.search.scalar("two_level/entropy", float(entropy.detach()))
+        self.search.scalar("two_level/return_mean", float(np.mean([e.reward for e in batch])))
+        if self.elite:
+            self.search.scalar("two_level/elite_best_return", self.elite[0].reward)
 
     def _remember(self, ep: _Episode) -> None:
         self.returns.append(ep.reward)
