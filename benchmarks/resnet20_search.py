@@ -159,7 +159,7 @@ def report(rows: list[dict[str, Any]]) -> str:
         verdict = "met" if ratio <= 1 / 3 else f"missed ({ratio * 3:.2f}x the target)"
         out += [
             "",
-            f"Refinement at 1/{1 / r['budget']:.0f}, seed {r['seed']}: {ratio:.2f} of the plain "
+            f"Refinement at 1/{1 / r['budget']:.0f}, seed {r['seed']}: {ratio:.3f} of the plain "
             f"run's image-forwards per evaluation (target <= 1/3: {verdict}); best val / test "
             f"{r['best_val']:.2%} / {r['best_test']:.2%} against the plain run's "
             f"{plain[-1]['best_val']:.2%} / {plain[-1]['best_test']:.2%}.",
