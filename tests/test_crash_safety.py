@@ -38,9 +38,9 @@ FILES = {
 }
 
 
-def _search_command(out: Path, resume: bool = False) -> list[str]:
+def _search_command(out: Path, resume: bool = False, episodes: int = EPISODES) -> list[str]:
     cmd = [sys.executable, "-m", "jpq_agents.cli", "search", "--agent", "random", "--episodes"]
-    cmd += [str(EPISODES), "--out", str(out), "--quiet", "--seed", "1"]
+    cmd += [str(episodes), "--out", str(out), "--quiet", "--seed", "1"]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -53,7 +53,7 @@ def _log_lines(out: Path) -> list[bytes]:
     return path.read_bytes().split(b"\n") if path.exists() else [b""]
 
 
-def _check_left_behind(out: Path) -> int:
+def _check_left_behind(out: Path, episodes: int = EPISODES) -> int:
     """Every visible file is complete; returns the number of complete log records."""
     visible = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     assert visible <= FILES, visible
@@ -62,7 +62,7 @@ def _check_left_behind(out: Path) -> int:
         # A temporary file of an interrupted atomic write: never read, named after its target.
         assert hidden.name[1:].rsplit(".", 1)[0] in FILES, hidden.name
     settings = json.loads((out / RUN_NAME).read_text())
-    assert settings["episodes"] == EPISODES and settings["agent"] == "random"
+    assert settings["episodes"] == episodes and settings["agent"] == "random"
     if (out / "policy.json").exists():
         assert json.loads((out / "policy.json").read_text())["schema"] == 1
     lines = _log_lines(out)
@@ -345,8 +345,15 @@ def test_without_flock_a_search_runs_unguarded_with_a_warning(tmp_path, monkeypa
 @pytest.mark.slow
 def test_ctrl_c_stops_a_search_with_a_hint_to_resume(tmp_path):
     out = tmp_path / "interrupted"
+    # Far more episodes than the test waits for: on a busy machine the poll below can sleep
+    # through many evaluations, and a search that finishes first exits 0 before the signal.
+    episodes = 100 * EPISODES
     proc = subprocess.Popen(
-        _search_command(out), env=_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+        _search_command(out, episodes=episodes),
+        env=_env(),
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 300
@@ -361,5 +368,5 @@ def test_ctrl_c_stops_a_search_with_a_hint_to_resume(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "Run the same command with --resume to continue from them." in err
     assert "Traceback" not in err
-    assert 5 <= _check_left_behind(out) < EPISODES
+    assert 5 <= _check_left_behind(out, episodes) < episodes
     assert not (out / LOCK_NAME).exists()  # released on the way out
