@@ -172,36 +172,14 @@ def run_search(
     created = missing_dirs(Path(out))
     lock = claim_directory(Path(out))
     try:
+        common = (agent, out, episodes, seed, env_id, env_kwargs, resume, progress)
         if ray is None and workers is None:
-            return _run(
-                agent,
-                out,
-                episodes,
-                seed,
-                env_id,
-                env_kwargs,
-                resume,
-                progress,
-                warmup_episodes,
-                agent_options=agent_options,
-            )
+            return _run(*common, warmup_episodes, agent_options=agent_options)
         from .scale_out import ScaleOut
 
         with ScaleOut(ray, workers, agent in ALGOS, env_kwargs) as scale:
-            return _run(
-                agent,
-                out,
-                episodes,
-                seed,
-                env_id,
-                env_kwargs,
-                resume,
-                progress,
-                warmup_episodes,
-                scale.evaluator,
-                {"workers": scale.workers, "num_gpus": scale.num_gpus},
-                agent_options,
-            )
+            pool = {"workers": scale.workers, "num_gpus": scale.num_gpus}
+            return _run(*common, warmup_episodes, scale.evaluator, pool, agent_options)
     except BaseException:
         lock.release()
         remove_empty(created)

@@ -354,6 +354,10 @@ def test_ctrl_c_stops_a_search_with_a_hint_to_resume(tmp_path):
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
+        # A test suite started in the background (`cmd &`, nohup) inherits SIGINT ignored, and
+        # Python then installs no KeyboardInterrupt handler: the child gets Ctrl-C as a terminal
+        # would deliver it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 300
