@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -142,6 +143,8 @@ def report(rows: list[dict[str, Any]]) -> str:
             f"(+{r['setup_seconds']:.0f} s set-up) | {per:.2f} s | {met} | {val} / {test} "
             f"({r['fp32_val']:.2%} / {r['fp32_test']:.2%}) | {r['best_phase']} | {tuned} |"
         )
+        if r.get("command"):
+            notes.append(f"- {kind}, 1/{1 / r['budget']:.0f}: `{r['command']}` at {r['commit']}")
         if r.get("note"):
             notes.append(f"- {kind}, 1/{1 / r['budget']:.0f}: {r['note']}")
     out += ["", *notes] if notes else []
@@ -201,7 +204,10 @@ def main() -> None:
         tuned = DATA / WEIGHTS_NAME
         weights = tuned if tuned.exists() else SHARED / "resnet20-12fca82f.th"
     started_at = commit()  # the code the run measures (the tree may move on while it runs)
-    row = {"commit": started_at}
+    row = {
+        "commit": started_at,
+        "command": " ".join(["python -m benchmarks." + NAME, *sys.argv[1:]]),
+    }
     row.update(run(weights, args.budget, args.episodes, args.seed, args.plain, args.finetune))
     print(json.dumps(row, indent=1))
     log = RESULTS / f"{NAME}_runs.jsonl"
