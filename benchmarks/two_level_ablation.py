@@ -22,6 +22,7 @@ end, so an interrupted benchmark continues.
 
     python -m benchmarks.two_level_ablation           # digits v1 1/128 and 1/256, deep v0 1/64
     python -m benchmarks.two_level_ablation --cases digits:v1:1/256 --seeds 3
+    python -m benchmarks.two_level_ablation --cases resnet20:v1:1/128 --variants default,no-learning
     python -m benchmarks.two_level_ablation --report        # rebuild the table and plot only
     python -m benchmarks.two_level_ablation --quick         # a smoke run (CI), writes nothing
 """
@@ -51,6 +52,7 @@ from benchmarks.common import (
 NAME = "two_level_ablation"
 ENVS = {"v0": "jpq_env/JPQWeights-v0", "v1": "jpq_env/JPQWeightsActs-v0"}
 CASES = ("digits:v1:1/128", "digits-deep:v0:1/64", "digits:v1:1/256")
+RESNET20 = "resnet20"  # the ResNet-20 / CIFAR-10 workload (``--cases resnet20:v1:1/128``)
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "no-learning": {"refine_fraction": 1.0},
@@ -84,6 +86,24 @@ def _register(variant: str) -> str:
     return name
 
 
+def _task(name: str) -> Any:
+    """The task of a case: a registered task's name, or ``resnet20`` for the CIFAR-10 workload.
+
+    ``resnet20`` is ResNet-20 on the workload ``python -m benchmarks.cifar_workload`` prepares
+    (its fine-tuned checkpoint, the full 5,000-image held-out split).
+    """
+    if name != RESNET20:
+        return name
+    from benchmarks.cifar_workload import DATA, WEIGHTS_NAME, task_options
+    from jpq_env import load_task
+
+    if not (DATA / WEIGHTS_NAME).exists():
+        raise SystemExit(
+            f"{DATA / WEIGHTS_NAME} is missing: run `python -m benchmarks.cifar_workload` first"
+        )
+    return load_task("resnet20-cifar", **task_options(DATA))
+
+
 def _curve(log: Path) -> tuple[list[float], str]:
     """Best complete held-out accuracy within budget after each evaluation; the best's phase."""
     best, phase, curve = 0.0, "", []
@@ -101,7 +121,7 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
     from jpq_agents.run import run_search
 
     task, env, budget = run["case"].split(":")
-    kwargs: dict[str, Any] = {"task": task, "budget_bops": float(Fraction(budget))}
+    kwargs: dict[str, Any] = {"task": _task(task), "budget_bops": float(Fraction(budget))}
     if run["variant"] in VARIANTS:
         kwargs["sensitivity"] = True  # what the two-level agent gets by default
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,8 +248,9 @@ def main() -> None:
     runs = [
         {"case": c, "variant": v, "seed": s, "episodes": args.episodes}
         for c in args.cases.split(",")
+        for s in range(args.seeds)  # seed by seed: an interrupted grid leaves comparable pairs
         for v in args.variants.split(",")
-        for s in range(1 if v in BASELINES else args.seeds)
+        if s == 0 or v not in BASELINES
     ]
     if args.quick:
         with tempfile.TemporaryDirectory() as tmp:
