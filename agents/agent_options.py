@@ -36,8 +36,12 @@ _SB3_SET_BY_SEARCH = {
     "seed": "set by --seed",
     "verbose": "the search reports progress itself",
     "tensorboard_log": "written to the run's tensorboard/ folder",
+    "noise_type": "DDPG explores with the runner's decaying truncated normal noise (its scale: "
+    "noise_std)",
 }
 _SB3_EXTRA = {"policy": str, "noise_std": float}  # RL Zoo keys the runner reads
+# Keys of an RL Zoo entry that are not SB3 constructor arguments (the runner's own or set by it).
+NOT_CONSTRUCTOR_ARGS = frozenset(_SB3_SET_BY_SEARCH) | frozenset(_SB3_EXTRA)
 
 
 def _plain(value: Any) -> bool:

@@ -241,8 +241,25 @@ def _positive(text: str) -> int:
     return _integer(text, 1, None, "must be at least 1")
 
 
+# Environment arguments that ``jpq search`` sets from its own flags (an --env-option would
+# silently win over the flag).
+_ENV_FLAGS = {
+    "task": "--task",
+    "task_options": "--task-option, --data or --weights",
+    "reward": "--reward",
+    "budget_bops": "--budget-bops",
+    "budget_size": "--budget-size",
+    "enforcement": "--enforcement",
+    "device": "--device",
+}
+
+
 def _search(args: argparse.Namespace) -> int:
     from .run import run_search
+
+    for key, _ in args.env_option:
+        if key in _ENV_FLAGS:
+            raise ValueError(f"--env-option {key}=...: set it with {_ENV_FLAGS[key]}")
 
     env_kwargs: dict[str, object] = {
         "task": args.task,

@@ -263,18 +263,11 @@ def _run(
             if writer is not None:
                 writer.close()
         seconds = time.perf_counter() - start
-        summary = _summarize(search, agent, env, env_id, env_kwargs, seed, seconds, stop)
-        if replayed_at_start:  # a resumed run: these came from its log, not from the proxy
-            summary["replayed_from_log"] = min(replayed_at_start, search.count)
-            write_atomic(out / "summary.json", json.dumps(summary, indent=1))
-        return summary
+        # A resumed run: its first evaluations came from its log, not from the proxy.
+        replayed = min(replayed_at_start, search.count)
+        return _summarize(search, agent, env, env_id, env_kwargs, seed, seconds, stop, replayed)
     finally:
         search.release()
-
-
-def _task_name(env_kwargs: dict[str, Any]) -> str:
-    task = env_kwargs.get("task", "digits")
-    return str(task.name if isinstance(task, Task) else task)
 
 
 def _same_as_reference(best: dict[str, Any], reference: list[dict[str, Any]]) -> dict[str, Any]:
@@ -299,10 +292,12 @@ def _summarize(
     seed: int,
     seconds: float,
     stop: Stop = None,
+    replayed: int = 0,
 ) -> dict[str, Any]:
     """Reference points, test scores of FP32 and the best policy, the Pareto plot, summary.json.
 
-    A run that ended before its evaluation budget was spent says why in ``"stopped_early"``.
+    A run that ended before its evaluation budget was spent says why in ``"stopped_early"``; a
+    resumed run says how many evaluations it took from its log in ``"replayed_from_log"``.
     """
     out, settings = search.out, search.settings
     evaluator = _local(env)
@@ -335,12 +330,14 @@ def _summarize(
     }
     if search.stop_reason:
         summary["cut_short_by_budget"] = search.stop_reason
+    if replayed:
+        summary["replayed_from_log"] = replayed
     pareto_plot(
         search.records,
         reference,
         env.budget.targets.get("bops"),
         out / "pareto.png",
-        f"{agent} on {_task_name(env_kwargs)} ({env_id.split('/')[-1]})",
+        f"{agent} on {env.task.name} ({env_id.split('/')[-1]})",
     )
     write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary

@@ -22,6 +22,7 @@ from stable_baselines3.common.noise import ActionNoise
 
 from jpq_env.wrappers import FlatBoxView, MultiDiscreteView
 
+from .agent_options import NOT_CONSTRUCTOR_ARGS
 from .play import jpq
 from .search import Search
 
@@ -35,16 +36,6 @@ ALGOS = {
 }
 MODEL_NAME = "model.zip"
 """The trained SB3 model in a run directory (``stable_baselines3.<Algo>.load`` reads it)."""
-# Keys of RL Zoo's files that are not constructor arguments of the algorithms.
-_ZOO_ONLY = (
-    "env_wrapper",
-    "n_timesteps",
-    "policy",
-    "noise_type",
-    "noise_std",
-    "normalize",
-    "n_envs",
-)
 
 
 class TruncatedNormalDecayNoise(ActionNoise):
@@ -193,7 +184,7 @@ def _learn(
     zoo, _ = ALGOS[agent]
     params = {**hyperparameters(zoo, env_id), **overrides}
     vec = isinstance(env, VecEnv)
-    kwargs = {k: v for k, v in params.items() if k not in _ZOO_ONLY}
+    kwargs = {k: v for k, v in params.items() if k not in NOT_CONSTRUCTOR_ARGS}
     if "policy_kwargs" in kwargs and isinstance(kwargs["policy_kwargs"], str):
         kwargs["policy_kwargs"] = policy_kwargs(kwargs["policy_kwargs"])
     if "train_freq" in kwargs and isinstance(kwargs["train_freq"], list):

@@ -217,6 +217,7 @@ def test_a_finished_run_run_again_says_it_is_a_replay_and_a_two_stage_best_is_na
         ("two-level", {"lr": float("nan")}, r"lr=nan: expected float"),
         ("ppo", {"n_timesteps": 10}, r"'n_timesteps' is not settable: the evaluation budget"),
         ("ppo", {"env_wrapper": "x"}, r"'env_wrapper' is not settable"),
+        ("ddpg", {"noise_type": "normal"}, r"'noise_type' is not settable: DDPG explores"),
         ("ppo", {"buffer_size": 10}, r"ppo has no hyperparameter 'buffer_size'.*'n_steps'"),
         ("ddpg", {"policy_kwargs": "__import__('os')"}, r"only dict\(...\)"),
         ("random", {"x": 1}, r"agent 'random' takes no options"),
@@ -250,6 +251,9 @@ def test_an_rl_zoo_file_gives_its_entry_for_the_id_without_the_keys_a_search_set
     path.write_text(yaml.safe_dump(table))
     assert read_hyperparams(path, "jpq_env/JPQWeights-v0") == {"n_steps": 96}
     assert read_hyperparams(path, "jpq_env/JPQWeightsActs-v0") == {"n_steps": 48, "gamma": 0.99}
+    # RL Zoo's DDPG files name their noise; the runner's own noise keeps only its scale.
+    path.write_text(yaml.safe_dump({"default": {"noise_type": "normal", "noise_std": 0.3}}))
+    assert check_agent_options("ddpg", read_hyperparams(path, "default")) == {"noise_std": 0.3}
     path.write_text("jpq_env/JPQWeights-v0: {n_steps: 1}\n")
     with pytest.raises(ValueError, match="no entry for 'jpq_env/JPQWeightsActs-v0' nor 'default'"):
         read_hyperparams(path, "jpq_env/JPQWeightsActs-v0")
@@ -281,6 +285,7 @@ def test_cli_hyperparams_file_and_agent_options_reach_the_sb3_learner(tmp_path, 
     [
         (["--agent-option", "lr=fast"], r"agent option lr='fast': expected float"),
         (["--env-option", "val_imgs=16"], r"unknown environment argument\(s\) \['val_imgs'\]"),
+        (["--env-option", "budget_bops=0.5"], r"--env-option budget_bops=...: set it with --budget"),
         (["--hyperparams", "x.yml"], r"--hyperparams is for the SB3 agents"),
     ],
 )
