@@ -33,6 +33,7 @@ from .two_level import run_two_level
 __all__ = ["AGENTS", "DEFAULT_ENV", "LEARNER_ENV", "run_search"]
 
 DEFAULT_ENV = "jpq_env/JPQWeightsActs-v0"
+"""The environment id of a search when none is given (``run_search``, ``jpq search``)."""
 
 LEARNER_ENV: dict[str, dict[str, Any]] = {
     "two-level": {"sensitivity": True},
@@ -43,7 +44,6 @@ LEARNER_ENV: dict[str, dict[str, Any]] = {
 """Environment arguments a learning agent's search gets by default (``env_kwargs`` overrides):
 the layers' sensitivities in the observation (``jpq_env.sensitivity``) and, for the SB3 agents,
 the potential-based shaping on their predicted cost. Recorded in ``run.json`` like any argument."""
-"""The environment id of a search when none is given (``run_search``, ``jpq search``)."""
 
 _ENV_ARGS = frozenset(k for k in inspect.signature(JPQEnv.__init__).parameters if k != "self")
 """The keyword arguments of ``JPQEnv``: what ``env_kwargs`` may hold."""

@@ -12,6 +12,9 @@ seeds, against cold black-box optimizers through the same environment:
 - ``pure-rl``: no warm start, no refinement: the controllers alone, model-based;
 - ``pure-rl-model-free``: the same, model-free;
 - ``cmaes`` and ``tpe``: Optuna's CMA-ES and TPE through the public Gymnasium API, cold;
+- ``ppo``, ``ddpg``: SB3's learners with the learning signals (sensitivity features in the
+  observation, potential-based shaping on the predicted error), ``ppo-no-signals`` and
+  ``ddpg-no-signals`` without them, and ``random`` search;
 - ``two-stage`` and ``greedy``: the baselines (seed-free: one run each).
 
 Each row records the best policy within budget (held-out and test accuracy), the phase of the
@@ -62,11 +65,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pure-rl-model-free": {"warm_start": False, "refine_fraction": 0.0, "surrogate": False},
 }
 OPTIMIZERS = ("cmaes", "tpe")
+# SB3 learners with the learning signals they get by default (sensitivities in the observation,
+# potential-based shaping on the predicted error: ``jpq_agents.run.LEARNER_ENV``) and without.
+NO_SIGNALS = {"sensitivity": False, "error_shaping": 0.0}
+LEARNERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ppo": ("ppo", {}),
+    "ppo-no-signals": ("ppo", NO_SIGNALS),
+    "ddpg": ("ddpg", {}),
+    "ddpg-no-signals": ("ddpg", NO_SIGNALS),
+    "random": ("random", {}),
+}
 NOTED = (  # rows recorded before rows named their commit
     "85b4338 to 05ad056 (default and no-learning rows ran before 05ad056's NaN guard, which "
     "they never reached)"
 )
 BASELINES = ("two-stage", "greedy")  # deterministic: one run each (seed 0)
+ALL = (*VARIANTS, *OPTIMIZERS, *LEARNERS, *BASELINES)
 
 
 def _key(run: dict[str, Any]) -> tuple[str, ...]:
@@ -77,6 +91,8 @@ def _register(variant: str) -> str:
     """The agent name of ``variant`` (two-level variants are added to the registry here)."""
     if variant in OPTIMIZERS or variant in BASELINES:
         return variant
+    if variant in LEARNERS:
+        return LEARNERS[variant][0]
     from jpq_agents.run import AGENTS
     from jpq_agents.two_level import TwoLevelConfig, run_two_level
 
@@ -116,14 +132,22 @@ def _curve(log: Path) -> tuple[list[float], str]:
     return curve, phase
 
 
+def env_kwargs(run: dict[str, Any]) -> dict[str, Any]:
+    """The environment arguments of a run: its case's task and budget, its variant's signals."""
+    task, _, budget = run["case"].split(":")
+    kwargs: dict[str, Any] = {"task": _task(task), "budget_bops": float(Fraction(budget))}
+    if run["variant"] in VARIANTS:
+        kwargs["sensitivity"] = True  # what the two-level agent gets by default
+    kwargs.update(LEARNERS.get(run["variant"], ("", {}))[1])
+    return kwargs
+
+
 def one(run: dict[str, Any]) -> dict[str, Any]:
     """Run one search in a scratch directory and return its row."""
     from jpq_agents.run import run_search
 
-    task, env, budget = run["case"].split(":")
-    kwargs: dict[str, Any] = {"task": _task(task), "budget_bops": float(Fraction(budget))}
-    if run["variant"] in VARIANTS:
-        kwargs["sensitivity"] = True  # what the two-level agent gets by default
+    kwargs = env_kwargs(run)
+    env = run["case"].split(":")[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         summary = run_search(
@@ -183,7 +207,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             "| variant | held-out % | test % | best after (evaluations, median) | best came from |",
             "|---|---|---|---|---|",
         ]
-        for variant in [*VARIANTS, *OPTIMIZERS, *BASELINES]:
+        for variant in ALL:
             runs = variants.get(variant)
             if not runs:
                 continue
@@ -210,7 +234,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     cases = sorted({r["case"] for r in rows})
     fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 4.2), squeeze=False)
     for ax, case in zip(axes[0], cases, strict=True):
-        for variant in [*VARIANTS, *OPTIMIZERS, *BASELINES]:
+        for variant in ALL:
             curves = [r["curve"] for r in rows if r["case"] == case and r["variant"] == variant]
             if not curves:
                 continue
@@ -236,7 +260,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="task:env:budget, comma-separated")
-    parser.add_argument("--variants", default=",".join([*VARIANTS, *OPTIMIZERS, *BASELINES]))
+    parser.add_argument("--variants", default=",".join(ALL))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--report", action="store_true", help="rebuild the table and plot only")

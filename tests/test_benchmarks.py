@@ -118,3 +118,19 @@ def test_reward_design_measures_against_hand_computed_values():
     assert rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert np.isnan(rank_correlation([0.9, 0.9, 0.9], [0.8, 0.7, 0.9]))  # a plateau: undefined
     assert np.isnan(rank_correlation([0.1, 0.2], [0.5, 0.5]))
+
+
+def test_ablation_learners_run_with_and_without_the_learning_signals():
+    from benchmarks import two_level_ablation as ablation
+    from jpq_agents.run import LEARNER_ENV
+
+    def kwargs(variant: str) -> dict:
+        return ablation.env_kwargs({"case": "digits:v1:1/128", "variant": variant})
+
+    assert kwargs("default") == {"task": "digits", "budget_bops": 1 / 128, "sensitivity": True}
+    assert ablation._register("ppo-no-signals") == "ppo"
+    # Without signals: every signal the learner gets by default is turned off.
+    off = kwargs("ppo-no-signals")
+    assert set(LEARNER_ENV["ppo"]) <= set(off)
+    assert not any(off[k] for k in LEARNER_ENV["ppo"])
+    assert "sensitivity" not in kwargs("ppo")  # run_search gives the defaults

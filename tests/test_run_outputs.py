@@ -285,7 +285,7 @@ def test_cli_hyperparams_file_and_agent_options_reach_the_sb3_learner(tmp_path, 
     [
         (["--agent-option", "lr=fast"], r"agent option lr='fast': expected float"),
         (["--env-option", "val_imgs=16"], r"unknown environment argument\(s\) \['val_imgs'\]"),
-        (["--env-option", "budget_bops=0.5"], r"--env-option budget_bops=...: set it with --budget"),
+        (["--env-option", "budget_bops=0.5"], r"budget_bops=...: set it with --budget-bops"),
         (["--hyperparams", "x.yml"], r"--hyperparams is for the SB3 agents"),
     ],
 )
