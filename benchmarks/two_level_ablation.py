@@ -28,6 +28,7 @@ end, so an interrupted benchmark continues.
     python -m benchmarks.two_level_ablation --cases resnet20:v1:1/128 --variants default,no-learning
     python -m benchmarks.two_level_ablation --report        # rebuild the table and plot only
     python -m benchmarks.two_level_ablation --quick         # a smoke run (CI), writes nothing
+    JPQ_THREADS=1 python -m benchmarks.two_level_ablation --jobs 2   # one run per core
 """
 
 from __future__ import annotations
@@ -263,6 +264,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(ALL))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=300)
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel processes (set JPQ_THREADS=1)"
+    )
     parser.add_argument("--report", action="store_true", help="rebuild the table and plot only")
     parser.add_argument("--quick", action="store_true", help="a smoke run, writes nothing")
     args = parser.parse_args()
@@ -282,7 +286,9 @@ def main() -> None:
         print(table(rows))
         return
     log = RESULTS / f"{NAME}_runs.jsonl"
-    rows = load_rows(log) if args.report else run_grid(runs, log, one, _key, describe=_describe)
+    if not args.report:
+        run_grid(runs, log, one, _key, args.jobs, _describe)
+    rows = list({_key(r): r for r in load_rows(log)}.values())  # every run so far, not only these
     plot(rows, RESULTS / f"{NAME}.png")
     body = (
         "# Does learning pay? The two-level controller's phases, ablated\n\n"
