@@ -54,7 +54,11 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The checkout's commit (short hash), with ``+changes`` when the tree has edits."""
+    """The checkout's commit (short hash), with ``+changes`` when the tree has edits.
+
+    The recorded results themselves (``benchmarks/results/``, which a running benchmark appends
+    to) do not count as edits: only the code that produced them does.
+    """
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
@@ -63,7 +67,15 @@ def commit() -> str:
             ["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!benchmarks/results",
+            ],
             cwd=root,
             capture_output=True,
             text=True,
