@@ -81,6 +81,11 @@ NOTED = (  # rows recorded before rows named their commit
     "they never reached)"
 )
 BASELINES = ("two-stage", "greedy")  # deterministic: one run each (seed 0)
+STAMPS = (  # what a row's commit stamp does not say
+    "The ResNet-20 rows were run by one invocation started at 4808d51 and are stamped with the "
+    "commit checked out when each ended (9f1aea51f1: no change to the search code in between); "
+    "their '+changes' was this log itself, which commit stamps no longer count."
+)
 ALL = (*VARIANTS, *OPTIMIZERS, *LEARNERS, *BASELINES)
 
 
@@ -296,7 +301,7 @@ def main() -> None:
         "test accuracy on the task's test split. *Best came from*: the phase of the episode that "
         "found the best policy, per run (refined X: a refinement move from a policy of phase X). "
         f"Curves: [{NAME}.png]({NAME}.png). Rows were run at commits "
-        f"{', '.join(sorted({r.get('commit', NOTED) for r in rows}))}.\n\n" + table(rows)
+        f"{', '.join(sorted({r.get('commit', NOTED) for r in rows}))}. {STAMPS}\n\n" + table(rows)
     )
     print(write_result(NAME, body))
 
