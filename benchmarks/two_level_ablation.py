@@ -83,7 +83,8 @@ NOTED = (  # rows recorded before rows named their commit
 BASELINES = ("two-stage", "greedy")  # deterministic: one run each (seed 0)
 STAMPS = (  # what a row's commit stamp does not say
     "The ResNet-20 rows were run by one invocation started at 4808d51 and are stamped with the "
-    "commit checked out when each ended (9f1aea51f1: no change to the search code in between); "
+    "commit checked out when each ended (9f1aea51f1 or 68fd4ec78d: no change to the search code "
+    "in between); "
     "their '+changes' was this log itself, which commit stamps no longer count."
 )
 ALL = (*VARIANTS, *OPTIMIZERS, *LEARNERS, *BASELINES)
