@@ -239,7 +239,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     import numpy as np
 
     cases = sorted({r["case"] for r in rows})
-    fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 4.8), squeeze=False)
     for ax, case in zip(axes[0], cases, strict=True):
         for variant in ALL:
             curves = [r["curve"] for r in rows if r["case"] == case and r["variant"] == variant]
@@ -249,8 +249,9 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
             data = np.array([c[:n] for c in curves]) * 100
             mean, sd = data.mean(0), data.std(0)
             x = np.arange(1, n + 1)
-            (line,) = ax.plot(x, mean, label=variant, lw=1.4)
-            ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.15)
+            colour = plt.get_cmap("tab20")(ALL.index(variant) % 20)  # one colour per variant
+            ax.plot(x, mean, label=variant, lw=1.4, color=colour)
+            ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.12)
         task, env, budget = case.split(":")
         ax.set_title(f"{task}, {ENVS[env].split('/')[1]}, {budget} of FP32 BOPs")
         ax.set_xlabel("evaluations")
@@ -258,8 +259,14 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
         low = min(min(r["curve"][len(r["curve"]) // 10 :]) for r in rows if r["case"] == case)
         ax.set_ylim(max(0.0, low * 100 - 5), 100)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:  # one legend below the axes: inside them it hid the curves
+        handles.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.legend(
+        list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 8),
+        fontsize=8, frameon=False,
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
