@@ -85,7 +85,10 @@ STAMPS = (  # what a row's commit stamp does not say
     "The ResNet-20 rows were run by one invocation started at 4808d51 and are stamped with the "
     "commit checked out when each ended (9f1aea51f1 or 68fd4ec78d: no change to the search code "
     "in between); "
-    "their '+changes' was this log itself, which commit stamps no longer count."
+    "their '+changes' was this log itself, which commit stamps no longer count. "
+    "The digits v1 1/256 rows were run by `JPQ_THREADS=1 python -m benchmarks.two_level_ablation "
+    "--cases digits:v1:1/256 --variants cmaes,tpe,default,no-learning,pure-rl` (one thread, the "
+    "other core running DDPG runs on seeds 10-14)."
 )
 ALL = (*VARIANTS, *OPTIMIZERS, *LEARNERS, *BASELINES)
 
