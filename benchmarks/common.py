@@ -19,6 +19,7 @@ from jpq_env.threads import configure_threads
 
 __all__ = [
     "RESULTS",
+    "command",
     "commit",
     "configure_threads",
     "load_rows",
@@ -85,13 +86,23 @@ def commit() -> str:
     return (head or "unknown") + ("+changes" if dirty else "")
 
 
+def command() -> str:
+    """This benchmark's command line, led by its ``JPQ_THREADS`` setting when there is one.
+
+    The thread count is part of the command: it changes every timing (and, oversubscribed, an
+    evaluation ran 10x slower).
+    """
+    threads = os.environ.get("JPQ_THREADS")
+    line = f"python -m benchmarks.{Path(sys.argv[0]).stem} {' '.join(sys.argv[1:])}".strip()
+    return f"JPQ_THREADS={threads} {line}" if threads else line
+
+
 def write_result(name: str, body: str) -> Path:
     """Write ``benchmarks/results/NAME.md`` with the commit and command that produced it."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.md"
-    command = "python -m benchmarks." + Path(sys.argv[0]).stem + " " + " ".join(sys.argv[1:])
     path.write_text(
-        f"{body}\n\nProduced by `{command.strip()}` at commit {commit()} on "
+        f"{body}\n\nProduced by `{command()}` at commit {commit()} on "
         f"{time.strftime('%Y-%m-%d')}; {machine()}.\n"
     )
     return path
@@ -127,6 +138,9 @@ def run_grid(
 ) -> list[dict[str, Any]]:
     """Run every run not yet in the log ``log`` with ``one``, appending each row as it ends.
 
+    Each row gets the invocation's ``command()`` (unless ``one`` set one), beside the commit
+    ``one`` records, so a log filled by several invocations says what produced each row.
+
     A long benchmark interrupted for any reason continues where it stopped: finished runs are
     found in the log by ``key``. With ``jobs > 1`` runs go to worker processes (``one`` must be a
     module-level function). Returns the rows of ``runs``, in order.
@@ -137,6 +151,7 @@ def run_grid(
     log.parent.mkdir(parents=True, exist_ok=True)
 
     def keep(row: dict[str, Any]) -> None:
+        row = {**row, "command": row.get("command", command())}  # each row names its command
         done[key(row)] = row
         with log.open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -86,9 +86,8 @@ STAMPS = (  # what a row's commit stamp does not say
     "commit checked out when each ended (9f1aea51f1 or 68fd4ec78d: no change to the search code "
     "in between); "
     "their '+changes' was this log itself, which commit stamps no longer count. "
-    "The digits v1 1/256 rows were run by `JPQ_THREADS=1 python -m benchmarks.two_level_ablation "
-    "--cases digits:v1:1/256 --variants cmaes,tpe,default,no-learning,pure-rl` (one thread, the "
-    "other core running DDPG runs on seeds 10-14)."
+    "The digits v1 1/256 rows ran on one thread beside other work on the second core: their "
+    "seconds are not an idle machine's."
 )
 ALL = (*VARIANTS, *OPTIMIZERS, *LEARNERS, *BASELINES)
 
@@ -274,6 +273,24 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _commands(rows: Sequence[dict[str, Any]]) -> str:
+    """The commands that produced the rows, for the rows that record theirs (newer ones do)."""
+    counts = Counter(r["command"] for r in rows if "command" in r)
+    if not counts:
+        return ""
+
+    def rows_(n: int) -> str:
+        return f"{n} row" + ("s" if n != 1 else "")
+
+    listed = "; ".join(f"`{c}` ({rows_(n)})" for c, n in sorted(counts.items()))
+    older = sum(1 for r in rows if "command" not in r)
+    return f"Commands: {listed}" + (
+        f"; {rows_(older)} predate the field (the module docstring lists the commands)."
+        if older
+        else "."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="task:env:budget, comma-separated")
@@ -312,7 +329,8 @@ def main() -> None:
         "test accuracy on the task's test split. *Best came from*: the phase of the episode that "
         "found the best policy, per run (refined X: a refinement move from a policy of phase X). "
         f"Curves: [{NAME}.png]({NAME}.png). Rows were run at commits "
-        f"{', '.join(sorted({r.get('commit', NOTED) for r in rows}))}. {STAMPS}\n\n" + table(rows)
+        f"{', '.join(sorted({r.get('commit', NOTED) for r in rows}))}. {STAMPS} {_commands(rows)}"
+        "\n\n" + table(rows)
     )
     print(write_result(NAME, body))
 

@@ -134,3 +134,39 @@ def test_ablation_learners_run_with_and_without_the_learning_signals():
     assert set(LEARNER_ENV["ppo"]) <= set(off)
     assert not any(off[k] for k in LEARNER_ENV["ppo"])
     assert "sensitivity" not in kwargs("ppo")  # run_search gives the defaults
+
+
+def _square(run: dict) -> dict:
+    return {**run, "value": run["x"] ** 2}
+
+
+def test_grid_rows_name_the_command_and_threads_that_produced_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import json
+
+    from benchmarks import common
+
+    monkeypatch.setattr(sys, "argv", ["/x/benchmarks/two_level_ablation.py", "--cases", "a"])
+    monkeypatch.setenv("JPQ_THREADS", "1")
+    log = tmp_path / "runs.jsonl"
+    key = lambda r: (str(r["x"]),)  # noqa: E731
+    rows = common.run_grid([{"x": 2}, {"x": 3}], log, _square, key)
+    wanted = "JPQ_THREADS=1 python -m benchmarks.two_level_ablation --cases a"
+    assert [r["command"] for r in rows] == [wanted, wanted]
+    assert [json.loads(line)["command"] for line in log.read_text().splitlines()] == [wanted] * 2
+    assert [r["value"] for r in rows] == [4, 9]
+    # A second invocation finds the rows done and keeps their command; a new row gets its own.
+    monkeypatch.delenv("JPQ_THREADS")
+    monkeypatch.setattr(sys, "argv", ["/x/benchmarks/two_level_ablation.py"])
+    rows = common.run_grid([{"x": 2}, {"x": 4}], log, _square, key)
+    assert [r["command"] for r in rows] == [wanted, "python -m benchmarks.two_level_ablation"]
+
+
+def test_ablation_report_lists_the_commands_of_the_rows_that_record_them():
+    from benchmarks import two_level_ablation as ablation
+
+    rows = [{"command": "c1"}, {"command": "c1"}, {"command": "c2"}, {}]
+    text = ablation._commands(rows)
+    assert "`c1` (2 rows)" in text and "`c2` (1 row)" in text and "; 1 row predate" in text
+    assert ablation._commands([{}]) == ""
