@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from jpq_env.threads import configure_threads
+from jpq_env.threads import configure_threads, thread_variable
 
 __all__ = [
     "RESULTS",
@@ -87,14 +87,15 @@ def commit() -> str:
 
 
 def command() -> str:
-    """This benchmark's command line, led by its ``JPQ_THREADS`` setting when there is one.
+    """This benchmark's command line, led by the thread setting that decides, if one is set.
 
+    That is ``JPQ_THREADS``, else ``OMP_NUM_THREADS`` (``jpq_env.threads.thread_variable``).
     The thread count is part of the command: it changes every timing (and, oversubscribed, an
     evaluation ran 10x slower).
     """
-    threads = os.environ.get("JPQ_THREADS")
     line = f"python -m benchmarks.{Path(sys.argv[0]).stem} {' '.join(sys.argv[1:])}".strip()
-    return f"JPQ_THREADS={threads} {line}" if threads else line
+    name = thread_variable()
+    return f"{name}={os.environ[name].strip()} {line}" if name else line
 
 
 def write_result(name: str, body: str) -> Path:

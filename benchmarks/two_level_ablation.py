@@ -285,7 +285,8 @@ def _commands(rows: Sequence[dict[str, Any]]) -> str:
     listed = "; ".join(f"`{c}` ({rows_(n)})" for c, n in sorted(counts.items()))
     older = sum(1 for r in rows if "command" not in r)
     return f"Commands: {listed}" + (
-        f"; {rows_(older)} predate the field (the module docstring lists the commands)."
+        f"; {rows_(older)} {'predates' if older == 1 else 'predate'} the field (the module "
+        "docstring lists the commands)."
         if older
         else "."
     )

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ENV_VAR", "configure_threads", "threads_wanted", "usable_cores"]
+__all__ = ["ENV_VAR", "configure_threads", "thread_variable", "threads_wanted", "usable_cores"]
 
 ENV_VAR = "JPQ_THREADS"
 
@@ -57,13 +57,21 @@ def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, cores)
 
 
+def thread_variable() -> str | None:
+    """The variable that decides the thread count, ``JPQ_THREADS`` or ``OMP_NUM_THREADS``.
+
+    ``JPQ_THREADS`` when it is set, else ``OMP_NUM_THREADS`` when that is; None when neither is.
+    """
+    return next((v for v in (ENV_VAR, "OMP_NUM_THREADS") if os.environ.get(v, "").strip()), None)
+
+
 def threads_wanted() -> int:
     """``JPQ_THREADS`` if set, else ``OMP_NUM_THREADS`` if set, else ``usable_cores()``.
 
     Raises:
         ValueError: If the variable that decides is set to anything but a positive integer.
     """
-    name = next((v for v in (ENV_VAR, "OMP_NUM_THREADS") if os.environ.get(v, "").strip()), None)
+    name = thread_variable()
     if name is None:
         return usable_cores()
     text = os.environ[name].strip()

@@ -156,11 +156,16 @@ def test_grid_rows_name_the_command_and_threads_that_produced_them(
     assert [r["command"] for r in rows] == [wanted, wanted]
     assert [json.loads(line)["command"] for line in log.read_text().splitlines()] == [wanted] * 2
     assert [r["value"] for r in rows] == [4, 9]
-    # A second invocation finds the rows done and keeps their command; a new row gets its own.
+    # A second invocation finds the rows done and keeps their command; a new row gets its own,
+    # with OMP_NUM_THREADS when that is what decides the thread count.
     monkeypatch.delenv("JPQ_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     monkeypatch.setattr(sys, "argv", ["/x/benchmarks/two_level_ablation.py"])
     rows = common.run_grid([{"x": 2}, {"x": 4}], log, _square, key)
-    assert [r["command"] for r in rows] == [wanted, "python -m benchmarks.two_level_ablation"]
+    new = "OMP_NUM_THREADS=2 python -m benchmarks.two_level_ablation"
+    assert [r["command"] for r in rows] == [wanted, new]
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert common.command() == "python -m benchmarks.two_level_ablation"
 
 
 def test_ablation_report_lists_the_commands_of_the_rows_that_record_them():
@@ -168,5 +173,5 @@ def test_ablation_report_lists_the_commands_of_the_rows_that_record_them():
 
     rows = [{"command": "c1"}, {"command": "c1"}, {"command": "c2"}, {}]
     text = ablation._commands(rows)
-    assert "`c1` (2 rows)" in text and "`c2` (1 row)" in text and "; 1 row predate" in text
+    assert "`c1` (2 rows)" in text and "`c2` (1 row)" in text and "; 1 row predates" in text
     assert ablation._commands([{}]) == ""
