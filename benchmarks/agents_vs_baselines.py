@@ -101,7 +101,7 @@ def _grid(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _finetuned(policy_file: Path, task: str) -> float:
     """Test accuracy of the best policy after ``jpq finetune``'s default 3 epochs."""
     from jpq_env import LocalEvaluator, Policy, load_task
-    from jpq_env.finetune import finetune
+    from jpq_env.proxy.finetune import finetune
 
     policy = Policy.from_json(json.loads(policy_file.read_text()))
     return finetune(LocalEvaluator(load_task(task)), policy, epochs=3).accuracy_after

@@ -28,15 +28,15 @@ import torch
 
 from benchmarks.common import time_call, write_result
 from jpq_env import LayerPolicy, LocalEvaluator, Policy, load_task
-from jpq_env.compress import kernel_ranking
-from jpq_env.costs import measure
-from jpq_env.export import export_compressed
-from jpq_env.prune_export import pruned_module, save_pruned, weight_count
+from jpq_env.core.compress import kernel_ranking
+from jpq_env.core.costs import measure
+from jpq_env.export.packed import export_compressed
+from jpq_env.export.pruned import pruned_module, save_pruned, weight_count
 
 try:
     import onnxruntime  # noqa: F401  # the optional extra
 
-    from jpq_env.onnx_export import export_onnx, load_onnx
+    from jpq_env.export.onnx import export_onnx, load_onnx
 
     HAVE_ONNX = True
 except ImportError:

@@ -44,8 +44,8 @@ import torch
 from benchmarks.cifar_workload import DATA, task_options
 from benchmarks.common import configure_threads, time_call, write_result
 from jpq_env import Conventions, LocalEvaluator, Policy, load_task
-from jpq_env.policy import LayerPolicy
-from jpq_env.racing import RaceRule
+from jpq_env.core.policy import LayerPolicy
+from jpq_env.proxy.racing import RaceRule
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_REV = "e482267"  # the last commit before the fast proxy

@@ -31,7 +31,7 @@ import jpq_env  # noqa: F401 - registers the environment ids
 from benchmarks.common import write_result
 from jpq_agents.batch import play_many
 from jpq_agents.search import RunSettings, Search
-from jpq_env.evaluate import LocalEvaluator, PaddedEvaluator
+from jpq_env.proxy.evaluator import LocalEvaluator, PaddedEvaluator
 from jpq_env.tasks import load_task
 
 TARGET = 1.8
@@ -95,7 +95,7 @@ def main() -> None:
         os.environ.setdefault(key, value)
     import ray
 
-    from jpq_env.distributed import RayEvaluator
+    from jpq_env.proxy.ray import RayEvaluator
 
     load = os.getloadavg()
     pads = (0.02,) if args.quick else (0.02, 0.2)

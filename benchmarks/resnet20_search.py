@@ -82,7 +82,7 @@ def run(
         search.release()
     tuned: dict[str, Any] = {}
     if finetune_epochs and policy is not None:
-        from jpq_env.finetune import finetune
+        from jpq_env.proxy.finetune import finetune
 
         started = time.perf_counter()
         result = finetune(evaluator, policy, epochs=finetune_epochs)  # jpq finetune's defaults

@@ -40,7 +40,7 @@ import torch
 from scipy.stats import kendalltau
 
 from benchmarks.common import RESULTS, load_rows, mean_sd, run_grid, write_result
-from jpq_env.rewards import REWARDS
+from jpq_env.envs.rewards import REWARDS
 
 NAME = "reward_designs"
 ENV = "jpq_env/JPQWeightsActs-v0"

@@ -29,8 +29,8 @@ import numpy as np
 from benchmarks.apply_vs_proxy import resnet18_32
 from benchmarks.common import write_result
 from jpq_env.envs import JPQEnv
-from jpq_env.evaluate import LocalEvaluator
-from jpq_env.wrappers import FlatBoxView
+from jpq_env.envs.wrappers import FlatBoxView
+from jpq_env.proxy.evaluator import LocalEvaluator
 
 ACTS = [2, 3, 4, 5, 6, 8]
 

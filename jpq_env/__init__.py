@@ -10,15 +10,15 @@ The compression core (usable without any RL):
 - ``Policy``: per-kernel bit-widths (0 = pruned) and per-layer activation bits.
 
 Importing the package registers the Gymnasium ids (``jpq_env/JPQWeights-v0`` and presets, see
-``jpq_env.registration``); the environment class is ``jpq_env.envs.JPQEnv``.
+``jpq_env.envs.registration``); the environment class is ``jpq_env.envs.JPQEnv``.
 """
 
-from jpq_env.compress import CompressedModel, kernel_ranking, register_importance
-from jpq_env.costs import CostReport, measure
-from jpq_env.evaluate import Evaluator, LocalEvaluator
-from jpq_env.graph import GraphError, LayerGraph, UncompressedLayersWarning
-from jpq_env.policy import Conventions, LayerPolicy, Policy, PolicyError
-from jpq_env.registration import PRESETS, register_envs
+from jpq_env.core.compress import CompressedModel, kernel_ranking, register_importance
+from jpq_env.core.costs import CostReport, measure
+from jpq_env.core.graph import GraphError, LayerGraph, UncompressedLayersWarning
+from jpq_env.core.policy import Conventions, LayerPolicy, Policy, PolicyError
+from jpq_env.envs.registration import PRESETS, register_envs
+from jpq_env.proxy.evaluator import Evaluator, LocalEvaluator
 from jpq_env.tasks import Task, TaskError, load_task, make_task
 
 __all__ = [

@@ -50,10 +50,16 @@ from jpq_env import (
     make_task,
 )
 from jpq_env.envs import JPQEnv
-from jpq_env.evaluate import PaddedEvaluator
-from jpq_env.export import export_compressed, load_compressed
-from jpq_env.finetune import finetune
-from jpq_env.rewards import GalenR6Reward, GalenR7Reward, HAQReward, LagrangianReward, MnasNetReward
+from jpq_env.envs.rewards import (
+    GalenR6Reward,
+    GalenR7Reward,
+    HAQReward,
+    LagrangianReward,
+    MnasNetReward,
+)
+from jpq_env.export.packed import export_compressed, load_compressed
+from jpq_env.proxy.evaluator import PaddedEvaluator
+from jpq_env.proxy.finetune import finetune
 from tests import bad_tasks
 from tests.nets import PlainNet
 

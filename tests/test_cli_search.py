@@ -9,9 +9,9 @@ import torch
 
 from jpq_agents.cli import main
 from jpq_env import LocalEvaluator, Policy, load_task
-from jpq_env.evaluate import iter_batches
-from jpq_env.export import load_compressed
-from jpq_env.packing import read_container
+from jpq_env.export.packed import load_compressed
+from jpq_env.export.packing import read_container
+from jpq_env.proxy.evaluator import iter_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jpq_env.compress import CompressedModel, calibrate_ranges, kernel_ranking, register_importance
-from jpq_env.graph import GraphError, LayerGraph
-from jpq_env.policy import LayerPolicy, Policy, PolicyError, bits_from_ranking
+from jpq_env.core.compress import (
+    CompressedModel,
+    calibrate_ranges,
+    kernel_ranking,
+    register_importance,
+)
+from jpq_env.core.graph import GraphError, LayerGraph
+from jpq_env.core.policy import LayerPolicy, Policy, PolicyError, bits_from_ranking
 from tests.nets import PlainNet, ResidualNet, SeparableNet, randomize_bn
 
 

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from jpq_env.costs import measure
-from jpq_env.graph import LayerGraph
-from jpq_env.policy import Conventions, LayerPolicy, Policy
+from jpq_env.core.costs import measure
+from jpq_env.core.graph import LayerGraph
+from jpq_env.core.policy import Conventions, LayerPolicy, Policy
 from tests.nets import LeNet5, ResidualNet, ResNet20, SeparableNet
 
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jpq_env.compress import CompressedModel
-from jpq_env.costs import measure
-from jpq_env.graph import LayerGraph
-from jpq_env.policy import LayerPolicy, Policy
+from jpq_env.core.compress import CompressedModel
+from jpq_env.core.costs import measure
+from jpq_env.core.graph import LayerGraph
+from jpq_env.core.policy import LayerPolicy, Policy
 from tests.nets import ResidualNet, randomize_bn
 
 

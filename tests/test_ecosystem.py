@@ -18,9 +18,9 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from jpq_env.envs import JPQEnv
+from jpq_env.envs.registration import PRESETS, RENAMED
 from jpq_env.envs.render import HEIGHT, bits_frame
-from jpq_env.registration import PRESETS, RENAMED
-from jpq_env.wrappers import FlatBoxView, MultiDiscreteView
+from jpq_env.envs.wrappers import FlatBoxView, MultiDiscreteView
 
 ROOT = Path(__file__).resolve().parents[1]
 _CHEAP = {"val_images": 16}  # a low-fidelity proxy: each episode's evaluation is cheap
@@ -154,7 +154,7 @@ def test_rl_zoo_reads_the_shipped_hyperparameters_as_a_module_from_any_folder(tm
     assert "Using 'default' hyperparameters" not in out.stdout
     (config,) = tmp_path.rglob("config.yml")
     saved = config.read_text()
-    assert "jpq_env.wrappers.FlatBoxView" in saved and "gae_lambda" in saved
+    assert "jpq_env.envs.wrappers.FlatBoxView" in saved and "gae_lambda" in saved
     assert list(tmp_path.rglob("*.zip"))
 
 
@@ -162,9 +162,9 @@ def test_hyperparameter_modules_hold_the_yaml_tables():
     from jpq_agents.hyperparams import ddpg, load, ppo, ppo_mask
 
     assert ppo.hyperparams["jpq_env/JPQWeights-v0"]["n_steps"] == 48
-    assert ddpg.hyperparams["default"]["env_wrapper"] == "jpq_env.wrappers.FlatBoxView"
+    assert ddpg.hyperparams["default"]["env_wrapper"] == "jpq_env.envs.wrappers.FlatBoxView"
     wrapper = ppo_mask.hyperparams["jpq_env/JPQWeightsActs-v0"]["env_wrapper"]
-    assert wrapper == "jpq_env.wrappers.MultiDiscreteView"
+    assert wrapper == "jpq_env.envs.wrappers.MultiDiscreteView"
     with pytest.raises(ValueError, match="no hyperparameters for 'sac'"):
         load("sac")
 
@@ -184,8 +184,8 @@ def test_the_wheel_ships_the_license_and_the_hyperparameters(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     for algo in ("ppo", "ddpg", "ppo_mask"):
-        assert f"jpq_agents/hyperparams/{algo}.py" in names
-        assert f"jpq_agents/hyperparams/{algo}.yml" in names
+        assert f"jpq_agents/jpq_agents/hyperparams/{algo}.py" in names
+        assert f"jpq_agents/jpq_agents/hyperparams/{algo}.yml" in names
     assert not any(n.startswith("agents/") for n in names)  # no generic top-level name
     assert "MIT License" in (ROOT / "LICENSE").read_text()
 

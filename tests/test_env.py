@@ -14,7 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import jpq_env
 from jpq_env import LocalEvaluator, Policy, measure
 from jpq_env.envs import JPQEnv
-from jpq_env.registration import PRESETS, register_envs
+from jpq_env.envs.registration import PRESETS, register_envs
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from jpq_env.costs import measure
+from jpq_env.core.costs import measure
+from jpq_env.core.graph import LayerGraph
+from jpq_env.core.policy import LayerPolicy, Policy
 from jpq_env.envs import JPQEnv
-from jpq_env.graph import LayerGraph
-from jpq_env.policy import LayerPolicy, Policy
-from jpq_env.wrappers import MultiDiscreteView
+from jpq_env.envs.wrappers import MultiDiscreteView
 
 ACTS = [2, 3, 4, 5, 6, 8]
 

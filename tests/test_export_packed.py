@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from jpq_env.atomic import save_atomic
-from jpq_env.costs import measure
-from jpq_env.evaluate import LocalEvaluator, top1
-from jpq_env.export import (
+from jpq_env.core.costs import measure
+from jpq_env.core.policy import LayerPolicy, Policy
+from jpq_env.export.packed import (
     ExportFormatError,
     _v1_record,
     export_compressed,
     input_masks,
     load_compressed,
 )
-from jpq_env.packing import MAGIC, pack_levels, unpack_levels
-from jpq_env.policy import LayerPolicy, Policy
+from jpq_env.export.packing import MAGIC, pack_levels, unpack_levels
+from jpq_env.proxy.evaluator import LocalEvaluator, top1
 from jpq_env.tasks.registry import load_task
 
 

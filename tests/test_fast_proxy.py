@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from jpq_env import LayerGraph, LocalEvaluator, Policy, load_task
-from jpq_env.forward import SegmentedForward
-from jpq_env.racing import RaceRule, upper_bound
+from jpq_env.proxy.prefix import SegmentedForward
+from jpq_env.proxy.racing import RaceRule, upper_bound
 from jpq_env.tasks import Task
 from tests.nets import ConcatNet, PlainNet, ResidualNet, SeparableNet, randomize_bn
 

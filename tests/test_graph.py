@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from jpq_env.graph import GraphError, LayerGraph
+from jpq_env.core.graph import GraphError, LayerGraph
 from tests.nets import ConcatNet, PlainNet, ResidualNet, SeparableNet
 
 

@@ -8,11 +8,11 @@ import torch
 
 from jpq_agents.surrogate import Surrogate, SurrogateEvaluator
 from jpq_env import LocalEvaluator, Policy, load_task
+from jpq_env.core.policy import LayerPolicy
 from jpq_env.envs import JPQEnv
 from jpq_env.envs.observation import FEATURES
-from jpq_env.policy import LayerPolicy
-from jpq_env.rewards import Outcome
-from jpq_env.sensitivity import SensitivityTable, measure_sensitivity
+from jpq_env.envs.rewards import Outcome
+from jpq_env.proxy.sensitivity import SensitivityTable, measure_sensitivity
 
 ACTS = [2, 3, 4, 5, 6, 8]
 
@@ -35,7 +35,7 @@ def test_table_entries_are_the_kl_of_one_compressed_layer(table_and_task):
     table, task, env = table_and_task
     graph = env.graph
     # an independent evaluator on the same 256 images and 128 calibration images, no prefix reuse
-    from jpq_env.sensitivity import _subset
+    from jpq_env.proxy.sensitivity import _subset
     from jpq_env.tasks import Task
 
     small = Task(
@@ -83,7 +83,7 @@ def test_table_round_trips_and_is_read_from_the_disk_cache(table_and_task):
     assert np.array_equal(again.prune, table.prune) and np.array_equal(again.weight, table.weight)
     import time
 
-    from jpq_env import sensitivity
+    from jpq_env.proxy import sensitivity
 
     sensitivity._MEMORY.clear()
     start = time.perf_counter()
@@ -127,7 +127,7 @@ def test_env_race_inverts_the_reward_design(table_and_task):
     env = JPQEnv(task=task, act_bits=ACTS, budget_bops=1 / 128, device="cpu")
     env.reset(seed=0)
     policy = env.space.policy([env.space.most_aggressive(i) for i in range(env.num_layers)])
-    from jpq_env.costs import measure
+    from jpq_env.core.costs import measure
 
     cost = measure(env.graph, policy)
     fp32 = env.evaluator.fp32_accuracy

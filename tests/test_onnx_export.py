@@ -9,11 +9,11 @@ import torch
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from jpq_env.compress import CompressedModel, calibrate_ranges  # noqa: E402
-from jpq_env.costs import measure  # noqa: E402
-from jpq_env.evaluate import LocalEvaluator  # noqa: E402
-from jpq_env.graph import LayerGraph  # noqa: E402
-from jpq_env.onnx_export import (  # noqa: E402
+from jpq_env.core.compress import CompressedModel, calibrate_ranges  # noqa: E402
+from jpq_env.core.costs import measure  # noqa: E402
+from jpq_env.core.graph import LayerGraph  # noqa: E402
+from jpq_env.core.policy import LayerPolicy, Policy  # noqa: E402
+from jpq_env.export.onnx import (  # noqa: E402
     ONNX_OPSET,
     OnnxFormatError,
     export_onnx,
@@ -22,8 +22,8 @@ from jpq_env.onnx_export import (  # noqa: E402
     qdq_module,
     write_onnx,
 )
-from jpq_env.policy import LayerPolicy, Policy  # noqa: E402
-from jpq_env.prune_export import prune_physically, weight_count  # noqa: E402
+from jpq_env.export.pruned import prune_physically, weight_count  # noqa: E402
+from jpq_env.proxy.evaluator import LocalEvaluator  # noqa: E402
 from jpq_env.tasks.registry import load_task  # noqa: E402
 from tests.nets import ResidualNet, SeparableNet, randomize_bn  # noqa: E402
 
@@ -188,7 +188,7 @@ def test_a_foreign_or_malformed_file_is_named(tmp_path):
 
 
 def test_cli_export_onnx_reports_what_it_wrote(tmp_path, capsys):
-    from agents.cli import main
+    from jpq_agents.cli import main
 
     task = load_task("digits")
     graph = LayerGraph.from_module(task.model, task.example_input)

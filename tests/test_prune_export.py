@@ -9,18 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from jpq_env.compress import CompressedModel, calibrate_ranges
-from jpq_env.costs import measure
-from jpq_env.evaluate import LocalEvaluator, top1
-from jpq_env.graph import LayerGraph
-from jpq_env.policy import LayerPolicy, Policy
-from jpq_env.prune_export import (
+from jpq_env.core.compress import CompressedModel, calibrate_ranges
+from jpq_env.core.costs import measure
+from jpq_env.core.graph import LayerGraph
+from jpq_env.core.policy import LayerPolicy, Policy
+from jpq_env.export.pruned import (
     load_pruned,
     prune_physically,
     pruned_module,
     save_pruned,
     weight_count,
 )
+from jpq_env.proxy.evaluator import LocalEvaluator, top1
 from jpq_env.tasks.registry import load_task
 from tests.nets import (
     ConcatNet,
@@ -193,7 +193,7 @@ def test_a_foreign_program_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["jpq", "torch"])
 def test_cli_export_reports_what_it_wrote(fmt, tmp_path, capsys):
-    from agents.cli import main
+    from jpq_agents.cli import main
 
     task = load_task("digits")
     graph = LayerGraph.from_module(task.model, task.example_input)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from jpq_env.quant import ActRange, quantize_activation, quantize_weight
+from jpq_env.core.quant import ActRange, quantize_activation, quantize_weight
 
 
 def _reference_kernel(w: np.ndarray, bits: int) -> np.ndarray:

@@ -104,7 +104,7 @@ def test_default_path_never_imports_ray():
 
 @pytest.mark.slow
 def test_pool_equals_in_process_evaluator_with_one_gpu_per_actor(local_ray, local_evaluator):
-    from jpq_env.distributed import RayEvaluator
+    from jpq_env.proxy.ray import RayEvaluator
 
     policies = policies_of(random_episodes(6, seed=1))
     expected = [local_evaluator.accuracy(p) for p in policies]
@@ -124,7 +124,7 @@ def test_pool_equals_in_process_evaluator_with_one_gpu_per_actor(local_ray, loca
 def test_killed_actor_is_restarted_and_the_search_counts_exactly(
     local_ray, local_evaluator, tmp_path
 ):
-    from jpq_env.distributed import RayEvaluator
+    from jpq_env.proxy.ray import RayEvaluator
 
     episodes = random_episodes(5, seed=2)
     expected = [local_evaluator.accuracy(p) for p in policies_of(episodes)]
@@ -176,7 +176,7 @@ def test_ppo_on_ray_actor_envs_counts_and_resumes_exactly(local_ray, local_evalu
 def test_pool_spans_the_nodes_of_an_emulated_cluster(ray_module, local_evaluator):
     from ray.cluster_utils import Cluster
 
-    from jpq_env.distributed import RayEvaluator
+    from jpq_env.proxy.ray import RayEvaluator
 
     ray_module.shutdown()  # the session's local Ray; the next test starts it again
     cluster = Cluster(
@@ -239,13 +239,13 @@ def test_ddpg_on_ray_actor_envs_explores_per_env_and_counts_exactly(local_ray, t
 @pytest.mark.slow
 def test_vec_env_plays_a_killed_actors_episode_again(local_ray, tmp_path):
     from jpq_agents.ray_vec_env import RayVecEnv
-    from jpq_env.wrappers import FlatBoxView
+    from jpq_env.envs.wrappers import FlatBoxView
 
     env = gym.make("jpq_env/JPQWeights-v0").unwrapped
     search = Search(tmp_path, RunSettings("ppo", 2, 0, {"id": "jpq_env/JPQWeights-v0"}), env)
     layers, size = env.num_layers, env.action_space.shape[0]
     actions = np.random.default_rng(7).uniform(-1, 1, (layers, 2, size)).astype(np.float32)
-    venv = RayVecEnv(search, "jpq_env.wrappers:FlatBoxView", 2)
+    venv = RayVecEnv(search, "jpq_env.envs.wrappers:FlatBoxView", 2)
     try:
         venv.reset()
         for t in range(layers):
@@ -272,7 +272,7 @@ def test_maskable_ppo_on_ray_actor_envs_gets_the_local_masks(local_ray, local_ev
 
     from jpq_agents.ray_vec_env import RayVecEnv
     from jpq_agents.run import run_search
-    from jpq_env.wrappers import MultiDiscreteView
+    from jpq_env.envs.wrappers import MultiDiscreteView
 
     env_id = "jpq_env/JPQWeightsActs-v0"
     summary = run_search("maskable-ppo", tmp_path / "run", 4, 8, env_id, progress=False, workers=2)
@@ -285,7 +285,7 @@ def test_maskable_ppo_on_ray_actor_envs_gets_the_local_masks(local_ray, local_ev
     # The masks MaskablePPO reads through the VecEnv are the ones a local view computes.
     env = gym.make(env_id).unwrapped
     search = Search(tmp_path / "masks", RunSettings("maskable-ppo", 2, 0, {"id": env_id}), env)
-    venv = RayVecEnv(search, "jpq_env.wrappers:MultiDiscreteView", 2)
+    venv = RayVecEnv(search, "jpq_env.envs.wrappers:MultiDiscreteView", 2)
     local = MultiDiscreteView(gym.make(env_id).unwrapped)
     try:
         venv.reset()
@@ -315,7 +315,7 @@ def test_vec_env_reset_waits_for_a_killed_actor(local_ray, tmp_path, monkeypatch
     search = Search(tmp_path, RunSettings("ppo", 2, 0, {"id": "jpq_env/JPQWeights-v0"}), env)
     layers, size = env.num_layers, env.action_space.shape[0]
     actions = np.random.default_rng(9).uniform(-1, 1, (layers, 2, size)).astype(np.float32)
-    venv = RayVecEnv(search, "jpq_env.wrappers:FlatBoxView", 2)
+    venv = RayVecEnv(search, "jpq_env.envs.wrappers:FlatBoxView", 2)
     pid = ray_pid(venv.actors[1])
     # Actor 1 dies while the driver waits for its reset: Ray reports it dead (ray.kill alone is
     # asynchronous, the reset could still land on the old actor); the driver must wait for the
@@ -353,7 +353,7 @@ def ray_pid(actor) -> int:
 
 
 def test_no_cluster_at_the_address_is_a_message_naming_jpqs_own_flags(ray_module, monkeypatch):
-    from jpq_env import distributed
+    from jpq_env.proxy import ray as distributed
 
     def no_cluster(**kwargs):
         raise ConnectionError("Could not find any running Ray instance. Please specify ...")

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from jpq_env.rewards import REWARDS, Outcome, RewardDesign, make_reward, register_reward
+from jpq_env.envs.rewards import REWARDS, Outcome, RewardDesign, make_reward, register_reward
 
 
 def _outcome(acc=0.9, fp32=0.95, bops=1e6, bops_ratio=0.02, size_ratio=0.05, budgets=None):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from jpq_env import load_task
-from jpq_env.export import load_compressed
+from jpq_env.export.packed import load_compressed
 from jpq_env.tasks import digits
 
 ROOT = Path(__file__).resolve().parents[1]

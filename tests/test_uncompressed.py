@@ -29,15 +29,17 @@ from jpq_env import (
     make_task,
     measure,
 )
-from jpq_env import graph as graph_module
-from jpq_env.costs import totals
+from jpq_env.core.costs import totals
+from jpq_env.core.graph import UncompressedLayer, UncompressedLayersWarning
+from jpq_env.core.graph import layer_graph as graph_module
+from jpq_env.core.policy import LayerPolicy
 from jpq_env.envs import JPQEnv
 from jpq_env.envs.observation import FEATURES, squash
-from jpq_env.graph import UncompressedLayer, UncompressedLayersWarning
-from jpq_env.policy import LayerPolicy
 from tests.nets import LeNet5, ResNet20, UpsampleNet, randomize_bn
 
-pytestmark = pytest.mark.filterwarnings("ignore::jpq_env.graph.UncompressedLayersWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::jpq_env.errors.UncompressedLayersWarning"
+)
 
 X = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 # UpsampleNet by hand: conv1 8 x 3 x 9 x 64, up 8 x 8 x 16 x 64 (input positions), conv2 4 x 8 x 9

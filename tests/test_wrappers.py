@@ -7,7 +7,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from jpq_env.envs import JPQEnv
-from jpq_env.wrappers import FlatBoxView, MultiDiscreteView
+from jpq_env.envs.wrappers import FlatBoxView, MultiDiscreteView
 
 # Gymnasium's checker warns whenever it is handed a wrapper rather than a raw env; a view *is* a
 # wrapper by design, so that one message is the whitelist.

@@ -12,17 +12,17 @@ import torch
 from gymnasium import spaces
 
 from jpq_env import validation as check
-from jpq_env.budget import ENFORCEMENT, Budget, DecisionSpace, LayerDecision
-from jpq_env.compress import IMPORTANCE, kernel_ranking
-from jpq_env.costs import CostReport, measure, totals
+from jpq_env.core.compress import IMPORTANCE, kernel_ranking
+from jpq_env.core.costs import CostReport, measure, totals
+from jpq_env.core.graph import LayerGraph
+from jpq_env.core.policy import Conventions, Policy
+from jpq_env.core.quant import SUPPORTED_BITS
+from jpq_env.envs.budget import ENFORCEMENT, Budget, DecisionSpace, LayerDecision
 from jpq_env.envs.observation import FEATURES, N_STATIC, squash, static_features
 from jpq_env.envs.render import bits_frame
-from jpq_env.evaluate import Evaluator, LocalEvaluator
-from jpq_env.graph import LayerGraph
-from jpq_env.policy import Conventions, Policy
-from jpq_env.quant import SUPPORTED_BITS
-from jpq_env.rewards import Outcome, RewardDesign, make_reward
-from jpq_env.sensitivity import SensitivityTable, measure_sensitivity
+from jpq_env.envs.rewards import Outcome, RewardDesign, make_reward
+from jpq_env.proxy.evaluator import Evaluator, LocalEvaluator
+from jpq_env.proxy.sensitivity import SensitivityTable, measure_sensitivity
 from jpq_env.tasks import Task, load_task
 
 __all__ = ["LAYER", "CHANNEL", "JPQEnv"]
@@ -88,7 +88,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
       order; entries beyond a layer's kernels are ignored).
 
     Algorithm views over this interface (one step per layer, flat Box, MultiDiscrete with action
-    masks) live in ``jpq_env.wrappers``.
+    masks) live in ``jpq_env.envs.wrappers``.
 
     ## Observation Space
 
@@ -108,7 +108,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Rewards
 
     By default the reward comes once, at the last step: a reward design (``reward``, see
-    ``jpq_env.rewards``: ``amc``, ``haq``, ``galen``, ``galen-r7``, ``mnasnet``, ``lagrangian``
+    ``jpq_env.envs.rewards``: ``amc``, ``haq``, ``galen``, ``galen-r7``, ``mnasnet``, ``lagrangian``
     or your own) applied to the accuracy and costs. Every term is in the final ``info`` as
     ``reward_<term>``. ``shaping > 0`` adds potential-based per-step shaping with potential
     ``-shaping * (projected BOPs / budget)``; it telescopes over an episode, so it does not change
@@ -154,7 +154,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     - ``input_bits``, ``first_last_bits``: counting conventions (``jpq_env.Conventions``).
     - ``shaping``: per-step potential-based shaping coefficient on the projected BOPs (default 0:
       terminal only).
-    - ``sensitivity``: append the current layer's sensitivities (``jpq_env.sensitivity``: what
+    - ``sensitivity``: append the current layer's sensitivities (``jpq_env.proxy.sensitivity``: what
       each width, sparsity and activation width of this layer alone costs at the output,
       measured once per task and cached) to the observation, and report each channel step's
       ``layer_kl`` and the episode's ``predicted_fidelity`` in ``info`` (default False).
@@ -171,7 +171,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
       ``make_vec_env`` and video recorders ask for).
     - ``metric``: what the default evaluator scores: ``"top1"`` (default), ``"agreement"`` with
       the FP32 model's predictions, or ``"kl"`` (``exp(-KL)`` to the FP32 model's outputs); see
-      ``jpq_env.evaluate``.
+      ``jpq_env.proxy.evaluator``.
     - ``val_images``: score only this many held-out images (a lower fidelity; default all).
 
     ## Racing
@@ -179,8 +179,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     An agent that only needs to know whether an episode beats a reward it already has (a local
     search around its incumbent) calls ``race(reward)`` before playing it: the evaluation then stops
     as soon as the proxy is confident that the episode's reward stays below ``reward`` (see
-    ``jpq_env.racing``), and the final ``info`` says so (``proxy_complete`` False, ``proxy_images``
-    the images scored). ``race(None)`` goes back to complete evaluations. Evaluators without
+    ``jpq_env.proxy.racing``), and the final ``info`` says so (``proxy_complete`` False,
+    ``proxy_images`` the images scored). ``race(None)`` goes back to complete evaluations. Evaluators without
     racing (a Ray pool) always evaluate completely.
 
     Every argument is checked before any work (``jpq_env.validation``): a ``ValueError`` names
@@ -240,7 +240,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         if evaluator is not None and not _is_evaluator(evaluator):
             raise ValueError(
                 "evaluator must have an accuracy(policy) method and an fp32_accuracy attribute "
-                f"(jpq_env.evaluate.Evaluator), got {type(evaluator).__name__}"
+                f"(jpq_env.proxy.evaluator.Evaluator), got {type(evaluator).__name__}"
             )
         sensitivity = check.flag("sensitivity", sensitivity)
         error_shaping = check.number("error_shaping", error_shaping, low=0.0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jpq_env.graph import LayerGraph
+from jpq_env.core.graph import LayerGraph
 
 __all__ = ["FEATURES", "squash", "static_features"]
 

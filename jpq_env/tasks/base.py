@@ -12,11 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from jpq_env.errors import TaskError
+
 __all__ = ["Task", "TaskError"]
-
-
-class TaskError(ValueError):
-    """A task cannot be built or is inconsistent (bad factory, missing path, bad data)."""
 
 
 @dataclass

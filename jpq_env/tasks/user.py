@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from jpq_env import validation as check
-from jpq_env.graph import LayerGraph
-from jpq_env.model_checks import check_model
+from jpq_env.core.graph import LayerGraph
+from jpq_env.core.graph.checks import check_model
 from jpq_env.tasks.base import Task, TaskError
 from jpq_env.tasks.samples import pairs_dataset, run_model
 

@@ -1,0 +1,1 @@
+"""Agents that search compression policies with jpq-env, and the ``jpq`` command line."""

@@ -1,0 +1,343 @@
+"""Running a search end to end: the agent, progress, TensorBoard, reference points, the summary.
+
+``run_search`` is what ``jpq search`` calls; it is usable from Python as well.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import numbers
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from tqdm import tqdm
+
+from jpq_env.envs import JPQEnv
+from jpq_env.tasks import Task
+
+from .agent_options import check_agent_options, two_level_config
+from .baselines import BASELINES, Stop
+from .optuna_search import OPTUNA_AGENTS, run_optuna
+from .out_dir import missing_dirs, remove_empty
+from .play import act_level_near, jpq, least_uniform_pruning, play, uniform_choices
+from .plots import pareto_plot
+from .provenance import provenance
+from .sb3 import ALGOS, run_sb3
+from .search import RunSettings, Search, _policy_key, claim_directory, write_atomic
+from .two_level import run_two_level
+
+__all__ = ["AGENTS", "DEFAULT_ENV", "LEARNER_ENV", "run_search"]
+
+DEFAULT_ENV = "jpq_env/JPQWeightsActs-v0"
+"""The environment id of a search when none is given (``run_search``, ``jpq search``)."""
+
+LEARNER_ENV: dict[str, dict[str, Any]] = {
+    "two-level": {"sensitivity": True},
+    "ddpg": {"sensitivity": True, "error_shaping": 1.0},
+    "ppo": {"sensitivity": True, "error_shaping": 1.0},
+    "maskable-ppo": {"sensitivity": True, "error_shaping": 1.0},
+}
+"""Environment arguments a learning agent's search gets by default (``env_kwargs`` overrides):
+the layers' sensitivities in the observation (``jpq_env.proxy.sensitivity``) and, for the SB3
+agents, the potential-based shaping on their predicted cost. Recorded in ``run.json`` like any argument."""
+
+_ENV_ARGS = frozenset(k for k in inspect.signature(JPQEnv.__init__).parameters if k != "self")
+"""The keyword arguments of ``JPQEnv``: what ``env_kwargs`` may hold."""
+
+
+def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], Stop]]:
+    table: dict[str, Callable[[Search, int, dict[str, Any]], Stop]] = {
+        "two-level": lambda search, seed, opts: run_two_level(
+            search, seed, two_level_config(opts.get("agent_options", {}))
+        ),
+    }
+    for name in ALGOS:
+        table[name] = lambda search, seed, opts, name=name: run_sb3(  # type: ignore[misc]
+            search,
+            seed,
+            name,
+            opts["env_id"],
+            opts.get("warmup_episodes", 10),
+            opts.get("workers"),
+            opts.get("num_gpus", 0.0),
+            opts.get("agent_options"),
+        )
+    for name, fn in BASELINES.items():
+        table[name] = lambda search, seed, _, fn=fn: fn(search, seed)  # type: ignore[misc]
+    for name, (sampler, warm) in OPTUNA_AGENTS.items():
+        table[name] = lambda search, seed, _, s=sampler, w=warm: run_optuna(search, seed, s, w)  # type: ignore[misc]
+    return table
+
+
+AGENTS = _agents()
+
+
+def _local(env: JPQEnv) -> Any:
+    evaluator = getattr(env.evaluator, "inner", env.evaluator)
+    if not hasattr(evaluator, "test_accuracy"):
+        raise TypeError("the summary needs an evaluator with test_accuracy (LocalEvaluator)")
+    return evaluator
+
+
+def _reference(env_id: str, env_kwargs: dict[str, Any], evaluator: Any) -> list[dict[str, Any]]:
+    """Prune-then-quantize points for every width (not counted in the search's evaluations)."""
+    ref = gym.make(env_id, **env_kwargs, evaluator=evaluator).unwrapped
+    base = jpq(ref)
+    points = []
+    n = base.num_layers
+    for lv in range(len(base.bits)):
+        act = act_level_near(base, base.bits[lv])  # v1: activations at the same width, WxAx
+        pruned = least_uniform_pruning(base, [lv] * n, [act] * n)
+        if pruned is None:
+            continue
+        info = play(ref, uniform_choices(base, pruned, [lv] * n, [act] * n))
+        sparsity = sum(p["sparsity"] for p in info["policy"]) / len(info["policy"])
+        name = f"W{base.bits[lv]}" + ("" if act is None else f"A{base.space.act_bits[act]}")
+        points.append(
+            {
+                "label": f"two-stage {name} (sparsity {sparsity:.2f})",
+                "accuracy": info["accuracy"],
+                "bops_ratio": info["bops_ratio"],
+                "budget_met": info["budget_met"],
+                "policy": [{"act_bits": p["act_bits"], "bits": p["bits"]} for p in info["policy"]],
+            }
+        )
+    return points
+
+
+def run_search(
+    agent: str,
+    out: str | Path,
+    episodes: int,
+    seed: int = 0,
+    env_id: str = DEFAULT_ENV,
+    env_kwargs: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    warmup_episodes: int = 10,
+    ray: str | None = None,
+    workers: int | None = None,
+    agent_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``agent`` for ``episodes`` evaluations and write the run's files into ``out``.
+
+    ``env_id`` defaults to ``DEFAULT_ENV`` (``jpq_env/JPQWeightsActs-v0``: weights and
+    activations), as ``jpq search`` does. ``env_kwargs`` may
+    hold a ``Task`` object (from ``jpq_env.make_task``) as ``task``; the run's
+    files name it by ``task.name``.
+
+    Files: ``run.json`` (settings), ``evaluations.jsonl`` (every evaluated policy),
+    ``policy.json`` (the best within budget), ``reference.jsonl`` (two-stage points),
+    ``pareto.png``, ``summary.json`` and TensorBoard logs in ``tensorboard/`` (the episodes, and
+    the learners' losses and entropy); the SB3 agents also save their trained model as
+    ``model.zip``.
+
+    ``agent_options`` sets the agent's hyperparameters (``jpq_agents.agent_options``: the
+    two-level controller's ``TwoLevelConfig`` fields, the SB3 algorithms' arguments); they are
+    checked before anything is written and recorded in ``run.json``.
+
+    With ``ray`` (a cluster address, or ``"auto"``) or ``workers``, evaluations run on Ray (see
+    ``jpq_agents.scale_out``); otherwise everything runs in this process, without importing Ray.
+
+    Returns:
+        The summary (also written to ``summary.json``).
+    """
+    if agent not in AGENTS:
+        raise ValueError(f"unknown agent '{agent}': choose one of {sorted(AGENTS)}")
+    if not str(out).strip():
+        raise ValueError("out must name a directory, got ''")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    if env_id not in gym.registry:
+        known = sorted(k for k in gym.registry if "JPQ" in k)
+        raise ValueError(f"unknown environment id '{env_id}': choose one of {known}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    agent_options = check_agent_options(agent, agent_options)
+    unknown = sorted(set(env_kwargs or {}) - _ENV_ARGS)
+    if unknown:
+        raise ValueError(
+            f"unknown environment argument(s) {unknown}: choose from {sorted(_ENV_ARGS)}"
+        )
+    # The learning agents get the learning signals unless the caller says otherwise.
+    env_kwargs = {**LEARNER_ENV.get(agent, {}), **(env_kwargs or {})}
+    # Claimed before the task, the environment or a Ray pool is built: a second search on a busy
+    # directory stops at once. A run that cannot start removes the empty folders it created.
+    created = missing_dirs(Path(out))
+    lock = claim_directory(Path(out))
+    try:
+        common = (agent, out, episodes, seed, env_id, env_kwargs, resume, progress)
+        if ray is None and workers is None:
+            return _run(*common, warmup_episodes, agent_options=agent_options)
+        from .scale_out import ScaleOut
+
+        with ScaleOut(ray, workers, agent in ALGOS, env_kwargs) as scale:
+            pool = {"workers": scale.workers, "num_gpus": scale.num_gpus}
+            return _run(*common, warmup_episodes, scale.evaluator, pool, agent_options)
+    except BaseException:
+        lock.release()
+        remove_empty(created)
+        raise
+    finally:
+        lock.release()
+
+
+def _run(
+    agent: str,
+    out: str | Path,
+    episodes: int,
+    seed: int,
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    resume: bool,
+    progress: bool,
+    warmup_episodes: int,
+    evaluator: Any = None,
+    scale: dict[str, Any] | None = None,
+    agent_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    out = Path(out)
+    extra = {} if evaluator is None else {"evaluator": evaluator}
+    env = gym.make(env_id, **env_kwargs, **extra).unwrapped
+    if not isinstance(env, JPQEnv):
+        raise TypeError(f"{env_id} is not a JPQ environment")
+    check_split = getattr(_local(env), "check_split", None)
+    if check_split is not None:  # the test split is scored at the end: check it now
+        check_split("test")
+    # A Task object (jpq_env.make_task) is recorded by its name: the run's files stay JSON.
+    named = {k: v.name if isinstance(v, Task) else v for k, v in env_kwargs.items()}
+    settings = RunSettings(agent, episodes, seed, {"id": env_id, **named}, agent_options or {})
+    writer: Any = None
+
+    def tensorboard() -> Any:
+        nonlocal writer
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tensorboard"))
+        return writer
+
+    def on_record(record: dict[str, Any], replayed: bool) -> None:
+        nonlocal writer
+        bar.update(1)
+        best = search.best
+        if best is not None:
+            bar.set_postfix(best=f"{best['accuracy']:.2%}", bops=f"1/{1 / best['bops_ratio']:.0f}")
+        if replayed:
+            return
+        step = record["episode"]
+        for key in ("accuracy", "reward", "bops_ratio", "size_ratio"):
+            tensorboard().add_scalar(f"episode/{key}", record[key], step)
+        for key, value in record.get("reward_terms", {}).items():
+            tensorboard().add_scalar(f"reward/{key}", value, step)
+        if best is not None:
+            tensorboard().add_scalar("search/best_accuracy", best["accuracy"], step)
+
+    def on_scalar(name: str, value: float, step: int) -> None:
+        tensorboard().add_scalar(name, value, step)
+
+    search = Search(out, settings, env, resume=resume, on_record=on_record, on_scalar=on_scalar)
+    # Every record names the phase it came from; two-level refines it (warm-start, refinement).
+    search.phase = "learning" if agent in ALGOS else "search"
+    replayed_at_start = search.replay_left  # answered from a resumed run's log
+    try:
+        # The bar starts once the directory is known to be usable (no 0% bar before an error).
+        bar = tqdm(total=episodes, desc=f"{agent} search", unit="episode", disable=not progress)
+        start = time.perf_counter()
+        try:
+            opts = {
+                "env_id": env_id,
+                "warmup_episodes": warmup_episodes,
+                "agent_options": agent_options or {},
+                **(scale or {}),
+            }
+            stop = AGENTS[agent](search, seed, opts)  # why it ended early, if it did
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        seconds = time.perf_counter() - start
+        # A resumed run: its first evaluations came from its log, not from the proxy.
+        replayed = min(replayed_at_start, search.count)
+        return _summarize(search, agent, env, env_id, env_kwargs, seed, seconds, stop, replayed)
+    finally:
+        search.release()
+
+
+def _same_as_reference(best: dict[str, Any], reference: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"same_as": label}`` when the best policy is one of the two-stage reference policies.
+
+    A search whose best is its warm start found nothing better than prune-then-quantize; the
+    summary says so rather than leaving it to a comparison of numbers.
+    """
+    key = _policy_key(best["policy"])
+    for point in reference:
+        if "policy" in point and _policy_key(point["policy"]) == key:
+            return {"same_as": point["label"]}
+    return {}
+
+
+def _summarize(
+    search: Search,
+    agent: str,
+    env: JPQEnv,
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    seed: int,
+    seconds: float,
+    stop: Stop = None,
+    replayed: int = 0,
+) -> dict[str, Any]:
+    """Reference points, test scores of FP32 and the best policy, the Pareto plot, summary.json.
+
+    A run that ended before its evaluation budget was spent says why in ``"stopped_early"``; a
+    resumed run says how many evaluations it took from its log in ``"replayed_from_log"``.
+    """
+    out, settings = search.out, search.settings
+    evaluator = _local(env)
+    reference = _reference(env_id, env_kwargs, evaluator)
+    write_atomic(out / "reference.jsonl", "".join(json.dumps(p) + "\n" for p in reference))
+    best_policy = search.best_policy()
+    best = search.best
+    summary = {
+        "agent": agent,
+        "env": settings.env,
+        "seed": seed,
+        "evaluations": search.count,
+        **({} if search.done else {"stopped_early": stop or "the agent ended (no reason given)"}),
+        "seconds": round(seconds, 2),
+        "accuracy_fp32_val": evaluator.fp32_accuracy,
+        "accuracy_fp32_test": evaluator.test_accuracy(None),
+        "best": None
+        if best is None or best_policy is None
+        else {
+            "episode": best["episode"],
+            "accuracy_val": best["accuracy"],
+            "accuracy_test": evaluator.test_accuracy(best_policy),
+            "bops_ratio": best["bops_ratio"],
+            "size_ratio": best["size_ratio"],
+            **({"phase": best["phase"]} if best.get("phase") else {}),
+            **_same_as_reference(best, reference),
+        },
+        "budget_violations": sum(not r["budget_met"] for r in search.records),
+        **provenance(env.budget.targets, seconds, search.count),
+    }
+    if search.stop_reason:
+        summary["cut_short_by_budget"] = search.stop_reason
+    if replayed:
+        summary["replayed_from_log"] = replayed
+    pareto_plot(
+        search.records,
+        reference,
+        env.budget.targets.get("bops"),
+        out / "pareto.png",
+        f"{agent} on {env.task.name} ({env_id.split('/')[-1]})",
+    )
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,158 @@
+"""``jpq validate``: replay a run's logged policies through a fresh evaluator (CompilerGym's sense).
+
+Each logged evaluation is scored again from scratch (a new environment built from the run's
+recorded settings, so a new task, graph and accuracy proxy) and its accuracy, BOPs ratio and
+size ratio must equal the logged ones exactly: the proxy is deterministic, so any difference
+means the log, the code or the data changed. Raced evaluations (``proxy_complete`` false:
+stopped early, scored on part of the held-out split) are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["Mismatch", "replay", "validate"]
+
+_CHECKED = ("accuracy", "bops_ratio", "size_ratio")
+# Environment arguments that change what an agent observes, never a policy's scores.
+_NOT_SCORING = {"sensitivity": False, "error_shaping": 0.0, "shaping": 0.0}
+
+
+class Mismatch(ValueError):
+    """A replayed evaluation whose scores differ from the logged ones."""
+
+    def __init__(self, episode: int, field: str, logged: Any, replayed: float) -> None:
+        super().__init__(f"episode {episode}: {field} logged {logged!r}, replayed {replayed!r}")
+        self.episode, self.field, self.logged, self.replayed = episode, field, logged, replayed
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read '{path}': {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"'{path}' is not valid JSON: {exc}") from exc
+
+
+def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The environment settings (with ``id``) and the records to replay, from a run or a policy."""
+    if path.is_dir():
+        run = _read_json(path / "run.json")
+        log = path / "evaluations.jsonl"
+        try:
+            lines = log.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read '{log}': {exc.strerror}") from exc
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"'{log}' line {number} is not valid JSON: {exc}") from exc
+        if not isinstance(run, dict) or not isinstance(run.get("env"), dict):
+            raise ValueError(f"'{path / 'run.json'}' holds no environment settings ('env')")
+        return dict(run["env"]), records
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("env"), dict):
+        raise ValueError(f"'{path}' is not a policy file of jpq search (no 'env' settings)")
+    record = {
+        "episode": data.get("episode", 0),
+        "accuracy": data.get("accuracy_val"),
+        "bops_ratio": data.get("bops_ratio"),
+        "size_ratio": data.get("size_ratio"),
+        "policy": data.get("layers"),
+        "fingerprint": data.get("fingerprint"),
+    }
+    return dict(data["env"]), [record]
+
+
+def replay(path: str | Path, task: str | None = None, device: str | None = None) -> tuple[int, int]:
+    """Replay every logged evaluation of ``path`` (a run folder or a ``policy.json``).
+
+    Args:
+        path: A run folder (``run.json`` and ``evaluations.jsonl``) or a policy file.
+        task: Another task to load instead of the recorded one (same model expected).
+        device: Where the proxy runs (default: the run's own setting).
+
+    Returns:
+        ``(replayed, skipped)``: evaluations checked, and raced ones skipped.
+
+    Raises:
+        Mismatch: At the first evaluation whose scores differ from the log.
+        ValueError: For unreadable files (``PolicyError`` for a policy of another model).
+    """
+    import gymnasium as gym
+
+    import jpq_env  # noqa: F401 - registers the ids
+    from jpq_env.core.costs import measure
+    from jpq_env.core.policy import Policy
+    from jpq_env.envs import JPQEnv
+
+    from .run import DEFAULT_ENV
+
+    settings, records = _load(Path(path))
+    kwargs = {**settings, **_NOT_SCORING}
+    env_id = str(kwargs.pop("id", DEFAULT_ENV))
+    if task is not None:
+        kwargs["task"] = task
+    if device is not None:
+        kwargs["device"] = device
+    env = gym.make(env_id, **kwargs).unwrapped
+    if not isinstance(env, JPQEnv):
+        raise ValueError(f"{env_id} is not a JPQ environment")
+    graph, evaluator = env.graph, env.evaluator
+    replayed = skipped = 0
+    for record in records:
+        if record.get("proxy_complete") is False:
+            skipped += 1
+            continue
+        policy = Policy.from_json(
+            {
+                "schema": 1,
+                "fingerprint": record.get("fingerprint") or graph.fingerprint,
+                "layers": record.get("policy"),
+            }
+        )
+        policy.validate(graph)
+        cost = measure(graph, policy)
+        scores = {
+            "accuracy": float(evaluator.accuracy(policy)),
+            "bops_ratio": cost.bops_ratio,
+            "size_ratio": cost.size_ratio,
+        }
+        for field in _CHECKED:
+            if record.get(field) != scores[field]:
+                raise Mismatch(
+                    int(record.get("episode", -1)), field, record.get(field), scores[field]
+                )
+        replayed += 1
+    return replayed, skipped
+
+
+def validate(
+    path: str | Path,
+    task: str | None = None,
+    device: str | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """``jpq validate``: 0 when every replayed evaluation matches its log entry, 1 at a mismatch.
+
+    The message names the first mismatching episode, the field, and both values.
+    """
+    try:
+        replayed, skipped = replay(path, task, device)
+    except Mismatch as exc:
+        print(f"jpq: validate: mismatch at {exc}", file=sys.stderr)
+        return 1
+    note = f" ({skipped} raced evaluations skipped)" if skipped else ""
+    print(
+        f"{replayed} evaluations replayed: accuracy, BOPs and size match the log{note}",
+        file=out or sys.stdout,
+    )
+    return 0

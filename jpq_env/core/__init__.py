@@ -1,0 +1,1 @@
+"""The compression core: what a policy is and what it costs (no data, no RL)."""

@@ -1,0 +1,220 @@
+"""The cost model: MACs, BOPs and model size of a policy, per layer and in total.
+
+Definitions, all per sample (the tests check each against an independent count):
+
+- **MACs** of a conv: ``C_out * (C_in / groups) * kh * kw * H_out * W_out``; of a linear layer:
+  ``in * out``. Pruning removes a layer's output kernels *and* the matching input channels of its
+  consumers, so only pairs of a live kernel and a live input channel count (see
+  ``LayerGraph.liveness``: a residual add takes the union of its operands' live channels, so a
+  channel after an add is removed only where every operand removes it). **A kernel whose live
+  inputs are all pruned is removed too** and counts nothing, whatever its layer: a depthwise
+  kernel whose input channel is removed, a grouped conv's kernel whose group lost every input,
+  every kernel after a fully pruned layer. Its constant output (the bias, through BatchNorm and
+  the activation) is dropped, not folded into its consumers' biases: the compressed view zeroes
+  it (``jpq_env.core.compress``), so counting and simulation agree with the kernel removed.
+- **BOPs** of a layer: effective MACs x weight bits x input-activation bits, summed per kernel
+  since a layer may mix widths. The FP32 reference is ``MACs x 32 x 32``, so W8A8 is 1/16.
+- **Size**: the bits of the kept weights of the compressible layers (biases, BatchNorm parameters
+  and per-channel scales are not counted: they are a fixed, small overhead).
+- **Layers the graph does not compress** (``LayerGraph.uncompressed``: a ``ConvTranspose2d``, a
+  ``Conv1d``, a module's functional ``F.conv2d``, a ``LayerNorm`` ...) are counted as the
+  compressed model runs them, at full precision: MACs x 32-bit weights x 32-bit inputs in BOPs
+  (whatever feeds them: the compressed view fake-quantizes only the inputs of compressible layers,
+  so an uncompressed layer computes in FP32 even on the network input), their weights (biases
+  excluded) at 32 bits in the size. That fixed cost is in every policy's totals and in the FP32
+  references, so a budget is a fraction of the *whole* network: a model whose uncompressed layers
+  hold 60% of the MACs cannot reach 1/64 of FP32 BOPs, and the environment says so. (Papers that
+  count unsearched layers at 8 bits also run them at 8 bits; here they run in FP32, so they are
+  counted in FP32: counting and simulation never disagree.) Per-layer reports list the
+  compressible layers; ``CostReport.uncompressed_*`` hold the fixed part.
+
+Counting conventions (network input at 8 bits, first/last layers pinned) are applied to the
+policy first by ``Conventions.apply`` in ``jpq_env.core.policy``; this module counts a policy
+literally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from jpq_env.core.graph import LayerGraph, Liveness
+from jpq_env.core.policy import Policy
+from jpq_env.core.quant import FULL_PRECISION
+
+__all__ = ["CostReport", "LayerCost", "bit_connections", "measure", "totals", "uncompressed_costs"]
+
+_FP32_PAIR = FULL_PRECISION * FULL_PRECISION
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Costs of one layer under a policy.
+
+    Attributes:
+        name: Module name.
+        macs: Effective MACs after pruning (per sample).
+        bops: Bit operations (per sample).
+        size_bits: Bits of the kept weights.
+        kept_out: Output kernels that survive.
+        kept_in: Input channels (or features) that survive.
+        act_bits: Input activation bits.
+        mean_w_bits: Mean weight bits over the kept kernels (0 if none survive).
+    """
+
+    name: str
+    macs: int
+    bops: int
+    size_bits: int
+    kept_out: int
+    kept_in: int
+    act_bits: int
+    mean_w_bits: float
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Costs of a whole network under a policy, with the FP32 references.
+
+    Attributes:
+        layers: Per-layer costs of the compressible layers, in execution order.
+        macs: Total effective MACs (uncompressed layers included).
+        bops: Total BOPs (uncompressed layers included).
+        size_bits: Total bits of kept weights (uncompressed layers included).
+        macs_fp32: MACs of the dense network.
+        bops_fp32: BOPs of the dense FP32 network (MACs x 32 x 32).
+        size_bits_fp32: Weights of the dense network at 32 bits.
+        uncompressed_macs: MACs of the layers the graph does not compress (fixed).
+        uncompressed_bops: Their BOPs at 32-bit weights and inputs (fixed).
+        uncompressed_size_bits: Their weights at 32 bits (fixed).
+    """
+
+    layers: tuple[LayerCost, ...]
+    macs: int
+    bops: int
+    size_bits: int
+    macs_fp32: int
+    bops_fp32: int
+    size_bits_fp32: int
+    uncompressed_macs: int = 0
+    uncompressed_bops: int = 0
+    uncompressed_size_bits: int = 0
+
+    @property
+    def bops_ratio(self) -> float:
+        """BOPs as a fraction of FP32 BOPs."""
+        return self.bops / self.bops_fp32
+
+    @property
+    def size_ratio(self) -> float:
+        """Size as a fraction of the FP32 size."""
+        return self.size_bits / self.size_bits_fp32
+
+    def size_bytes(self, unit: str = "MB") -> float:
+        """Size in megabytes: ``"MB"`` is 10**6 bytes, ``"MiB"`` is 2**20 bytes."""
+        if unit not in ("MB", "MiB"):
+            raise ValueError(f"unknown size unit '{unit}': use 'MB' or 'MiB'")
+        return self.size_bits / 8 / (1e6 if unit == "MB" else 2**20)
+
+
+def bit_connections(
+    graph: LayerGraph, bits: Sequence[np.ndarray], live: Liveness
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer, live (kernel, input channel) pairs and the same pairs weighted by weight bits.
+
+    The building block of every count: MACs = pairs x kh x kw x H_out x W_out, BOPs = weighted
+    pairs x kh x kw x H_out x W_out x activation bits, size = weighted pairs x kh x kw.
+    """
+    pairs = np.empty(len(graph.layers), dtype=np.int64)
+    weighted = np.empty(len(graph.layers), dtype=np.int64)
+    for info in graph.layers:
+        i = info.index
+        alive, inputs = live.alive_out[i], live.inputs_per_kernel(info)
+        if isinstance(inputs, int):  # ungrouped: every kernel reads the same live inputs
+            pairs[i] = np.count_nonzero(alive) * inputs
+            weighted[i] = int(bits[i][alive].sum()) * inputs
+        else:
+            conn = np.where(alive, inputs, 0)
+            pairs[i] = conn.sum()
+            weighted[i] = (conn * bits[i]).sum()
+    return pairs, weighted
+
+
+def uncompressed_costs(graph: LayerGraph) -> tuple[int, int, int]:
+    """MACs, BOPs and size in bits of the layers the graph does not compress (fixed, FP32).
+
+    Layers whose MACs cannot be counted (``UncompressedLayer.macs`` None) add their weights only.
+    """
+    macs = graph.uncompressed_macs
+    size = sum(x.weight_params for x in graph.uncompressed) * FULL_PRECISION
+    return macs, macs * _FP32_PAIR, size
+
+
+def totals(
+    graph: LayerGraph, bits: Sequence[np.ndarray], act_bits: Sequence[int]
+) -> tuple[int, int]:
+    """Total BOPs and size in bits, without validation or a per-layer report (the fast path).
+
+    Uncompressed layers are included at their fixed FP32 cost (``uncompressed_costs``).
+
+    Args:
+        graph: The layer graph.
+        bits: Per layer, the weight width of each output kernel (0 = pruned), channel order.
+        act_bits: Per layer, the input activation width.
+    """
+    live = graph.liveness([b > 0 for b in bits], batchnorms=False)
+    _, weighted = bit_connections(graph, bits, live)
+    _, fixed_bops, fixed_size = uncompressed_costs(graph)
+    return (
+        int((weighted * graph.connection_macs * np.asarray(act_bits, dtype=np.int64)).sum())
+        + fixed_bops,
+        int((weighted * graph.kernel_areas).sum()) + fixed_size,
+    )
+
+
+def measure(graph: LayerGraph, policy: Policy) -> CostReport:
+    """Count MACs, BOPs and size of ``policy`` on ``graph``.
+
+    Args:
+        graph: The model's layer graph.
+        policy: A policy made for this graph (validated here).
+
+    Returns:
+        Per-layer and total costs with the FP32 references.
+    """
+    policy.validate(graph)
+    bits = [lp.bits for lp in policy.layers]
+    live = graph.liveness([b > 0 for b in bits], batchnorms=False)
+    pairs, weighted = bit_connections(graph, bits, live)
+    layers = []
+    for info, lp in zip(graph.layers, policy.layers, strict=True):
+        i = info.index
+        alive = live.alive_out[i]
+        layers.append(
+            LayerCost(
+                name=info.name,
+                macs=int(pairs[i]) * info.macs_per_connection,
+                bops=int(weighted[i]) * info.macs_per_connection * lp.act_bits,
+                size_bits=int(weighted[i]) * info.kernel[0] * info.kernel[1],
+                kept_out=int(alive.sum()),
+                kept_in=int(live.alive_in[i].sum()),
+                act_bits=lp.act_bits,
+                mean_w_bits=float(lp.bits[alive].mean()) if alive.any() else 0.0,
+            )
+        )
+    macs_fp32 = graph.total_macs
+    fixed_macs, fixed_bops, fixed_size = uncompressed_costs(graph)
+    return CostReport(
+        layers=tuple(layers),
+        macs=sum(c.macs for c in layers) + fixed_macs,
+        bops=sum(c.bops for c in layers) + fixed_bops,
+        size_bits=sum(c.size_bits for c in layers) + fixed_size,
+        macs_fp32=macs_fp32,
+        bops_fp32=macs_fp32 * _FP32_PAIR,
+        size_bits_fp32=graph.weight_params * FULL_PRECISION,
+        uncompressed_macs=fixed_macs,
+        uncompressed_bops=fixed_bops,
+        uncompressed_size_bits=fixed_size,
+    )

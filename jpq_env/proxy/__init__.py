@@ -1,0 +1,1 @@
+"""The accuracy proxy: everything that runs data through the model."""
