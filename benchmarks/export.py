@@ -28,8 +28,8 @@ import torch
 
 from benchmarks.common import time_call, write_result
 from jpq_env import LayerPolicy, LocalEvaluator, Policy, load_task
-from jpq_env.core.compress import kernel_ranking
 from jpq_env.core.costs import measure
+from jpq_env.core.importance import kernel_ranking
 from jpq_env.export.packed import export_compressed
 from jpq_env.export.pruned import pruned_module, save_pruned, weight_count
 

@@ -50,9 +50,7 @@ def episodes_per_second(evaluator: Any, episodes: list[list[np.ndarray]]) -> flo
     for action in episodes[0]:  # warm-up, not timed: one evaluation per worker
         env.step(action)
     assert env.last_policy is not None
-    workers = getattr(evaluator, "workers", 1)
-    many = getattr(evaluator, "accuracy_many", None)
-    many([env.last_policy] * workers) if many else evaluator.accuracy(env.last_policy)
+    evaluator.accuracy_many([env.last_policy] * evaluator.workers)
     with (
         tempfile.TemporaryDirectory() as out,
         Search(out, RunSettings("random", len(episodes), 0, {}), env) as search,

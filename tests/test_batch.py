@@ -9,6 +9,7 @@ import pytest
 from jpq_agents.batch import parallelism, play_many
 from jpq_agents.search import LOG_NAME, RunSettings, Search
 from jpq_env import LocalEvaluator, load_task
+from jpq_env.proxy.evaluator import WrappedEvaluator
 
 
 class BatchEvaluator(LocalEvaluator):
@@ -132,19 +133,16 @@ class _Crash(Exception):
     pass
 
 
-class _CrashingPool:
+class _CrashingPool(WrappedEvaluator):
     """A pool that dies (raises) once it has evaluated ``left`` policies: a killed search."""
 
     workers = 3
 
     def __init__(self, inner: BatchEvaluator, left: int) -> None:
-        self.inner, self.left = inner, left
+        super().__init__(inner)
+        self.left = left
 
-    @property
-    def fp32_accuracy(self) -> float:
-        return self.inner.fp32_accuracy
-
-    def accuracy(self, policy):
+    def accuracy(self, policy, *, at_least=None):
         return self.accuracy_many([policy])[0]
 
     def accuracy_many(self, policies):

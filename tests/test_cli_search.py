@@ -11,7 +11,7 @@ from jpq_agents.cli import main
 from jpq_env import LocalEvaluator, Policy, load_task
 from jpq_env.export.packed import load_compressed
 from jpq_env.export.packing import read_container
-from jpq_env.proxy.evaluator import iter_batches
+from jpq_env.proxy.data import iter_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def test_search_refuses_a_directory_holding_another_run(run_dir, capsys):
 
 
 def test_rl_zoo_trains_with_the_project_hyperparameters(tmp_path):
-    conf = str(ROOT / "agents" / "hyperparams" / "ppo.yml")
+    conf = str(ROOT / "agents" / "jpq_agents" / "hyperparams" / "ppo.yml")
     cmd = [
         sys.executable, "-m", "rl_zoo3.train", "--gym-packages", "jpq_env",
         "--env", "jpq_env/JPQWeights-v0", "--algo", "ppo", "--conf-file", conf,

@@ -4,13 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jpq_env.core.compress import (
-    CompressedModel,
-    calibrate_ranges,
-    kernel_ranking,
-    register_importance,
-)
+from jpq_env.core.compress import CompressedModel, calibrate_ranges
 from jpq_env.core.graph import GraphError, LayerGraph
+from jpq_env.core.importance import kernel_ranking, register_importance
 from jpq_env.core.policy import LayerPolicy, Policy, PolicyError, bits_from_ranking
 from tests.nets import PlainNet, ResidualNet, SeparableNet, randomize_bn
 

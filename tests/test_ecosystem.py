@@ -184,8 +184,8 @@ def test_the_wheel_ships_the_license_and_the_hyperparameters(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     for algo in ("ppo", "ddpg", "ppo_mask"):
-        assert f"jpq_agents/jpq_agents/hyperparams/{algo}.py" in names
-        assert f"jpq_agents/jpq_agents/hyperparams/{algo}.yml" in names
+        assert f"jpq_agents/hyperparams/{algo}.py" in names
+        assert f"jpq_agents/hyperparams/{algo}.yml" in names
     assert not any(n.startswith("agents/") for n in names)  # no generic top-level name
     assert "MIT License" in (ROOT / "LICENSE").read_text()
 

@@ -11,9 +11,9 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import jpq_env
 from jpq_env import LocalEvaluator, Policy, measure
 from jpq_env.envs import JPQEnv
+from jpq_env.envs.budget import wall_channels
 from jpq_env.envs.registration import PRESETS, register_envs
 
 
@@ -207,7 +207,7 @@ def test_registration_is_idempotent():
         register_envs()
         register_envs()
     assert gym.spec("jpq_env/JPQWeights-v0").entry_point == "jpq_env.envs.jpq:JPQEnv"
-    assert jpq_env.PRESETS["jpq_env/JPQWeightsDeep-v0"] == {"task": "digits-deep"}
+    assert PRESETS["jpq_env/JPQWeightsDeep-v0"] == {"task": "digits-deep"}
 
 
 def test_module_colon_id_from_a_fresh_process():
@@ -295,7 +295,7 @@ def test_channel_wall_takes_the_fewest_single_level_lowerings_that_fit():
         k = env.graph.layers[layer].out_channels
         pruned = int(rng.integers(0, space.max_pruned(layer) + 1))
         proposed = space.decision(layer, pruned, np.full(k - pruned, space.bits[-1]), 8)
-        applied = space.wall_channels(budget, decisions, layer, proposed)
+        applied = wall_channels(space, budget, decisions, layer, proposed)
 
         def fits(d, decisions=decisions, layer=layer):
             return space.fits(budget, [*decisions[:layer], d, *decisions[layer + 1 :]])

@@ -5,13 +5,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 from jpq_env.core.graph import LayerGraph
 from jpq_env.core.policy import Policy
-from jpq_env.proxy.evaluator import (
-    ACTIVATION_BUDGET,
-    MAX_BATCH,
-    LocalEvaluator,
-    auto_batch_size,
-    resolve_device,
-)
+from jpq_env.proxy.data import ACTIVATION_BUDGET, MAX_BATCH, auto_batch_size, resolve_device
+from jpq_env.proxy.evaluator import LocalEvaluator
 from jpq_env.tasks import Task, TaskError
 from tests.nets import PlainNet, randomize_bn
 

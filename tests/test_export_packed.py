@@ -20,7 +20,8 @@ from jpq_env.export.packed import (
     load_compressed,
 )
 from jpq_env.export.packing import MAGIC, pack_levels, unpack_levels
-from jpq_env.proxy.evaluator import LocalEvaluator, top1
+from jpq_env.proxy.data import top1
+from jpq_env.proxy.evaluator import LocalEvaluator
 from jpq_env.tasks.registry import load_task
 
 

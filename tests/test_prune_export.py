@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import zlib
+from typing import cast
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from jpq_env.core.compress import CompressedModel, calibrate_ranges
@@ -20,7 +22,8 @@ from jpq_env.export.pruned import (
     save_pruned,
     weight_count,
 )
-from jpq_env.proxy.evaluator import LocalEvaluator, top1
+from jpq_env.proxy.data import top1
+from jpq_env.proxy.evaluator import LocalEvaluator
 from jpq_env.tasks.registry import load_task
 from tests.nets import (
     ConcatNet,
@@ -207,3 +210,41 @@ def test_cli_export_reports_what_it_wrote(fmt, tmp_path, capsys):
     assert f"size model {measure(graph, policy).size_bits / 8:,.0f} bytes" in text
     accuracy = LocalEvaluator(task, device="cpu").test_accuracy(policy)
     assert f"(evaluate: {accuracy:.2%})" in text and "reloaded model test accuracy" in text
+
+
+class _MishNet(nn.Module):
+    """conv 3->8, Mish (in no op table), conv 8->6, global pooling, linear 6->3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.Mish()
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(self.act(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_an_op_added_to_the_table_is_seen_through_by_the_graph_and_the_pruning(monkeypatch):
+    from jpq_env.core.graph import ops
+
+    torch.manual_seed(0)
+    model = _MishNet().eval()
+    x = torch.randn(8, 3, 8, 8)
+    # Not in the table, Mish is opaque: conv2's inputs are alive whatever conv1 keeps.
+    assert LayerGraph.from_module(model, x[:1]).sources[1].external.all()
+    # Mish(0) == 0: one line in the table, and the cost model and the pruned model both follow.
+    monkeypatch.setattr(ops, "MODULE_OPS", (*ops.MODULE_OPS, ((nn.Mish,), ops.Op.KEEP)))
+    graph = LayerGraph.from_module(model, x[:1])
+    assert not graph.sources[1].external.any()
+    cm = CompressedModel(model, graph)
+    policy = _random_policy(graph, np.random.default_rng(0), 32, 0.5)
+    cm.apply(policy)
+    pruned = prune_physically(model, cm.module.state_dict(), graph, policy, x[:1])
+    live_in = int(graph.liveness(policy.kept()).alive_in[1].sum())
+    assert cast(nn.Conv2d, pruned.get_submodule("conv2")).in_channels == live_in < 8
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), cm.module(x), rtol=1e-4, atol=1e-5)
+    assert weight_count(pruned) == _predicted_weights(graph, policy)

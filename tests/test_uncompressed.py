@@ -37,9 +37,7 @@ from jpq_env.envs import JPQEnv
 from jpq_env.envs.observation import FEATURES, squash
 from tests.nets import LeNet5, ResNet20, UpsampleNet, randomize_bn
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::jpq_env.errors.UncompressedLayersWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore::jpq_env.errors.UncompressedLayersWarning")
 
 X = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 # UpsampleNet by hand: conv1 8 x 3 x 9 x 64, up 8 x 8 x 16 x 64 (input positions), conv2 4 x 8 x 9

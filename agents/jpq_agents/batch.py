@@ -32,8 +32,9 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from jpq_env import Policy
+from jpq_env.core.policy import Policy
 from jpq_env.envs import JPQEnv
+from jpq_env.proxy.evaluator import Evaluator, WrappedEvaluator
 
 from .play import LayerChoice, channel_action, layer_action
 from .search import Search
@@ -53,11 +54,8 @@ def choice_actions(base: JPQEnv, choices: Sequence[LayerChoice]) -> list[np.ndar
 
 
 def parallelism(search: Search) -> int:
-    """How many evaluations the search's evaluator runs at once (1: no batch method)."""
-    evaluator = search.evaluator
-    if not hasattr(evaluator, "accuracy_many"):
-        return 1
-    return max(1, int(getattr(evaluator, "workers", 1)))
+    """How many evaluations the search's evaluator runs at once (its ``workers``)."""
+    return max(1, int(search.evaluator.workers))
 
 
 class _Captured(Exception):
@@ -66,35 +64,31 @@ class _Captured(Exception):
         self.policy = policy
 
 
-class _Capture:
+class _Capture(Evaluator):
     """Stops an episode at its evaluation and hands over the policy."""
 
     @property
     def fp32_accuracy(self) -> float:
         raise RuntimeError("not evaluated while capturing")
 
-    def accuracy(self, policy: Policy) -> float:
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
         raise _Captured(policy)
 
 
-class _Answers:
+class _Answers(WrappedEvaluator):
     """Answers the captured policies, in order, from the batch's accuracies as they arrive."""
 
-    def __init__(self, inner: Any, policies: list[Policy], values: Iterator[float]) -> None:
-        self.inner = inner
+    def __init__(self, inner: Evaluator, policies: list[Policy], values: Iterator[float]) -> None:
+        super().__init__(inner)
         self.policies = iter(policies)
         self.values = values
 
     @property
-    def fp32_accuracy(self) -> float:
-        return float(self.inner.fp32_accuracy)
-
-    @property
-    def scorer(self) -> Any:
+    def scorer(self) -> Evaluator:
         """The evaluator beneath, for a score outside the batch (a resumed best checked again)."""
         return self.inner
 
-    def accuracy(self, policy: Policy) -> float:
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
         if policy != next(self.policies):
             raise RuntimeError("an episode replayed a different policy than the one captured")
         return next(self.values)
@@ -186,15 +180,14 @@ def play_many(
         raise ValueError(f"{len(policies)} policies given for {len(episodes)} episodes")
     episodes = list(episodes)[: max(search.settings.episodes - search.count, 0)]
     evaluator = search.evaluator
-    if hasattr(evaluator, "accuracy_many") and len(episodes) > 1:
+    if evaluator.workers > 1 and len(episodes) > 1:
         logged = min(search.replay_left, len(episodes))  # answered from the log, not captured
         fresh: list[Policy] = []
         if policies is None:
             todo: Iterator[Policy] | list[Policy] = _capture(search, episodes[logged:], seed, fresh)
         else:
             fresh = todo = list(policies[logged : len(episodes)])
-        stream = getattr(evaluator, "iter_accuracy", None)  # submits as the capture goes
-        values = stream(todo) if stream else iter(evaluator.accuracy_many(list(todo)))
+        values = evaluator.iter_accuracy(todo)  # a pool submits as the capture goes
         search.evaluator = _Answers(evaluator, fresh, values)
     try:
         infos = []

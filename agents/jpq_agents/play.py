@@ -14,7 +14,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from jpq_env import measure
 from jpq_env.envs import JPQEnv
 
 __all__ = [
@@ -136,8 +135,8 @@ def fits(
         k = base.graph.layers[layer].out_channels
         act = base.space.act_for(layer, widths[-1] if a is None else widths[a])
         decisions.append(base.space.decision(layer, int(n), np.full(k - n, base.bits[lv]), act))
-    cost = measure(base.graph, base.space.policy(decisions))
-    return base.budget.met(cost), cost.bops_ratio
+    bops, size = base.space.ratios(decisions)
+    return base.budget.within(bops, size), bops
 
 
 def _uniform_pruning(base: JPQEnv, sparsity: float) -> list[int]:
@@ -201,12 +200,8 @@ def choices_fit(base: JPQEnv, choices: Sequence[LayerChoice]) -> bool:
     widths = base.space.act_bits
     for layer, c in enumerate(choices):
         kept = base.graph.layers[layer].out_channels - c.n_pruned
-        if base.per_kernel:
-            per_kernel = np.asarray(c.levels[:kept], dtype=np.int64)
-        else:
-            sizes = [len(g) for g in np.array_split(np.arange(kept), base.channel_slots)]
-            per_kernel = np.repeat(np.asarray(c.levels, dtype=np.int64), sizes)
+        per_kernel = base.space.kernel_levels(np.asarray(c.levels, dtype=np.int64), kept)
         act = base.space.act_for(layer, widths[-1] if c.act_level is None else widths[c.act_level])
         bits = np.asarray(base.bits)[per_kernel]
         decisions.append(base.space.decision(layer, c.n_pruned, bits, act))
-    return base.budget.met(measure(base.graph, base.space.policy(decisions)))
+    return base.space.fits(base.budget, decisions)

@@ -29,31 +29,29 @@ import numpy as np
 import ray
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvObs, VecEnvStepReturn
 
-from .search import Search, SearchError, _policy_key
+from jpq_env.core.policy import Policy, PolicyKey, record_key
+from jpq_env.proxy.evaluator import Evaluator, WrappedEvaluator
+
+from .search import Search, SearchError
 
 _RESTART_WAIT_S = 120.0
 
 __all__ = ["RayVecEnv"]
 
 
-class _Logged:
+class _Logged(WrappedEvaluator):
     """The actor's evaluator: logged accuracies of a resumed run first, else the real proxy."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.answers: dict[str, float] = {}
+    def __init__(self, inner: Evaluator) -> None:
+        super().__init__(inner)
+        self.answers: dict[PolicyKey, float] = {}
 
-    @property
-    def fp32_accuracy(self) -> float:
-        return float(self.inner.fp32_accuracy)
-
-    def accuracy(self, policy: Any) -> float:
-        key = _policy_key(
-            [{"act_bits": lp.act_bits, "bits": lp.bits.tolist()} for lp in policy.layers]
-        )
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
+        """The logged score when this policy's episode is being replayed, else the proxy's."""
+        key = policy.key()
         if key in self.answers:
             return self.answers[key]
-        return float(self.inner.accuracy(policy))
+        return float(self.inner.accuracy(policy, at_least=at_least))
 
 
 class _NativeReward(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
@@ -109,7 +107,7 @@ class _EnvActor:
         self.started = True
         return self.env.reset(seed=seed, options=options)
 
-    def step(self, action: np.ndarray, answers: dict[str, float]) -> tuple[Any, ...] | None:
+    def step(self, action: np.ndarray, answers: dict[PolicyKey, float]) -> tuple[Any, ...] | None:
         """One view step; at the episode's end, also the native reward and the reset.
 
         None if this actor was restarted since the driver's last reset (its episode is lost).
@@ -195,7 +193,7 @@ class RayVecEnv(VecEnv):
         super().__init__(n, obs_space, act_space)
         self.max_restarts = max_restarts
         self._pending: list[Any] | None = None
-        self._sent: tuple[np.ndarray, dict[str, float]] | None = None
+        self._sent: tuple[np.ndarray, dict[PolicyKey, float]] | None = None
         # Actions of each sub-environment's running episode: replayed on a restarted actor.
         self._episodes: list[list[np.ndarray]] = [[] for _ in range(n)]
 
@@ -231,14 +229,14 @@ class RayVecEnv(VecEnv):
         self._reset_options()
         return np.stack([obs for obs, _ in results])
 
-    def _answers(self) -> dict[str, float]:
+    def _answers(self) -> dict[PolicyKey, float]:
         """Logged accuracies of the episodes this step may end (resumed runs only)."""
         left = self.search.replay_left
         if not left:
             return {}
         start = self.search.count
         records = self.search.logged(start, start + min(left, self.num_envs))
-        return {_policy_key(r["policy"]): float(r["accuracy"]) for r in records}
+        return {record_key(r["policy"]): float(r["accuracy"]) for r in records}
 
     def step_async(self, actions: np.ndarray) -> None:
         """Send one action to every actor."""
@@ -271,7 +269,7 @@ class RayVecEnv(VecEnv):
             infos.append(info)
         return np.stack(obs), np.array(rewards, np.float32), np.array(dones), infos
 
-    def _result(self, i: int, ref: Any, action: np.ndarray, answers: dict[str, float]) -> Any:
+    def _result(self, i: int, ref: Any, action: np.ndarray, answers: dict[PolicyKey, float]) -> Any:
         """Sub-environment ``i``'s step; if its actor died, its episode again on the new one."""
         for _ in range(self.max_restarts):
             try:

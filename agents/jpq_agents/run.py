@@ -16,7 +16,9 @@ from typing import Any
 import gymnasium as gym
 from tqdm import tqdm
 
+from jpq_env.core.policy import record_key
 from jpq_env.envs import JPQEnv
+from jpq_env.proxy.evaluator import Evaluator, WrappedEvaluator
 from jpq_env.tasks import Task
 
 from .agent_options import check_agent_options, two_level_config
@@ -27,7 +29,7 @@ from .play import act_level_near, jpq, least_uniform_pruning, play, uniform_choi
 from .plots import pareto_plot
 from .provenance import provenance
 from .sb3 import ALGOS, run_sb3
-from .search import RunSettings, Search, _policy_key, claim_directory, write_atomic
+from .search import RunSettings, Search, claim_directory, write_atomic
 from .two_level import run_two_level
 
 __all__ = ["AGENTS", "DEFAULT_ENV", "LEARNER_ENV", "run_search"]
@@ -43,7 +45,8 @@ LEARNER_ENV: dict[str, dict[str, Any]] = {
 }
 """Environment arguments a learning agent's search gets by default (``env_kwargs`` overrides):
 the layers' sensitivities in the observation (``jpq_env.proxy.sensitivity``) and, for the SB3
-agents, the potential-based shaping on their predicted cost. Recorded in ``run.json`` like any argument."""
+agents, the potential-based shaping on their predicted cost. Recorded in ``run.json`` like any
+argument."""
 
 _ENV_ARGS = frozenset(k for k in inspect.signature(JPQEnv.__init__).parameters if k != "self")
 """The keyword arguments of ``JPQEnv``: what ``env_kwargs`` may hold."""
@@ -76,9 +79,12 @@ def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], Stop]]:
 AGENTS = _agents()
 
 
-def _local(env: JPQEnv) -> Any:
-    evaluator = getattr(env.evaluator, "inner", env.evaluator)
-    if not hasattr(evaluator, "test_accuracy"):
+def _local(env: JPQEnv) -> Evaluator:
+    """The evaluator that scores for real: beneath a resumed run's log replay or a padding."""
+    evaluator = env.evaluator
+    if isinstance(evaluator, WrappedEvaluator):
+        evaluator = evaluator.inner
+    if not evaluator.has_test_split:
         raise TypeError("the summary needs an evaluator with test_accuracy (LocalEvaluator)")
     return evaluator
 
@@ -207,9 +213,7 @@ def _run(
     env = gym.make(env_id, **env_kwargs, **extra).unwrapped
     if not isinstance(env, JPQEnv):
         raise TypeError(f"{env_id} is not a JPQ environment")
-    check_split = getattr(_local(env), "check_split", None)
-    if check_split is not None:  # the test split is scored at the end: check it now
-        check_split("test")
+    _local(env).check_split("test")  # the test split is scored at the end: check it now
     # A Task object (jpq_env.make_task) is recorded by its name: the run's files stay JSON.
     named = {k: v.name if isinstance(v, Task) else v for k, v in env_kwargs.items()}
     settings = RunSettings(agent, episodes, seed, {"id": env_id, **named}, agent_options or {})
@@ -276,9 +280,9 @@ def _same_as_reference(best: dict[str, Any], reference: list[dict[str, Any]]) ->
     A search whose best is its warm start found nothing better than prune-then-quantize; the
     summary says so rather than leaving it to a comparison of numbers.
     """
-    key = _policy_key(best["policy"])
+    key = record_key(best["policy"])
     for point in reference:
-        if "policy" in point and _policy_key(point["policy"]) == key:
+        if "policy" in point and record_key(point["policy"]) == key:
             return {"same_as": point["label"]}
     return {}
 

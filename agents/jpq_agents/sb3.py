@@ -8,8 +8,8 @@
   episodes before the first update) and Monte-Carlo returns (``gae_lambda=1``).
 
 Hyperparameters live in ``agents/jpq_agents/hyperparams/<algo>.yml`` in RL Zoo's format, keyed by
-env id (``default`` for any other id), so RL Zoo can train with the same tables, installed as the modules
-``jpq_agents.hyperparams.<algo>`` (RL Zoo's ``--conf-file`` takes a module name).
+env id (``default`` for any other id), so RL Zoo can train with the same tables, installed as the
+modules ``jpq_agents.hyperparams.<algo>`` (RL Zoo's ``--conf-file`` takes a module name).
 """
 
 from __future__ import annotations

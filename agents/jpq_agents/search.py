@@ -26,12 +26,12 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from jpq_env import Policy
 from jpq_env.atomic import write_atomic
+from jpq_env.core.policy import Policy, record_key
 from jpq_env.envs import JPQEnv
 from jpq_env.errors import SearchError
 from jpq_env.jsonfile import loads, read_json
-from jpq_env.proxy.evaluator import Evaluation
+from jpq_env.proxy.evaluator import Evaluation, Evaluator, WrappedEvaluator
 
 from .run_lock import RunLock, RunLockedError
 
@@ -69,10 +69,6 @@ class RunSettings:
     seed: int
     env: dict[str, Any] = field(default_factory=dict)
     agent_options: dict[str, Any] = field(default_factory=dict)
-
-
-def _policy_key(policy: list[dict[str, Any]]) -> str:
-    return json.dumps([[p["act_bits"], p["bits"]] for p in policy], separators=(",", ":"))
 
 
 _SETTINGS_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -114,7 +110,7 @@ def _normal_env(env: dict[str, Any]) -> dict[str, Any]:
     """
     import inspect
 
-    from jpq_env.proxy.evaluator import resolve_device
+    from jpq_env.proxy.data import resolve_device
 
     env = dict(env)
     spec = gym.registry.get(str(env.get("id")))
@@ -210,31 +206,26 @@ def _check_record(record: dict[str, Any], where: str) -> None:
         raise bad("reward_terms", "an object of finite numbers")
 
 
-class _ReplayEvaluator:
-    """Answers logged policies from the log, in order; new ones from the real proxy."""
+class _ReplayEvaluator(WrappedEvaluator):
+    """Answers logged policies from the log, in order; new ones from the real proxy.
 
-    def __init__(self, inner: Any, records: list[dict[str, Any]]) -> None:
-        self.inner = inner
+    One evaluation at a time (``workers`` 1): a resumed run plays its episodes in order.
+    """
+
+    workers = 1
+
+    def __init__(self, inner: Evaluator, records: list[dict[str, Any]]) -> None:
+        super().__init__(inner)
         self.records = records
         self.position = 0
         self.last: Evaluation | None = None
 
-    @property
-    def fp32_accuracy(self) -> float:
-        return float(self.inner.fp32_accuracy)
-
-    @property
-    def supports_racing(self) -> bool:
-        return bool(getattr(self.inner, "supports_racing", False))
-
-    def accuracy(self, policy: Policy, **race: Any) -> float:
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
+        """The logged score of the next logged episode, else the real proxy's."""
         if self.position < len(self.records):
             record = self.records[self.position]
             self.position += 1
-            replayed = _policy_key(
-                [{"act_bits": lp.act_bits, "bits": lp.bits.tolist()} for lp in policy.layers]
-            )
-            if replayed != _policy_key(record["policy"]):
+            if policy.key() != record_key(record["policy"]):
                 raise SearchError(
                     f"cannot resume: episode {record['episode']} replayed a different policy than "
                     "the log holds (the code or its settings changed since the run started)"
@@ -243,8 +234,8 @@ class _ReplayEvaluator:
             images = int(record.get("proxy_images", 0))
             self.last = Evaluation(score, images, bool(record.get("proxy_complete", True)))
             return score
-        score = float(self.inner.accuracy(policy, **race))
-        self.last = getattr(self.inner, "last", None)
+        score = float(self.inner.accuracy(policy, at_least=at_least))
+        self.last = self.inner.last
         return score
 
 
@@ -502,9 +493,7 @@ class Search:
             record["proxy_complete"] = False
             record["proxy_images"] = int(info["proxy_images"])
         replayed = episode < len(self._replay)
-        if replayed and _policy_key(record["policy"]) != _policy_key(
-            self._replay[episode]["policy"]
-        ):
+        if replayed and record_key(record["policy"]) != record_key(self._replay[episode]["policy"]):
             raise SearchError(
                 f"cannot resume: episode {episode} replayed a different policy than the log holds"
             )
@@ -576,9 +565,8 @@ class Search:
 
     def _verify(self, record: dict[str, Any]) -> None:
         """Score a logged record's policy again; stop if the log claims another accuracy."""
-        data = {"schema": 1, "fingerprint": self.base.graph.fingerprint, "layers": record["policy"]}
         try:
-            policy = Policy.from_json(data)
+            policy = Policy.from_layers(record["policy"], self.base.graph.fingerprint)
             scorer = getattr(self.evaluator, "scorer", self.evaluator)  # beneath a batch's
             score = float(scorer.accuracy(policy))
         except ValueError as exc:
@@ -597,12 +585,7 @@ class Search:
     def _save_best(self) -> None:
         assert self.best is not None
         data = {
-            "schema": 1,
-            "fingerprint": self.base.graph.fingerprint,
-            "layers": [
-                {"name": p["name"], "act_bits": p["act_bits"], "bits": p["bits"]}
-                for p in self.best["policy"]
-            ],
+            **Policy.from_layers(self.best["policy"], self.base.graph.fingerprint).to_json(),
             "task": self.settings.env.get("task", "digits"),
             "env": self.settings.env,
             "episode": self.best["episode"],

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from jpq_env import Policy
+from jpq_env.core.policy import Policy, PolicyKey
+from jpq_env.proxy.evaluator import Evaluator
 from jpq_env.proxy.sensitivity import SensitivityTable
 
 __all__ = ["Surrogate", "SurrogateEvaluator"]
@@ -63,13 +64,11 @@ class Surrogate:
         self.steps = steps
         self.seed = seed
         self._params: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._cache: dict[tuple[bytes, ...], np.ndarray] = {}
+        self._cache: dict[PolicyKey, np.ndarray] = {}
 
     def contributions(self, policy: Policy) -> np.ndarray:
         """Per layer, the KL its decision is estimated to add at the output (memoised)."""
-        key = tuple(
-            np.int64(lp.act_bits).tobytes() + np.asarray(lp.bits).tobytes() for lp in policy.layers
-        )
+        key = policy.key()
         if key not in self._cache:
             self._cache[key] = np.array(
                 [
@@ -138,7 +137,7 @@ class Surrogate:
         return pred.mean(0).numpy(), pred.std(0).numpy()
 
 
-class SurrogateEvaluator:
+class SurrogateEvaluator(Evaluator):
     """An evaluator that answers with the surrogate's optimistic score (for imagined episodes).
 
     Args:
@@ -159,7 +158,7 @@ class SurrogateEvaluator:
         """The real proxy's FP32 score."""
         return self._fp32
 
-    def accuracy(self, policy: Policy) -> float:
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
         """Optimistic predicted score of ``policy``, clipped to [0, 1]."""
         mean, std = self.surrogate.predict([policy])
         self.last_mean, self.last_std = float(mean[0]), float(std[0])

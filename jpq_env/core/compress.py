@@ -9,9 +9,8 @@ channel is exactly zero everywhere, as if it had been physically removed.
 Input activations of each compressible layer are fake-quantized by a forward pre-hook at the
 policy's activation bits, over ranges calibrated once (``calibrate_ranges``).
 
-Importance criteria rank the output kernels of a layer, most important first; the same ranking
-decides which kernels are pruned and orders the bit choice. Add your own with
-``register_importance``.
+Which kernels a policy prunes is decided before it gets here, by the importance ranking of
+``jpq_env.core.importance``.
 """
 
 from __future__ import annotations
@@ -29,47 +28,7 @@ from jpq_env.core.graph import LayerGraph
 from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION, ActRange, WeightQuantizer, quantize_activation
 
-__all__ = [
-    "IMPORTANCE",
-    "CompressedModel",
-    "calibrate_ranges",
-    "kernel_ranking",
-    "register_importance",
-]
-
-Importance = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _l1(weight: torch.Tensor) -> torch.Tensor:
-    return weight.abs().flatten(1).sum(dim=1)
-
-
-def _l2(weight: torch.Tensor) -> torch.Tensor:
-    return weight.pow(2).flatten(1).sum(dim=1).sqrt()
-
-
-IMPORTANCE: dict[str, Importance] = {"l1": _l1, "l2": _l2}
-
-
-def register_importance(name: str, criterion: Importance) -> None:
-    """Add an importance criterion: a function from a weight tensor to one score per kernel."""
-    IMPORTANCE[name] = criterion
-
-
-def kernel_ranking(weight: torch.Tensor, criterion: str | Importance = "l1") -> np.ndarray:
-    """Output kernels of a weight tensor, most important first (ties keep channel order).
-
-    Raises:
-        KeyError: If ``criterion`` names no registered criterion.
-    """
-    if isinstance(criterion, str):
-        if criterion not in IMPORTANCE:
-            raise KeyError(
-                f"unknown importance criterion '{criterion}': choose one of {sorted(IMPORTANCE)}"
-            )
-        criterion = IMPORTANCE[criterion]
-    scores = criterion(weight.detach().float().cpu()).numpy()
-    return np.argsort(-scores, kind="stable")
+__all__ = ["CompressedModel", "calibrate_ranges"]
 
 
 def _layer_inputs(model: nn.Module, graph: LayerGraph) -> list[nn.Conv2d | nn.Linear]:

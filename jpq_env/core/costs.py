@@ -44,7 +44,16 @@ from jpq_env.core.graph import LayerGraph, Liveness
 from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION
 
-__all__ = ["CostReport", "LayerCost", "bit_connections", "measure", "totals", "uncompressed_costs"]
+__all__ = [
+    "CostReport",
+    "LayerCost",
+    "LayerCounts",
+    "bit_connections",
+    "layer_counts",
+    "measure",
+    "totals",
+    "uncompressed_costs",
+]
 
 _FP32_PAIR = FULL_PRECISION * FULL_PRECISION
 
@@ -152,6 +161,52 @@ def uncompressed_costs(graph: LayerGraph) -> tuple[int, int, int]:
     return macs, macs * _FP32_PAIR, size
 
 
+@dataclass(frozen=True)
+class LayerCounts:
+    """Per-layer counts of the compressible layers (int64 arrays in execution order).
+
+    The one place where MACs, BOPs and size are computed from live connections; ``measure``,
+    ``totals`` and the environment's decision space all read them from here.
+
+    Attributes:
+        live: The kernels and channels that survive (``LayerGraph.liveness``).
+        macs: Effective MACs per layer (per sample).
+        bops: MACs x weight bits x input-activation bits, summed per kernel.
+        size_bits: Bits of the kept weights.
+    """
+
+    live: Liveness
+    macs: np.ndarray
+    bops: np.ndarray
+    size_bits: np.ndarray
+
+
+def layer_counts(
+    graph: LayerGraph,
+    bits: Sequence[np.ndarray],
+    act_bits: Sequence[int],
+    live: Liveness | None = None,
+) -> LayerCounts:
+    """MACs, BOPs and size of every compressible layer (the formula of the module docstring).
+
+    Args:
+        graph: The layer graph.
+        bits: Per layer, the weight width of each output kernel (0 = pruned), channel order.
+        act_bits: Per layer, the input activation width.
+        live: The liveness of ``bits`` if already known (computed from ``bits > 0`` otherwise).
+    """
+    if live is None:
+        live = graph.liveness([b > 0 for b in bits], batchnorms=False)
+    pairs, weighted = bit_connections(graph, bits, live)
+    acts = np.asarray(act_bits, dtype=np.int64)
+    return LayerCounts(
+        live,
+        pairs * graph.connection_macs,
+        weighted * graph.connection_macs * acts,
+        weighted * graph.kernel_areas,
+    )
+
+
 def totals(
     graph: LayerGraph, bits: Sequence[np.ndarray], act_bits: Sequence[int]
 ) -> tuple[int, int]:
@@ -164,14 +219,9 @@ def totals(
         bits: Per layer, the weight width of each output kernel (0 = pruned), channel order.
         act_bits: Per layer, the input activation width.
     """
-    live = graph.liveness([b > 0 for b in bits], batchnorms=False)
-    _, weighted = bit_connections(graph, bits, live)
+    counts = layer_counts(graph, bits, act_bits)
     _, fixed_bops, fixed_size = uncompressed_costs(graph)
-    return (
-        int((weighted * graph.connection_macs * np.asarray(act_bits, dtype=np.int64)).sum())
-        + fixed_bops,
-        int((weighted * graph.kernel_areas).sum()) + fixed_size,
-    )
+    return int(counts.bops.sum()) + fixed_bops, int(counts.size_bits.sum()) + fixed_size
 
 
 def measure(graph: LayerGraph, policy: Policy) -> CostReport:
@@ -186,8 +236,8 @@ def measure(graph: LayerGraph, policy: Policy) -> CostReport:
     """
     policy.validate(graph)
     bits = [lp.bits for lp in policy.layers]
-    live = graph.liveness([b > 0 for b in bits], batchnorms=False)
-    pairs, weighted = bit_connections(graph, bits, live)
+    counts = layer_counts(graph, bits, [lp.act_bits for lp in policy.layers])
+    live = counts.live
     layers = []
     for info, lp in zip(graph.layers, policy.layers, strict=True):
         i = info.index
@@ -195,9 +245,9 @@ def measure(graph: LayerGraph, policy: Policy) -> CostReport:
         layers.append(
             LayerCost(
                 name=info.name,
-                macs=int(pairs[i]) * info.macs_per_connection,
-                bops=int(weighted[i]) * info.macs_per_connection * lp.act_bits,
-                size_bits=int(weighted[i]) * info.kernel[0] * info.kernel[1],
+                macs=int(counts.macs[i]),
+                bops=int(counts.bops[i]),
+                size_bits=int(counts.size_bits[i]),
                 kept_out=int(alive.sum()),
                 kept_in=int(live.alive_in[i].sum()),
                 act_bits=lp.act_bits,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,17 @@ from jpq_env.core.graph import LayerGraph
 from jpq_env.core.quant import FULL_PRECISION, SUPPORTED_BITS
 from jpq_env.errors import PolicyError
 
-__all__ = ["Conventions", "LayerPolicy", "Policy", "PolicyError", "bits_from_ranking"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Conventions",
+    "LayerPolicy",
+    "Policy",
+    "PolicyError",
+    "PolicyKey",
+    "bits_from_ranking",
+    "layer_key",
+    "record_key",
+]
 
 SCHEMA_VERSION = 1
 
@@ -69,6 +79,58 @@ class LayerPolicy:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def key(self) -> bytes:
+        """The layer's decision as bytes (``layer_key``): equal keys, equal compressed layers."""
+        return layer_key(self.act_bits, self.bits)
+
+    def to_json(self, *, sparsity: bool = False) -> dict[str, Any]:
+        """``{"name", "act_bits", "bits"}`` (with ``"sparsity"`` after the name if asked)."""
+        out: dict[str, Any] = {"name": self.name}
+        if sparsity:
+            out["sparsity"] = self.sparsity
+        out["act_bits"] = int(self.act_bits)
+        out["bits"] = self.bits.tolist()
+        return out
+
+    @classmethod
+    def from_json(cls, entry: Any, index: int = 0) -> LayerPolicy:
+        """Parse and type-check one layer entry of ``Policy.to_json`` (extra keys are ignored).
+
+        Raises:
+            PolicyError: Naming the entry ``index`` and what is wrong with it.
+        """
+        if not isinstance(entry, dict):
+            raise PolicyError(f"layer entry {index} is not an object")
+        name, act, bits = entry.get("name"), entry.get("act_bits"), entry.get("bits")
+        ok_bits = isinstance(bits, list) and bits and all(type(b) is int for b in bits)
+        if not isinstance(name, str) or type(act) is not int or not ok_bits:
+            raise PolicyError(
+                f"layer entry {index}: needs 'name' (string), 'act_bits' (integer) and 'bits' "
+                "(non-empty list of integers)"
+            )
+        assert isinstance(bits, list) and isinstance(act, int)
+        if not all(-(2**31) < b < 2**31 for b in bits) or not -(2**31) < act < 2**31:
+            raise PolicyError(f"layer entry {index} ('{name}'): bit-widths out of range")
+        return cls(name, np.asarray(bits, dtype=np.int64), act)
+
+
+PolicyKey = tuple[bytes, ...]
+"""A policy's identity: one ``layer_key`` per layer (equal keys, equal compressed networks)."""
+
+
+def layer_key(act_bits: int, bits: Any) -> bytes:
+    """A layer's decision as bytes: its activation width, then its kernels' widths (int64)."""
+    return np.int64(act_bits).tobytes() + np.asarray(bits, dtype=np.int64).tobytes()
+
+
+def record_key(layers: Iterable[Mapping[str, Any]]) -> PolicyKey:
+    """The ``Policy.key`` of a policy in JSON form (entries with ``act_bits`` and ``bits``).
+
+    The entries of ``Policy.to_json()["layers"]``, of a search's log record or of the
+    environment's ``info["policy"]`` all qualify.
+    """
+    return tuple(layer_key(p["act_bits"], p["bits"]) for p in layers)
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -101,6 +163,10 @@ class Policy:
             graph.fingerprint,
         )
         return conventions.apply(graph, policy) if conventions else policy
+
+    def key(self) -> PolicyKey:
+        """Per layer, its decision as bytes (``layer_key``): equal keys, equal policies."""
+        return tuple(lp.key() for lp in self.layers)
 
     def kept(self) -> list[np.ndarray]:
         """Per layer, which kernels the policy keeps (bits > 0)."""
@@ -156,10 +222,7 @@ class Policy:
         return {
             "schema": SCHEMA_VERSION,
             "fingerprint": self.fingerprint,
-            "layers": [
-                {"name": lp.name, "act_bits": int(lp.act_bits), "bits": lp.bits.tolist()}
-                for lp in self.layers
-            ],
+            "layers": [lp.to_json() for lp in self.layers],
         }
 
     @classmethod
@@ -176,22 +239,14 @@ class Policy:
         layers = data.get("layers")
         if not isinstance(fingerprint, str) or not isinstance(layers, list) or not layers:
             raise PolicyError("a policy needs a 'fingerprint' string and a non-empty 'layers' list")
-        parsed = []
-        for i, entry in enumerate(layers):
-            if not isinstance(entry, dict):
-                raise PolicyError(f"layer entry {i} is not an object")
-            name, act, bits = entry.get("name"), entry.get("act_bits"), entry.get("bits")
-            ok_bits = isinstance(bits, list) and bits and all(type(b) is int for b in bits)
-            if not isinstance(name, str) or type(act) is not int or not ok_bits:
-                raise PolicyError(
-                    f"layer entry {i}: needs 'name' (string), 'act_bits' (integer) and 'bits' "
-                    "(non-empty list of integers)"
-                )
-            assert isinstance(bits, list) and isinstance(act, int)
-            if not all(-(2**31) < b < 2**31 for b in bits) or not -(2**31) < act < 2**31:
-                raise PolicyError(f"layer entry {i} ('{name}'): bit-widths out of range")
-            parsed.append(LayerPolicy(name, np.asarray(bits, dtype=np.int64), act))
-        return cls(tuple(parsed), fingerprint)
+        return cls(tuple(LayerPolicy.from_json(e, i) for i, e in enumerate(layers)), fingerprint)
+
+    @classmethod
+    def from_layers(cls, layers: Any, fingerprint: str) -> Policy:
+        """The policy of JSON layer entries (a log record's or ``info["policy"]``), checked."""
+        return cls.from_json(
+            {"schema": SCHEMA_VERSION, "fingerprint": fingerprint, "layers": layers}
+        )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the policy as JSON, atomically (a temporary file, then a rename)."""

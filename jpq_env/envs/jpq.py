@@ -8,20 +8,20 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
 from jpq_env import validation as check
-from jpq_env.core.compress import IMPORTANCE, kernel_ranking
 from jpq_env.core.costs import CostReport, measure, totals
 from jpq_env.core.graph import LayerGraph
+from jpq_env.core.importance import IMPORTANCE, ranked_importance
 from jpq_env.core.policy import Conventions, Policy
 from jpq_env.core.quant import SUPPORTED_BITS
-from jpq_env.envs.budget import ENFORCEMENT, Budget, DecisionSpace, LayerDecision
+from jpq_env.envs.budget import ENFORCEMENT, Budget, lower_backwards, wall_channels, wall_layer
+from jpq_env.envs.decisions import DecisionSpace, LayerDecision
 from jpq_env.envs.observation import FEATURES, N_STATIC, squash, static_features
 from jpq_env.envs.render import bits_frame
 from jpq_env.envs.rewards import Outcome, RewardDesign, make_reward
-from jpq_env.proxy.evaluator import Evaluator, LocalEvaluator
+from jpq_env.proxy.evaluator import Evaluator, LocalEvaluator, as_evaluator
 from jpq_env.proxy.sensitivity import SensitivityTable, measure_sensitivity
 from jpq_env.tasks import Task, load_task
 
@@ -29,14 +29,6 @@ __all__ = ["LAYER", "CHANNEL", "JPQEnv"]
 
 LAYER, CHANNEL = 0, 1
 _ACTION_TOLERANCE = 1e-6
-
-
-def _is_evaluator(obj: object) -> bool:
-    """Has ``accuracy(policy)`` and ``fp32_accuracy`` (looked up without computing it)."""
-    has_fp32 = hasattr(type(obj), "fp32_accuracy") or "fp32_accuracy" in getattr(
-        obj, "__dict__", {}
-    )
-    return callable(getattr(obj, "accuracy", None)) and has_fp32
 
 
 def _check_bits(name: str, values: Sequence[int], low: int) -> tuple[int, ...]:
@@ -180,8 +172,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     search around its incumbent) calls ``race(reward)`` before playing it: the evaluation then stops
     as soon as the proxy is confident that the episode's reward stays below ``reward`` (see
     ``jpq_env.proxy.racing``), and the final ``info`` says so (``proxy_complete`` False,
-    ``proxy_images`` the images scored). ``race(None)`` goes back to complete evaluations. Evaluators without
-    racing (a Ray pool) always evaluate completely.
+    ``proxy_images`` the images scored). ``race(None)`` goes back to complete evaluations.
+    Evaluators without racing (a Ray pool) always evaluate completely.
 
     Every argument is checked before any work (``jpq_env.validation``): a ``ValueError`` names
     the argument, the value and what is allowed (``bool`` is not an integer, a flag is only
@@ -237,11 +229,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         shaping = check.number("shaping", shaping, low=0.0)
         bn_recalibration = check.flag("bn_recalibration", bn_recalibration)
         task_options = check.mapping("task_options", task_options)
-        if evaluator is not None and not _is_evaluator(evaluator):
-            raise ValueError(
-                "evaluator must have an accuracy(policy) method and an fp32_accuracy attribute "
-                f"(jpq_env.proxy.evaluator.Evaluator), got {type(evaluator).__name__}"
-            )
+        custom = None if evaluator is None else as_evaluator(evaluator)
         sensitivity = check.flag("sensitivity", sensitivity)
         error_shaping = check.number("error_shaping", error_shaping, low=0.0)
         metric = check.choice("metric", metric, ["top1", "agreement", "kl"])
@@ -259,7 +247,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
         self.task = load_task(task, **task_options)
         self.graph = LayerGraph.from_module(self.task.model, self.task.example_input)
-        self.evaluator: Evaluator = evaluator or LocalEvaluator(
+        self.evaluator = custom or LocalEvaluator(
             self.task,
             self.graph,
             bn_recalibration=bn_recalibration,
@@ -268,16 +256,18 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             val_images=val_images,
         )
         self._race_target: float | None = None
-        modules = [self.task.model.get_submodule(name) for name in self.graph.names]
-        orders = [kernel_ranking(m.weight, importance) for m in modules]  # type: ignore[arg-type]
-        scores = [IMPORTANCE[importance](m.weight.detach().float().cpu()) for m in modules]  # type: ignore[operator]
+        weights = [self.task.model.get_submodule(name).weight for name in self.graph.names]
+        ranked = [ranked_importance(w, importance) for w in weights]  # type: ignore[arg-type]
         # Importance of each layer's kernels in ranked order, scaled to [0, 1] (for agents).
-        self.ranked_importance = [
-            (s[o] / max(float(s.max()), 1e-12)).numpy().astype(np.float32)
-            for s, o in zip(scores, (torch.from_numpy(o) for o in orders), strict=True)
-        ]
+        self.ranked_importance = [scaled for _, scaled in ranked]
         self.space = DecisionSpace(
-            self.graph, orders, self.bits, act_choices, max_sparsity, self.conventions
+            self.graph,
+            [order for order, _ in ranked],
+            self.bits,
+            act_choices,
+            max_sparsity,
+            self.conventions,
+            channel_groups,
         )
         if not self.budget.targets:
             raise ValueError("give at least one budget: budget_bops and/or budget_size")
@@ -308,10 +298,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
                 fixed_act=self.space.fixed_act,
                 unprunable=[i for i in range(len(self.graph)) if self.space.max_pruned(i) == 0],
                 bn_recalibration=bn_recalibration,
-                device=getattr(self.evaluator, "device", device),
+                device=self.evaluator.device,
             )
         self._sens_features = sensitivity
-        self.per_kernel = channel_groups == 0
         widest = max(x.out_channels for x in self.graph.layers)
         if channel_groups > max(widest, MAX_CHANNEL_GROUPS):  # more groups than kernels: empty
             raise ValueError(
@@ -319,7 +308,6 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
                 f"layer and than {MAX_CHANNEL_GROUPS}: use at most that, or 0 for one entry per "
                 "kernel"
             )
-        self.channel_slots = widest if self.per_kernel else channel_groups
         # A set of activation widths makes them a layer decision (entry 1 of the action).
         self.decides_act = len(act_choices) > 1
         self.layer_slots = 2 if self.decides_act else 1
@@ -335,13 +323,35 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self._decisions: list[LayerDecision | None] = []
         self._pending: tuple[int, int] | None = None  # (n_pruned, act_bits) of the layer phase
         self._features_cache: tuple[int, list[LayerDecision | None], np.ndarray] | None = None
-        self._sizes: dict[int, np.ndarray] = {}  # importance-group sizes by kept kernels
         self._potential = 0.0
         self._decided_kl = 0.0  # sum of the sensitivity contributions of the decided layers
         self.last_policy: Policy | None = None
         self.last_cost: CostReport | None = None
 
     # ---- public helpers for agents ------------------------------------------------------------
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """The accuracy proxy (``jpq_env.proxy.evaluator.Evaluator``) episodes are scored by.
+
+        Assigning another one (an agent that scores imagined episodes with a surrogate, say)
+        takes any ``Evaluator``, or an object with ``fp32_accuracy`` and ``accuracy(policy)``.
+        """
+        return self._evaluator
+
+    @evaluator.setter
+    def evaluator(self, value: Evaluator) -> None:
+        self._evaluator = as_evaluator(value)
+
+    @property
+    def per_kernel(self) -> bool:
+        """True if a channel decision gives each kernel its own width (``channel_groups=0``)."""
+        return self.space.per_kernel
+
+    @property
+    def channel_slots(self) -> int:
+        """Entries of a channel decision (importance groups, or the widest layer's kernels)."""
+        return self.space.channel_slots
 
     @property
     def num_layers(self) -> int:
@@ -497,11 +507,14 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         act = self.space.act_for(layer, wanted)
         proposed = (n, act)
         if self.enforcement == "wall":
-            n, act = self.space.wall_layer(self.budget, self._decisions, layer, n, act)
+            n, act = wall_layer(self.space, self.budget, self._decisions, layer, n, act)
         self._pending = (n, act)
         self._phase = CHANNEL
         k = self.graph.layers[layer].out_channels
         return {
+            "kernels": k,
+            "proposed_pruned": proposed[0],
+            "applied_pruned": n,
             "proposed_sparsity": proposed[0] / k,
             "applied_sparsity": n / k,
             "proposed_act_bits": proposed[1],
@@ -513,15 +526,11 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         n, act = self._pending
         k = self.graph.layers[layer].out_channels
         kept = k - n
-        levels = self._level(u, len(self.bits))
-        if self.per_kernel:
-            per_kernel = levels[:kept]
-        else:  # equal chunks of the kept kernels in importance order, one level each
-            per_kernel = np.repeat(levels, self._group_sizes(kept))
+        per_kernel = self.space.kernel_levels(self._level(u, len(self.bits)), kept)
         proposed = self.space.decision(layer, n, np.asarray(self.bits)[per_kernel], act)
         applied = proposed
         if self.enforcement == "wall":
-            applied = self.space.wall_channels(self.budget, self._decisions, layer, proposed)
+            applied = wall_channels(self.space, self.budget, self._decisions, layer, proposed)
         self._decisions[layer] = applied
         self._pending = None
         self._layer += 1
@@ -538,18 +547,10 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             info["predicted_fidelity"] = float(np.exp(-self._decided_kl))
         return info
 
-    def _group_sizes(self, kept: int) -> np.ndarray:
-        """Sizes of the importance groups of ``kept`` kernels: near-equal chunks, larger first."""
-        if kept not in self._sizes:
-            self._sizes[kept] = np.array(
-                [len(g) for g in np.array_split(np.arange(kept), self.channel_slots)]
-            )
-        return self._sizes[kept]
-
     def _finish(self) -> dict[str, Any]:
         decisions: list[LayerDecision] = [d for d in self._decisions if d is not None]
         if self.enforcement == "lowering":
-            decisions = self.space.lower_backwards(self.budget, decisions)
+            decisions = lower_backwards(self.space, self.budget, decisions)
             self._decisions = list(decisions)
         policy = self.space.policy(decisions)
         cost = measure(self.graph, policy)
@@ -571,15 +572,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             size_ratio=cost.size_ratio,
             budget_met=self.budget.met(cost),
             **self._evaluation_info(),
-            policy=[
-                {
-                    "name": lp.name,
-                    "sparsity": lp.sparsity,
-                    "act_bits": lp.act_bits,
-                    "bits": lp.bits.tolist(),
-                }
-                for lp in policy.layers
-            ],
+            policy=[lp.to_json(sparsity=True) for lp in policy.layers],
         )
         return info
 
@@ -592,12 +585,12 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     def _score(self, policy: Policy, cost: CostReport) -> float:
         """The proxy's score of ``policy``, raced against the target reward if one is set."""
         target = self._race_target
-        if target is None or not getattr(self.evaluator, "supports_racing", False):
+        if target is None or not self.evaluator.supports_racing:
             return float(self.evaluator.accuracy(policy))
         needed = self._accuracy_needed(target, cost)
         if needed is None:
             return float(self.evaluator.accuracy(policy))
-        return float(self.evaluator.accuracy(policy, at_least=needed))  # type: ignore[call-arg]
+        return float(self.evaluator.accuracy(policy, at_least=needed))
 
     def _accuracy_needed(self, target: float, cost: CostReport) -> float | None:
         """The least score whose reward reaches ``target`` at these costs (None: not invertible).
@@ -630,7 +623,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         return hi
 
     def _evaluation_info(self) -> dict[str, Any]:
-        last = getattr(self.evaluator, "last", None)
+        last = self.evaluator.last
         if last is None:
             return {}
         return {"proxy_images": int(last.images), "proxy_complete": bool(last.complete)}

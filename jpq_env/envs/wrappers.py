@@ -28,6 +28,7 @@ from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 
 from jpq_env import validation as check
+from jpq_env.envs.budget import wall_layer
 from jpq_env.envs.jpq import LAYER, JPQEnv
 
 __all__ = ["FlatBoxView", "MultiDiscreteView"]
@@ -194,7 +195,7 @@ class MultiDiscreteView(_PerLayerView, gym.utils.RecordConstructorArgs):
                 sparsity_mask[1:] = False
             elif jpq.enforcement == "wall":
                 act = space.act_for(layer, space.act_bits[-1])
-                least, _ = space.wall_layer(jpq.budget, jpq.decisions, layer, 0, act)
+                least, _ = wall_layer(space, jpq.budget, jpq.decisions, layer, 0, act)
                 sparsity_mask = pruned >= least
                 if not sparsity_mask.any():
                     sparsity_mask[-1] = True

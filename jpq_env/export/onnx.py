@@ -53,7 +53,7 @@ from jpq_env.core.graph import LayerGraph
 from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION, WeightQuantizer
 from jpq_env.errors import OnnxFormatError
-from jpq_env.export.pruned import _ActQuant, _SplitGroups, pruned_module
+from jpq_env.export.pruned import ActQuant, SplitGroups, pruned_module
 from jpq_env.proxy.evaluator import LocalEvaluator, iter_batches
 
 __all__ = [
@@ -199,7 +199,7 @@ class _ActGrid:
         return self.hi != 2**self.container - 1  # unsigned: 2**bits - 1 levels
 
 
-def _grid(module: _ActQuant) -> _ActGrid | None:
+def _grid(module: ActQuant) -> _ActGrid | None:
     """The QDQ grid of ``module``, or None where it is not a uniform grid (kept as it is)."""
     bits, lo, hi = module.bits, module.lo, module.hi
     signed = lo < 0.0
@@ -283,7 +283,7 @@ def qdq_module(
             continue  # _NoChannels: nothing to store
         kept_bits, kept_scales = bits[alive], scales[torch.from_numpy(alive)]
         layer = gm.get_submodule(info.name)
-        if isinstance(layer, _SplitGroups):
+        if isinstance(layer, SplitGroups):
             start = 0
             for k, conv in enumerate(layer.convs):
                 n = cast(nn.Conv2d, conv).out_channels
@@ -293,7 +293,7 @@ def qdq_module(
         else:
             gm.add_submodule(info.name, _quantized(layer, kept_bits, kept_scales))
     for name, module in list(gm.named_modules()):
-        if isinstance(module, _ActQuant):
+        if isinstance(module, ActQuant):
             grid = _grid(module)
             if grid is not None:
                 gm.add_submodule(name, _QDQActivation(grid))

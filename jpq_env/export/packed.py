@@ -1,14 +1,14 @@
 """Exporting a compressed model: bit-packed integer weights, per-kernel scales, activation ranges.
 
 ``export_compressed`` writes format ``jpq-compressed-v2``: a byte container
-(``jpq_env.export.packing``: a JSON header and one blob, nothing that must be unpickled) in which every compressible layer
-stores each kernel's width (0 = pruned), its integer levels *packed at that width* (a 3-bit kernel
-takes 3 bits a weight), one float32 scale per quantized kernel and the float rows of
-full-precision kernels. Pruned kernels store nothing, and neither do the weights that read an input
-channel the pruning removed (``LayerGraph.liveness``: that channel is exactly zero in the
-compressed model), so the weight payload is the cost model's ``size_bits`` rounded up to whole
-bytes per layer. The rest of the state (biases, BatchNorm statistics after re-calibration) is
-stored as it was evaluated.
+(``jpq_env.export.packing``: a JSON header and one blob, nothing that must be unpickled) in which
+every compressible layer stores each kernel's width (0 = pruned), its integer levels *packed at
+that width* (a 3-bit kernel takes 3 bits a weight), one float32 scale per quantized kernel and the
+float rows of full-precision kernels. Pruned kernels store nothing, and neither do the weights
+that read an input channel the pruning removed (``LayerGraph.liveness``: that channel is exactly
+zero in the compressed model), so the weight payload is the cost model's ``size_bits`` rounded up
+to whole bytes per layer. The rest of the state (biases, BatchNorm statistics after
+re-calibration) is stored as it was evaluated.
 
 ``load_compressed`` rebuilds the model from that file: every stored weight comes back bitwise as
 the compressed view holds it, the weights of removed input channels as zeros, so its logits are
@@ -55,14 +55,24 @@ __all__ = [
     "input_masks",
     "load_compressed",
     "save_atomic",
+    "zero_maps_to_zero",
 ]
 
 EXPORT_FORMAT = "jpq-compressed-v2"
 EXPORT_FORMAT_V1 = "jpq-compressed-v1"
 
 
-def _zero_maps_to_zero(act_bits: int, rng: ActRange | None) -> bool:
-    """Whether a layer's input quantization leaves a zero channel zero (all but signed 1-bit)."""
+def zero_maps_to_zero(act_bits: int, rng: ActRange | None) -> bool:
+    """Whether a layer's input quantization leaves a zero channel zero (all but signed 1-bit).
+
+    Where it does not (``sign(x) * span / 2`` maps zero to ``span / 2``), the channels the pruning
+    removed still reach the layer's output: the packed file stores the weights that read them and
+    the physically pruned model keeps them.
+
+    Args:
+        act_bits: The layer's activation (input) bits.
+        rng: Its calibrated input range (None: not calibrated, inputs at full precision).
+    """
     return not (act_bits == 1 and rng is not None and rng.signed)
 
 
@@ -98,7 +108,7 @@ def export_compressed(
     for info, lp, quantizer in zip(graph.layers, policy.layers, cm.quantizers, strict=True):
         bits = torch.from_numpy(live.alive_out[info.index] * lp.bits)
         rng = ranges[info.index] if ranges else None
-        all_inputs = not _zero_maps_to_zero(int(lp.act_bits), rng)
+        all_inputs = not zero_maps_to_zero(int(lp.act_bits), rng)
         masks = input_masks(info, live, all_inputs)
         codes, scales = quantizer.codes(bits)
         weight = quantizer.weight

@@ -9,7 +9,8 @@ floats) and each layer's input is fake-quantized at its activation width as in e
 
 How the graph is rewritten. The model is traced with torch.fx; walking it in execution order, each
 tensor carries the original channel positions it still holds (the live ones; the removed ones are
-exactly zero in the masked model). Then:
+exactly zero in the masked model). Each op is handled by its category in the op table the layer
+graph is built from (``jpq_env.core.graph.ops``), so the rewrite follows the cost model's wiring:
 
 - a conv or linear layer is rebuilt with its live kernels and the input positions it reads; a
   depthwise conv keeps the channels whose input and kernel are both alive; a grouped conv keeps
@@ -41,9 +42,8 @@ the ``.pt2`` program holds the graph of ATen ops and the weights, ``torch.export
 from __future__ import annotations
 
 import copy
-import operator
 import os
-from typing import Any, cast
+from typing import Any, assert_never, cast
 
 import numpy as np
 import torch
@@ -51,22 +51,32 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from jpq_env.core.graph.layer_graph import (
-    _ADD,
-    _BN,
-    _KEEP_FUNCTIONS,
-    _KEEP_METHODS,
-    _KEEP_MODULES,
-    LayerGraph,
-    _shape,
-    _trace,
+from jpq_env.core.graph import LayerGraph
+from jpq_env.core.graph.ops import (
+    Op,
+    concatenated,
+    flattened_spatial,
+    mean_keeps_channels,
+    node_shape,
+    op_kind,
+    residual_operands,
+    scaled_operand,
 )
+from jpq_env.core.graph.trace import trace_module
 from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION, ActRange, quantize_activation
-from jpq_env.export.packed import _zero_maps_to_zero
+from jpq_env.export.packed import zero_maps_to_zero
 from jpq_env.proxy.evaluator import LocalEvaluator
 
-__all__ = ["load_pruned", "prune_physically", "pruned_module", "save_pruned", "weight_count"]
+__all__ = [
+    "ActQuant",
+    "SplitGroups",
+    "load_pruned",
+    "prune_physically",
+    "pruned_module",
+    "save_pruned",
+    "weight_count",
+]
 
 Positions = np.ndarray | None  # original channel positions a tensor holds; None: all of them
 
@@ -95,14 +105,19 @@ class _Gather(nn.Module):
         return x.index_select(1, cast(torch.Tensor, self.index))
 
 
-class _ActQuant(nn.Module):
-    """Fake-quantize a layer's input at ``bits`` over a calibrated range (as in evaluation)."""
+class ActQuant(nn.Module):
+    """Fake-quantize a layer's input at ``bits`` over a calibrated range (as in evaluation).
+
+    The pruned model puts one before every layer whose input is quantized; the ONNX export
+    replaces each by a QuantizeLinear/DequantizeLinear pair.
+    """
 
     def __init__(self, bits: int, rng: ActRange) -> None:
         super().__init__()
         self.bits, self.lo, self.hi = bits, rng.lo, rng.hi
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` quantized to the layer's activation grid."""
         return quantize_activation(x, self.bits, ActRange(self.lo, self.hi))
 
 
@@ -183,7 +198,7 @@ class _Rewriter:
             return self.gm.graph.call_module(name, (arg,))
 
     def _size(self, node: fx.Node) -> int | None:
-        shape = _shape(node)
+        shape = node_shape(node)
         return shape[1] if shape is not None and len(shape) >= 2 else None
 
     def _to_layout(self, arg: fx.Node, want: Positions, user: fx.Node) -> fx.Node:
@@ -217,18 +232,41 @@ class _Rewriter:
             self.pos[node] = self._visit(node)
 
     def _visit(self, node: fx.Node) -> Positions:
-        if node.op == "call_module":
-            return self._module(node)
-        if node.op == "call_function":
-            return self._function(node)
-        if node.op == "call_method":
-            return self._method(node)
-        if node.op == "output":
-            self._expand_all(node)
-        return None
+        kind = op_kind(node, self.gm)
+        match kind:
+            case Op.LAYER:
+                target = str(node.target)
+                if target not in self.index:
+                    return self._opaque(node)
+                layer = cast(nn.Conv2d | nn.Linear, self.gm.get_submodule(target))
+                return self._layer(node, layer, self.index[target])
+            case Op.BATCHNORM:
+                return self._batchnorm(node)
+            case Op.KEEP:
+                return self._keep(node)
+            case Op.ADD:
+                return self._add(node)
+            case Op.SCALE:
+                x = scaled_operand(node)
+                return self.pos.get(x) if x is not None else self._opaque(node)
+            case Op.FLATTEN | Op.RESHAPE:
+                return self._flatten(node)
+            case Op.MEAN:
+                x, p = self._first(node)
+                return p if x is not None and mean_keeps_channels(node) else self._opaque(node)
+            case Op.CONCAT:
+                return self._cat(node)
+            case Op.SIZE:
+                if self._first(node)[0] is not None and node.args[1:2] and node.args[1] != 1:
+                    return None  # the batch or a spatial size: the same in every layout
+                return self._opaque(node)
+            case Op.OPAQUE:  # the output too: it gets the full layout
+                return self._opaque(node)
+            case _:
+                assert_never(kind)
 
-    def _empty(self, node: fx.Node) -> Positions:
-        """An op on a tensor with no live channel (pooling refuses those): the full zeros."""
+    def _opaque(self, node: fx.Node) -> Positions:
+        """An op the rewrite does not see through: its inputs in their full layout."""
         self._expand_all(node)
         return None
 
@@ -236,126 +274,61 @@ class _Rewriter:
         x = node.args[0] if node.args else None
         return (x, self.pos.get(x)) if isinstance(x, fx.Node) else (None, None)
 
-    def _module(self, node: fx.Node) -> Positions:
-        target = str(node.target)
-        module = self.gm.get_submodule(target)
+    def _batchnorm(self, node: fx.Node) -> Positions:
         x, p = self._first(node)
-        if target in self.index and isinstance(module, (nn.Conv2d, nn.Linear)):
-            return self._layer(node, module, self.index[target])
-        if isinstance(module, _BN) and x is not None:
-            if p is not None:  # BatchNorm refuses an empty channel dimension: nothing to do there
-                self.gm.add_submodule(target, _slice_bn(module, p) if len(p) else nn.Identity())
-            return p
-        if isinstance(module, _KEEP_MODULES) and x is not None:
-            if p is not None and len(p) == 0:
-                return self._empty(node)
-            if isinstance(module, nn.PReLU) and module.num_parameters > 1 and p is not None:
+        if x is None:
+            return self._opaque(node)
+        if p is not None:  # BatchNorm refuses an empty channel dimension: nothing to do there
+            target = str(node.target)
+            module = cast(_BatchNorm, self.gm.get_submodule(target))
+            self.gm.add_submodule(target, _slice_bn(module, p) if len(p) else nn.Identity())
+        return p
+
+    def _keep(self, node: fx.Node) -> Positions:
+        x, p = self._first(node)
+        if x is None:
+            return self._opaque(node)
+        if p is not None and len(p) == 0:
+            # No live channel (pooling refuses an empty channel dimension): the full zeros.
+            return self._opaque(node)
+        if node.op == "call_module" and p is not None:
+            target = str(node.target)
+            module = self.gm.get_submodule(target)
+            if isinstance(module, nn.PReLU) and module.num_parameters > 1:
                 sliced = nn.PReLU(len(p))
                 with torch.no_grad():
                     sliced.weight.copy_(module.weight[torch.from_numpy(p)])
                 self.gm.add_submodule(target, sliced)
-            return p
-        if isinstance(module, nn.Flatten) and x is not None:
-            return self._flatten(node, x, p, module.start_dim, module.end_dim)
-        self._expand_all(node)
-        return None
+        return p
 
-    def _flatten(self, node: fx.Node, x: fx.Node, p: Positions, start: Any, end: Any) -> Positions:
-        in_shape, out_shape = _shape(x), _shape(node)
-        ok = (
-            in_shape is not None
-            and out_shape is not None
-            and len(out_shape) == 2
-            and start == 1
-            and end in (-1, len(in_shape) - 1)
-        )
-        if p is None or not ok or in_shape is None:
-            self._expand_all(node)
-            return None
-        spatial = int(np.prod(in_shape[2:], dtype=np.int64))
-        return (p[:, None] * spatial + np.arange(spatial)).ravel()
-
-    def _function(self, node: fx.Node) -> Positions:
-        fn, args = node.target, node.args
+    def _flatten(self, node: fx.Node) -> Positions:
         x, p = self._first(node)
-        if fn in _KEEP_FUNCTIONS and x is not None:
-            return self._empty(node) if p is not None and len(p) == 0 else p
-        if fn in _ADD:
-            return self._add(node)
-        if fn in (operator.mul, torch.mul) and len(args) == 2:
-            a, b = args
-            if isinstance(b, (int, float)) and isinstance(a, fx.Node):
-                return self.pos.get(a)
-            if isinstance(a, (int, float)) and isinstance(b, fx.Node):
-                return self.pos.get(b)
-        if fn is torch.flatten and x is not None:
-            start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-            end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
-            return self._flatten(node, x, p, start, end)
-        if fn is torch.cat:
-            return self._cat(node)
-        self._expand_all(node)
-        return None
-
-    def _method(self, node: fx.Node) -> Positions:
-        method = str(node.target)
-        x, p = self._first(node)
-        if x is None:
-            self._expand_all(node)
-            return None
-        if method in _KEEP_METHODS:
-            return self._empty(node) if p is not None and len(p) == 0 else p
-        if method in ("add", "add_"):
-            return self._add(node)
-        if method == "flatten":
-            args = node.args
-            start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-            end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
-            return self._flatten(node, x, p, start, end)
-        in_shape, out_shape = _shape(x), _shape(node)
-        flat = bool(in_shape and out_shape and len(out_shape) == 2 and out_shape[0] == in_shape[0])
-        if method in ("view", "reshape") and p is not None and flat:
+        spatial = flattened_spatial(node, self.gm) if x is not None else None
+        if p is None or x is None or spatial is None:
+            return self._opaque(node)
+        if node.op == "call_method" and node.target in ("view", "reshape"):
             # x.view(x.size(0), -1) with sizes of the original layout: a flatten of what is there
             node.target, node.args, node.kwargs = "flatten", (x, 1), {}
-            return self._flatten(node, x, p, 1, -1)
-        keeps = bool(in_shape and out_shape and len(out_shape) >= 2)
-        if method == "mean" and keeps and out_shape[:2] == in_shape[:2]:  # type: ignore[index]
-            return p
-        if method == "size" and node.args[1:2] and node.args[1] != 1:
-            return None  # the batch or a spatial size: the same in every layout
-        self._expand_all(node)
-        return None
+        return (p[:, None] * spatial + np.arange(spatial)).ravel()
 
     def _add(self, node: fx.Node) -> Positions:
-        args = node.args
-        shapes = [_shape(a) for a in args if isinstance(a, fx.Node)]
-        nodes = [a for a in args if isinstance(a, fx.Node)]
-        if len(args) != 2 or len(nodes) != 2 or shapes[0] != shapes[1] or shapes[0] != _shape(node):
-            self._expand_all(node)
-            return None
-        have = [self.pos.get(a) for a in nodes]
+        operands = residual_operands(node)
+        if operands is None:
+            return self._opaque(node)
+        have = [self.pos.get(a) for a in operands]
         if any(h is None for h in have):
-            self._expand_all(node)
-            return None
+            return self._opaque(node)
         union = np.union1d(*cast(list[np.ndarray], have))
-        for a in nodes:
+        for a in operands:
             node.replace_input_with(a, self._to_layout(a, union, node))
         return union
 
     def _cat(self, node: fx.Node) -> Positions:
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        out_shape = _shape(node)
-        parts = list(tensors) if isinstance(tensors, (list, tuple)) else []
-        if (
-            not parts
-            or out_shape is None
-            or not isinstance(dim, int)
-            or dim % len(out_shape) != 1
-            or not all(isinstance(t, fx.Node) and self._size(t) is not None for t in parts)
+        parts = concatenated(node)
+        if parts is None or not all(
+            isinstance(t, fx.Node) and self._size(t) is not None for t in parts
         ):
-            self._expand_all(node)
-            return None
+            return self._opaque(node)
         positions, offset = [], 0
         for t in cast(list[fx.Node], parts):
             size = cast(int, self._size(t))
@@ -370,7 +343,7 @@ class _Rewriter:
         alive_out = np.flatnonzero(self.live.alive_out[i])
         bits = self.act_bits[i]
         rng = self.ranges[i] if self.ranges is not None else None
-        live_in = self.live.alive_in[i] if _zero_maps_to_zero(bits, rng) else None
+        live_in = self.live.alive_in[i] if zero_maps_to_zero(bits, rng) else None
         if live_in is None:
             live_in = np.ones(info.in_channels, dtype=bool)
         target = str(node.target)
@@ -413,7 +386,7 @@ class _Rewriter:
             self._replace(node, x, want, target, conv, bits, rng)
             return alive_out
         # Live groups of different sizes: one conv per group, outputs concatenated in order.
-        split = _SplitGroups(
+        split = SplitGroups(
             [
                 (
                     np.arange(len(ins)) + sum(len(q) for _, q, _ in parts[:k]),
@@ -439,13 +412,18 @@ class _Rewriter:
     ) -> None:
         arg = self._to_layout(x, want, node)
         if bits < FULL_PRECISION and rng is not None:
-            arg = self._add_module(_ActQuant(bits, rng), node, arg, "act")
+            arg = self._add_module(ActQuant(bits, rng), node, arg, "act")
         node.replace_input_with(x, arg)
         self.gm.add_submodule(target, new)
 
 
-class _SplitGroups(nn.Module):
-    """A grouped conv whose live groups differ in size: one conv per group, concatenated."""
+class SplitGroups(nn.Module):
+    """A grouped conv whose live groups differ in size: one conv per group, concatenated.
+
+    Attributes:
+        convs: The per-group convs, in group order; group ``k`` reads the input channels at
+            buffer ``index{k}``.
+    """
 
     def __init__(
         self,
@@ -461,6 +439,7 @@ class _SplitGroups(nn.Module):
             self.register_buffer(f"index{k}", torch.as_tensor(index, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Each group's conv on its input channels, outputs concatenated in group order."""
         outs = [
             conv(x.index_select(1, cast(torch.Tensor, getattr(self, f"index{k}"))))
             for k, conv in enumerate(self.convs)
@@ -515,7 +494,7 @@ def prune_physically(
         raise ValueError("activation bits below 32 need calibrated ranges (act_ranges)")
     base = copy.deepcopy(model).cpu().eval()
     base.load_state_dict({k: v.detach().cpu().contiguous() for k, v in state.items()})
-    gm = _trace(base)
+    gm = trace_module(base)
     with torch.no_grad():
         ShapeProp(gm).propagate(example_input.detach().cpu().contiguous())
     _Rewriter(gm, graph, policy, act_ranges).run()

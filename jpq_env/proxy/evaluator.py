@@ -38,28 +38,28 @@ workers, say): anything with ``fp32_accuracy`` and ``accuracy(policy)`` can stan
 
 from __future__ import annotations
 
-import itertools
+import abc
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from jpq_env import validation as check
 from jpq_env.core.compress import CompressedModel, calibrate_ranges
 from jpq_env.core.graph import LayerGraph
-from jpq_env.core.policy import Policy
+from jpq_env.core.policy import Policy, PolicyKey
+from jpq_env.errors import ArgumentError, TaskError
+from jpq_env.proxy.data import auto_batch_size, iter_batches, private_rng, resolve_device
 from jpq_env.proxy.prefix import Checkpoint, SegmentedForward
 from jpq_env.proxy.racing import RaceRule
-from jpq_env.tasks.base import Task, TaskError
+from jpq_env.tasks.base import Task
 
 __all__ = [
     "METRICS",
@@ -67,34 +67,12 @@ __all__ = [
     "Evaluator",
     "LocalEvaluator",
     "PaddedEvaluator",
-    "auto_batch_size",
-    "iter_batches",
-    "resolve_device",
-    "top1",
+    "WrappedEvaluator",
+    "as_evaluator",
 ]
 
-ACTIVATION_BUDGET = 2**25
-"""Elements (128 MB in float32) the widest activation of one evaluation batch may hold."""
-
-MAX_BATCH = 512
-CPU_BATCH_ELEMENTS = 2**20
-"""Elements (4 MB) of the widest activation a CPU batch aims at (see ``auto_batch_size``)."""
-MIN_CPU_BATCH = 16
 METRICS = ("top1", "agreement", "kl")
 _RESULTS_KEPT = 64  # per-image results of recent complete evaluations (racing pairs with them)
-
-
-class Evaluator(Protocol):
-    """Scores compression policies on held-out data (fractions in [0, 1])."""
-
-    @property
-    def fp32_accuracy(self) -> float:
-        """Score of the uncompressed model on the same data."""
-        ...
-
-    def accuracy(self, policy: Policy) -> float:
-        """Score of the model compressed by ``policy``."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -116,6 +94,175 @@ class Evaluation:
     seconds: float = 0.0
 
 
+class Evaluator(abc.ABC):
+    """What the environment and the agents ask of an accuracy proxy (scores are in [0, 1]).
+
+    Implement ``fp32_accuracy`` and ``accuracy``; every other member has a default that describes
+    an evaluator without that ability, so callers read the members instead of probing for them:
+
+    - ``supports_racing``: ``accuracy(policy, at_least=x)`` may stop once the score cannot reach
+      ``x`` (``last.complete`` is then False); without it, ``at_least`` is ignored;
+    - ``set_incumbent(policy)``: the policy racing pairs with (default: nothing to pair);
+    - ``workers``, ``accuracy_many``, ``iter_accuracy``: evaluations run at once (a Ray pool's
+      actors); a search batches its episodes only when ``workers > 1``;
+    - ``last``: how the last ``accuracy`` call was answered (images scored, complete or raced);
+    - ``test_accuracy``, ``check_split``: the test split, for final reports only;
+    - ``device``: where the proxy runs (sensitivity measurements run there too);
+    - ``scorer``: the evaluator that scores a single policy outside a batch (itself).
+
+    A wrapper that changes one thing about another evaluator derives from ``WrappedEvaluator``.
+    """
+
+    supports_racing: bool = False
+    workers: int = 1
+    last: Evaluation | None = None
+    device: torch.device = torch.device("cpu")
+
+    @property
+    @abc.abstractmethod
+    def fp32_accuracy(self) -> float:
+        """Score of the uncompressed model on the same data."""
+        ...
+
+    @abc.abstractmethod
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
+        """Score of the model compressed by ``policy`` (``at_least``: see ``supports_racing``)."""
+        ...
+
+    @property
+    def scorer(self) -> Evaluator:
+        """The evaluator that scores one policy outside a batch (this one)."""
+        return self
+
+    def set_incumbent(self, policy: Policy | None) -> None:
+        """The policy racing pairs with (None: none); evaluators without racing ignore it."""
+        return None
+
+    def accuracy_many(self, policies: Sequence[Policy]) -> list[float]:
+        """Scores of several policies (one after the other unless the evaluator has workers)."""
+        return [self.accuracy(p) for p in policies]
+
+    def iter_accuracy(self, policies: Iterable[Policy]) -> Iterator[float]:
+        """Scores of ``policies`` as they become known (default: ``accuracy_many`` of all)."""
+        return iter(self.accuracy_many(list(policies)))
+
+    @property
+    def has_test_split(self) -> bool:
+        """True if ``test_accuracy`` scores a test split (False: it raises)."""
+        return type(self).test_accuracy is not Evaluator.test_accuracy
+
+    def test_accuracy(self, policy: Policy | None) -> float:
+        """Top-1 on the test split (final reports only); None scores the FP32 model."""
+        raise NotImplementedError(f"{type(self).__name__} has no test split")
+
+    def check_split(self, split: str) -> None:
+        """Check a split's labels before long work (default: nothing to check)."""
+        return None
+
+
+class WrappedEvaluator(Evaluator):
+    """An evaluator that forwards everything to ``inner``; subclasses change what they need."""
+
+    def __init__(self, inner: Evaluator) -> None:
+        self.inner = as_evaluator(inner)
+
+    @property
+    def supports_racing(self) -> bool:  # type: ignore[override]
+        """The inner evaluator's."""
+        return self.inner.supports_racing
+
+    @property
+    def workers(self) -> int:  # type: ignore[override]
+        """The inner evaluator's."""
+        return self.inner.workers
+
+    @property
+    def fp32_accuracy(self) -> float:
+        """The inner evaluator's FP32 score."""
+        return float(self.inner.fp32_accuracy)
+
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
+        """The inner evaluator's score."""
+        return self.inner.accuracy(policy, at_least=at_least)
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        """The inner evaluator's."""
+        return self.inner.device
+
+    def set_incumbent(self, policy: Policy | None) -> None:
+        """Forwarded to the inner evaluator."""
+        self.inner.set_incumbent(policy)
+
+    @property
+    def has_test_split(self) -> bool:
+        """The inner evaluator's."""
+        return self.inner.has_test_split
+
+    def test_accuracy(self, policy: Policy | None) -> float:
+        """The inner evaluator's test accuracy."""
+        return float(self.inner.test_accuracy(policy))
+
+    def check_split(self, split: str) -> None:
+        """The inner evaluator's check of a split."""
+        self.inner.check_split(split)
+
+
+class _Adapted(WrappedEvaluator):
+    """An object with only ``fp32_accuracy`` and ``accuracy(policy)``, as an ``Evaluator``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    supports_racing = False
+    workers = 1
+
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
+        """The object's score (it cannot race: ``at_least`` is ignored)."""
+        return float(self.inner.accuracy(policy))
+
+    device = torch.device("cpu")
+
+    def set_incumbent(self, policy: Policy | None) -> None:
+        """Nothing to pair with."""
+
+    @property
+    def has_test_split(self) -> bool:
+        """True if the object has ``test_accuracy``."""
+        return callable(getattr(self.inner, "test_accuracy", None))
+
+    def test_accuracy(self, policy: Policy | None) -> float:
+        """The object's ``test_accuracy``, if it has one."""
+        if not self.has_test_split:
+            raise NotImplementedError(f"{type(self.inner).__name__} has no test_accuracy")
+        return float(self.inner.test_accuracy(policy))
+
+    def check_split(self, split: str) -> None:
+        """The object's ``check_split``, if it has one."""
+        method = getattr(self.inner, "check_split", None)
+        if callable(method):
+            method(split)
+
+
+def as_evaluator(obj: Any) -> Evaluator:
+    """``obj`` as an ``Evaluator``: itself if it is one, else adapted (the only duck typing).
+
+    Raises:
+        ArgumentError: If ``obj`` has no ``accuracy(policy)`` method or no ``fp32_accuracy``.
+    """
+    if isinstance(obj, Evaluator):
+        return obj
+    has_fp32 = hasattr(type(obj), "fp32_accuracy") or "fp32_accuracy" in getattr(
+        obj, "__dict__", {}
+    )
+    if not (callable(getattr(obj, "accuracy", None)) and has_fp32):
+        raise ArgumentError(
+            "evaluator must be a jpq_env.proxy.evaluator.Evaluator or have an accuracy(policy) "
+            f"method and an fp32_accuracy attribute, got {type(obj).__name__}"
+        )
+    return _Adapted(obj)
+
+
 @dataclass
 class _Stats:
     evaluations: int = 0
@@ -127,137 +274,6 @@ class _Stats:
 
     def as_dict(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def iter_batches(
-    dataset: Dataset, batch_size: int, split: str = "data"
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(inputs, labels)`` batches in a fixed order.
-
-    A ``TensorDataset`` is sliced directly (no per-sample collation); any other map-style dataset
-    goes through a ``DataLoader`` without shuffling.
-
-    Raises:
-        TaskError: If the split is empty or does not yield ``(input, label)`` pairs.
-    """
-    if isinstance(dataset, TensorDataset):
-        if len(dataset.tensors) != 2:
-            raise TaskError(
-                f"the {split} split must hold (inputs, labels), got {len(dataset.tensors)} tensors"
-            )
-        x, y = dataset.tensors
-        if len(x) == 0:
-            raise TaskError(f"the {split} split is empty")
-        for start in range(0, len(x), batch_size):
-            yield x[start : start + batch_size], y[start : start + batch_size]
-        return
-    try:
-        size = len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        size = None
-    if size == 0:
-        raise TaskError(f"the {split} split is empty")
-    # A private generator: a DataLoader draws its base seed from torch's global RNG otherwise.
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
-    batches = iter(loader)
-    for start in itertools.count(0, batch_size):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (RuntimeError, TypeError, ValueError) as exc:  # collate: samples that do not stack
-            raise TaskError(_unstackable(dataset, split, start, batch_size, exc)) from exc
-        if not isinstance(batch, (list, tuple)) or len(batch) != 2:
-            raise TaskError(f"the {split} split must yield (input, label) pairs")
-        yield batch[0], batch[1]
-
-
-def _unstackable(dataset: Dataset, split: str, start: int, size: int, exc: Exception) -> str:
-    """Why samples ``start`` to ``start + size - 1`` of a split cannot form one batch."""
-
-    def form(i: int) -> str:
-        sample = dataset[i]
-        x = sample[0] if isinstance(sample, (list, tuple)) else sample
-        if isinstance(x, torch.Tensor):
-            return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-        return f"a {type(x).__name__}"
-
-    try:
-        first = form(start)
-        for i in range(start + 1, start + size):
-            try:
-                other = form(i)
-            except IndexError:
-                break
-            if other != first:
-                return (
-                    f"the {split} split: sample {i} is {other} but sample {start} is {first}; "
-                    "every sample's input must have the same shape and type"
-                )
-    except Exception:  # the dataset itself failed: report the batching error as it was
-        pass
-    return (
-        f"the {split} split: samples {start} to {start + size - 1} cannot be batched: "
-        f"{type(exc).__name__}: {exc}"
-    )
-
-
-@torch.no_grad()
-def top1(
-    model: nn.Module, dataset: Dataset, batch_size: int = 512, device: str | torch.device = "cpu"
-) -> float:
-    """Top-1 accuracy of ``model`` (as it is, no re-calibration) on ``dataset``."""
-    correct = total = 0
-    for x, y in iter_batches(dataset, batch_size):
-        correct += int((model(x.to(device)).argmax(dim=1) == y.to(device)).sum())
-        total += int(y.numel())
-    return correct / total
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` (or None): CUDA when available, else the CPU; anything else as given.
-
-    Raises:
-        ValueError: If the name is not a device, or CUDA is asked for but not available.
-    """
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not isinstance(device, (str, torch.device)):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device '{device}': use 'auto', 'cpu' or 'cuda[:N]'") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' asked for, but CUDA is not available here")
-    if resolved.type == "mps" and torch.backends.mps.is_available():
-        return resolved
-    if resolved.type not in ("cpu", "cuda"):  # meta, xpu, hpu, ...: not devices the proxy runs on
-        raise ValueError(f"unsupported device '{device}': use 'auto', 'cpu' or 'cuda[:N]'")
-    return resolved
-
-
-def auto_batch_size(
-    graph: LayerGraph, example_input: torch.Tensor, device: str | torch.device | None = None
-) -> int:
-    """A batch size for the proxy: bounded memory everywhere, cache-sized batches on the CPU.
-
-    The widest tensor an evaluation holds is a layer's input or output; keeping it under
-    ``ACTIVATION_BUDGET`` elements bounds the proxy's memory whatever the input size (at most
-    ``MAX_BATCH`` images). On the CPU (``device``), batches are also kept near
-    ``CPU_BATCH_ELEMENTS`` elements of the widest activation (at least ``MIN_CPU_BATCH`` images):
-    measured on ResNet-20 at 32x32, channels-last convolutions ran 2.5x faster per image in
-    batches of 64 than in batches of 512 (the activations stay in the caches).
-    """
-    widest = max(
-        [int(example_input[:1].numel())]
-        + [x.out_channels * x.out_hw[0] * x.out_hw[1] for x in graph.layers]
-        + [x.in_channels * x.in_hw[0] * x.in_hw[1] for x in graph.layers]
-    )
-    size = min(MAX_BATCH, ACTIVATION_BUDGET // widest)
-    if device is not None and torch.device(device).type == "cpu":
-        size = min(size, max(MIN_CPU_BATCH, CPU_BATCH_ELEMENTS // widest))
-    return max(1, size)
 
 
 def _standard_layout_hooks(bn: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
@@ -276,37 +292,18 @@ def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@contextmanager
-def _private_rng() -> Iterator[None]:
-    """Evaluate with torch's global RNG forked and seeded.
-
-    The global state is left as it was, and a user's random transform draws the same numbers at
-    every evaluation, whatever the agents drew in between.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        yield
-
-
-def _policy_key(policy: Policy) -> tuple[bytes, ...]:
-    """Per layer, its decision as bytes: equal keys, equal compressed layers."""
-    return tuple(
-        np.int64(lp.act_bits).tobytes() + lp.bits.astype(np.int64).tobytes() for lp in policy.layers
-    )
-
-
 @dataclass
 class _Prefix:
     """The activations a reference policy left at the chosen checkpoints (see module doc)."""
 
-    key: tuple[bytes, ...]
+    key: PolicyKey
     score: float
     calib: dict[int, list[dict[Any, Any]]] = field(default_factory=dict)
     val: dict[int, list[dict[Any, Any]]] = field(default_factory=dict)
     bn_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
-class LocalEvaluator:
+class LocalEvaluator(Evaluator):
     """The accuracy proxy, run in this process.
 
     Args:
@@ -371,7 +368,7 @@ class LocalEvaluator:
         self._channels_last = self.device.type == "cpu" and task.example_input.dim() == 4
         if self._channels_last:
             self.compressed.module.to(memory_format=torch.channels_last)
-        with _private_rng():  # a random transform of the user's draws the same numbers here too
+        with private_rng():  # a random transform of the user's draws the same numbers here too
             for split in ("calib", "val"):  # the test split waits for the final report
                 self._check_split(split)
             ranges = calibrate_ranges(
@@ -393,9 +390,9 @@ class LocalEvaluator:
         self._checkpoints = self._choose_checkpoints(prefix_cache_mb)
         self._bn_positions = self._batchnorm_positions()
         self._prefix: _Prefix | None = None
-        self._pinned: tuple[bytes, ...] | None = None
+        self._pinned: PolicyKey | None = None
         self._pinned_policy: Policy | None = None
-        self._results: OrderedDict[tuple[bytes, ...], torch.Tensor] = OrderedDict()
+        self._results: OrderedDict[PolicyKey, torch.Tensor] = OrderedDict()
         self.stats = _Stats()
         self.last: Evaluation | None = None
 
@@ -520,7 +517,7 @@ class LocalEvaluator:
             out[name] = self.forward.call_positions.get(name, -1)
         return out
 
-    def _resume_point(self, key: tuple[bytes, ...]) -> Checkpoint | None:
+    def _resume_point(self, key: PolicyKey) -> Checkpoint | None:
         """The last kept checkpoint before the first layer where ``key`` differs from the prefix."""
         prefix = self._prefix
         if prefix is None:
@@ -619,7 +616,7 @@ class LocalEvaluator:
     @cached_property
     def _fp32_logits(self) -> torch.Tensor:
         """The FP32 model's logits on the held-out batches (BN re-calibrated like any policy)."""
-        with _private_rng(), torch.no_grad():
+        with private_rng(), torch.no_grad():
             self._apply(Policy.uniform(self.graph))
             if self.bn_recalibration:
                 self._recalibrate()
@@ -637,7 +634,7 @@ class LocalEvaluator:
     ) -> Evaluation:
         """Apply, re-calibrate and score ``policy`` on the held-out split (see ``accuracy``)."""
         started = time.perf_counter()
-        key = _policy_key(policy)
+        key = policy.key()
         known = self._results.get(key)
         if known is not None and at_least is None:  # a policy scored before: the same numbers
             self._results.move_to_end(key)
@@ -712,7 +709,7 @@ class LocalEvaluator:
             values = self._results[self._pinned]
         return values
 
-    def _remember(self, key: tuple[bytes, ...], values: torch.Tensor) -> None:
+    def _remember(self, key: PolicyKey, values: torch.Tensor) -> None:
         self._results[key] = values
         self._results.move_to_end(key)
         while len(self._results) > _RESULTS_KEPT:
@@ -720,7 +717,7 @@ class LocalEvaluator:
 
     def _keep_prefix(
         self,
-        key: tuple[bytes, ...],
+        key: PolicyKey,
         score: float,
         start: Checkpoint | None,
         calib: dict[int, list[dict[Any, Any]]],
@@ -760,7 +757,7 @@ class LocalEvaluator:
         Its per-image results are computed at the first racing evaluation that needs them if
         they are not known yet (one more evaluation, not an episode; the same numbers).
         """
-        self._pinned = None if policy is None else _policy_key(policy)
+        self._pinned = None if policy is None else policy.key()
         self._pinned_policy = policy
 
     def _score(self, policy: Policy | None, split: str) -> float:
@@ -768,7 +765,7 @@ class LocalEvaluator:
         # evaluation answered from a log (resume) or run on another process (Ray) draws nothing,
         # so any draw here (a DataLoader's base seed, a user's random transform) would make the
         # same seed give different episodes. It also makes random transforms repeat exactly.
-        with _private_rng():
+        with private_rng():
             self.prepare(policy)
             return self._top1(split)
 
@@ -800,7 +797,7 @@ class LocalEvaluator:
         Scored through the same pipeline as every policy (BN re-calibration included), so that
         ``accuracy(policy) - fp32_accuracy`` measures compression alone.
         """
-        with _private_rng():
+        with private_rng():
             return self._evaluate(Policy.uniform(self.graph), None, keep_prefix=False).score
 
     def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
@@ -812,7 +809,7 @@ class LocalEvaluator:
                 confidence of ``race_z``) and return the score of the images seen so far;
                 ``last.complete`` is then False. None: score every held-out image.
         """
-        with _private_rng():
+        with private_rng():
             self.last = self._evaluate(policy, at_least)
         return self.last.score
 
@@ -831,7 +828,7 @@ class LocalEvaluator:
             TaskError: Naming the split, if a label is not a class index or a sample cannot be
                 batched.
         """
-        with _private_rng():
+        with private_rng():
             self._check_split(split)
             data = getattr(self.task, split)
             if isinstance(data, TensorDataset):
@@ -847,28 +844,26 @@ class LocalEvaluator:
                 pass
 
 
-class PaddedEvaluator:
+class PaddedEvaluator(WrappedEvaluator):
     """An evaluator whose every ``accuracy`` call takes at least ``seconds`` of wall time.
 
     Emulates the accuracy proxy of a large model (seconds per evaluation on a GPU) with a small
     task, for scaling benchmarks and tests: the accuracies are the inner evaluator's, only the wall
-    time changes. The padding sleeps, so it costs no CPU (like waiting for a GPU).
+    time changes. The padding sleeps, so it costs no CPU (like waiting for a GPU). It does not
+    race (every padded evaluation is complete).
 
     Args:
         inner: The evaluator that computes the accuracies.
         seconds: Least wall time of one evaluation, in seconds (>= 0).
     """
 
-    def __init__(self, inner: Any, seconds: float) -> None:
-        self.inner = inner
+    supports_racing = False
+
+    def __init__(self, inner: Evaluator, seconds: float) -> None:
+        super().__init__(inner)
         self.seconds = check.number("seconds", seconds, low=0.0)
 
-    @property
-    def fp32_accuracy(self) -> float:
-        """The inner evaluator's FP32 accuracy (not padded: it is computed once)."""
-        return float(self.inner.fp32_accuracy)
-
-    def accuracy(self, policy: Policy) -> float:
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
         """The inner evaluator's accuracy, returned no sooner than ``seconds`` after the call."""
         start = time.perf_counter()
         value = float(self.inner.accuracy(policy))
@@ -876,11 +871,3 @@ class PaddedEvaluator:
         if left > 0:
             time.sleep(left)
         return value
-
-    def test_accuracy(self, policy: Policy | None) -> float:
-        """The inner evaluator's test accuracy (final reports; not padded)."""
-        return float(self.inner.test_accuracy(policy))
-
-    def check_split(self, split: str) -> None:
-        """The inner evaluator's check of a split (see ``LocalEvaluator.check_split``)."""
-        self.inner.check_split(split)

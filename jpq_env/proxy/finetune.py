@@ -21,7 +21,8 @@ from torch.nn.utils import parametrize
 from jpq_env import validation as check
 from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION, ActRange, quantize_activation, quantize_weight
-from jpq_env.proxy.evaluator import LocalEvaluator, top1
+from jpq_env.proxy.data import top1
+from jpq_env.proxy.evaluator import LocalEvaluator
 
 __all__ = ["FinetuneResult", "finetune"]
 

@@ -23,13 +23,13 @@ developer API that may change between Ray releases.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import ray
 
 from jpq_env.core.policy import Policy
-from jpq_env.proxy.evaluator import LocalEvaluator, PaddedEvaluator
+from jpq_env.proxy.evaluator import Evaluator, LocalEvaluator, PaddedEvaluator
 from jpq_env.tasks import Task, load_task
 
 __all__ = ["RayEvaluator", "connect"]
@@ -98,8 +98,8 @@ class _EvaluatorActor:
         return float(self.local.test_accuracy(None if policy is None else Policy.from_json(policy)))
 
 
-class RayEvaluator:
-    """The accuracy proxy on a pool of Ray actors (an ``Evaluator`` with a batch method).
+class RayEvaluator(Evaluator):
+    """The accuracy proxy on a pool of Ray actors (an ``Evaluator`` with workers; no racing).
 
     Args:
         task: Task name: built-in or ``package.module:factory`` (importable on every node).
@@ -154,7 +154,7 @@ class RayEvaluator:
         self._fp32: float = ray.get([a.fp32_accuracy.remote() for a in self.actors])[0]
 
     @property
-    def workers(self) -> int:
+    def workers(self) -> int:  # type: ignore[override]
         """Number of actors (how many evaluations run at once)."""
         return len(self.actors)
 
@@ -163,11 +163,11 @@ class RayEvaluator:
         """Accuracy of the uncompressed model, as in ``LocalEvaluator.fp32_accuracy``."""
         return self._fp32
 
-    def accuracy(self, policy: Policy) -> float:
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
         """Accuracy of the model compressed by ``policy`` (one evaluation on one actor)."""
         return self.accuracy_many([policy])[0]
 
-    def accuracy_many(self, policies: Iterable[Policy]) -> list[float]:
+    def accuracy_many(self, policies: Sequence[Policy]) -> list[float]:
         """Accuracies of ``policies``, in order, evaluated on the actors in parallel."""
         return list(self.iter_accuracy(policies))
 

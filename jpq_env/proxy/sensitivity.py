@@ -39,8 +39,8 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from jpq_env.atomic import write_atomic
-from jpq_env.core.compress import kernel_ranking
 from jpq_env.core.graph import LayerGraph
+from jpq_env.core.importance import kernel_ranking
 from jpq_env.core.policy import LayerPolicy, Policy
 from jpq_env.core.quant import FULL_PRECISION
 from jpq_env.tasks.base import Task

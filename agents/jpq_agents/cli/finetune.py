@@ -1,0 +1,48 @@
+"""``jpq finetune POLICY``: short quantization-aware fine-tuning, test accuracy before and after.
+
+The output file is checked before the training starts (not after minutes of it), and written
+atomically, so an interrupted run never leaves half a weights file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .parser import Subparsers, add_task_args, positive, seed
+from .policy_file import check_output_file, load_policy
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Add ``jpq finetune`` and its options to ``subparsers``."""
+    parser = subparsers.add_parser("finetune", help="quantization-aware fine-tuning of a policy")
+    parser.add_argument("policy", help="a policy.json written by jpq search")
+    parser.add_argument("--epochs", type=positive, default=3, help="fine-tuning epochs")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the data order")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    add_task_args(parser, None)
+    parser.add_argument(
+        "--out", default=None, help="weights file (default: finetuned.pt beside the policy)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fine-tune ``args.policy``, save the weights and print the accuracies; 0 when done."""
+    from jpq_env.export.packed import save_atomic
+    from jpq_env.proxy.finetune import finetune
+
+    out = Path(args.out) if args.out else Path(args.policy).with_name("finetuned.pt")
+    check_output_file(out, args)  # before the training, not after it
+    policy, evaluator, _ = load_policy(args)
+    result = finetune(evaluator, policy, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    save_atomic(result.state_dict, out)
+    print(
+        f"test accuracy before fine-tuning {result.accuracy_before:.2%}, after {args.epochs} "
+        f"epoch(s) {result.accuracy_after:.2%} (FP32 {evaluator.test_accuracy(None):.2%}); "
+        f"weights in {out}"
+    )
+    return 0
