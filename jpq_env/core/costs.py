@@ -49,6 +49,7 @@ __all__ = [
     "LayerCost",
     "LayerCounts",
     "bit_connections",
+    "cost_report",
     "layer_counts",
     "measure",
     "totals",
@@ -235,8 +236,18 @@ def measure(graph: LayerGraph, policy: Policy) -> CostReport:
         Per-layer and total costs with the FP32 references.
     """
     policy.validate(graph)
-    bits = [lp.bits for lp in policy.layers]
-    counts = layer_counts(graph, bits, [lp.act_bits for lp in policy.layers])
+    counts = layer_counts(
+        graph, [lp.bits for lp in policy.layers], [lp.act_bits for lp in policy.layers]
+    )
+    return cost_report(graph, policy, counts)
+
+
+def cost_report(graph: LayerGraph, policy: Policy, counts: LayerCounts) -> CostReport:
+    """The ``CostReport`` of ``policy`` from its ``layer_counts`` (no validation: ``measure``).
+
+    For callers that built the policy themselves and already hold its counts (the environment's
+    decision space), so an episode's costs are computed once.
+    """
     live = counts.live
     layers = []
     for info, lp in zip(graph.layers, policy.layers, strict=True):

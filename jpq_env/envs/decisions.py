@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jpq_env.core.costs import LayerCounts, layer_counts, measure
+from jpq_env.core.costs import CostReport, LayerCounts, cost_report, layer_counts, measure
 from jpq_env.core.graph import LayerGraph
 from jpq_env.core.importance import group_sizes
 from jpq_env.core.policy import Conventions, LayerPolicy, Policy, bits_from_ranking
@@ -212,6 +212,14 @@ class DecisionSpace:
         counts = layer_counts(self.graph, [d.bits for d in full], [d.act_bits for d in full])
         self._recent = [(tuple(full), counts), *self._recent[:3]]
         return counts
+
+    def cost(self, decisions: Sequence[LayerDecision | None]) -> tuple[Policy, CostReport]:
+        """The policy of ``decisions`` (undecided layers at their most aggressive) and its costs.
+
+        From the cached counts, without validating again what the decisions built.
+        """
+        policy = self.policy(decisions)
+        return policy, cost_report(self.graph, policy, self.counts(decisions))
 
     def ratios(self, decisions: Sequence[LayerDecision | None]) -> tuple[float, float]:
         """BOPs and size as fractions of FP32, undecided layers at their most aggressive.

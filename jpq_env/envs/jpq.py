@@ -552,8 +552,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.enforcement == "lowering":
             decisions = lower_backwards(self.space, self.budget, decisions)
             self._decisions = list(decisions)
-        policy = self.space.policy(decisions)
-        cost = measure(self.graph, policy)
+        policy, cost = self.space.cost(decisions)
         accuracy = self._score(policy, cost)
         fp32 = float(self.evaluator.fp32_accuracy)
         outcome = Outcome(
