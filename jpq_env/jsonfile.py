@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from jpq_env.errors import ArgumentError
+
 __all__ = ["MAX_BYTES", "loads", "read_json"]
 
 MAX_BYTES = 256 * 2**20
@@ -21,7 +23,7 @@ MAX_BYTES = 256 * 2**20
 Error = type[Exception]
 
 
-def loads(text: str | bytes, where: str, *, error: Error = ValueError) -> Any:
+def loads(text: str | bytes, where: str, *, error: Error = ArgumentError) -> Any:
     """Parse JSON ``text`` read from ``where`` (a file, or a file and line).
 
     Raises:
@@ -37,7 +39,7 @@ def loads(text: str | bytes, where: str, *, error: Error = ValueError) -> Any:
         raise error(f"{where} is nested too deeply to be a file of jpq-env") from None
 
 
-def read_json(path: str | os.PathLike[str], what: str, *, error: Error = ValueError) -> Any:
+def read_json(path: str | os.PathLike[str], what: str, *, error: Error = ArgumentError) -> Any:
     """The JSON value in ``path``, a ``what`` ("policy file", "run settings"), checked as read.
 
     Raises:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from jpq_env.errors import ArgumentError
+
 __all__ = ["ENV_VAR", "configure_threads", "thread_variable", "threads_wanted", "usable_cores"]
 
 ENV_VAR = "JPQ_THREADS"
@@ -80,7 +82,7 @@ def threads_wanted() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{name} must be a positive integer (threads), got '{text}'")
+        raise ArgumentError(f"{name} must be a positive integer (threads), got '{text}'")
     return value
 
 
@@ -92,7 +94,7 @@ def configure_threads(threads: int | None = None) -> int:
     """
     n = threads_wanted() if threads is None else int(threads)
     if n < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+        raise ArgumentError(f"threads must be at least 1, got {threads}")
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -21,6 +21,8 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from jpq_env.errors import ArgumentError
+
 __all__ = ["array", "choice", "flag", "integer", "mapping", "number"]
 
 Error = type[Exception]
@@ -44,7 +46,7 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
     return ""
 
 
-def flag(name: str, value: Any, *, error: Error = ValueError) -> bool:
+def flag(name: str, value: Any, *, error: Error = ArgumentError) -> bool:
     """``value`` as a bool; only ``True`` and ``False`` (or numpy's) are flags.
 
     Raises:
@@ -63,7 +65,7 @@ def integer(
     low: int | None = None,
     high: int | None = None,
     optional: Literal[False] = False,
-    error: Error = ValueError,
+    error: Error = ArgumentError,
 ) -> int: ...
 @overload
 def integer(
@@ -73,7 +75,7 @@ def integer(
     low: int | None = None,
     high: int | None = None,
     optional: Literal[True],
-    error: Error = ValueError,
+    error: Error = ArgumentError,
 ) -> int | None: ...
 def integer(
     name: str,
@@ -82,7 +84,7 @@ def integer(
     low: int | None = None,
     high: int | None = None,
     optional: bool = False,
-    error: Error = ValueError,
+    error: Error = ArgumentError,
 ) -> int | None:
     """``value`` as an int in ``[low, high]`` (either bound optional); bools and floats refused.
 
@@ -117,7 +119,7 @@ def number(
     high_open: bool = False,
     optional: Literal[False] = False,
     allowed: str | None = None,
-    error: Error = ValueError,
+    error: Error = ArgumentError,
 ) -> float: ...
 @overload
 def number(
@@ -130,7 +132,7 @@ def number(
     high_open: bool = False,
     optional: Literal[True],
     allowed: str | None = None,
-    error: Error = ValueError,
+    error: Error = ArgumentError,
 ) -> float | None: ...
 def number(
     name: str,
@@ -142,7 +144,7 @@ def number(
     high_open: bool = False,
     optional: bool = False,
     allowed: str | None = None,
-    error: Error = ValueError,
+    error: Error = ArgumentError,
 ) -> float | None:
     """``value`` as a finite float within the bounds; bools, strings, NaN and inf refused.
 
@@ -177,7 +179,7 @@ def number(
     raise error(f"{name} must be {what}, got {value!r}")
 
 
-def choice(name: str, value: Any, choices: Collection[Any], *, error: Error = ValueError) -> Any:
+def choice(name: str, value: Any, choices: Collection[Any], *, error: Error = ArgumentError) -> Any:
     """``value`` if it is one of ``choices`` (same type and value: ``1`` is not ``True``).
 
     Raises:
@@ -189,7 +191,7 @@ def choice(name: str, value: Any, choices: Collection[Any], *, error: Error = Va
     raise error(f"unknown {name} {value!r}: choose one of {list(choices)}")
 
 
-def mapping(name: str, value: Any, *, error: Error = ValueError) -> dict[str, Any]:
+def mapping(name: str, value: Any, *, error: Error = ArgumentError) -> dict[str, Any]:
     """A mapping with string keys (keyword arguments) as a dict; ``None`` is an empty one.
 
     Raises:

@@ -25,6 +25,8 @@ import math
 import os
 from typing import Any
 
+from jpq_env.errors import ArgumentError
+
 __all__ = ["check_agent_options", "read_hyperparams", "two_level_config"]
 
 _SB3_SET_BY_SEARCH = {
@@ -68,7 +70,7 @@ def _convert(name: str, value: Any, kind: type) -> Any:
         real = isinstance(value, (int, float)) and not isinstance(value, bool)
         if real and math.isfinite(value):
             return float(value)
-    raise ValueError(f"agent option {name}={value!r}: expected {kind.__name__}")
+    raise ArgumentError(f"agent option {name}={value!r}: expected {kind.__name__}")
 
 
 def _two_level_fields() -> dict[str, type]:
@@ -106,13 +108,13 @@ def check_agent_options(agent: str, options: dict[str, Any] | None) -> dict[str,
         return {}
     for name, value in options.items():
         if not isinstance(name, str) or not _plain(value):
-            raise ValueError(f"agent option {name!r}: values must be plain (numbers, strings)")
+            raise ArgumentError(f"agent option {name!r}: values must be plain (numbers, strings)")
     if agent == "two-level":
         fields = _two_level_fields()
         out = {}
         for name, value in options.items():
             if name not in fields:
-                raise ValueError(
+                raise ArgumentError(
                     f"the two-level agent has no option {name!r}: choose from {sorted(fields)} "
                     "(TwoLevelConfig)"
                 )
@@ -124,11 +126,11 @@ def check_agent_options(agent: str, options: dict[str, Any] | None) -> dict[str,
         out = {}
         for name, value in options.items():
             if name in _SB3_SET_BY_SEARCH:
-                raise ValueError(
+                raise ArgumentError(
                     f"agent option {name!r} is not settable: {_SB3_SET_BY_SEARCH[name]}"
                 )
             if name not in keys:
-                raise ValueError(
+                raise ArgumentError(
                     f"{agent} has no hyperparameter {name!r}: choose from {sorted(keys)}"
                 )
             kind = keys[name]
@@ -138,7 +140,7 @@ def check_agent_options(agent: str, options: dict[str, Any] | None) -> dict[str,
 
             policy_kwargs(out["policy_kwargs"])  # parsed now: a bad string fails before the run
         return out
-    raise ValueError(
+    raise ArgumentError(
         f"agent {agent!r} takes no options (only two-level and the SB3 agents do), got "
         f"{sorted(options)}"
     )
@@ -165,17 +167,17 @@ def read_hyperparams(path: str | os.PathLike[str], env_id: str) -> dict[str, Any
         with open(path, encoding="utf-8") as f:
             table = yaml.safe_load(f)
     except OSError as exc:
-        raise ValueError(f"cannot read hyperparameters '{path}': {exc.strerror}") from None
+        raise ArgumentError(f"cannot read hyperparameters '{path}': {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ValueError(f"hyperparameters '{path}' are not YAML: {exc}") from None
+        raise ArgumentError(f"hyperparameters '{path}' are not YAML: {exc}") from None
     if not isinstance(table, dict):
-        raise ValueError(f"hyperparameters '{path}': expected a table keyed by env id (RL Zoo)")
+        raise ArgumentError(f"hyperparameters '{path}': expected a table keyed by env id (RL Zoo)")
     entry = table.get(env_id, table.get("default"))
     if entry is None:
-        raise ValueError(
+        raise ArgumentError(
             f"hyperparameters '{path}' have no entry for {env_id!r} nor 'default' (keys: "
             f"{sorted(map(str, table))})"
         )
     if not isinstance(entry, dict):
-        raise ValueError(f"hyperparameters '{path}': the entry for {env_id!r} is not a table")
+        raise ArgumentError(f"hyperparameters '{path}': the entry for {env_id!r} is not a table")
     return {str(k): v for k, v in entry.items() if k not in _SB3_SET_BY_SEARCH}

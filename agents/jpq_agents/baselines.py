@@ -5,15 +5,16 @@ counted, logged and enforced the same way:
 
 - ``random``: uniformly random actions, as many episodes as the agent gets (the control no paper
   reports);
-- ``uniform``: every kernel at one width, no pruning: each width (on v1 each WxAy pair of weight
-  and activation widths) whose uniform policy fits the budget (few evaluations; at tight budgets
-  only the smallest);
-- ``two-stage``: prune-then-quantize: for each width (WxAy pair on v1), the smallest uniform
-  magnitude pruning that brings the uniformly quantized network within budget;
+- ``uniform``: every kernel at one width, no pruning: each width (with activations each WxAy pair of
+  weight and activation widths) whose uniform policy fits the budget (few evaluations; at tight
+  budgets only the smallest);
+- ``two-stage``: prune-then-quantize: for each width (WxAy pair with activations), the smallest
+  uniform magnitude pruning that brings the uniformly quantized network within budget;
 - ``greedy``: sensitivity-driven width allocation: start with every layer at the smallest widths
-  and, round after round, give one more level to the layer's weights or (v1) activations where it
-  helps accuracy most (the least sensitive layers stay low: the dual of "lower the least sensitive
-  layer first"), uniform magnitude pruning paying for every raise; each probe is an evaluation.
+  and, round after round, give one more level to the layer's weights or (if decided) activations
+  where it helps accuracy most (the least sensitive layers stay low: the dual of "lower the least
+  sensitive layer first"), uniform magnitude pruning paying for every raise; each probe is an
+  evaluation.
 
 With an evaluator pool (``jpq search --ray/--workers``), random search and each round of greedy's
 probes are evaluated in batches (``jpq_agents.batch``): the same episodes, the same records.
@@ -63,7 +64,7 @@ def random_search(search: Search, seed: int) -> Stop:
 
 
 def uniform(search: Search, seed: int) -> Stop:
-    """Each uniform width (WxAy pair on v1) without pruning that fits (else the smallest one)."""
+    """Each uniform width (or WxAy pair) without pruning that fits (else the smallest one)."""
     base = jpq(search.env)
     n = base.num_layers
     pairs = [p for p in level_pairs(base) if fits(base, [0] * n, [p[0]] * n, [p[1]] * n)[0]]
@@ -78,7 +79,7 @@ def uniform(search: Search, seed: int) -> Stop:
 
 
 def two_stage(search: Search, seed: int) -> Stop:
-    """Prune-then-quantize: per width (WxAy pair on v1), the least uniform pruning that fits."""
+    """Prune-then-quantize: per width (or WxAy pair), the least uniform pruning that fits."""
     base = jpq(search.env)
     n = base.num_layers
     played = 0
@@ -100,22 +101,22 @@ def greedy(search: Search, seed: int) -> Stop:
     """Greedy width allocation with magnitude pruning paying for it.
 
     Starts from the most accurate of the prune-then-quantize policies (every uniform width, WxAy
-    pair on v1, with the least uniform pruning that fits: the ``two-stage`` baseline's episodes)
-    and of the smallest widths with the least pruning that fits. Each round then tries one more
-    level for every layer's weights and every layer's activations (the shared pruning rising as
-    needed to stay within budget) and keeps the most accurate trial, until no trial improves on
-    the current policy.
+    pair with activations, with the least uniform pruning that fits: the ``two-stage`` baseline's
+    episodes) and of the smallest widths with the least pruning that fits. Each round then tries one
+    more level for every layer's weights and every layer's activations (the shared pruning rising as
+    needed to stay within budget) and keeps the most accurate trial, until no trial improves on the
+    current policy.
 
-    Cost in evaluations for ``L`` layers and ``P`` width pairs (``P`` = 6 on v0, 36 on v1 with six
-    widths): ``P + 1`` to start, then at most ``L`` (v0) or ``2 L`` (v1) per round. Starting from
-    the two-stage policy rather than from the smallest widths is what makes 300 evaluations enough
-    on 20 layers (ResNet-20: from the smallest widths, 7 rounds of 40 probes ended far below the
-    budget, at 1/197 of FP32 BOPs and 16% test accuracy). When the evaluation budget ends a round
-    early, ``search.stop_reason`` says so.
+    Cost in evaluations for ``L`` layers and ``P`` width pairs (``P`` = 6 for weights, 36 with
+    activations, of six widths): ``P + 1`` to start, then at most ``L`` (or ``2 L`` with
+    activations) per round. Starting from the two-stage policy rather than from the smallest widths
+    is what makes 300 evaluations enough on 20 layers (ResNet-20: from the smallest widths, 7 rounds
+    of 40 probes ended far below the budget, at 1/197 of FP32 BOPs and 16% test accuracy). When the
+    evaluation budget ends a round early, ``search.stop_reason`` says so.
     """
     base = jpq(search.env)
     n = base.num_layers
-    # One row per kind of width: weights, then activations (v1 only); levels[kind][layer].
+    # One row per kind of width: weights, then activations (if decided); levels[kind][layer].
     tops = [len(base.bits)] + ([len(base.space.act_bits)] if base.decides_act else [])
 
     def acts(lv: list[list[int]]) -> list[int | None]:

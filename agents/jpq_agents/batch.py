@@ -34,6 +34,7 @@ import numpy as np
 
 from jpq_env.core.policy import Policy
 from jpq_env.envs import JPQEnv
+from jpq_env.errors import ArgumentError
 from jpq_env.proxy.evaluator import Evaluator, WrappedEvaluator
 
 from .play import LayerChoice, channel_action, layer_action
@@ -159,7 +160,7 @@ def _capture(
                 if tape.step(action)[2]:
                     break
             if len(tape.policies) <= len(out):
-                raise ValueError("an episode's actions ended before the episode did")
+                raise ArgumentError("an episode's actions ended before the episode did")
             out.append(tape.policies[-1])
             yield tape.policies[-1]
 
@@ -177,7 +178,7 @@ def play_many(
     when the caller captured them already (``capturing``), so they are not played twice.
     """
     if policies is not None and len(policies) != len(episodes):
-        raise ValueError(f"{len(policies)} policies given for {len(episodes)} episodes")
+        raise ArgumentError(f"{len(policies)} policies given for {len(episodes)} episodes")
     episodes = list(episodes)[: max(search.settings.episodes - search.count, 0)]
     evaluator = search.evaluator
     if evaluator.workers > 1 and len(episodes) > 1:

@@ -35,7 +35,7 @@ __all__ = [
 class LayerChoice:
     """One layer's decisions: kernels to prune and a width level per importance group.
 
-    With activation decisions (v1), ``act_level`` indexes the layer's input activation width
+    With activation decisions, ``act_level`` indexes the layer's input activation width
     (None: the widest).
     """
 
@@ -57,7 +57,7 @@ def layer_action(
 ) -> np.ndarray:
     """The native action whose layer decision prunes exactly ``n_pruned`` kernels.
 
-    With activation decisions (v1), ``act_level`` indexes the activation widths (default: the
+    With activation decisions, ``act_level`` indexes the activation widths (default: the
     widest).
     """
     a = np.zeros(base.action_size, dtype=np.float32)
@@ -106,7 +106,8 @@ def uniform_choices(
 ) -> list[LayerChoice]:
     """Choices giving every importance group of layer ``i`` the width level ``levels[i]``.
 
-    ``act_levels[i]`` indexes layer ``i``'s activation width (v1; None or omitted: the widest).
+    ``act_levels[i]`` indexes layer ``i``'s activation width (if decided; None or omitted: the
+    widest).
     """
     acts = _act_levels(base, act_levels)
     return [
@@ -170,8 +171,8 @@ def least_uniform_pruning(
 def level_pairs(base: JPQEnv) -> list[tuple[int, int | None]]:
     """Every (weight level, activation level) pair, most bits first.
 
-    On v0 one pair per weight width (activation level None: the env's fixed width); on v1 the full
-    grid of weight and activation widths (WxAy).
+    Weights only: one pair per weight width (activation level None: the env's fixed width); with
+    activation decisions the full grid of weight and activation widths (WxAy).
     """
     weights = range(len(base.bits))
     if not base.decides_act:
@@ -185,7 +186,7 @@ def level_pairs(base: JPQEnv) -> list[tuple[int, int | None]]:
 
 
 def act_level_near(base: JPQEnv, width: int) -> int | None:
-    """The activation level whose width is closest to ``width`` (None when not decided, v0)."""
+    """The activation level whose width is closest to ``width`` (None: not decided)."""
     if not base.decides_act:
         return None
     return int(np.argmin([abs(a - width) for a in base.space.act_bits]))

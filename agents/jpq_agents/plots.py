@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jpq_env.atomic import atomic_file
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with this module
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["one_in", "pareto_figure", "pareto_front", "pareto_plot"]
 
@@ -78,9 +82,25 @@ def pareto_figure(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     fig, ax = plt.subplots(figsize=(8, 5.6), dpi=120)
+    # Drawn in this order: it is the order of the legend's entries.
+    scored = [r for r in records if r.get("proxy_complete", True)]
+    inside = [r for r in scored if r["budget_met"]]
+    _draw_evaluated(fig, ax, records)
+    if scored:
+        _draw_front(ax, scored)
+    _draw_reference(ax, reference)
+    if inside:
+        _draw_best(ax, max(inside, key=lambda r: r["accuracy"]), reference)
+    _draw_fp32_and_budget(ax, records, budget)
+    _format_axes(ax, records, reference, budget, title)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_evaluated(fig: Figure, ax: Axes, records: Sequence[dict[str, Any]]) -> None:
+    """Every evaluated policy: raced ones as crosses, over budget in grey, the rest by episode."""
     scored = [r for r in records if r.get("proxy_complete", True)]
     raced = [r for r in records if not r.get("proxy_complete", True)]
     inside = [r for r in scored if r["budget_met"]]
@@ -115,17 +135,24 @@ def pareto_figure(
             label="evaluated within budget",
         )
         fig.colorbar(dots, ax=ax, pad=0.01).set_label("episode")
-    if scored:
-        front = pareto_front(scored)
-        ax.step(
-            [p["bops_ratio"] for p in front],
-            [p["accuracy"] for p in front],
-            where="post",
-            color="tab:blue",
-            linewidth=1,
-            alpha=0.7,
-            label="Pareto front of the evaluated policies",
-        )
+
+
+def _draw_front(ax: Axes, scored: Sequence[dict[str, Any]]) -> None:
+    """The Pareto front of the fully scored policies, as a step line."""
+    front = pareto_front(scored)
+    ax.step(
+        [p["bops_ratio"] for p in front],
+        [p["accuracy"] for p in front],
+        where="post",
+        color="tab:blue",
+        linewidth=1,
+        alpha=0.7,
+        label="Pareto front of the evaluated policies",
+    )
+
+
+def _draw_reference(ax: Axes, reference: Sequence[dict[str, Any]]) -> None:
+    """The two-stage reference points as open squares, each annotated with its short label."""
     # Labels alternate below and above along the BOPs axis: neighbours (W5A5, W6A6) stay legible.
     for i, point in enumerate(sorted(reference, key=lambda p: p["bops_ratio"])):
         ax.scatter(
@@ -144,24 +171,35 @@ def pareto_figure(
             xytext=(4, -8 if i % 2 == 0 else 4),
             textcoords="offset points",
         )
-    if inside:
-        best = max(inside, key=lambda r: r["accuracy"])
-        hidden = [
-            p["label"].split(" (")[0]
-            for p in reference
-            if math.isclose(p["bops_ratio"], best["bops_ratio"], rel_tol=1e-9)
-            and p["accuracy"] == best["accuracy"]
-        ]
-        ax.scatter(
-            [best["bops_ratio"]],
-            [best["accuracy"]],
-            marker="*",
-            s=220,
-            c="red",
-            zorder=3,
-            label=f"best within budget ({best['accuracy']:.2%}, episode {best['episode']})"
-            + (f": the same point as {hidden[0]}" if hidden else ""),
-        )
+
+
+def _draw_best(ax: Axes, best: dict[str, Any], reference: Sequence[dict[str, Any]]) -> None:
+    """The best policy within budget as a red star.
+
+    Its legend entry names the reference point it coincides with, since the star hides it.
+    """
+    hidden = [
+        p["label"].split(" (")[0]
+        for p in reference
+        if math.isclose(p["bops_ratio"], best["bops_ratio"], rel_tol=1e-9)
+        and p["accuracy"] == best["accuracy"]
+    ]
+    ax.scatter(
+        [best["bops_ratio"]],
+        [best["accuracy"]],
+        marker="*",
+        s=220,
+        c="red",
+        zorder=3,
+        label=f"best within budget ({best['accuracy']:.2%}, episode {best['episode']})"
+        + (f": the same point as {hidden[0]}" if hidden else ""),
+    )
+
+
+def _draw_fp32_and_budget(
+    ax: Axes, records: Sequence[dict[str, Any]], budget: float | None
+) -> None:
+    """The FP32 model's accuracy (a horizontal line) and the BOPs budget (a vertical one)."""
     fp32 = next((r["accuracy_fp32"] for r in records if "accuracy_fp32" in r), None)
     if fp32 is not None:
         ax.axhline(fp32, color="grey", linestyle=":", linewidth=1, label=f"FP32 ({fp32:.2%})")
@@ -169,6 +207,18 @@ def pareto_figure(
         ax.axvline(
             budget, color="red", linestyle="--", linewidth=1, label=f"budget {one_in(budget)}"
         )
+
+
+def _format_axes(
+    ax: Axes,
+    records: Sequence[dict[str, Any]],
+    reference: Sequence[dict[str, Any]],
+    budget: float | None,
+    title: str,
+) -> None:
+    """Log BOPs axis with 1/N ticks, axis labels, the title, the legend and the grid."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
     xs = [r["bops_ratio"] for r in [*records, *reference] if r["bops_ratio"] > 0]
     if xs:
         ax.set_xscale("log")
@@ -182,5 +232,3 @@ def pareto_figure(
     # Below the axes: inside, it hid points wherever it went (the budget line gathers them).
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    return fig

@@ -30,6 +30,7 @@ import ray
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvObs, VecEnvStepReturn
 
 from jpq_env.core.policy import Policy, PolicyKey, record_key
+from jpq_env.errors import ArgumentError
 from jpq_env.proxy.evaluator import Evaluator, WrappedEvaluator
 
 from .search import Search, SearchError
@@ -176,7 +177,7 @@ class RayVecEnv(VecEnv):
         max_restarts: int = 3,
     ) -> None:
         if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
+            raise ArgumentError(f"n must be at least 1, got {n}")
         env_kwargs = {k: v for k, v in search.settings.env.items() if k != "id"}
         env_id = str(search.settings.env.get("id", "jpq_env/JPQWeights-v0"))
         if not isinstance(env_kwargs.get("task", "digits"), str):

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from jpq_env.core.policy import record_key
 from jpq_env.envs import JPQEnv
+from jpq_env.errors import ArgumentError
 from jpq_env.proxy.evaluator import Evaluator, WrappedEvaluator
 from jpq_env.tasks import Task
 
@@ -96,7 +97,7 @@ def _reference(env_id: str, env_kwargs: dict[str, Any], evaluator: Any) -> list[
     points = []
     n = base.num_layers
     for lv in range(len(base.bits)):
-        act = act_level_near(base, base.bits[lv])  # v1: activations at the same width, WxAx
+        act = act_level_near(base, base.bits[lv])  # activation decisions: the same width, WxAx
         pruned = least_uniform_pruning(base, [lv] * n, [act] * n)
         if pruned is None:
             continue
@@ -153,22 +154,22 @@ def run_search(
         The summary (also written to ``summary.json``).
     """
     if agent not in AGENTS:
-        raise ValueError(f"unknown agent '{agent}': choose one of {sorted(AGENTS)}")
+        raise ArgumentError(f"unknown agent '{agent}': choose one of {sorted(AGENTS)}")
     if not str(out).strip():
-        raise ValueError("out must name a directory, got ''")
+        raise ArgumentError("out must name a directory, got ''")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        raise ArgumentError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     if episodes < 1:
-        raise ValueError(f"episodes must be at least 1, got {episodes}")
+        raise ArgumentError(f"episodes must be at least 1, got {episodes}")
     if env_id not in gym.registry:
         known = sorted(k for k in gym.registry if "JPQ" in k)
-        raise ValueError(f"unknown environment id '{env_id}': choose one of {known}")
+        raise ArgumentError(f"unknown environment id '{env_id}': choose one of {known}")
     if workers is not None and workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise ArgumentError(f"workers must be at least 1, got {workers}")
     agent_options = check_agent_options(agent, agent_options)
     unknown = sorted(set(env_kwargs or {}) - _ENV_ARGS)
     if unknown:
-        raise ValueError(
+        raise ArgumentError(
             f"unknown environment argument(s) {unknown}: choose from {sorted(_ENV_ARGS)}"
         )
     # The learning agents get the learning signals unless the caller says otherwise.

@@ -21,6 +21,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 
 from jpq_env.envs.wrappers import FlatBoxView, MultiDiscreteView
+from jpq_env.errors import ArgumentError
 
 from .agent_options import NOT_CONSTRUCTOR_ARGS
 from .play import jpq
@@ -160,11 +161,11 @@ def policy_kwargs(text: str) -> dict[str, Any]:
     try:
         parsed = value(ast.parse(text, mode="eval").body)
     except (SyntaxError, ValueError, TypeError, RecursionError) as exc:
-        raise ValueError(
+        raise ArgumentError(
             f"policy_kwargs {text!r}: only dict(...) or {{...}} of plain values is read ({exc})"
         ) from None
     if not isinstance(parsed, dict):
-        raise ValueError(f"policy_kwargs {text!r} is not a dict")
+        raise ArgumentError(f"policy_kwargs {text!r} is not a dict")
     return parsed
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from jpq_env.atomic import write_atomic
 from jpq_env.core.policy import Policy, record_key
 from jpq_env.envs import JPQEnv
-from jpq_env.errors import SearchError
+from jpq_env.errors import ArgumentError, SearchError
 from jpq_env.jsonfile import loads, read_json
 from jpq_env.proxy.evaluator import Evaluation, Evaluator, WrappedEvaluator
 
@@ -429,7 +429,7 @@ class Search:
             try:
                 record = loads(line, f"line {number}", error=ValueError)
                 if not isinstance(record, dict) or record.get("episode") != len(records):
-                    raise ValueError(f"expected the record of episode {len(records)}")
+                    raise ArgumentError(f"expected the record of episode {len(records)}")
                 _check_record(record, f"line {number} of '{path}'")  # an edit, never a tear
             except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
                 if number < len(lines):

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from jpq_env.errors import ArgumentError
+
 __all__ = ["Mismatch", "replay", "validate"]
 
 _CHECKED = ("accuracy", "bops_ratio", "size_ratio")
@@ -33,9 +35,9 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except OSError as exc:
-        raise ValueError(f"cannot read '{path}': {exc.strerror}") from exc
+        raise ArgumentError(f"cannot read '{path}': {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"'{path}' is not valid JSON: {exc}") from exc
+        raise ArgumentError(f"'{path}' is not valid JSON: {exc}") from exc
 
 
 def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -46,7 +48,7 @@ def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         try:
             lines = log.read_text().splitlines()
         except OSError as exc:
-            raise ValueError(f"cannot read '{log}': {exc.strerror}") from exc
+            raise ArgumentError(f"cannot read '{log}': {exc.strerror}") from exc
         records = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -54,13 +56,13 @@ def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"'{log}' line {number} is not valid JSON: {exc}") from exc
+                raise ArgumentError(f"'{log}' line {number} is not valid JSON: {exc}") from exc
         if not isinstance(run, dict) or not isinstance(run.get("env"), dict):
-            raise ValueError(f"'{path / 'run.json'}' holds no environment settings ('env')")
+            raise ArgumentError(f"'{path / 'run.json'}' holds no environment settings ('env')")
         return dict(run["env"]), records
     data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("env"), dict):
-        raise ValueError(f"'{path}' is not a policy file of jpq search (no 'env' settings)")
+        raise ArgumentError(f"'{path}' is not a policy file of jpq search (no 'env' settings)")
     record = {
         "episode": data.get("episode", 0),
         "accuracy": data.get("accuracy_val"),
@@ -105,7 +107,7 @@ def replay(path: str | Path, task: str | None = None, device: str | None = None)
         kwargs["device"] = device
     env = gym.make(env_id, **kwargs).unwrapped
     if not isinstance(env, JPQEnv):
-        raise ValueError(f"{env_id} is not a JPQ environment")
+        raise ArgumentError(f"{env_id} is not a JPQ environment")
     graph, evaluator = env.graph, env.evaluator
     replayed = skipped = 0
     for record in records:

@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from jpq_env.core.graph import LayerGraph
 from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION, ActRange, WeightQuantizer, quantize_activation
+from jpq_env.errors import ArgumentError
 
 __all__ = ["CompressedModel", "calibrate_ranges"]
 
@@ -56,7 +57,9 @@ def calibrate_ranges(
         One ``ActRange`` per layer, in graph order.
     """
     if method not in ("max", "percentile"):
-        raise ValueError(f"unknown activation range method '{method}': use 'max' or 'percentile'")
+        raise ArgumentError(
+            f"unknown activation range method '{method}': use 'max' or 'percentile'"
+        )
     private = copy.deepcopy(model).eval()
     seen: list[list[torch.Tensor]] = [[] for _ in graph.layers]
 
@@ -84,7 +87,7 @@ def calibrate_ranges(
     ranges = []
     for i, values in enumerate(seen):
         if not values:
-            raise ValueError(f"layer '{graph.names[i]}' saw no input during calibration")
+            raise ArgumentError(f"layer '{graph.names[i]}' saw no input during calibration")
         if method == "max":
             stacked = torch.stack(values)
             ranges.append(ActRange(float(stacked[:, 0].min()), float(stacked[:, 1].max())))
@@ -196,7 +199,7 @@ class CompressedModel:
         policy.validate(self.graph, None if allowed_bits is None else list(allowed_bits))
         act_bits = [int(lp.act_bits) for lp in policy.layers]
         if self.act_ranges is None and min(act_bits) < FULL_PRECISION:
-            raise ValueError(
+            raise ArgumentError(
                 "activation bits below 32 need calibrated ranges: pass act_ranges (see "
                 "calibrate_ranges)"
             )
@@ -204,13 +207,13 @@ class CompressedModel:
         live = self.graph.liveness(policy.kept())
         layers = zip(self.graph.layers, policy.layers, self.layers, self.quantizers, strict=True)
         for info, lp, module, quantizer in layers:
-            alive = torch.from_numpy(live.alive_out[info.index])
+            alive = torch.tensor(live.alive_out[info.index])
             bits = torch.from_numpy(np.where(live.alive_out[info.index], lp.bits, 0))
             quantizer(bits, out=module.weight)
             if module.bias is not None:
                 module.bias.mul_(alive.to(module.bias.device, module.bias.dtype))
         for name, bn in self._bns.items():
-            mask = torch.from_numpy(live.bn_alive[name])
+            mask = torch.tensor(live.bn_alive[name])
             # A dead channel enters as zero; a zero mean and zero scale/shift keep it zero.
             for t in (bn.running_mean, bn.weight, bn.bias):
                 if t is not None:
@@ -220,11 +223,11 @@ class CompressedModel:
     def set_activation_bits(self, bits: list[int]) -> None:
         """Quantize each layer's input at ``bits[i]`` (32 = off) without touching the weights."""
         if len(bits) != len(self.graph.layers):
-            raise ValueError(
+            raise ArgumentError(
                 f"expected {len(self.graph.layers)} activation widths, got {len(bits)}"
             )
         if self.act_ranges is None and min(bits) < FULL_PRECISION:
-            raise ValueError("activation bits below 32 need calibrated ranges (act_ranges)")
+            raise ArgumentError("activation bits below 32 need calibrated ranges (act_ranges)")
         self._act_bits = [int(b) for b in bits]
 
     def close(self) -> None:

@@ -43,6 +43,7 @@ import numpy as np
 from jpq_env.core.graph import LayerGraph, Liveness
 from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION
+from jpq_env.errors import ArgumentError
 
 __all__ = [
     "CostReport",
@@ -125,7 +126,7 @@ class CostReport:
     def size_bytes(self, unit: str = "MB") -> float:
         """Size in megabytes: ``"MB"`` is 10**6 bytes, ``"MiB"`` is 2**20 bytes."""
         if unit not in ("MB", "MiB"):
-            raise ValueError(f"unknown size unit '{unit}': use 'MB' or 'MiB'")
+            raise ArgumentError(f"unknown size unit '{unit}': use 'MB' or 'MiB'")
         return self.size_bits / 8 / (1e6 if unit == "MB" else 2**20)
 
 

@@ -20,7 +20,7 @@ from jpq_env import validation as check
 from jpq_env.atomic import write_atomic
 from jpq_env.core.graph import LayerGraph
 from jpq_env.core.quant import FULL_PRECISION, SUPPORTED_BITS
-from jpq_env.errors import PolicyError
+from jpq_env.errors import ArgumentError, PolicyError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -306,7 +306,7 @@ class Conventions:
         ):
             width = check.integer(name, value, optional=True)
             if width is not None and (width not in SUPPORTED_BITS or width == 0):
-                raise ValueError(f"{name}={value} is not a supported width (1-16 or 32)")
+                raise ArgumentError(f"{name}={value} is not a supported width (1-16 or 32)")
 
     def apply(self, graph: LayerGraph, policy: Policy) -> Policy:
         """Return ``policy`` with the conventions imposed (idempotent)."""

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from jpq_env.errors import ArgumentError
+
 __all__ = [
     "FULL_PRECISION",
     "SUPPORTED_BITS",
@@ -52,7 +54,7 @@ class WeightQuantizer:
 
     def __init__(self, weight: torch.Tensor, method: str = "max") -> None:
         if method not in ("max", "mse"):
-            raise ValueError(f"unknown weight range method '{method}': use 'max' or 'mse'")
+            raise ArgumentError(f"unknown weight range method '{method}': use 'max' or 'mse'")
         w = weight.detach()
         self.weight = w
         self.method = method
@@ -89,14 +91,14 @@ class WeightQuantizer:
         """Validated widths, and the per-kernel scale and largest level, shaped to broadcast."""
         w = self.weight
         if bits.shape != (w.shape[0],):
-            raise ValueError(
+            raise ArgumentError(
                 f"expected {w.shape[0]} bit-widths (one per output kernel), got shape "
                 f"{tuple(bits.shape)}"
             )
         b = bits.to(device=w.device, dtype=torch.long)
         unsupported = sorted({int(x) for x in b.unique().tolist()} - SUPPORTED_BITS)
         if unsupported:
-            raise ValueError(f"unsupported weight widths {unsupported}: use 0-16 or 32")
+            raise ArgumentError(f"unsupported weight widths {unsupported}: use 0-16 or 32")
         if self.method == "mse":
             todo = [x for x in torch.unique(b).tolist() if 2 <= x <= 16 and not self._searched[x]]
             if todo:
@@ -188,7 +190,7 @@ def quantize_activation(x: torch.Tensor, bits: int, rng: ActRange) -> torch.Tens
     if bits >= FULL_PRECISION:
         return x
     if bits < 1:
-        raise ValueError(f"activation bit-width must be at least 1, got {bits}")
+        raise ArgumentError(f"activation bit-width must be at least 1, got {bits}")
     if rng.signed:
         span = max(abs(rng.lo), abs(rng.hi))
         if bits == 1:  # no symmetric level is left: binary, sign(x) * span / 2

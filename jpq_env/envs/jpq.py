@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, SupportsFloat
 
@@ -18,9 +17,10 @@ from jpq_env.core.policy import Conventions, Policy
 from jpq_env.core.quant import SUPPORTED_BITS
 from jpq_env.envs.budget import ENFORCEMENT, Budget, lower_backwards, wall_channels, wall_layer
 from jpq_env.envs.decisions import DecisionSpace, LayerDecision
-from jpq_env.envs.observation import FEATURES, N_STATIC, squash, static_features
-from jpq_env.envs.render import bits_frame
-from jpq_env.envs.rewards import Outcome, RewardDesign, make_reward
+from jpq_env.envs.observation import FEATURES, N_STATIC, DecisionFeatures, static_features
+from jpq_env.envs.render import ansi_table, bits_frame
+from jpq_env.envs.rewards import Outcome, RewardDesign, least_accuracy_reaching, make_reward
+from jpq_env.errors import ArgumentError
 from jpq_env.proxy.evaluator import Evaluator, LocalEvaluator, as_evaluator
 from jpq_env.proxy.sensitivity import SensitivityTable, measure_sensitivity
 from jpq_env.tasks import Task, load_task
@@ -33,17 +33,17 @@ _ACTION_TOLERANCE = 1e-6
 
 def _check_bits(name: str, values: Sequence[int], low: int) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise ValueError(f"{name} must be a list of integer widths, got {values!r}")
+        raise ArgumentError(f"{name} must be a list of integer widths, got {values!r}")
     vals = list(values)
     if not vals:
-        raise ValueError(f"{name} must not be empty")
+        raise ArgumentError(f"{name} must not be empty")
     if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in vals):
-        raise ValueError(f"{name} must be integers, got {vals}")
+        raise ArgumentError(f"{name} must be integers, got {vals}")
     if len(set(vals)) != len(vals):
-        raise ValueError(f"{name} has duplicates: {vals}")
+        raise ArgumentError(f"{name} has duplicates: {vals}")
     bad = [v for v in vals if v < low or v not in SUPPORTED_BITS]
     if bad:
-        raise ValueError(f"{name} {bad} outside the supported widths {low}-16 and 32")
+        raise ArgumentError(f"{name} {bad} outside the supported widths {low}-16 and 32")
     return tuple(sorted(int(v) for v in vals))
 
 
@@ -185,9 +185,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
 
     Ids name the problem; ``-vN`` counts revisions of the same problem.
 
-    - ``JPQWeights-v0`` (``JPQ-v0`` in jpq-env 0.1): weights-only decisions (AJPQ): sparsity
+    - ``JPQWeights-v0`` (formerly ``JPQ-v0``): weights-only decisions (AJPQ): sparsity
       then per-group weight widths, activations fixed.
-    - ``JPQWeightsActs-v0`` (``JPQ-v1`` in jpq-env 0.1): the layer decision also picks the
+    - ``JPQWeightsActs-v0`` (formerly ``JPQ-v1``): the layer decision also picks the
       layer's input activation width (``act_bits`` a set).
     """
 
@@ -219,21 +219,20 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         error_shaping: float = 0.0,
     ) -> None:
         super().__init__()
-        render_mode = check.choice(
+        self.render_mode = check.choice(
             "render_mode", render_mode, [*self.metadata["render_modes"], None]
         )
-        enforcement = check.choice("enforcement", enforcement, ENFORCEMENT)
+        self.enforcement = check.choice("enforcement", enforcement, ENFORCEMENT)
         importance = check.choice("importance criterion", importance, list(IMPORTANCE))
         max_sparsity = check.number("max_sparsity", max_sparsity, low=0.0, high=1.0, high_open=True)
         channel_groups = check.integer("channel_groups", channel_groups, low=0)
-        shaping = check.number("shaping", shaping, low=0.0)
+        self.shaping = check.number("shaping", shaping, low=0.0)
         bn_recalibration = check.flag("bn_recalibration", bn_recalibration)
         task_options = check.mapping("task_options", task_options)
         custom = None if evaluator is None else as_evaluator(evaluator)
         sensitivity = check.flag("sensitivity", sensitivity)
-        error_shaping = check.number("error_shaping", error_shaping, low=0.0)
+        self.error_shaping = check.number("error_shaping", error_shaping, low=0.0)
         metric = check.choice("metric", metric, ["top1", "agreement", "kl"])
-        self.render_mode = render_mode
         self.bits = _check_bits("bits", bits, 1)
         act_choices = _check_bits(
             "act_bits", [act_bits] if isinstance(act_bits, (int, np.integer)) else act_bits, 1
@@ -241,8 +240,6 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self.budget = Budget(budget_bops, budget_size)
         self.reward_design = make_reward(reward)
         self.reward_design.reset()
-        self.enforcement = enforcement
-        self.shaping = float(shaping)
         self.conventions = Conventions(input_bits=input_bits, first_last_bits=first_last_bits)
 
         self.task = load_task(task, **task_options)
@@ -255,59 +252,13 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             metric=metric,
             val_images=val_images,
         )
-        self._race_target: float | None = None
-        weights = [self.task.model.get_submodule(name).weight for name in self.graph.names]
-        ranked = [ranked_importance(w, importance) for w in weights]  # type: ignore[arg-type]
-        # Importance of each layer's kernels in ranked order, scaled to [0, 1] (for agents).
-        self.ranked_importance = [scaled for _, scaled in ranked]
-        self.space = DecisionSpace(
-            self.graph,
-            [order for order, _ in ranked],
-            self.bits,
-            act_choices,
-            max_sparsity,
-            self.conventions,
-            channel_groups,
-        )
-        if not self.budget.targets:
-            raise ValueError("give at least one budget: budget_bops and/or budget_size")
-        if not self.space.feasible(self.budget):
-            bops, size = self.space.ratios([None] * len(self.graph))
-            fixed = ""
-            if self.graph.uncompressed:
-                fixed = (
-                    f"; the layers jpq-env does not compress ({len(self.graph.uncompressed)}, see "
-                    "graph.uncompressed) alone cost BOPs "
-                    f"{self.space.fixed_bops / self.space.fp32_bops:.5f} and size "
-                    f"{self.space.fixed_size / self.space.fp32_size:.5f} of FP32"
-                )
-            raise ValueError(
-                f"infeasible budget {self.budget.targets}: even the cheapest decisions (sparsity "
-                f"{max_sparsity}, {self.bits[0]}-bit weights, {act_choices[0]}-bit activations) "
-                f"reach BOPs {bops:.5f} and size {size:.5f} of FP32{fixed}"
-            )
-        self.error_shaping = float(error_shaping)
+        self.space = self._decision_space(importance, act_choices, max_sparsity, channel_groups)
+        self._check_budget(max_sparsity, act_choices)
         self.sensitivity: SensitivityTable | None = None
         if sensitivity or self.error_shaping:
-            self.sensitivity = measure_sensitivity(
-                self.task,
-                self.graph,
-                self.bits,
-                act_choices if len(act_choices) > 1 else (),
-                importance=importance,
-                fixed_act=self.space.fixed_act,
-                unprunable=[i for i in range(len(self.graph)) if self.space.max_pruned(i) == 0],
-                bn_recalibration=bn_recalibration,
-                device=self.evaluator.device,
-            )
+            self.sensitivity = self._measure_sensitivity(importance, bn_recalibration)
         self._sens_features = sensitivity
-        widest = max(x.out_channels for x in self.graph.layers)
-        if channel_groups > max(widest, MAX_CHANNEL_GROUPS):  # more groups than kernels: empty
-            raise ValueError(
-                f"channel_groups={channel_groups} is more than the {widest} kernels of the widest "
-                f"layer and than {MAX_CHANNEL_GROUPS}: use at most that, or 0 for one entry per "
-                "kernel"
-            )
+        self._check_groups(channel_groups)
         # A set of activation widths makes them a layer decision (entry 1 of the action).
         self.decides_act = len(act_choices) > 1
         self.layer_slots = 2 if self.decides_act else 1
@@ -316,17 +267,84 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         )
         extra = self.sensitivity.size if self._sens_features and self.sensitivity else 0
         self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES) + extra,), np.float32)
-        pinned = set(self.space.pinned_bits)
-        self._static = static_features(self.graph, pinned)
+        self._static = static_features(self.graph, set(self.space.pinned_bits))
+        self._race_target: float | None = None
         self._layer = -1  # -1: not reset; len(graph): terminated
         self._phase = LAYER
         self._decisions: list[LayerDecision | None] = []
         self._pending: tuple[int, int] | None = None  # (n_pruned, act_bits) of the layer phase
-        self._features_cache: tuple[int, list[LayerDecision | None], np.ndarray] | None = None
+        self._features = DecisionFeatures(self.space, self.budget)
         self._potential = 0.0
         self._decided_kl = 0.0  # sum of the sensitivity contributions of the decided layers
         self.last_policy: Policy | None = None
         self.last_cost: CostReport | None = None
+
+    def _decision_space(
+        self,
+        importance: str,
+        act_choices: tuple[int, ...],
+        max_sparsity: float,
+        channel_groups: int,
+    ) -> DecisionSpace:
+        """The decision space over the kernels ranked by ``importance`` (computed once)."""
+        weights = [self.task.model.get_submodule(name).weight for name in self.graph.names]
+        ranked = [ranked_importance(w, importance) for w in weights]  # type: ignore[arg-type]
+        # Importance of each layer's kernels in ranked order, scaled to [0, 1] (for agents).
+        self.ranked_importance = [scaled for _, scaled in ranked]
+        return DecisionSpace(
+            self.graph,
+            [order for order, _ in ranked],
+            self.bits,
+            act_choices,
+            max_sparsity,
+            self.conventions,
+            channel_groups,
+        )
+
+    def _check_budget(self, max_sparsity: float, act_choices: tuple[int, ...]) -> None:
+        """Refuse a missing budget, or one that even the cheapest decisions exceed."""
+        if not self.budget.targets:
+            raise ArgumentError("give at least one budget: budget_bops and/or budget_size")
+        if self.space.feasible(self.budget):
+            return
+        bops, size = self.space.ratios([None] * len(self.graph))
+        fixed = ""
+        if self.graph.uncompressed:
+            fixed = (
+                f"; the layers jpq-env does not compress ({len(self.graph.uncompressed)}, see "
+                "graph.uncompressed) alone cost BOPs "
+                f"{self.space.fixed_bops / self.space.fp32_bops:.5f} and size "
+                f"{self.space.fixed_size / self.space.fp32_size:.5f} of FP32"
+            )
+        raise ArgumentError(
+            f"infeasible budget {self.budget.targets}: even the cheapest decisions (sparsity "
+            f"{max_sparsity}, {self.bits[0]}-bit weights, {act_choices[0]}-bit activations) "
+            f"reach BOPs {bops:.5f} and size {size:.5f} of FP32{fixed}"
+        )
+
+    def _measure_sensitivity(self, importance: str, bn_recalibration: bool) -> SensitivityTable:
+        """The task's per-layer sensitivity table (measured once per task, then cached)."""
+        acts = self.space.act_bits
+        return measure_sensitivity(
+            self.task,
+            self.graph,
+            self.bits,
+            acts if len(acts) > 1 else (),
+            importance=importance,
+            fixed_act=self.space.fixed_act,
+            unprunable=[i for i in range(len(self.graph)) if self.space.max_pruned(i) == 0],
+            bn_recalibration=bn_recalibration,
+            device=self.evaluator.device,
+        )
+
+    def _check_groups(self, channel_groups: int) -> None:
+        widest = max(x.out_channels for x in self.graph.layers)
+        if channel_groups > max(widest, MAX_CHANNEL_GROUPS):  # more groups than kernels: empty
+            raise ArgumentError(
+                f"channel_groups={channel_groups} is more than the {widest} kernels of the widest "
+                f"layer and than {MAX_CHANNEL_GROUPS}: use at most that, or 0 for one entry per "
+                "kernel"
+            )
 
     # ---- public helpers for agents ------------------------------------------------------------
 
@@ -452,24 +470,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
                 for info, d, c in zip(self.graph.layers, decided, cost.layers, strict=True)
             ]
             return bits_frame(bars, max(max(self.bits), max(self.space.act_bits)))
-        lines = [
-            f"{'layer':<24} {'kernels':>8} {'sparsity':>8} {'w bits':>7} {'a bits':>6} {'BOPs':>14}"
-        ]
-        for info, d, c in zip(self.graph.layers, decided, cost.layers, strict=True):
-            if d is None:
-                lines.append(
-                    f"{info.name:<24} {info.out_channels:>8} {'-':>8} {'-':>7} {'-':>6} {'-':>14}"
-                )
-                continue
-            lines.append(
-                f"{info.name:<24} {info.out_channels:>8} {d.n_pruned / info.out_channels:>8.2f} "
-                f"{c.mean_w_bits:>7.2f} {d.act_bits:>6} {c.bops:>14,}"
-            )
-        done = [d is not None for d in decided]
-        if all(done) and self.last_cost is not None:
-            last = self.last_cost
-            lines.append(f"BOPs {last.bops_ratio:.5f} of FP32, size {last.size_ratio:.4f} of FP32")
-        return "\n".join(lines)
+        last = self.last_cost if all(d is not None for d in decided) else None
+        return ansi_table(self.graph, decided, cost, last)
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -481,15 +483,17 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
                 raise TypeError(f"dtype {raw.dtype}")
             a = raw.astype(np.float32).astype(np.float64)
         except (TypeError, ValueError) as exc:
-            raise ValueError(
+            raise ArgumentError(
                 f"action must be a numeric array of shape {self.action_space.shape}, got {exc}"
             ) from exc
         if a.shape != self.action_space.shape:
-            raise ValueError(f"action has shape {a.shape}, expected {self.action_space.shape}")
+            raise ArgumentError(f"action has shape {a.shape}, expected {self.action_space.shape}")
         if not np.isfinite(a).all():
-            raise ValueError(f"action contains NaN or inf: {a.tolist()}")
+            raise ArgumentError(f"action contains NaN or inf: {a.tolist()}")
         if (np.abs(a) > 1.0 + _ACTION_TOLERANCE).any():
-            raise ValueError(f"action values must lie in [-1, 1], got min {a.min()} max {a.max()}")
+            raise ArgumentError(
+                f"action values must lie in [-1, 1], got min {a.min()} max {a.max()}"
+            )
         return (np.clip(a, -1.0, 1.0) + 1.0) / 2.0
 
     def _level(self, u: np.ndarray | float, choices: int) -> np.ndarray:
@@ -578,7 +582,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     def race(self, reward: float | None) -> None:
         """Race the next evaluations against ``reward`` (None: evaluate completely); see above."""
         if reward is not None and not (isinstance(reward, (int, float)) and np.isfinite(reward)):
-            raise ValueError(f"race() takes a finite reward or None, got {reward!r}")
+            raise ArgumentError(f"race() takes a finite reward or None, got {reward!r}")
         self._race_target = None if reward is None else float(reward)
 
     def _score(self, policy: Policy, cost: CostReport) -> float:
@@ -586,40 +590,17 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         target = self._race_target
         if target is None or not self.evaluator.supports_racing:
             return float(self.evaluator.accuracy(policy))
-        needed = self._accuracy_needed(target, cost)
+        fp32 = float(self.evaluator.fp32_accuracy)
+
+        def outcome(acc: float) -> Outcome:
+            return Outcome(
+                acc, fp32, float(cost.bops), cost.bops_ratio, cost.size_ratio, self.budget.targets
+            )
+
+        needed = least_accuracy_reaching(self.reward_design, target, outcome)
         if needed is None:
             return float(self.evaluator.accuracy(policy))
         return float(self.evaluator.accuracy(policy, at_least=needed))
-
-    def _accuracy_needed(self, target: float, cost: CostReport) -> float | None:
-        """The least score whose reward reaches ``target`` at these costs (None: not invertible).
-
-        Found by bisection on the reward design's ``terms`` (pure: a stateful design is not
-        moved); a design whose reward is not monotone in the score is not raced.
-        """
-        fp32 = float(self.evaluator.fp32_accuracy)
-
-        def reward(acc: float) -> float:
-            outcome = Outcome(
-                acc, fp32, float(cost.bops), cost.bops_ratio, cost.size_ratio, self.budget.targets
-            )
-            return float(self.reward_design.terms(outcome)["total"])
-
-        grid = [reward(a) for a in np.linspace(0.0, 1.0, 11)]
-        if any(b < a - 1e-12 for a, b in itertools.pairwise(grid)):
-            return None
-        if grid[-1] < target:
-            return 1.0 + 1e-9  # not even a perfect score reaches it
-        if grid[0] >= target:
-            return None  # any score reaches it: nothing to race
-        lo, hi = 0.0, 1.0
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            if reward(mid) >= target:
-                hi = mid
-            else:
-                lo = mid
-        return hi
 
     def _evaluation_info(self) -> dict[str, Any]:
         last = self.evaluator.last
@@ -655,53 +636,12 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             dyn[1] = self._pending[0] / k / max(self.space.max_sparsity, 1e-12)
             dyn[2] = self._pending[1] / max(self.space.act_bits[-1], 1)
         dyn[3] = max(self._layer, 0) / len(self.graph)
-        dyn[4:] = self._decision_features(layer)
+        dyn[4:] = self._features(self._decisions, layer)
         parts = [self._static[layer], dyn]
         if self._sens_features and self.sensitivity is not None:
             parts.append(self.sensitivity.features(layer))
         obs = np.concatenate(parts).astype(np.float32)
         return np.clip(obs, 0.0, 1.0)
-
-    def _decision_features(self, layer: int) -> np.ndarray:
-        """Features 4 onwards of the dynamic part: they change only with the decisions.
-
-        Both phases of a layer see the same decisions, so the channel phase reuses the layer
-        phase's features (computed again after every change of ``_decisions``).
-        """
-        cached = self._features_cache  # holds the decisions it was computed for: ids stay valid
-        if (
-            cached is not None
-            and cached[0] == layer
-            and len(cached[1]) == len(self._decisions)
-            and all(a is b for a, b in zip(cached[1], self._decisions, strict=True))
-        ):
-            return cached[2]
-        dyn = np.zeros(len(FEATURES) - N_STATIC - 4)
-        prev = self._decisions[layer - 1] if self._decisions and layer > 0 else None
-        if prev is not None:
-            dyn[0] = prev.n_pruned / len(prev.ranked_bits)
-            dyn[1] = prev.kept_mean_bits / self.bits[-1]
-        decided_so_far = [d for d in self._decisions if d is not None]
-        if decided_so_far:  # decisions so far: mean sparsity and mean kept width
-            dyn[2] = float(np.mean([d.n_pruned / len(d.ranked_bits) for d in decided_so_far]))
-            dyn[3] = float(np.mean([d.kept_mean_bits for d in decided_so_far])) / self.bits[-1]
-        if self._decisions:
-            per_layer = self.space.layer_costs(self._decisions)
-            decided = np.array([d is not None for d in self._decisions])
-            fixed = (self.space.fixed_bops, self.space.fixed_size)  # uncompressed layers: spent
-            for j, (key, fp32) in enumerate(
-                (("bops", self.space.fp32_bops), ("size", self.space.fp32_size))
-            ):
-                target = self.budget.targets.get(key)
-                if target is None:
-                    continue
-                budget_abs = target * fp32
-                used = per_layer[j][decided].sum() + fixed[j]
-                rest = per_layer[j][~decided].sum()
-                dyn[4 + 2 * j] = squash(used / budget_abs)
-                dyn[5 + 2 * j] = squash(max(budget_abs - used - rest, 0.0) / budget_abs)
-        self._features_cache = (layer, list(self._decisions), dyn)
-        return dyn
 
     def _info(self) -> dict[str, Any]:
         layer = min(max(self._layer, 0), len(self.graph) - 1)

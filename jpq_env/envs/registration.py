@@ -4,8 +4,10 @@ Every preset is a dict of JSON-able keyword arguments, so specs serialise and RL
 ``--env-kwargs`` work. Ids name the problem (``JPQWeights``: weights only; ``JPQWeightsActs``:
 weights and activations); their ``-vN`` is kept for revisions of the same problem. Besides the
 namespaced ids, the two main ones are registered bare so that ``gym.make("jpq_env:JPQWeights-v0")``
-(import the module, then look the id up) works from a fresh process. The ids of jpq-env 0.1
-(``JPQ-v0``, ``JPQ-v1``, ...) still work, with a ``FutureWarning`` naming the new id.
+(import the module, then look the id up) works from a fresh process. The ids used before the
+problems were named (``JPQ-v0``, ``JPQ-v1``, ...) still make the same environments, with a
+``FutureWarning`` naming the new id; no listing shows them, and they go away in the next minor
+release.
 """
 
 from __future__ import annotations
@@ -53,9 +55,9 @@ RENAMED: dict[str, str] = {
     "JPQ-v1": "JPQWeightsActs-v0",
     "jpq_env/JPQDeep-v1": "jpq_env/JPQWeightsActsDeep-v0",
 }
-"""Ids of jpq-env 0.1 and their new names. The old ids named two different problems as two
-versions of one (gymnasium then reported ``JPQ-v0`` as out of date); they still make the same
-environment, with a ``FutureWarning``, and will be removed in 0.3."""
+"""Ids used before the problems were named, and their names. The old ids named two different
+problems as two versions of one (gymnasium then reported ``JPQ-v0`` as out of date); they still
+make the same environment, with a ``FutureWarning``, until the next minor release."""
 
 
 def make_renamed(old_id: str, new_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
@@ -65,8 +67,8 @@ def make_renamed(old_id: str, new_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
     from jpq_env.envs.jpq import JPQEnv
 
     warnings.warn(
-        f"'{old_id}' is renamed '{new_id}' (same environment; the old id goes away in jpq-env "
-        "0.3): use the new id",
+        f"'{old_id}' is renamed '{new_id}' (same environment; the old id goes away in the next "
+        "minor release): use the new id",
         FutureWarning,
         stacklevel=3,
     )

@@ -14,7 +14,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BAR", "GAP", "HEIGHT", "bits_frame"]
+from jpq_env.core.costs import CostReport
+from jpq_env.core.graph import LayerGraph
+from jpq_env.envs.decisions import LayerDecision
+from jpq_env.errors import ArgumentError
+
+__all__ = ["BAR", "GAP", "HEIGHT", "ansi_table", "bits_frame"]
 
 HEIGHT = 64
 BAR = 8
@@ -40,7 +45,7 @@ def bits_frame(layers: Sequence[tuple[float, int, float] | None], max_bits: int)
         An array of shape ``(HEIGHT, len(layers) * (BAR + GAP) + GAP, 3)`` and dtype ``uint8``.
     """
     if max_bits < 1:
-        raise ValueError(f"max_bits must be at least 1, got {max_bits}")
+        raise ArgumentError(f"max_bits must be at least 1, got {max_bits}")
     width = len(layers) * (BAR + GAP) + GAP
     frame = np.empty((HEIGHT, width, 3), dtype=np.uint8)
     frame[:] = _WHITE
@@ -58,3 +63,35 @@ def bits_frame(layers: Sequence[tuple[float, int, float] | None], max_bits: int)
         cols = round(BAR * min(max(pruned, 0.0), 1.0))
         frame[top:, x : x + cols] = _PRUNED
     return frame
+
+
+def ansi_table(
+    graph: LayerGraph,
+    decided: Sequence[LayerDecision | None],
+    cost: CostReport,
+    last: CostReport | None = None,
+) -> str:
+    """The ``ansi`` render: one line per layer (kernels, sparsity, widths, BOPs), then totals.
+
+    Args:
+        graph: The layer graph.
+        decided: Per layer, its decision (None: not decided yet, shown as dashes).
+        cost: The costs of the decisions (undecided layers at their most aggressive).
+        last: The finished episode's costs, for the closing line (None: no closing line).
+    """
+    lines = [
+        f"{'layer':<24} {'kernels':>8} {'sparsity':>8} {'w bits':>7} {'a bits':>6} {'BOPs':>14}"
+    ]
+    for info, d, c in zip(graph.layers, decided, cost.layers, strict=True):
+        if d is None:
+            lines.append(
+                f"{info.name:<24} {info.out_channels:>8} {'-':>8} {'-':>7} {'-':>6} {'-':>14}"
+            )
+            continue
+        lines.append(
+            f"{info.name:<24} {info.out_channels:>8} {d.n_pruned / info.out_channels:>8.2f} "
+            f"{c.mean_w_bits:>7.2f} {d.act_bits:>6} {c.bops:>14,}"
+        )
+    if last is not None:
+        lines.append(f"BOPs {last.bops_ratio:.5f} of FP32, size {last.size_ratio:.4f} of FP32")
+    return "\n".join(lines)

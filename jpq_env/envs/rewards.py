@@ -19,10 +19,13 @@ name or pass an instance to the environment.
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from jpq_env import validation as check
 
@@ -224,3 +227,39 @@ def make_reward(spec: str | RewardDesign) -> RewardDesign:
     if isinstance(spec, RewardDesign):
         return spec
     return REWARDS[check.choice("reward design", spec, sorted(REWARDS))]()
+
+
+def least_accuracy_reaching(
+    design: RewardDesign, target: float, outcome: Callable[[float], Outcome]
+) -> float | None:
+    """The least score whose reward reaches ``target`` (None: any score does, or not invertible).
+
+    What racing needs: the environment races an evaluation against the score that would give
+    the incumbent's reward at this policy's costs. Found by bisection on the design's ``terms``
+    (pure: a stateful design is not moved); a design whose reward is not monotone in the score is
+    not raced. A target that even a perfect score misses gives a value above 1.
+
+    Args:
+        design: The reward design.
+        target: The reward to reach.
+        outcome: The outcome of a score (the policy's costs and the FP32 score fixed).
+    """
+
+    def reward(acc: float) -> float:
+        return float(design.terms(outcome(acc))["total"])
+
+    grid = [reward(a) for a in np.linspace(0.0, 1.0, 11)]
+    if any(b < a - 1e-12 for a, b in itertools.pairwise(grid)):
+        return None
+    if grid[-1] < target:
+        return 1.0 + 1e-9  # not even a perfect score reaches it
+    if grid[0] >= target:
+        return None  # any score reaches it: nothing to race
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if reward(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -30,6 +30,7 @@ from gymnasium.envs.registration import EnvSpec
 from jpq_env import validation as check
 from jpq_env.envs.budget import wall_layer
 from jpq_env.envs.jpq import LAYER, JPQEnv
+from jpq_env.errors import ArgumentError
 
 __all__ = ["FlatBoxView", "MultiDiscreteView"]
 
@@ -149,9 +150,9 @@ class MultiDiscreteView(_PerLayerView, gym.utils.RecordConstructorArgs):
         gym.utils.RecordConstructorArgs.__init__(self, sparsity_levels=sparsity_levels)
         super().__init__(env)
         if self.jpq.per_kernel:
-            raise ValueError("MultiDiscreteView needs importance groups: set channel_groups > 0")
+            raise ArgumentError("MultiDiscreteView needs importance groups: set channel_groups > 0")
         if sparsity_levels < 1:
-            raise ValueError(f"sparsity_levels must be at least 1, got {sparsity_levels}")
+            raise ArgumentError(f"sparsity_levels must be at least 1, got {sparsity_levels}")
         self.sparsity_levels = sparsity_levels
         n_bits = len(self.jpq.bits)
         acts = [len(self.jpq.space.act_bits)] if self.jpq.decides_act else []
@@ -161,10 +162,12 @@ class MultiDiscreteView(_PerLayerView, gym.utils.RecordConstructorArgs):
     def _native(self, action: Any) -> np.ndarray:
         a = check.array(action)
         if a.shape != self._nvec.shape or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"action must be {self._nvec.size} integers, got {a.dtype} {a.shape}")
+            raise ArgumentError(
+                f"action must be {self._nvec.size} integers, got {a.dtype} {a.shape}"
+            )
         nvec = self._nvec
         if (a < 0).any() or (a >= nvec).any():
-            raise ValueError(f"action {a.tolist()} outside {nvec.tolist()}")
+            raise ArgumentError(f"action {a.tolist()} outside {nvec.tolist()}")
         sparsity = self._sparsity_value(int(a[0]))
         if self.jpq.decides_act:
             act = self.jpq.encode_levels(a[1:2], len(self.jpq.space.act_bits))

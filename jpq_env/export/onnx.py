@@ -52,7 +52,7 @@ from torch import fx, nn
 from jpq_env.core.graph import LayerGraph
 from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION, WeightQuantizer
-from jpq_env.errors import OnnxFormatError
+from jpq_env.errors import ArgumentError, OnnxFormatError
 from jpq_env.export.pruned import ActQuant, SplitGroups, pruned_module
 from jpq_env.proxy.evaluator import LocalEvaluator, iter_batches
 
@@ -148,7 +148,9 @@ class _QuantizedConv(nn.Module):
         self.stride, self.padding = conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
         if conv.padding_mode != "zeros":
-            raise ValueError(f"ONNX export supports zero padding only, not {conv.padding_mode!r}")
+            raise ArgumentError(
+                f"ONNX export supports zero padding only, not {conv.padding_mode!r}"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(
@@ -281,7 +283,7 @@ def qdq_module(
         alive = np.flatnonzero(live.alive_out[info.index])
         if not len(alive):
             continue  # _NoChannels: nothing to store
-        kept_bits, kept_scales = bits[alive], scales[torch.from_numpy(alive)]
+        kept_bits, kept_scales = bits[alive], scales[torch.tensor(alive)]
         layer = gm.get_submodule(info.name)
         if isinstance(layer, SplitGroups):
             start = 0

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from jpq_env.atomic import atomic_file
-from jpq_env.errors import ExportFormatError
+from jpq_env.errors import ArgumentError, ExportFormatError
 
 __all__ = [
     "MAGIC",
@@ -75,7 +75,7 @@ def pack_levels(levels: Sequence[np.ndarray], widths: Sequence[int]) -> np.ndarr
             q = _offset(width)
             codes, fits = v + q, v.size == 0 or (int(v.min()) >= -q and int(v.max()) <= q)
         if not fits:
-            raise ValueError(f"levels {int(v.min())}..{int(v.max())} do not fit {width} bits")
+            raise ArgumentError(f"levels {int(v.min())}..{int(v.max())} do not fit {width} bits")
         chunks.append(((codes[:, None] >> np.arange(width)) & 1).astype(np.uint8).ravel())
     bits = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
     return np.packbits(bits, bitorder="little")
@@ -92,7 +92,7 @@ def unpack_levels(
     """
     total = sum(int(n) * int(w) for n, w in zip(counts, widths, strict=True))
     if payload.size != (total + 7) // 8:
-        raise ValueError(f"payload has {payload.size} bytes, {(total + 7) // 8} expected")
+        raise ArgumentError(f"payload has {payload.size} bytes, {(total + 7) // 8} expected")
     bits = np.unpackbits(payload, bitorder="little", count=total).astype(np.int64)
     out, start = [], 0
     for n, width in zip(counts, widths, strict=True):

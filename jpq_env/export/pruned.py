@@ -65,6 +65,7 @@ from jpq_env.core.graph.ops import (
 from jpq_env.core.graph.trace import trace_module
 from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION, ActRange, quantize_activation
+from jpq_env.errors import ArgumentError
 from jpq_env.export.packed import zero_maps_to_zero
 from jpq_env.proxy.evaluator import LocalEvaluator
 
@@ -352,7 +353,7 @@ class _Rewriter:
         if len(alive_out) == 0:
             self.gm.add_submodule(target, _NoChannels(layer))
             return np.zeros(0, dtype=np.int64)
-        out_index = torch.from_numpy(alive_out)
+        out_index = torch.tensor(alive_out)
         groups = info.groups
         if groups == 1:
             want = np.flatnonzero(live_in)
@@ -491,7 +492,7 @@ def prune_physically(
     """
     policy.validate(graph)
     if act_ranges is None and any(lp.act_bits < FULL_PRECISION for lp in policy.layers):
-        raise ValueError("activation bits below 32 need calibrated ranges (act_ranges)")
+        raise ArgumentError("activation bits below 32 need calibrated ranges (act_ranges)")
     base = copy.deepcopy(model).cpu().eval()
     base.load_state_dict({k: v.detach().cpu().contiguous() for k, v in state.items()})
     gm = trace_module(base)
@@ -553,7 +554,7 @@ def load_pruned(path: str | os.PathLike[str]) -> nn.Module:
     try:
         program = torch.export.load(path)
     except FileNotFoundError as exc:
-        raise ValueError(f"no exported program at '{path}'") from exc
+        raise ArgumentError(f"no exported program at '{path}'") from exc
     except Exception as exc:
-        raise ValueError(f"'{path}' is not a readable torch.export program: {exc}") from exc
+        raise ArgumentError(f"'{path}' is not a readable torch.export program: {exc}") from exc
     return program.module()

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from jpq_env.core.graph import LayerGraph
-from jpq_env.errors import TaskError
+from jpq_env.errors import ArgumentError, TaskError
 
 __all__ = [
     "ACTIVATION_BUDGET",
@@ -134,17 +134,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(device, (str, torch.device)):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+        raise ArgumentError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device '{device}': use 'auto', 'cpu' or 'cuda[:N]'") from exc
+        raise ArgumentError(f"unknown device '{device}': use 'auto', 'cpu' or 'cuda[:N]'") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' asked for, but CUDA is not available here")
+        raise ArgumentError(f"device '{device}' asked for, but CUDA is not available here")
     if resolved.type == "mps" and torch.backends.mps.is_available():
         return resolved
     if resolved.type not in ("cpu", "cuda"):  # meta, xpu, hpu, ...: not devices the proxy runs on
-        raise ValueError(f"unsupported device '{device}': use 'auto', 'cpu' or 'cuda[:N]'")
+        raise ArgumentError(f"unsupported device '{device}': use 'auto', 'cpu' or 'cuda[:N]'")
     return resolved
 
 

@@ -348,7 +348,7 @@ class LocalEvaluator(Evaluator):
         race_z = check.number("race_z", race_z, low=0.0, low_open=True)
         self.device = resolve_device(device)
         if not isinstance(task, Task):
-            raise ValueError(f"task must be a jpq_env.Task, got {type(task).__name__}")
+            raise ArgumentError(f"task must be a jpq_env.Task, got {type(task).__name__}")
         self.task = task
         self.bn_recalibration = check.flag("bn_recalibration", bn_recalibration)
         check.choice("act_range", act_range, ("max", "percentile"))

@@ -112,7 +112,7 @@ def finetune(
     live = graph.liveness(policy.kept())
     hooks = []
     for info, lp, layer in zip(graph.layers, policy.layers, cm.layers, strict=True):
-        alive = torch.from_numpy(live.alive_out[info.index])
+        alive = torch.tensor(live.alive_out[info.index])
         bits = torch.from_numpy(np.where(alive.numpy(), lp.bits, 0))
         parametrize.register_parametrization(layer, "weight", _STEWeight(bits, cm.weight_method))
         if layer.bias is not None:

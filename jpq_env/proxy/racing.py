@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from jpq_env.errors import ArgumentError
+
 __all__ = ["RaceRule", "upper_bound"]
 
 
@@ -58,7 +60,7 @@ class RaceRule:
 
     def __init__(self, needed: float, total: int, z: float = 2.0, min_images: int = 256) -> None:
         if not math.isfinite(needed):
-            raise ValueError(f"the racing threshold must be finite, got {needed}")
+            raise ArgumentError(f"the racing threshold must be finite, got {needed}")
         self.needed = float(needed)
         self.total = int(total)
         self.z = float(z)

@@ -29,6 +29,7 @@ from typing import Any
 import ray
 
 from jpq_env.core.policy import Policy
+from jpq_env.errors import ArgumentError
 from jpq_env.proxy.evaluator import Evaluator, LocalEvaluator, PaddedEvaluator
 from jpq_env.tasks import Task, load_task
 
@@ -135,7 +136,7 @@ class RayEvaluator(Evaluator):
                 f"not a {type(task).__name__}: each actor builds its own copy"
             )
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+            raise ArgumentError(f"workers must be a positive integer, got {workers!r}")
         connect()
         if num_gpus is None:
             num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0

@@ -29,10 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from jpq_env.core.importance import kernel_ranking
 from jpq_env.core.policy import LayerPolicy, Policy
 from jpq_env.core.quant import FULL_PRECISION
 from jpq_env.tasks.base import Task
+
+if TYPE_CHECKING:
+    from jpq_env.proxy.evaluator import LocalEvaluator
 
 __all__ = ["CACHE_ENV", "SensitivityTable", "measure_sensitivity"]
 
@@ -237,13 +240,47 @@ def measure_sensitivity(
         device: Where to run.
         cache: Read and write the memory and disk caches.
     """
-    from jpq_env.proxy.evaluator import (
-        LocalEvaluator,  # the evaluator builds on this module's users
-    )
-
     fixed_act = dict(fixed_act or {})
     unprunable = sorted({*(int(i) for i in unprunable), *graph.output_layers})
-    settings = {
+    settings = _settings(
+        bits, act_bits, importance, fixed_act, unprunable, images, calib_images, bn_recalibration
+    )
+    key = _key(task, graph, settings) if cache else ""
+    if cache and key in _MEMORY:
+        return _MEMORY[key]
+    path = _cache_dir() / f"{key}.json"
+    stored = _read_cached(path, graph) if cache else None
+    if stored is not None:
+        _MEMORY[key] = stored
+        return stored
+    ev = _evaluator(task, graph, images, calib_images, bn_recalibration, device)
+    table = _measure(ev, task, graph, bits, act_bits, importance, fixed_act, unprunable)
+    if cache:
+        _MEMORY[key] = table
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(table.to_json()))
+        except OSError:
+            pass  # a read-only home: measured again next time
+    return table
+
+
+def _settings(
+    bits: Sequence[int],
+    act_bits: Sequence[int],
+    importance: str,
+    fixed_act: dict[int, int],
+    unprunable: Sequence[int],
+    images: int,
+    calib_images: int,
+    bn_recalibration: bool,
+) -> dict[str, Any]:
+    """What a table depends on besides the model, graph and images: part of the cache key.
+
+    Any change to these fields (or to how they are written) changes every key, so the tables
+    already cached on users' disks would be measured again: bump ``version`` deliberately.
+    """
+    return {
         "bits": sorted(int(b) for b in bits),
         "act_bits": sorted(int(b) for b in act_bits),
         "importance": importance,
@@ -255,18 +292,33 @@ def measure_sensitivity(
         "sparsities": list(SPARSITIES),
         "version": 1,
     }
-    key = _key(task, graph, settings) if cache else ""
-    if cache and key in _MEMORY:
-        return _MEMORY[key]
-    path = _cache_dir() / f"{key}.json"
-    if cache and path.is_file():
+
+
+def _read_cached(path: Path, graph: LayerGraph) -> SensitivityTable | None:
+    """The table cached on disk at ``path``, or None if missing, damaged or of another graph."""
+    if path.is_file():
         try:
             table = SensitivityTable.from_json(json.loads(path.read_text()))
             if table.names == graph.names:
-                _MEMORY[key] = table
                 return table
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is measured again
+    return None
+
+
+def _evaluator(
+    task: Task,
+    graph: LayerGraph,
+    images: int,
+    calib_images: int,
+    bn_recalibration: bool,
+    device: str | torch.device | None,
+) -> LocalEvaluator:
+    """A private KL evaluator on seeded subsets of the task's held-out and calibration images."""
+    from jpq_env.proxy.evaluator import (
+        LocalEvaluator,  # the evaluator builds on this module's users
+    )
+
     small = Task(
         task.name,
         task.model,
@@ -277,7 +329,22 @@ def measure_sensitivity(
         task.test,
         task.num_classes,
     )
-    ev = LocalEvaluator(small, graph, metric="kl", bn_recalibration=bn_recalibration, device=device)
+    return LocalEvaluator(
+        small, graph, metric="kl", bn_recalibration=bn_recalibration, device=device
+    )
+
+
+def _measure(
+    ev: LocalEvaluator,
+    task: Task,
+    graph: LayerGraph,
+    bits: Sequence[int],
+    act_bits: Sequence[int],
+    importance: str,
+    fixed_act: dict[int, int],
+    unprunable: Sequence[int],
+) -> SensitivityTable:
+    """Measure the table: every layer's every choice, the rest of the network FP32."""
     fp32 = Policy.uniform(graph)
     ev.set_incumbent(fp32)  # its activations are kept: each measurement resumes at its layer
     ev.accuracy(fp32)
@@ -285,7 +352,6 @@ def measure_sensitivity(
     orders = [kernel_ranking(m.weight, importance) for m in modules]  # type: ignore[arg-type]
     widths = sorted(int(b) for b in bits)
     acts = sorted(int(b) for b in act_bits)
-    n = len(graph)
 
     def kl(layer: int, layer_bits: np.ndarray, act: int) -> float:
         layers = list(fp32.layers)
@@ -293,6 +359,34 @@ def measure_sensitivity(
         score = ev.accuracy(Policy(tuple(layers), fp32.fingerprint))
         return float(-np.log(max(score, 1e-300)))
 
+    weight, prune, act = _measure_layers(kl, graph, orders, widths, acts, fixed_act, unprunable)
+    return SensitivityTable(
+        graph.names,
+        tuple(widths),
+        weight,
+        SPARSITIES,
+        prune,
+        tuple(acts),
+        act,
+        ev.val_images,
+    )
+
+
+def _measure_layers(
+    kl: Callable[[int, np.ndarray, int], float],
+    graph: LayerGraph,
+    orders: Sequence[Any],
+    widths: Sequence[int],
+    acts: Sequence[int],
+    fixed_act: dict[int, int],
+    unprunable: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``weight``, ``prune`` and ``act`` arrays of the table, layer by layer.
+
+    ``kl(layer, per-kernel widths (0 = pruned), input width)`` scores one layer's decision;
+    ``orders[layer]`` ranks its kernels, the least important last (pruned first).
+    """
+    n = len(graph)
     weight = np.zeros((n, len(widths)))
     prune = np.zeros((n, len(SPARSITIES)))
     act = np.zeros((n, len(acts)))
@@ -311,21 +405,4 @@ def measure_sensitivity(
         for j, width in enumerate(acts):
             if layer not in fixed_act:
                 act[layer, j] = kl(layer, np.full(k, FULL_PRECISION), width)
-    table = SensitivityTable(
-        graph.names,
-        tuple(widths),
-        weight,
-        SPARSITIES,
-        prune,
-        tuple(acts),
-        act,
-        ev.val_images,
-    )
-    if cache:
-        _MEMORY[key] = table
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(table.to_json()))
-        except OSError:
-            pass  # a read-only home: measured again next time
-    return table
+    return weight, prune, act

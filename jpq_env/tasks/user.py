@@ -264,21 +264,70 @@ def make_task(
             traces it here): untraceable, a compressible module called twice, shared or
             parametrized weights, NaN or inf in a parameter or buffer.
     """
+    num_classes, val_size, calib_size, seed = _check_arguments(
+        model, name, num_classes, val_size, calib_size, seed
+    )
+    splits, origin, cut_from_train = _splits(train, test, val, calib, val_size, calib_size, seed)
+    first = {split: _first(ds, split) for split, ds in splits.items()}
+    example_input, source = _example_input(example_input, first, origin)
+    num_classes = _classes(model, example_input, source, num_classes)
+    for split, ds in splits.items():
+        _check_labels(_labels_to_check(ds, first[split][1]), num_classes, split)
+    # What the environment and the evaluator will do with the model, checked now: it traces,
+    # calls each compressible module once, holds numbers, and its layers are its own.
+    LayerGraph.from_module(model, example_input)
+    if cut_from_train:  # warned from here: its stacklevel names the caller of make_task
+        _warn_val_from_train(cut_from_train)
+    return Task(
+        name, model, example_input, splits["train"], splits["val"], splits["calib"],
+        splits["test"], num_classes,
+    )  # fmt: skip
+
+
+def _check_arguments(
+    model: Any, name: Any, num_classes: Any, val_size: Any, calib_size: Any, seed: Any
+) -> tuple[int | None, int | float, int, int]:
+    """``make_task``'s model and scalar arguments, checked before any data is read.
+
+    Returns:
+        ``num_classes`` (None: from the model), ``val_size``, ``calib_size`` and ``seed``,
+        validated.
+    """
     if not isinstance(model, nn.Module):
         raise TaskError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_model(model)  # NaN weights, weight-norm hooks: before the model is copied and run
     if not isinstance(name, str) or not name:
         raise TaskError(f"name must be a non-empty string, got {name!r}")
-    num_classes = check.integer("num_classes", num_classes, low=1, optional=True, error=TaskError)
-    val_size = _check_val_size(val_size)
-    calib_size = check.integer("calib_size", calib_size, low=1, error=TaskError)
-    seed = check.integer("seed", seed, error=TaskError)
+    return (
+        check.integer("num_classes", num_classes, low=1, optional=True, error=TaskError),
+        _check_val_size(val_size),
+        check.integer("calib_size", calib_size, low=1, error=TaskError),
+        check.integer("seed", seed, error=TaskError),
+    )
+
+
+def _splits(
+    train: DataLike,
+    test: DataLike,
+    val: DataLike | None,
+    calib: DataLike | None,
+    val_size: int | float,
+    calib_size: int,
+    seed: int,
+) -> tuple[dict[str, Dataset], str, int]:
+    """The four splits as datasets, with ``val`` and ``calib`` cut from ``train`` when not given.
+
+    Returns:
+        The splits keyed ``train``, ``test``, ``val``, ``calib`` (the order they are checked
+        in), where val's sample 0 comes from (for errors), and how many held-out samples were
+        cut from train (0 when ``val`` is given).
+    """
     splits: dict[str, Dataset] = {
         "train": _as_dataset(train, "train"),
         "test": _as_dataset(test, "test"),
     }
-    origin = "the val split"  # where val's sample 0 comes from, for errors
-    cut_from_train = 0  # held-out samples cut from train (warned about once the task is valid)
+    origin = "the val split"
+    cut_from_train = 0
     if val is None:
         idx = split_indices(len(splits["train"]), val_size, calib_size, seed)  # type: ignore[arg-type]
         origin = f"the val split (sample {idx['val'][0]} of train, which val is cut from)"
@@ -292,11 +341,26 @@ def make_task(
     if calib is not None:
         splits["calib"] = _as_dataset(calib, "calib")
     elif "calib" not in splits:
-        n = len(splits["train"])  # type: ignore[arg-type]
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
-        splits["calib"] = subset(splits["train"], np.sort(order[:calib_size]))
+        splits["calib"] = _calib_from_train(splits["train"], calib_size, seed)
+    return splits, origin, cut_from_train
 
-    first = {split: _first(ds, split) for split, ds in splits.items()}
+
+def _calib_from_train(train: Dataset, calib_size: int, seed: int) -> Dataset:
+    """``calib_size`` samples of ``train`` (all of them if fewer), by a seeded permutation."""
+    n = len(train)  # type: ignore[arg-type]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    return subset(train, np.sort(order[:calib_size]))
+
+
+def _example_input(
+    example_input: Any, first: dict[str, tuple[torch.Tensor, Any]], origin: str
+) -> tuple[torch.Tensor, str]:
+    """The batch the model is traced with, checked against every split's sample 0.
+
+    Returns:
+        The example input (default: val's sample 0 as a batch of one) and where it comes from,
+        as ``run_model`` names it in errors.
+    """
     source = "example_input"
     if example_input is None:
         example_input = first["val"][0].unsqueeze(0)
@@ -313,27 +377,36 @@ def make_task(
                 f"dtype {example_input.dtype} (the example input, one batch (batch, ...), is "
                 f"{'given' if source == 'example_input' else 'sample 0 of the val split'})"
             )
+    return example_input, source
+
+
+def _classes(
+    model: nn.Module, example_input: torch.Tensor, source: str, num_classes: int | None
+) -> int:
+    """The number of classes: the width of the model's logits on the example input.
+
+    Raises:
+        TaskError: If the model does not return logits ``(batch, classes)``, or their width is
+            not ``num_classes`` (when given).
+    """
     out = run_model(model, example_input, source)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = str(tuple(out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__
         raise TaskError(f"the model must return logits shaped (batch, classes), got {got}")
     width = int(out.shape[1])
-    if num_classes is None:
-        num_classes = width
-    elif num_classes != width:
+    if num_classes is not None and num_classes != width:
         raise TaskError(f"num_classes is {num_classes} but the model outputs {width} logits")
-    for split, ds in splits.items():
-        labels = known_labels(ds)
-        if labels is None:  # checked batch by batch when read
-            _, y = first[split]
-            labels = torch.as_tensor([y]) if not isinstance(y, torch.Tensor) else y.reshape(1)
-        _check_labels(labels, num_classes, split)
-    # What the environment and the evaluator will do with the model, checked now: it traces,
-    # calls each compressible module once, holds numbers, and its layers are its own.
-    LayerGraph.from_module(model, example_input)
-    if cut_from_train:
-        _warn_val_from_train(cut_from_train)
-    return Task(
-        name, model, example_input, splits["train"], splits["val"], splits["calib"],
-        splits["test"], num_classes,
-    )  # fmt: skip
+    return width
+
+
+def _labels_to_check(dataset: Dataset, first_label: Any) -> torch.Tensor:
+    """All labels of ``dataset`` when they can be read without loading inputs, else sample 0's.
+
+    The labels ``known_labels`` cannot read are checked batch by batch when read.
+    """
+    labels = known_labels(dataset)
+    if labels is not None:
+        return labels
+    if isinstance(first_label, torch.Tensor):
+        return first_label.reshape(1)
+    return torch.as_tensor([first_label])

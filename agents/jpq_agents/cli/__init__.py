@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 configure_threads()  # the cores this process may use (JPQ_THREADS overrides)
                 return int(args.func(args))
-            except (JPQError, ValueError, OSError) as exc:  # plain ValueError: not all converted
+            except (JPQError, OSError) as exc:  # anything else is a bug: its traceback shows
                 print(f"jpq: error: {exc}", file=sys.stderr)
                 return 2
         except KeyboardInterrupt as exc:  # during start-up, or in a command other than search

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jpq_env.errors import ArgumentError
+
 from .parser import Subparsers, add_task_args
 from .policy_file import check_output_file, load_policy
 
@@ -75,7 +77,7 @@ def _write(fmt: str, evaluator: LocalEvaluator, policy: Policy, out: str) -> tup
         try:
             export_onnx(evaluator, policy, out)
         except ImportError as exc:  # the optional extra is not installed
-            raise ValueError(str(exc)) from exc
+            raise ArgumentError(str(exc)) from exc
         what = f"ONNX opset {ONNX_OPSET}, integer weights, QDQ activations, pruned channels removed"
         return load_onnx(out), what
     from jpq_env.export.packed import export_compressed, load_compressed

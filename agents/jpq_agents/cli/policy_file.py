@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jpq_env.errors import ArgumentError
+
 from .parser import task_options
 
 if TYPE_CHECKING:
@@ -131,25 +133,27 @@ def check_output_file(path: Path, args: argparse.Namespace) -> None:
     or a run's own files; an existing file only with ``--force``.
     """
     if path.is_dir():
-        raise ValueError(f"--out '{path}' is a directory: name a file in it")
+        raise ArgumentError(f"--out '{path}' is a directory: name a file in it")
     if not path.parent.is_dir():
-        raise ValueError(f"--out '{path}': directory '{path.parent}' does not exist")
+        raise ArgumentError(f"--out '{path}': directory '{path.parent}' does not exist")
     if not os.access(path.parent, os.W_OK):
-        raise ValueError(f"--out '{path}': directory '{path.parent}' is not writable")
+        raise ArgumentError(f"--out '{path}': directory '{path.parent}' is not writable")
     target = path.resolve()
     for given in _input_paths(args):
         same = False
         with contextlib.suppress(OSError, ValueError):  # not a path: not an input file
             same = Path(given).expanduser().resolve() == target
         if same:
-            raise ValueError(
+            raise ArgumentError(
                 f"--out '{path}' is an input of this command ('{given}'): it would be "
                 "overwritten. Choose another file"
             )
     if (path.parent / "run.json").exists() and path.name in RUN_FILES:
-        raise ValueError(f"--out '{path}' is a file of the run in '{path.parent}': choose another")
+        raise ArgumentError(
+            f"--out '{path}' is a file of the run in '{path.parent}': choose another"
+        )
     if path.exists() and not args.force:
-        raise ValueError(f"--out '{path}' exists: pass --force to replace it")
+        raise ArgumentError(f"--out '{path}' exists: pass --force to replace it")
 
 
 def _input_paths(args: argparse.Namespace) -> list[str]:

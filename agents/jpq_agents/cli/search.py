@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jpq_env.errors import ArgumentError
+
 from ..catalogue import AGENT_NAMES
 from .interrupts import exit_code, interruption
 from .output import one_in, table
@@ -172,7 +174,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """The environment's arguments: from the flags, then the --env-option ones (never a flag's)."""
     for key, _ in args.env_option:
         if key in _ENV_FLAGS:
-            raise ValueError(f"--env-option {key}=...: set it with {_ENV_FLAGS[key]}")
+            raise ArgumentError(f"--env-option {key}=...: set it with {_ENV_FLAGS[key]}")
     env_kwargs: dict[str, object] = {
         "task": args.task,
         "reward": args.reward,
@@ -198,7 +200,7 @@ def _agent_options(args: argparse.Namespace) -> dict[str, object]:
         from ..sb3 import ALGOS
 
         if args.agent not in ALGOS:
-            raise ValueError(
+            raise ArgumentError(
                 f"--hyperparams is for the SB3 agents ({', '.join(sorted(ALGOS))}); the "
                 f"{args.agent} agent takes --agent-option"
             )

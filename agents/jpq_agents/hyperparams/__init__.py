@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from jpq_env.errors import ArgumentError
+
 __all__ = ["ALGOS", "load"]
 
 ALGOS = ("ddpg", "ppo", "ppo_mask")
@@ -32,7 +34,7 @@ def load(algo: str) -> dict[str, dict[str, Any]]:
         ValueError: For an algorithm without a table.
     """
     if algo not in ALGOS:
-        raise ValueError(f"no hyperparameters for {algo!r}: choose one of {list(ALGOS)}")
+        raise ArgumentError(f"no hyperparameters for {algo!r}: choose one of {list(ALGOS)}")
     text = resources.files(__name__).joinpath(f"{algo}.yml").read_text()
     table = yaml.safe_load(text)
     return {str(k): dict(v) for k, v in table.items()}

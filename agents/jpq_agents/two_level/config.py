@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jpq_env.errors import ArgumentError
+
 __all__ = ["TwoLevelConfig"]
 
 
@@ -68,15 +70,19 @@ class TwoLevelConfig:
             "hidden", "batch_episodes", "epochs", "refine_batch", "imagined", "real_per_round"
         ):  # fmt: skip
             if getattr(self, name) < 1:
-                raise ValueError(
+                raise ArgumentError(
                     f"TwoLevelConfig.{name} must be at least 1, got {getattr(self, name)}"
                 )
         for name in ("elite", "screen"):
             if getattr(self, name) < 0:
-                raise ValueError(f"TwoLevelConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ArgumentError(
+                    f"TwoLevelConfig.{name} must be >= 0, got {getattr(self, name)}"
+                )
         if not self.lr > 0 or not self.clip > 0:
-            raise ValueError(f"TwoLevelConfig: lr and clip must be > 0, got {self.lr}, {self.clip}")
+            raise ArgumentError(
+                f"TwoLevelConfig: lr and clip must be > 0, got {self.lr}, {self.clip}"
+            )
         if not 0.0 <= self.refine_fraction <= 1.0:
-            raise ValueError(
+            raise ArgumentError(
                 f"TwoLevelConfig.refine_fraction must be in [0, 1], got {self.refine_fraction}"
             )
