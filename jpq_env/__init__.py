@@ -22,17 +22,14 @@ gymnasium is imported, before or after this package, so ``import jpq_env`` then
 """
 
 import contextlib
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
 import types
+from typing import TYPE_CHECKING, Any
 
-from jpq_env.core.compress import CompressedModel
-from jpq_env.core.costs import CostReport, measure
-from jpq_env.core.graph import LayerGraph
-from jpq_env.core.importance import kernel_ranking, register_importance
-from jpq_env.core.policy import Conventions, LayerPolicy, Policy
 from jpq_env.errors import (
     ArgumentError,
     GraphError,
@@ -41,8 +38,34 @@ from jpq_env.errors import (
     TaskError,
     UncompressedLayersWarning,
 )
-from jpq_env.proxy.evaluator import Evaluator, LocalEvaluator
-from jpq_env.tasks import Task, load_task, make_task
+
+if TYPE_CHECKING:
+    from jpq_env.core.compress import CompressedModel
+    from jpq_env.core.costs import CostReport, measure
+    from jpq_env.core.graph import LayerGraph
+    from jpq_env.core.importance import kernel_ranking, register_importance
+    from jpq_env.core.policy import Conventions, LayerPolicy, Policy
+    from jpq_env.proxy.evaluator import Evaluator, LocalEvaluator
+    from jpq_env.tasks import Task, load_task, make_task
+
+# The public names and the modules that define them, imported on first use: ``import jpq_env``
+# (and so ``import jpq_env.errors``, or ``jpq --help``) does not load torch.
+_LAZY = {
+    "CompressedModel": "jpq_env.core.compress",
+    "CostReport": "jpq_env.core.costs",
+    "measure": "jpq_env.core.costs",
+    "LayerGraph": "jpq_env.core.graph",
+    "kernel_ranking": "jpq_env.core.importance",
+    "register_importance": "jpq_env.core.importance",
+    "Conventions": "jpq_env.core.policy",
+    "LayerPolicy": "jpq_env.core.policy",
+    "Policy": "jpq_env.core.policy",
+    "Evaluator": "jpq_env.proxy.evaluator",
+    "LocalEvaluator": "jpq_env.proxy.evaluator",
+    "Task": "jpq_env.tasks",
+    "load_task": "jpq_env.tasks",
+    "make_task": "jpq_env.tasks",
+}
 
 __all__ = [
     "ArgumentError",
@@ -66,6 +89,21 @@ __all__ = [
     "measure",
     "register_importance",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The public names of the core, imported when first asked for (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jpq_env' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __version__ = "0.1.0"
 

@@ -44,6 +44,22 @@ def _task(model: nn.Module | None = None, **splits: Dataset) -> Task:
     )
 
 
+class OddSample(Dataset):
+    """A map-style split (not tensors) whose sample ``odd`` has another input shape or label."""
+
+    def __init__(self, n: int, odd: int, shape: bool = True) -> None:
+        self.base, self.odd, self.shape = _data(n), odd, shape
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.base[i]
+        if i == self.odd:
+            return (x[:, :4], int(y)) if self.shape else (x, 99)
+        return x, int(y)
+
+
 class _Branchy(nn.Module):
     """Data-dependent control flow in forward: torch.fx cannot trace it."""
 

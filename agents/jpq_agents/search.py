@@ -31,7 +31,7 @@ from jpq_env.core.policy import Policy, record_key
 from jpq_env.envs import JPQEnv
 from jpq_env.errors import ArgumentError, SearchError
 from jpq_env.jsonfile import loads, read_json
-from jpq_env.proxy.evaluator import Evaluation, Evaluator, WrappedEvaluator
+from jpq_env.proxy.evaluator import Evaluation, Evaluator, WrappedEvaluator, as_evaluator
 
 from .run_lock import RunLock, RunLockedError
 
@@ -341,16 +341,16 @@ class Search:
             self.on_scalar(name, float(value), self.count)
 
     @property
-    def evaluator(self) -> Any:
+    def evaluator(self) -> Evaluator:
         """The evaluator that really scores policies (beneath a resumed run's log replay)."""
         outer = self.base.evaluator
         return outer.inner if isinstance(outer, _ReplayEvaluator) else outer
 
     @evaluator.setter
-    def evaluator(self, value: Any) -> None:
+    def evaluator(self, value: Evaluator) -> None:
         outer = self.base.evaluator
         if isinstance(outer, _ReplayEvaluator):
-            outer.inner = value
+            outer.inner = as_evaluator(value)
         else:
             self.base.evaluator = value
 
@@ -567,7 +567,7 @@ class Search:
         """Score a logged record's policy again; stop if the log claims another accuracy."""
         try:
             policy = Policy.from_layers(record["policy"], self.base.graph.fingerprint)
-            scorer = getattr(self.evaluator, "scorer", self.evaluator)  # beneath a batch's
+            scorer = self.evaluator.scorer  # beneath a batch's answers: the real proxy
             score = float(scorer.accuracy(policy))
         except ValueError as exc:
             raise SearchError(

@@ -42,7 +42,7 @@ import abc
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -56,6 +56,14 @@ from jpq_env.core.compress import CompressedModel, calibrate_ranges
 from jpq_env.core.graph import LayerGraph
 from jpq_env.core.policy import Policy, PolicyKey
 from jpq_env.errors import ArgumentError, TaskError
+from jpq_env.proxy.batchnorm import (
+    CALIBRATION_MEMORY,
+    METHODS,
+    Moments,
+    Recalibration,
+    StreamingMoments,
+    batchnorms,
+)
 from jpq_env.proxy.data import auto_batch_size, iter_batches, private_rng, resolve_device
 from jpq_env.proxy.prefix import Checkpoint, SegmentedForward
 from jpq_env.proxy.racing import RaceRule
@@ -288,8 +296,15 @@ def _standard_layout_hooks(bn: nn.Module) -> list[torch.utils.hooks.RemovableHan
     return [bn.register_forward_pre_hook(before), bn.register_forward_hook(after)]
 
 
-def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def _shuffled(data: Dataset, seed: int, limit: int | None = None) -> Dataset:
+    """``data`` in a seeded random order (the same for every policy), maybe cut to ``limit``."""
+    n = len(data)  # type: ignore[arg-type]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if limit is not None:
+        order = order[: min(limit, n)]
+    if isinstance(data, TensorDataset):
+        return TensorDataset(*(t[order] for t in data.tensors))
+    return Subset(data, order.tolist())
 
 
 @dataclass
@@ -310,7 +325,10 @@ class LocalEvaluator(Evaluator):
         task: Model and data splits. The model is copied; it is never written.
         graph: The model's layer graph (built from ``task`` if not given).
         bn_recalibration: Re-estimate BatchNorm statistics on ``task.calib`` after applying a
-            policy (default True).
+            policy (default True; ``jpq_env.proxy.batchnorm``).
+        bn_method: How: ``"shift"`` (default: the trained statistics moved by the shift that
+            compression causes, so FP32 scores as the model scores itself) or ``"replace"``
+            (the calibration split's own statistics).
         act_range: How activation ranges are calibrated: ``"max"`` or ``"percentile"``.
         weight_method: ``"max"`` or ``"mse"`` weight scales.
         batch_size: Evaluation batch size; None picks the largest batch whose widest
@@ -333,6 +351,7 @@ class LocalEvaluator(Evaluator):
         graph: LayerGraph | None = None,
         *,
         bn_recalibration: bool = True,
+        bn_method: str = "shift",
         act_range: str = "max",
         weight_method: str = "max",
         batch_size: int | None = None,
@@ -351,6 +370,7 @@ class LocalEvaluator(Evaluator):
             raise ArgumentError(f"task must be a jpq_env.Task, got {type(task).__name__}")
         self.task = task
         self.bn_recalibration = check.flag("bn_recalibration", bn_recalibration)
+        self._recal = Recalibration(check.choice("bn_method", bn_method, METHODS))
         check.choice("act_range", act_range, ("max", "percentile"))
         check.choice("weight_method", weight_method, ("max", "mse"))
         batch_size = check.integer("batch_size", batch_size, low=1, optional=True)
@@ -368,6 +388,9 @@ class LocalEvaluator(Evaluator):
         self._channels_last = self.device.type == "cpu" and task.example_input.dim() == 4
         if self._channels_last:
             self.compressed.module.to(memory_format=torch.channels_last)
+        # Calibration batches in a seeded order, so that no batch holds one class of a sorted
+        # split (the activation ranges see them too; BatchNorm statistics do not depend on it).
+        self._calib = _shuffled(task.calib, seed=1)
         with private_rng():  # a random transform of the user's draws the same numbers here too
             for split in ("calib", "val"):  # the test split waits for the final report
                 self._check_split(split)
@@ -386,15 +409,21 @@ class LocalEvaluator(Evaluator):
             task.example_input.to(self.device),
             [x.macs for x in self.graph.layers],
         )
+        # The lockstep re-calibration holds every calibration batch's live values at once.
+        calib_bytes = 4 * len(self._calib) * self.forward.peak_floats_per_sample  # type: ignore[arg-type]
+        self._lockstep = calib_bytes <= CALIBRATION_MEMORY
+        self._bn_positions = self._batchnorm_positions()
         self._total_macs = max(self.graph.compressible_macs, 1)
         self._checkpoints = self._choose_checkpoints(prefix_cache_mb)
-        self._bn_positions = self._batchnorm_positions()
         self._prefix: _Prefix | None = None
         self._pinned: PolicyKey | None = None
         self._pinned_policy: Policy | None = None
         self._results: OrderedDict[PolicyKey, torch.Tensor] = OrderedDict()
         self.stats = _Stats()
         self.last: Evaluation | None = None
+        if self.bn_recalibration and self._recal.needs_reference:
+            with private_rng():
+                self._measure_reference()
 
     # ---- data ---------------------------------------------------------------------------------
 
@@ -404,14 +433,7 @@ class LocalEvaluator(Evaluator):
         The order is the same for every policy, so the first ``n`` images are a fair sample of
         the split whatever order the user's dataset has (ImageFolder sorts by class).
         """
-        val = self.task.val
-        n = len(val)  # type: ignore[arg-type]
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-        if limit is not None:
-            order = order[: min(limit, n)]
-        if isinstance(val, TensorDataset):
-            return TensorDataset(*(t[order] for t in val.tensors))
-        return Subset(val, order.tolist())
+        return _shuffled(self.task.val, seed=0, limit=limit)
 
     @torch.no_grad()
     def _check_split(self, split: str) -> None:
@@ -440,7 +462,8 @@ class LocalEvaluator(Evaluator):
                 raise TaskError(f"the {split} split has labels outside [0, {n})")
 
     def _batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        data = self._val if split == "val" and hasattr(self, "_val") else getattr(self.task, split)
+        data = getattr(self, f"_{split}", None) if split in ("val", "calib") else None
+        data = data if data is not None else getattr(self.task, split)
         n = self.task.num_classes
         for x, y in iter_batches(data, self.batch_size, split):
             if y.dim() != 1 or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= n)):
@@ -510,12 +533,9 @@ class LocalEvaluator(Evaluator):
         return sorted(chosen, key=lambda c: c.position)
 
     def _batchnorm_positions(self) -> dict[str, int]:
-        names = {id(m): name for name, m in self.compressed.module.named_modules()}
-        out = {}
-        for bn in _batchnorms(self.compressed.module):
-            name = names[id(bn)]
-            out[name] = self.forward.call_positions.get(name, -1)
-        return out
+        """Where the pass calls each BatchNorm (-1: not called by the traced graph)."""
+        calls = self.forward.call_positions
+        return {name: calls.get(name, -1) for name in batchnorms(self.compressed.module)}
 
     def _resume_point(self, key: PolicyKey) -> Checkpoint | None:
         """The last kept checkpoint before the first layer where ``key`` differs from the prefix."""
@@ -533,48 +553,78 @@ class LocalEvaluator(Evaluator):
     def _recalibrate(
         self, start: Checkpoint | None = None, keep: list[Checkpoint] | None = None
     ) -> dict[int, list[dict[Any, Any]]]:
-        """Re-estimate BatchNorm statistics on the calibration split (from ``start`` on).
+        """Set BatchNorm statistics to the calibration split's (from ``start`` on).
 
-        BatchNorms before ``start`` take the statistics the prefix's policy left (they see the
-        same inputs); the others average over the calibration batches. Returns the live values at
-        the checkpoints ``keep`` (for a new prefix).
+        The batches run in lockstep and each BatchNorm gets the population statistics of its
+        input over the whole split (``jpq_env.proxy.batchnorm``). BatchNorms before ``start``
+        take the statistics the prefix's policy left (they see the same inputs). Returns the
+        live values at the checkpoints ``keep``, per batch (for a new prefix).
         """
         module = self.compressed.module
         pos = 0 if start is None else start.position
         named = dict(module.named_modules())
-        after = [name for name, p in self._bn_positions.items() if p >= pos or p < 0]
         if start is not None:
             assert self._prefix is not None
             for name, buffers in self._prefix.bn_state.items():
                 if self._bn_positions[name] < pos:
                     for key, value in buffers.items():
                         getattr(named[name], key).copy_(value)
-        bns = [named[name] for name in after]
-        momenta = [bn.momentum for bn in bns]
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over the calibration split
-            bn.train()
-        # Batch statistics of channels-last activations are reduced in an order that depends on
-        # the thread count (a Ray actor's one thread and a 2-thread process then disagree by an
-        # image); in the standard layout they are not. BatchNorms see standard-layout inputs here.
-        hooks = [h for bn in bns for h in _standard_layout_hooks(bn)] if self._channels_last else []
         keep = keep or []
-        states: dict[int, list[dict[Any, Any]]] = {c.position: [] for c in keep}
+        batches = [x for x, _ in self._calib_iter()]
+        if not self._lockstep:
+            self._recalibrate_streaming(batches, self._recal.set)
+            return {c.position: [] for c in keep}
+        after = [name for name, p in self._bn_positions.items() if p >= pos]
+        states = None if start is None else self._prefix.calib[pos]  # type: ignore[union-attr]
+        _, kept = self.forward.run_many(batches, pos, states, keep, self._recal, after)
+        self._count(sum(len(x) for x in batches), pos)
+        return {c.position: per_batch for c, per_batch in zip(keep, kept, strict=True)}
+
+    @torch.no_grad()
+    def _measure_reference(self) -> None:
+        """The FP32 model's BatchNorm input moments on the calibration split (once)."""
+        self.compressed.restore()
+        batches = [x for x, _ in self._calib_iter()]
+        if self._lockstep:
+            positioned = [name for name, p in self._bn_positions.items() if p >= 0]
+            self.forward.run_many(batches, 0, None, (), self._recal.record, positioned)
+        else:
+            self._recalibrate_streaming(batches, None)
+
+    def _recalibrate_streaming(
+        self,
+        batches: list[torch.Tensor],
+        then: Callable[[str, nn.Module, Moments], None] | None,
+    ) -> None:
+        """The memory-bounded pass: exact input moments, each batch normalised by its own.
+
+        ``then(name, bn, moments)`` sets each BatchNorm's statistics afterwards; None records the
+        moments as the FP32 reference.
+        """
+        bns = batchnorms(self.compressed.module)
+        # Batch statistics of channels-last activations are reduced in an order that depends on
+        # the thread count; in the standard layout they are not.
+        hooks = (
+            [h for bn in bns.values() for h in _standard_layout_hooks(bn)]
+            if self._channels_last
+            else []
+        )
+        streaming = StreamingMoments(bns)
         try:
-            for i, (x, _) in enumerate(self._calib_iter()):
-                state = None if start is None else self._prefix.calib[pos][i]  # type: ignore[union-attr]
-                _, kept = self.forward.run(x, pos, state, keep)
-                for c, s in zip(keep, kept, strict=True):
-                    states[c.position].append(s)
-                self._count(len(x), pos)
+            with streaming.recording():
+                for x in batches:
+                    self.forward.run(x)
+                    self._count(len(x), 0)
         finally:
             for hook in hooks:
                 hook.remove()
-            for bn, momentum in zip(bns, momenta, strict=True):
-                bn.momentum = momentum
-                bn.eval()
-        return states
+        measured = streaming.result()
+        if then is None:
+            self._recal.reference.update(measured)
+            return
+        for name, bn in bns.items():
+            if name in measured:
+                then(name, bn, measured[name])
 
     @cached_property
     def _calib_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
@@ -782,11 +832,14 @@ class LocalEvaluator(Evaluator):
     def prepare(self, policy: Policy | None) -> nn.Module:
         """Apply ``policy`` (None: FP32) to the working copy, re-calibrate BN, return the copy.
 
+        FP32 gets the treatment of every policy (BatchNorm re-calibrated when the evaluator
+        re-calibrates), on every split, so an accuracy drop measures compression alone.
+
         The returned module is the evaluator's own working copy: read it (export, inspect) before
         the next call, which overwrites it. Always a full pass (no prefix reuse).
         """
-        self._apply(policy)
-        if policy is not None and self.bn_recalibration:
+        self._apply(Policy.uniform(self.graph) if policy is None else policy)
+        if self.bn_recalibration:
             self._recalibrate()
         return self.compressed.module
 
@@ -814,7 +867,7 @@ class LocalEvaluator(Evaluator):
         return self.last.score
 
     def test_accuracy(self, policy: Policy | None) -> float:
-        """Top-1 on the test split (final reports only); ``None`` scores the FP32 model as is."""
+        """Top-1 on the test split (final reports only); ``None``: FP32, treated as any policy."""
         return self._score(policy, "test")
 
     def check_split(self, split: str) -> None:
@@ -860,8 +913,8 @@ class PaddedEvaluator(WrappedEvaluator):
     supports_racing = False
 
     def __init__(self, inner: Evaluator, seconds: float) -> None:
-        super().__init__(inner)
         self.seconds = check.number("seconds", seconds, low=0.0)
+        super().__init__(inner)
 
     def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
         """The inner evaluator's accuracy, returned no sooner than ``seconds`` after the call."""

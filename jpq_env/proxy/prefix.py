@@ -23,7 +23,7 @@ resumed (``resumable`` is False), nor can one that calls a module with buffers t
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,8 @@ class SegmentedForward:
         )
         self.call_positions = calls
         sizes = self._sizes(example_input)
+        self.peak_floats_per_sample = self._peak(sizes)
+        """The most float elements per sample alive at once during a pass (its memory)."""
         cumulative = [0]
         for macs in layer_macs:
             cumulative.append(cumulative[-1] + int(macs))
@@ -150,6 +152,17 @@ class SegmentedForward:
             )
             floats = sum(sizes.get(n, 0) for n in live)
             self.checkpoints.append(Checkpoint(layer, position, live, floats, cumulative[layer]))
+
+    def _peak(self, sizes: dict[fx.Node, int]) -> int:
+        """The largest total size of the values alive at any node of a pass."""
+        alive = peak = 0
+        for i, node in enumerate(self.nodes):
+            alive += sizes.get(node, 0)
+            peak = max(peak, alive)
+            for arg in node.all_input_nodes:
+                if self._last_use[arg] == i:
+                    alive -= sizes.get(arg, 0)
+        return peak
 
     @torch.no_grad()
     def _sizes(self, example_input: torch.Tensor) -> dict[fx.Node, int]:
@@ -191,37 +204,103 @@ class SegmentedForward:
         Returns:
             The graph's output and, per checkpoint in ``keep``, its live values.
         """
-        env: State = dict(state) if state is not None else {}
-        if start == 0:
-            if self._input is not None:
-                env[self._input] = x
-            env.update(self._defaults)
+        env = self._start_env(x, start, state)
         wanted = {c.position: c for c in keep}
         kept: list[State] = []
         for i in range(start, len(self.nodes)):
             if i in wanted:
                 kept.append({n: env[n] for n in wanted[i].live})
             node = self.nodes[i]
-            if node.op == "placeholder":
-                if node not in env:
-                    raise RuntimeError(f"no value for the forward argument '{node.target}'")
-                continue
             if node.op == "output":
                 return fx.node.map_arg(node.args[0], env.__getitem__), kept
-            args = fx.node.map_arg(node.args, env.__getitem__)
-            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
-            if node.op == "get_attr":
-                value = self._fetch(str(node.target))
-            elif node.op == "call_module":
-                value = self._modules[str(node.target)](*args, **kwargs)
-            elif node.op == "call_function":
-                value = node.target(*args, **kwargs)  # type: ignore[operator]
-            else:  # call_method
-                value = getattr(args[0], str(node.target))(*args[1:], **kwargs)
-            env[node] = value
+            if node.op == "placeholder":
+                self._check_placeholder(node, env)
+                continue
+            env[node] = value = self._call(node, env)
             if observe is not None:
                 observe(node, value)
-            for arg in node.all_input_nodes:  # drop what nothing reads any more
-                if self._last_use[arg] <= i:
-                    env.pop(arg, None)
+            self._release(node, i, env)
         raise RuntimeError("the graph has no output node")
+
+    def run_many(
+        self,
+        xs: Sequence[torch.Tensor],
+        start: int = 0,
+        states: Sequence[State] | None = None,
+        keep: Sequence[Checkpoint] = (),
+        synchronize: Callable[[str, nn.Module, list[torch.Tensor]], None] | None = None,
+        synchronized: Collection[str] = (),
+    ) -> tuple[list[Any], list[list[State]]]:
+        """Run several batches in lockstep, node by node, pausing at chosen modules.
+
+        Each node is computed for every batch before the next node runs; before a module named
+        in ``synchronized`` is called, ``synchronize(name, module, inputs)`` sees its input from
+        every batch (BatchNorm re-calibration sets its statistics there). Every other op computes
+        what ``run`` computes for each batch alone.
+
+        Args:
+            xs: The input batches (unused when resuming).
+            start: Node position to start at, as in ``run``.
+            states: Per batch, the live values at ``start`` (required if ``start > 0``).
+            keep: Checkpoints after ``start`` whose live values to return, per batch.
+            synchronize: Called once per synchronized call with the module and the inputs.
+            synchronized: Qualified names of the modules to pause at.
+
+        Returns:
+            Per batch, the graph's output; per checkpoint in ``keep``, per batch, its live values.
+        """
+        envs = [
+            self._start_env(x, start, None if states is None else states[b])
+            for b, x in enumerate(xs)
+        ]
+        wanted = {c.position: c for c in keep}
+        kept: list[list[State]] = []
+        names = set(synchronized)
+        for i in range(start, len(self.nodes)):
+            if i in wanted:
+                kept.append([{n: env[n] for n in wanted[i].live} for env in envs])
+            node = self.nodes[i]
+            if node.op == "output":
+                return [fx.node.map_arg(node.args[0], env.__getitem__) for env in envs], kept
+            if node.op == "placeholder":
+                for env in envs:
+                    self._check_placeholder(node, env)
+                continue
+            if synchronize is not None and node.op == "call_module" and node.target in names:
+                inputs = [env[node.args[0]] for env in envs]  # type: ignore[index]
+                synchronize(str(node.target), self._modules[str(node.target)], inputs)
+            for env in envs:
+                env[node] = self._call(node, env)
+                self._release(node, i, env)
+        raise RuntimeError("the graph has no output node")
+
+    def _start_env(self, x: torch.Tensor, start: int, state: State | None) -> State:
+        env: State = dict(state) if state is not None else {}
+        if start == 0:
+            if self._input is not None:
+                env[self._input] = x
+            env.update(self._defaults)
+        return env
+
+    @staticmethod
+    def _check_placeholder(node: fx.Node, env: State) -> None:
+        if node not in env:
+            raise RuntimeError(f"no value for the forward argument '{node.target}'")
+
+    def _call(self, node: fx.Node, env: State) -> Any:
+        """The value of ``node`` from the values in ``env``."""
+        args = fx.node.map_arg(node.args, env.__getitem__)
+        kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+        if node.op == "get_attr":
+            return self._fetch(str(node.target))
+        if node.op == "call_module":
+            return self._modules[str(node.target)](*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)  # type: ignore[operator]
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)  # call_method
+
+    def _release(self, node: fx.Node, i: int, env: State) -> None:
+        """Drop what nothing reads after node ``i`` any more."""
+        for arg in node.all_input_nodes:
+            if self._last_use[arg] <= i:
+                env.pop(arg, None)

@@ -257,11 +257,7 @@ def measure_sensitivity(
     table = _measure(ev, task, graph, bits, act_bits, importance, fixed_act, unprunable)
     if cache:
         _MEMORY[key] = table
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(table.to_json()))
-        except OSError:
-            pass  # a read-only home: measured again next time
+        _write_cached(path, table)
     return table
 
 
@@ -304,6 +300,15 @@ def _read_cached(path: Path, graph: LayerGraph) -> SensitivityTable | None:
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is measured again
     return None
+
+
+def _write_cached(path: Path, table: SensitivityTable) -> None:
+    """Write the table to the disk cache at ``path``, atomically."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(table.to_json()))
+    except OSError:
+        pass  # a read-only home: measured again next time
 
 
 def _evaluator(

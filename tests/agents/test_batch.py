@@ -1,7 +1,5 @@
 """Batched episodes (jpq_agents.batch): same records as sequential play, exact counts, resume."""
 
-import json
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ from jpq_agents.batch import parallelism, play_many
 from jpq_agents.search import LOG_NAME, RunSettings, Search
 from jpq_env import LocalEvaluator, load_task
 from jpq_env.proxy.evaluator import WrappedEvaluator
+from tests.episodes import log_records
 
 
 class BatchEvaluator(LocalEvaluator):
@@ -39,11 +38,7 @@ def sequential_log(tmp_path, actions, budget) -> list[dict]:
         search.env.reset(seed=0)
         for action in episode:
             search.env.step(action)
-    return read_log(tmp_path / "sequential")
-
-
-def read_log(path) -> list[dict]:
-    return [json.loads(line) for line in (path / LOG_NAME).read_text().splitlines()]
+    return log_records(tmp_path / "sequential")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +54,7 @@ def test_batch_gives_the_sequential_records_within_the_budget(tmp_path, evaluato
     infos = play_many(search, actions, seed=0)
     assert evaluator.batches == [4]  # one batch, cut to the budget
     assert len(infos) == 4 and search.count == 4 and search.done
-    assert read_log(tmp_path / "batch") == sequential_log(tmp_path, actions, 4)
+    assert log_records(tmp_path / "batch") == sequential_log(tmp_path, actions, 4)
     assert parallelism(search) == 3
     assert play_many(search, actions) == []  # budget spent: nothing played, nothing evaluated
     assert evaluator.batches == [4]
@@ -77,7 +72,7 @@ def test_resumed_batch_evaluates_only_what_the_log_lacks(tmp_path, evaluator):
     play_many(resumed, actions)
     assert evaluator.batches == [2]  # episodes 0-2 came from the log
     assert resumed.count == 5
-    assert read_log(run) == sequential_log(tmp_path, actions, 5)
+    assert log_records(run) == sequential_log(tmp_path, actions, 5)
 
 
 def test_sequential_evaluator_keeps_the_sequential_path(tmp_path):
@@ -85,7 +80,7 @@ def test_sequential_evaluator_keeps_the_sequential_path(tmp_path):
     search = Search(tmp_path, RunSettings("random", 2, 0, {}), env)
     assert parallelism(search) == 1
     infos = play_many(search, episodes(2, seed=2))
-    assert [i["accuracy"] for i in infos] == [r["accuracy"] for r in read_log(tmp_path)]
+    assert [i["accuracy"] for i in infos] == [r["accuracy"] for r in log_records(tmp_path)]
     assert search.count == 2
 
 
@@ -101,29 +96,48 @@ def test_baselines_batched_keep_their_sequential_records(tmp_path, evaluator, ag
         search = Search(tmp_path / name, RunSettings(agent, 14, 3, {}), env)
         evaluator.batches.clear()
         BASELINES[agent](search, 3)
-        logs.append(read_log(tmp_path / name))
+        logs.append(log_records(tmp_path / name))
     assert logs[0] == logs[1] and len(logs[0]) == 14
     assert max(evaluator.batches) > 1  # the batched run did evaluate in batches
 
 
+# The two-level controller's model-based phase with 16 imagined episodes per round instead of 96:
+# what is batched (real evaluations) is the same, the imagination 6x cheaper.
+TWO_LEVEL = {"imagined": 16}
+
+
 def _two_level_log(path, evaluator, episodes, reward, resume=False) -> list[dict]:
-    from jpq_agents.two_level import run_two_level
+    from jpq_agents.two_level import TwoLevelConfig, run_two_level
 
     kwargs = {"reward": reward, **({} if evaluator is None else {"evaluator": evaluator})}
     env = gym.make("jpq_env/JPQWeights-v0", **kwargs).unwrapped
-    search = Search(path, RunSettings("two-level", episodes, 4, {}), env, resume=resume)
-    run_two_level(search, 4)
+    search = Search(path, RunSettings("two-level", episodes, 4, TWO_LEVEL), env, resume=resume)
+    run_two_level(search, 4, TwoLevelConfig(**TWO_LEVEL))
     assert search.count == episodes
-    return read_log(path)
+    return log_records(path)
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    """The sequential (unbatched) log of a 50-evaluation search per reward design, made once."""
+    logs: dict[str, list[dict]] = {}
+
+    def log(reward: str) -> list[dict]:
+        if reward not in logs:
+            path = tmp_path_factory.mktemp(f"sequential-{reward}")
+            logs[reward] = _two_level_log(path, None, 50, reward)
+        return logs[reward]
+
+    return log
 
 
 @pytest.mark.parametrize("reward", ["galen", "lagrangian"])  # lagrangian: state per episode
-def test_two_level_batched_keeps_its_sequential_records(tmp_path, evaluator, reward):
+def test_two_level_batched_keeps_its_sequential_records(tmp_path, evaluator, sequential, reward):
     # 50 evaluations on v0: the warm start, a full batch of 8 sampled episodes (one update) and
     # a partial one, then refinement rounds of 4.
-    sequential = _two_level_log(tmp_path / "sequential", None, 50, reward)
+    expected = sequential(reward)
     evaluator.batches.clear()
-    assert _two_level_log(tmp_path / "batched", evaluator, 50, reward) == sequential
+    assert _two_level_log(tmp_path / "batched", evaluator, 50, reward) == expected
     # The 6 warm-start policies (one per width on v0), 8 sampled episodes, 1 more (alone: no
     # batch), then the last 35 evaluations (70% of 50) in refinement rounds of 4, the last cut.
     assert evaluator.batches == [6, 8] + [4] * 8 + [3]
@@ -152,14 +166,14 @@ class _CrashingPool(WrappedEvaluator):
         return self.inner.accuracy_many(policies)
 
 
-def test_two_level_batched_resumes_to_the_sequential_records(tmp_path, evaluator):
-    sequential = _two_level_log(tmp_path / "sequential", None, 50, "galen")
+def test_two_level_batched_resumes_to_the_sequential_records(tmp_path, evaluator, sequential):
+    expected = sequential("galen")
     with pytest.raises(_Crash):  # dies in the refinement, after 23 evaluations
         _two_level_log(tmp_path / "run", _CrashingPool(evaluator, 23), 50, "galen")
-    logged = read_log(tmp_path / "run")
-    assert 15 < len(logged) <= 23 and logged == sequential[: len(logged)]
+    logged = log_records(tmp_path / "run")
+    assert 15 < len(logged) <= 23 and logged == expected[: len(logged)]
     evaluator.batches.clear()
-    assert _two_level_log(tmp_path / "run", evaluator, 50, "galen", resume=True) == sequential
+    assert _two_level_log(tmp_path / "run", evaluator, 50, "galen", resume=True) == expected
     assert sum(evaluator.batches) == 50 - len(logged)  # the logged ones came from the log
 
 
@@ -187,6 +201,6 @@ def test_tape_ends_episodes_at_their_evaluation_unevaluated(tmp_path, evaluator)
     infos = play_many(search, tape.episodes, seed=0, policies=tape.policies)
     assert evaluator.batches == [3]
     assert [i["accuracy"] for i in infos] == [evaluator.accuracy(p) for p in tape.policies]
-    assert read_log(tmp_path) == sequential_log(tmp_path / "seq", actions, 3)
+    assert log_records(tmp_path) == sequential_log(tmp_path / "seq", actions, 3)
     with pytest.raises(ValueError, match="2 policies given for 3 episodes"):
         play_many(search, tape.episodes, policies=tape.policies[:2])

@@ -1,3 +1,7 @@
+"""The compressed view (``jpq_env.core.compress``): policies applied and restored bitwise, pruning
+equal to physical removal, quantized weights, activation ranges.
+"""
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +10,7 @@ from torch import nn
 
 from jpq_env.core.compress import CompressedModel, calibrate_ranges
 from jpq_env.core.graph import GraphError, LayerGraph
-from jpq_env.core.importance import kernel_ranking, register_importance
-from jpq_env.core.policy import LayerPolicy, Policy, PolicyError, bits_from_ranking
+from jpq_env.core.policy import LayerPolicy, Policy, PolicyError
 from tests.nets import PlainNet, ResidualNet, SeparableNet, randomize_bn
 
 
@@ -177,22 +180,6 @@ def test_bad_policies_are_refused_and_change_nothing():
         cm.apply(Policy.uniform(graph, 8, 8))
     with torch.no_grad():
         assert torch.equal(cm.module(x), before)
-
-
-def test_importance_rankings():
-    w = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, -3.0], [1.5, 1.5, 0.0], [0.1, 0.0, 0.0]])
-    # L1: 2, 3, 3, 0.1 (ties keep channel order); L2: 1.41, 3, 2.12, 0.1
-    assert kernel_ranking(w, "l1").tolist() == [1, 2, 0, 3]
-    assert kernel_ranking(w, "l2").tolist() == [1, 2, 0, 3]
-    register_importance("first-weight", lambda t: t.flatten(1)[:, 0])
-    assert kernel_ranking(w, "first-weight").tolist() == [2, 0, 3, 1]
-    with pytest.raises(KeyError, match="unknown importance criterion 'l3'"):
-        kernel_ranking(w, "l3")
-
-
-def test_bits_from_ranking_puts_zero_bits_on_the_least_important():
-    order = np.array([2, 0, 3, 1])
-    assert bits_from_ranking(order, np.array([8, 4, 2, 0])).tolist() == [4, 0, 8, 2]
 
 
 def test_activation_ranges_are_the_observed_input_ranges():

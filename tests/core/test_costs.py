@@ -1,3 +1,7 @@
+"""The cost model (``jpq_env.core.costs``): MACs, BOPs and size against hand counts and
+``torch.utils.flop_counter``, conventions, and monotonicity.
+"""
+
 import numpy as np
 import pytest
 import torch
@@ -178,3 +182,24 @@ def test_fewer_bits_or_more_pruning_never_raise_costs(case):
     low = measure(g, _policy(g, lowered, act_low))
     assert low.bops <= high.bops and low.size_bits <= high.size_bits and low.macs <= high.macs
     assert high.bops <= high.bops_fp32 and high.size_bits <= high.size_bits_fp32
+
+
+def test_mixed_activation_bits_by_hand():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+    )  # fmt: skip
+    g = LayerGraph.from_module(net, torch.randn(1, 3, 4, 4))
+    bits = [np.full(8, 4), np.full(4, 6), np.full(5, 2)]
+    bits[0][:2] = 0  # conv 2 loses 2 of its 8 inputs
+    acts = [8, 3, 5]
+    layers = tuple(LayerPolicy(x.name, b, a) for x, b, a in zip(g.layers, bits, acts, strict=True))
+    cost = measure(g, Policy(layers, g.fingerprint))
+    # conv1: 6 kernels x 3 inputs x 9 x 16 positions x W4 x A8
+    # conv2: 4 kernels x 6 live inputs x 1 x 16 positions x W6 x A3
+    # fc: 5 outputs x 64 inputs x W2 x A5
+    assert [c.bops for c in cost.layers] == [
+        6 * 3 * 9 * 16 * 4 * 8,
+        4 * 6 * 16 * 6 * 3,
+        5 * 64 * 2 * 5,
+    ]

@@ -1,3 +1,7 @@
+"""Quantization (``jpq_env.core.quant``): weights per kernel against a reference, activation
+levels, refused widths.
+"""
+
 import numpy as np
 import pytest
 import torch

@@ -1,8 +1,17 @@
+"""Reward designs (``jpq_env.envs.rewards``): each against hand-computed values."""
+
 import math
 
 import pytest
 
-from jpq_env.envs.rewards import REWARDS, Outcome, RewardDesign, make_reward, register_reward
+from jpq_env.envs.rewards import (
+    REWARDS,
+    Outcome,
+    RewardDesign,
+    least_accuracy_reaching,
+    make_reward,
+    register_reward,
+)
 
 
 def _outcome(acc=0.9, fp32=0.95, bops=1e6, bops_ratio=0.02, size_ratio=0.05, budgets=None):
@@ -68,3 +77,36 @@ def test_every_builtin_returns_a_total_and_prefers_accuracy(name):
     low, high = _outcome(acc=0.5), _outcome(acc=0.9)
     assert "total" in design.terms(high)
     assert design.terms(high)["total"] > design.terms(low)["total"]
+
+
+@pytest.mark.parametrize("name", sorted(REWARDS))
+def test_least_accuracy_reaching_inverts_the_design(name):
+    design = make_reward(name)
+    budgets = {"bops": 1 / 128}
+
+    def outcome(acc: float) -> Outcome:  # one policy's costs, within its budget
+        return Outcome(acc, 0.95, 5e6, 1 / 200, 0.05, budgets)
+
+    def reward(acc: float) -> float:
+        return design.terms(outcome(acc))["total"]
+
+    target = 0.3 * reward(0.0) + 0.7 * reward(1.0)
+    needed = least_accuracy_reaching(design, target, outcome)
+    assert needed is not None and 0 < needed < 1
+    assert reward(needed) == pytest.approx(target, abs=1e-9)
+    assert reward(needed - 1e-6) < target  # the least such score
+    assert least_accuracy_reaching(design, reward(0.0) - 1, outcome) is None  # any score does
+    assert least_accuracy_reaching(design, reward(1.0) + 1, outcome) > 1  # no score does
+
+
+def test_a_design_not_monotone_in_the_score_is_not_inverted():
+    class Peaked(RewardDesign):
+        name = "peaked"
+
+        def terms(self, outcome: Outcome) -> dict[str, float]:
+            return {"total": -abs(outcome.accuracy - 0.5)}
+
+    def outcome(acc: float) -> Outcome:
+        return Outcome(acc, 0.95, 5e6, 1 / 200, 0.05, {"bops": 1 / 128})
+
+    assert least_accuracy_reaching(Peaked(), -0.25, outcome) is None

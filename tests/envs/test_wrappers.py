@@ -1,3 +1,7 @@
+"""Action views (``jpq_env.envs.wrappers``): both checkers, the mapping to native decisions, the
+masks, SB3 on the views, specs and monitors.
+"""
+
 import warnings
 
 import gymnasium as gym
@@ -5,9 +9,12 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.monitor import Monitor
 
 from jpq_env.envs import JPQEnv
 from jpq_env.envs.wrappers import FlatBoxView, MultiDiscreteView
+from tests.episodes import ACTS
 
 # Gymnasium's checker warns whenever it is handed a wrapper rather than a raw env; a view *is* a
 # wrapper by design, so that one message is the whitelist.
@@ -17,6 +24,12 @@ _WRAPPER_NOTE = r".*is different from the unwrapped version.*"
 @pytest.fixture(scope="module")
 def base() -> JPQEnv:
     return JPQEnv()
+
+
+@pytest.fixture(scope="module")
+def acts_env(base: JPQEnv) -> JPQEnv:
+    """JPQWeightsActs-v0's choices: each layer decision also picks an activation width."""
+    return JPQEnv(act_bits=ACTS, budget_bops=1 / 128, evaluator=base.evaluator)
 
 
 @pytest.mark.parametrize("view", [FlatBoxView, MultiDiscreteView])
@@ -102,3 +115,52 @@ def test_sb3_algorithms_run_on_the_views(base: JPQEnv):
         model.learn(8 * n)
         assert model.num_timesteps == 8 * n  # one view step per layer: 8 whole episodes
         assert model.ep_info_buffer is not None and len(model.ep_info_buffer) == 8
+
+
+def test_multidiscrete_view_has_an_activation_dimension(acts_env: JPQEnv):
+    view = MultiDiscreteView(acts_env, sparsity_levels=5)
+    assert view.action_space.nvec.tolist() == [5, 6, 6, 6, 6, 6]
+    view.reset(seed=0)
+    masks = view.action_masks()
+    assert masks[5:11].tolist() == [False] * 5 + [True]  # first layer: input width is fixed
+    view.step(np.array([0, 5, 5, 5, 5, 5]))
+    assert view.action_masks()[5:11].all()
+    view.step(np.array([0, 2, 0, 0, 0, 0]))
+    assert acts_env.decisions[1].act_bits <= 4
+
+
+_CHEAP = {"val_images": 16}  # a low-fidelity proxy: each episode's evaluation is cheap
+
+
+@pytest.mark.parametrize("view", [FlatBoxView, MultiDiscreteView])
+def test_views_are_recreated_from_their_spec_and_pass_gymnasiums_checker(view):
+    env = view(gym.make("jpq_env/JPQWeights-v0", val_images=16))
+    spec = env.spec
+    assert spec is not None and spec.additional_wrappers[-1].name == view.__name__
+    again = spec.make()
+    assert isinstance(again, view) and again.action_space == env.action_space
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is different from the unwrapped version.*")
+        gym_check_env(env, skip_render_check=True)
+    if view is MultiDiscreteView:
+        assert (
+            view(gym.make("jpq_env/JPQWeights-v0"), sparsity_levels=5).spec.make().sparsity_levels
+            == 5
+        )
+
+
+@pytest.mark.parametrize("view", [FlatBoxView, MultiDiscreteView])
+def test_monitor_under_a_view_counts_the_agents_steps(view):
+    # make_vec_env(wrapper_class=view), as RL Zoo builds it, puts SB3's Monitor below the view.
+    vec = make_vec_env("jpq_env/JPQWeights-v0", n_envs=1, wrapper_class=view, env_kwargs=_CHEAP)
+    vec.seed(0)
+    vec.reset()
+    monitor = vec.envs[0].env
+    assert isinstance(monitor, Monitor)
+    layers = vec.envs[0].unwrapped.num_layers
+    infos: list = []
+    for _ in range(layers):
+        _, _, _, infos = vec.step(np.stack([vec.action_space.sample()]))
+    assert infos[0]["episode"]["l"] == layers
+    assert monitor.get_episode_lengths() == [layers]
+    vec.close()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from jpq_env import load_task
 from jpq_env.atomic import save_atomic
 from jpq_env.core.costs import measure
 from jpq_env.core.policy import LayerPolicy, Policy
@@ -22,7 +23,6 @@ from jpq_env.export.packed import (
 from jpq_env.export.packing import MAGIC, pack_levels, unpack_levels
 from jpq_env.proxy.data import top1
 from jpq_env.proxy.evaluator import LocalEvaluator
-from jpq_env.tasks.registry import load_task
 
 
 def test_levels_round_trip_at_every_width():
@@ -151,3 +151,13 @@ def test_damaged_and_foreign_files_are_named(digits, tmp_path):
     with pytest.raises(ValueError, match="exported for another model"):
         other = load_task("digits-deep")
         load_compressed(path, other.model, other.example_input)
+
+
+def test_a_broken_export_is_named(tmp_path):
+    task = load_task("digits")
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a readable jpq-env export"):
+        load_compressed(bad, task.model, task.example_input)
+    with pytest.raises(ValueError, match="no export at"):
+        load_compressed(tmp_path / "missing.pt", task.model, task.example_input)

@@ -19,8 +19,8 @@ import torch
 from jpq_env import load_task
 from jpq_env.export.packed import load_compressed
 from jpq_env.tasks import digits
+from tests import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("jpq_env", "agents", "benchmarks")
 _PICKLERS = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "joblib", "marshal", "shelve"}
 _LOADERS = {"load", "loads", "Unpickler", "open"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import operator
@@ -25,12 +24,14 @@ from jpq_env.tasks.digits import (
     digits_split_indices,
     digits_splits,
     digits_task,
-    train_model,
 )
-from jpq_env.tasks.train_digits import count_macs
 
 N_SAMPLES = 1797
+
+
 EXPECTED_SIZES = {"train": 1149, "val": 288, "calib": 256, "test": 360}
+
+
 COMPRESSIBLE = (nn.Conv2d, nn.Linear)
 
 
@@ -51,9 +52,6 @@ def deep_task() -> Task:
 
 def _compressible(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, COMPRESSIBLE)]
-
-
-# ---------------------------------------------------------------------------------- splits
 
 
 def test_split_sizes(splits8: dict[str, TensorDataset]) -> None:
@@ -140,9 +138,6 @@ def test_bad_size_rejected() -> None:
         digits_splits(seed=0, size=4)
 
 
-# ---------------------------------------------------------------------------------- models
-
-
 @pytest.mark.parametrize(
     ("cls", "size", "min_layers"), [(DigitsCNN, 8, 5), (DeepDigitsNet, 16, 10)]
 )
@@ -192,46 +187,6 @@ def test_deep_net_has_depthwise_pair_and_residuals() -> None:
     adds = [n for n in nodes if n.op == "call_function" and n.target is operator.add]
     assert len(adds) == 3
     assert any(isinstance(m, nn.AdaptiveAvgPool2d) for m in model.modules())
-
-
-def test_count_macs() -> None:
-    assert count_macs(nn.Linear(4, 3), torch.rand(1, 4)) == 12
-    conv = nn.Conv2d(2, 4, 3, padding=1, groups=2)
-    assert count_macs(conv, torch.rand(1, 2, 5, 5)) == 25 * 4 * 1 * 9
-
-
-# ---------------------------------------------------------------------------------- training
-
-
-@pytest.mark.parametrize(("cls", "size"), [(DigitsCNN, 8), (DeepDigitsNet, 16)])
-def test_train_model_bitwise_reproducible(cls: type[nn.Module], size: int) -> None:
-    full = digits_splits(seed=0, size=size)
-    x, y = full["train"].tensors
-    small = {"train": TensorDataset(x[:96], y[:96])}
-    torch.manual_seed(0)
-    init = cls()
-
-    def run(seed: int) -> dict[str, torch.Tensor]:
-        model = train_model(copy.deepcopy(init), small, epochs=1, seed=seed, batch_size=32)
-        assert not model.training
-        return model.state_dict()
-
-    first, second, other = run(0), run(0), run(1)
-    assert first.keys() == second.keys()
-    assert all(torch.equal(first[k], second[k]) for k in first)
-    assert not all(torch.equal(first[k], other[k]) for k in first)
-    assert not all(torch.equal(first[k], v) for k, v in init.state_dict().items())
-
-
-def test_train_model_rejects_bad_arguments(splits8: dict[str, TensorDataset]) -> None:
-    with pytest.raises(TaskError, match="epochs"):
-        train_model(DigitsCNN(), splits8, epochs=0, seed=0)
-    x, y = splits8["train"].tensors
-    with pytest.raises(TaskError, match="batch_size"):
-        train_model(DigitsCNN(), {"train": TensorDataset(x[:8], y[:8])}, epochs=1, seed=0)
-
-
-# ---------------------------------------------------------------------------------- tasks
 
 
 def _plain_accuracy(model: nn.Module, dataset: Dataset[Any]) -> float:

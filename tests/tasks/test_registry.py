@@ -1,3 +1,5 @@
+"""Task names (``jpq_env.tasks.registry``): built-in names, user factories by path, task objects."""
+
 import sys
 import textwrap
 

@@ -84,7 +84,7 @@ class Imagination:
             space.act_bits if base.decides_act else (),
             fixed_act=space.fixed_act,
             unprunable=[i for i in range(base.num_layers) if space.max_pruned(i) == 0],
-            device=getattr(self.search.evaluator, "device", "cpu"),
+            device=self.search.evaluator.device,
         )
 
     def fit(self) -> None:

@@ -130,7 +130,7 @@ class Refinement:
     def run(self, best: Episode | None, total: int) -> Episode | None:
         """Refine ``best`` until ``total`` evaluations are recorded; the best found."""
         evaluator = self.search.evaluator
-        racing = self.config.race and hasattr(evaluator, "set_incumbent")
+        racing = self.config.race and evaluator.supports_racing
         try:
             while not self.search.done and best is not None:
                 best = self._round(best, total, evaluator if racing else None)

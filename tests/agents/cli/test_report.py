@@ -1,3 +1,5 @@
+"""``jpq report``: the model's costs and the FP32 and uniform-width accuracies."""
+
 import re
 
 import pytest

@@ -1,32 +1,20 @@
+"""``jpq search``: the files a search writes, its summary, a baseline that stops early, the
+environment's default budget, bad arguments, a directory holding another run, a finished run
+replayed.
+"""
+
+import contextlib
+import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from jpq_agents.cli import main
 from jpq_env import LocalEvaluator, Policy, load_task
-from jpq_env.export.packed import load_compressed
-from jpq_env.export.packing import read_container
-from jpq_env.proxy.data import iter_batches
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("search") / "run"
-    assert (
-        main(["search", "--episodes", "12", "--out", str(out), "--quiet", "--budget-bops", "1/32"])
-        == 0
-    )
-    return out
-
-
-def test_search_writes_every_file_and_a_summary(run_dir: Path, capsys):
+def test_search_writes_every_file_and_a_summary(search_run: Path, capsys):
     for name in (
         "run.json",
         "evaluations.jsonl",
@@ -35,14 +23,14 @@ def test_search_writes_every_file_and_a_summary(run_dir: Path, capsys):
         "pareto.png",
         "summary.json",
     ):
-        assert (run_dir / name).exists(), name
-    summary = json.loads((run_dir / "summary.json").read_text())
+        assert (search_run / name).exists(), name
+    summary = json.loads((search_run / "summary.json").read_text())
     assert summary["evaluations"] == 12 and summary["agent"] == "two-level"
     assert (
         summary["env"]["id"] == "jpq_env/JPQWeightsActs-v0"
     )  # activation widths are decided by default
     assert summary["best"]["bops_ratio"] <= 1 / 32 + 1e-12
-    policy = Policy.from_json(json.loads((run_dir / "policy.json").read_text()))
+    policy = Policy.from_json(json.loads((search_run / "policy.json").read_text()))
     evaluator = LocalEvaluator(load_task("digits"))
     assert summary["best"]["accuracy_test"] == evaluator.test_accuracy(policy)
 
@@ -60,8 +48,8 @@ def two_stage_run(tmp_path_factory) -> tuple[Path, str]:
     return out, stdout.getvalue()
 
 
-def test_a_baseline_that_stops_early_says_so_and_why(two_stage_run, run_dir):
-    assert "stopped_early" not in json.loads((run_dir / "summary.json").read_text())  # budget
+def test_a_baseline_that_stops_early_says_so_and_why(two_stage_run, search_run):
+    assert "stopped_early" not in json.loads((search_run / "summary.json").read_text())  # budget
     out, printed = two_stage_run
     summary = json.loads((out / "summary.json").read_text())
     n = summary["evaluations"]
@@ -88,38 +76,6 @@ def test_search_defaults_to_the_environments_budget(tmp_path):
         assert "budget_bops" not in env_kwargs and env.budget.targets["bops"] == target
 
 
-def test_evaluate_and_export_agree(run_dir: Path, capsys, tmp_path):
-    policy_file = run_dir / "policy.json"
-    assert main(["evaluate", str(policy_file)]) == 0
-    out = capsys.readouterr().out
-    policy = Policy.from_json(json.loads(policy_file.read_text()))
-    task = load_task("digits")
-    expected = LocalEvaluator(task).test_accuracy(policy)
-    assert f"test accuracy {expected:.2%}" in out
-    for name in ("conv1", "conv4", "fc2"):
-        assert name in out
-    ckpt = tmp_path / "model.pt"
-    assert main(["export", str(policy_file), "--out", str(ckpt)]) == 0
-    header, tensors = read_container(ckpt)  # bit-packed levels (format v2)
-    assert header["format"] == "jpq-compressed-v2" and tensors["payload"].dtype == torch.uint8
-    model = load_compressed(ckpt, task.model, task.example_input)
-    with torch.no_grad():
-        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in iter_batches(task.test, 512))
-    assert correct / len(task.test) == expected
-
-
-def test_finetune_reports_before_and_after(run_dir: Path, capsys, tmp_path):
-    out = tmp_path / "tuned.pt"
-    assert main(["finetune", str(run_dir / "policy.json"), "--epochs", "1", "--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "before fine-tuning" in text and out.exists()
-    state = torch.load(out, weights_only=True)
-    policy = Policy.from_json(json.loads((run_dir / "policy.json").read_text()))
-    pruned = policy.layers[1].bits == 0
-    if pruned.any():  # masks stay fixed: pruned kernels are still zero after training
-        assert state["conv2.weight"][torch.from_numpy(pruned)].abs().max() == 0
-
-
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -138,45 +94,39 @@ def test_bad_search_arguments(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_bad_policy_files_are_named(tmp_path, run_dir, capsys):
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    assert main(["evaluate", str(bad)]) == 2
-    assert "is not valid JSON" in capsys.readouterr().err
-    bad.write_text(json.dumps({"schema": 1, "layers": "x"}))
-    assert main(["evaluate", str(bad)]) == 2
-    assert "fingerprint" in capsys.readouterr().err
-    assert main(["evaluate", str(run_dir / "policy.json"), "--task", "digits-deep"]) == 2
-    assert "made for another model" in capsys.readouterr().err
-    assert main(["evaluate", str(tmp_path / "missing.json")]) == 2
-    assert "cannot read policy file" in capsys.readouterr().err
-
-
-def test_search_refuses_a_directory_holding_another_run(run_dir, capsys):
-    before = (run_dir / "evaluations.jsonl").read_text()
-    assert main(["search", "--episodes", "3", "--out", str(run_dir), "--quiet"]) == 2
+def test_search_refuses_a_directory_holding_another_run(search_run, capsys):
+    before = (search_run / "evaluations.jsonl").read_text()
+    assert main(["search", "--episodes", "3", "--out", str(search_run), "--quiet"]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert (run_dir / "evaluations.jsonl").read_text() == before
+    assert (search_run / "evaluations.jsonl").read_text() == before
 
 
-def test_rl_zoo_trains_with_the_project_hyperparameters(tmp_path):
-    conf = str(ROOT / "agents" / "jpq_agents" / "hyperparams" / "ppo.yml")
-    cmd = [
-        sys.executable, "-m", "rl_zoo3.train", "--gym-packages", "jpq_env",
-        "--env", "jpq_env/JPQWeights-v0", "--algo", "ppo", "--conf-file", conf,
-        "-n", "96", "--log-folder", str(tmp_path), "--eval-freq", "-1", "--seed", "0",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the checkout, installed or not
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert list(tmp_path.rglob("*.zip"))
+def _cli(argv: list[str]) -> tuple[int, str]:
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        code = main(argv)
+    return code, stdout.getvalue()
 
 
-def test_a_broken_export_is_named(tmp_path):
-    task = load_task("digits")
-    bad = tmp_path / "model.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="is not a readable jpq-env export"):
-        load_compressed(bad, task.model, task.example_input)
-    with pytest.raises(ValueError, match="no export at"):
-        load_compressed(tmp_path / "missing.pt", task.model, task.example_input)
+def test_a_finished_run_run_again_says_it_is_a_replay_and_a_two_stage_best_is_named(tmp_path):
+    out = str(tmp_path / "run")
+    argv = ["search", "--agent", "two-stage", "--episodes", "40", "--out", out, "--quiet"]
+    argv += ["--env", "jpq_env/JPQWeights-v0", "--env-option", "val_images=32"]
+    code, first = _cli(argv)
+    assert code == 0 and "replayed" not in first
+    summary = json.loads(Path(out, "summary.json").read_text())
+    assert "replayed_from_log" not in summary
+    reference = [json.loads(x) for x in Path(out, "reference.jsonl").read_text().splitlines()]
+    best_policy = json.loads(Path(out, "policy.json").read_text())
+    key = [[p["act_bits"], p["bits"]] for p in best_policy["layers"]]
+    same = [
+        p["label"] for p in reference if [[q["act_bits"], q["bits"]] for q in p["policy"]] == key
+    ]
+    assert same and summary["best"]["same_as"] == same[0]  # the two-stage agent's best is one
+    assert f"the best policy is the reference policy '{same[0]}'" in first
+    assert json.loads(Path(out, "run.json").read_text())["env"]["val_images"] == 32
+    code, again = _cli([*argv, "--resume"])
+    n = summary["evaluations"]
+    assert code == 0
+    assert f"resumed: {n} evaluations replayed from the log (not re-scored), 0 new" in again
+    assert "already finished" in again
+    assert json.loads(Path(out, "summary.json").read_text())["replayed_from_log"] == n

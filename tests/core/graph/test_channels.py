@@ -1,7 +1,6 @@
-"""Residual adds and depthwise convs: costs by hand, and masking equal to physical removal.
-
-The physically smaller networks below are written by slicing the weights of the pruned channels
-out of conv, linear and BatchNorm tensors, independently of the code under test.
+"""Channel wiring through the graph (``jpq_env.core.graph.channels``): flatten, residual adds,
+depthwise and grouped convs, concatenation, external inputs; then what it means for costs (by hand)
+and for the compressed model (masking equal to physical removal).
 """
 
 import numpy as np
@@ -13,7 +12,7 @@ from jpq_env.core.compress import CompressedModel
 from jpq_env.core.costs import measure
 from jpq_env.core.graph import LayerGraph
 from jpq_env.core.policy import LayerPolicy, Policy
-from tests.nets import ResidualNet, randomize_bn
+from tests.nets import ConcatNet, PlainNet, ResidualNet, SeparableNet, randomize_bn
 
 
 class DepthwiseSeparable(nn.Module):
@@ -247,3 +246,78 @@ def test_a_kernel_whose_live_inputs_are_all_pruned_is_removed_and_its_constant_d
     with torch.no_grad():
         torch.testing.assert_close(cm.module(x), slim(x), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(cm.module(x), slim(x, fold=True), atol=1e-3)
+
+
+def _graph(model: nn.Module, shape: tuple[int, ...]) -> LayerGraph:
+    return LayerGraph.from_module(model, torch.randn(*shape))
+
+
+def _producers(graph: LayerGraph, index: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    return {layer: (pos, ch) for layer, pos, ch in graph.sources[index].producers}
+
+
+def test_flatten_maps_each_channel_to_its_spatial_block():
+    g = _graph(PlainNet(), (1, 3, 8, 8))
+    ((pos, ch),) = _producers(g, 2).values()
+    # conv2's channel c becomes features c*16 .. c*16+15 after 2x2 pooling of an 8x8 map.
+    expected = np.repeat(np.arange(12), 16)
+    order = np.argsort(pos)
+    assert np.array_equal(pos[order], np.arange(192))
+    assert np.array_equal(ch[order], expected)
+    assert not g.sources[2].external.any()
+
+
+def test_residual_add_is_the_union_of_both_producers():
+    g = _graph(ResidualNet(), (1, 3, 8, 8))
+    assert g.names == ("stem", "a", "b", "head", "fc")
+    assert set(_producers(g, 3)) == {0, 2}  # head reads stem (shortcut) + b
+    kept = [np.ones(x.out_channels, bool) for x in g.layers]
+    kept[0][[1, 2, 5]] = False  # stem drops 1, 2, 5
+    kept[2][[2, 5, 7]] = False  # b drops 2, 5, 7
+    live = g.liveness(kept)
+    # head's input channel survives if stem or b keeps it: only 2 and 5 die.
+    assert np.flatnonzero(~live.alive_in[3]).tolist() == [2, 5]
+    assert np.flatnonzero(~live.alive_in[1]).tolist() == [1, 2, 5]  # a reads stem only
+    assert np.flatnonzero(~live.bn_alive["bn0"]).tolist() == [1, 2, 5]
+    assert np.flatnonzero(~live.bn_alive["bnb"]).tolist() == [2, 5, 7]
+
+
+def test_depthwise_channels_follow_their_input_and_groups_die_together():
+    g = _graph(SeparableNet(), (1, 3, 8, 8))
+    _, dw, _, grouped, _ = g.layers
+    assert dw.depthwise and dw.groups == 8 and dw.out_hw == (4, 4)
+    assert dw.macs == 8 * 1 * 9 * 16
+    assert grouped.groups == 2 and grouped.macs == 6 * 6 * 9 * 16 and not grouped.depthwise
+    kept = [np.ones(x.out_channels, bool) for x in g.layers]
+    kept[0][[0, 3]] = False
+    kept[2][:6] = False  # every input of the grouped conv's first group
+    live = g.liveness(kept)
+    assert np.flatnonzero(~live.alive_out[1]).tolist() == [0, 3]  # dw follows conv
+    assert np.flatnonzero(~live.bn_alive["dwbn"]).tolist() == [0, 3]
+    assert np.flatnonzero(~live.alive_out[3]).tolist() == [0, 1, 2]  # group 0 has no input
+    assert np.flatnonzero(~live.alive_in[4]).tolist() == [0, 1, 2]  # x.mean((2, 3)) keeps channels
+
+
+def test_concat_offsets_the_second_operand():
+    g = _graph(ConcatNet(), (1, 3, 4, 4))
+    prods = _producers(g, 2)
+    assert prods[0][0].tolist() == [0, 1, 2, 3] and prods[1][0].tolist() == [4, 5, 6, 7, 8, 9]
+    assert prods[1][1].tolist() == list(range(6))
+    # x.view(N, -1) after pooling to 2x2 is a flatten: fc reads 4 features per mix channel.
+    ((pos, ch),) = _producers(g, 3).values()
+    assert sorted(zip(pos.tolist(), ch.tolist(), strict=True)) == [(p, p // 4) for p in range(20)]
+
+
+def test_network_input_and_unknown_ops_are_external():
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(1, 4, 1)
+            self.c2 = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c2(torch.sigmoid(self.c1(x)))  # sigmoid(0) != 0: cannot see through
+
+    g = _graph(Scaled(), (1, 1, 2, 2))
+    assert g.sources[0].external.all() and g.sources[1].external.all()
+    assert not g.sources[1].producers

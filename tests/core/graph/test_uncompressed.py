@@ -153,7 +153,13 @@ def test_other_uncompressed_modules(model, x, name, kind, params, macs):
     assert g.uncompressed_macs == (macs or 0)
     if macs is not None:
         assert g.total_macs == _flop_counter_macs(model, x)
-    assert "cannot be counted" in (g.uncompressed_summary() or "") or macs is not None
+    summary = g.uncompressed_summary()
+    assert summary is not None and f"'{name}' ({kind})" in summary
+    if macs is None:
+        assert f"the MACs of '{name}' cannot be counted and are in no count" in summary
+    else:  # its share of the whole network's MACs, the whole counted by torch's flop counter
+        assert "cannot be counted" not in summary
+        assert f"holding {macs / _flop_counter_macs(model, x):.1%} of its MACs" in summary
 
 
 class _LastStep(nn.Module):
@@ -223,8 +229,11 @@ def _task():
     return make_task(randomize_bn(UpsampleNet()), train=data, test=data, val_size=16, calib_size=8)
 
 
+UPSAMPLE_TASK = f"{__name__}:upsample_task"
+
+
 def upsample_task():
-    """A task factory for the command line (``tests.test_uncompressed:upsample_task``)."""
+    """A task factory for the command line (see ``UPSAMPLE_TASK``)."""
     return _task()
 
 
@@ -247,7 +256,10 @@ def test_the_env_counts_it_in_feasibility_rewards_and_observations():
 
 
 def test_report_lists_it(capsys: pytest.CaptureFixture[str]):
-    assert main(["report", "--task", "tests.test_uncompressed:upsample_task", "--quiet"]) == 0
+    assert (
+        main(["report", "--task", "tests.core.graph.test_uncompressed:upsample_task", "--quiet"])
+        == 0
+    )
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.strip().startswith("up "))
     assert "ConvTranspose2d" in row and f"{UP:,}" in row and f"{UP / TOTAL:.1%}" in row

@@ -1,0 +1,59 @@
+"""``jpq validate``: a run and its policy file replayed, the first mismatching episode named; the
+summary's provenance (versions, date, speed, the defaulted budget).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jpq_agents.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("validate") / "run"
+    argv = ["search", "--agent", "random", "--episodes", "5", "--out", str(out), "--quiet"]
+    assert main([*argv, "--env", "jpq_env/JPQWeights-v0"]) == 0  # the default budget, 1/64
+    return out
+
+
+def test_validate_replays_a_run_and_its_policy_file(run_dir, capsys):
+    assert main(["validate", str(run_dir)]) == 0
+    assert (
+        "5 evaluations replayed: accuracy, BOPs and size match the log" in capsys.readouterr().out
+    )
+    assert main(["validate", str(run_dir / "policy.json")]) == 0
+    assert "1 evaluations replayed" in capsys.readouterr().out
+
+
+def test_validate_names_the_first_mismatching_episode(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    log = copy / "evaluations.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records[2]["accuracy"] += 1e-9  # one logged score off by a hair
+    records[3]["size_ratio"] *= 2
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["validate", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "mismatch at episode 2: accuracy logged" in err
+    policy = json.loads((copy / "policy.json").read_text())
+    policy["bops_ratio"] /= 2
+    (copy / "policy.json").write_text(json.dumps(policy))
+    assert main(["validate", str(copy / "policy.json")]) == 1
+    assert f"episode {policy['episode']}: bops_ratio logged" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "missing")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_summary_says_versions_date_speed_and_the_defaulted_budget(run_dir):
+    from importlib import metadata
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["budget"] == {"bops": 1 / 64}
+    assert summary["versions"]["torch"] == metadata.version("torch")
+    assert summary["versions"]["jpq-env"] == metadata.version("jpq-env")
+    assert summary["date"].endswith("+00:00") and summary["date"][:2] == "20"
+    assert summary["seconds_per_evaluation"] == pytest.approx(summary["seconds"] / 5, abs=0.01)

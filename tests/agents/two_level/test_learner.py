@@ -1,0 +1,107 @@
+"""The two-level controller's learning: the model-based phases and their real evaluations, pure
+RL, the activation head, and finite updates at the sparsity boundaries.
+"""
+
+import json
+
+import gymnasium as gym
+import pytest
+import torch
+
+from jpq_agents.baselines import BASELINES
+from jpq_agents.search import RunSettings, Search
+from jpq_agents.two_level import TwoLevelConfig, _Agent, run_two_level
+from jpq_env.envs import JPQEnv
+from tests.episodes import ACTS, log_records, widths
+
+ENV = "jpq_env/JPQWeightsActs-v0"
+
+
+def _keys(records):
+    return [json.dumps([[p["act_bits"], p["bits"]] for p in r["policy"]]) for r in records]
+
+
+@pytest.fixture(scope="module")
+def two_stage_keys(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two-stage")
+    env = gym.make(ENV, device="cpu").unwrapped
+    with Search(out, RunSettings("two-stage", 100, 0), env) as search:
+        BASELINES["two-stage"](search, 0)
+    return _keys(log_records(out))
+
+
+def _two_level(tmp_path, episodes, **config):
+    env = gym.make(ENV, device="cpu", sensitivity=True).unwrapped
+    search = Search(tmp_path, RunSettings("two-level", episodes, 0), env)
+    with search:
+        run_two_level(search, 0, TwoLevelConfig(**config))
+    return search, log_records(tmp_path)
+
+
+def test_model_based_two_level_phases_and_its_real_evaluations(tmp_path, two_stage_keys):
+    search, log = _two_level(tmp_path, 80, imagined=16, real_per_round=4, refine_fraction=0.4)
+    phases = [r.get("phase") for r in log]
+    n = len(two_stage_keys)
+    assert phases[:n] == ["warm-start"] * n and _keys(log)[:n] == two_stage_keys
+    learning = [r for r in log if r.get("phase") == "learning"]
+    refining = [r for r in log if str(r.get("phase", "")).startswith("refinement:from-")]
+    assert len(learning) == 80 - int(0.4 * 80) - n > 0 and len(refining) == int(0.4 * 80)
+    # the surrogate's picks are never a policy already evaluated
+    learned_keys = _keys(learning)
+    assert len(set(learned_keys)) == len(learned_keys)
+    assert not set(learned_keys) & set(two_stage_keys)
+    # raced evaluations lost and never become the best
+    raced = [r for r in log if r.get("proxy_complete") is False]
+    assert all(0 < r["proxy_images"] < 288 for r in raced)
+    assert search.best is not None and search.best.get("proxy_complete", True)
+    complete = [r for r in log if r.get("proxy_complete", True) and r["budget_met"]]
+    assert search.best["accuracy"] == max(r["accuracy"] for r in complete)
+
+
+def test_pure_rl_variant_learns_without_warm_start_or_refinement(tmp_path, two_stage_keys):
+    _, log = _two_level(
+        tmp_path, 24, warm_start=False, refine_fraction=0.0, imagined=16, real_per_round=8
+    )
+    assert {r.get("phase") for r in log} == {"learning"} and len(log) == 24
+    assert not set(_keys(log)) & set(two_stage_keys)
+
+
+@pytest.fixture(scope="module")
+def acts_env() -> JPQEnv:
+    return JPQEnv(act_bits=ACTS, budget_bops=1 / 128)
+
+
+def _acts_env(acts_env: JPQEnv, **kwargs) -> JPQEnv:
+    return JPQEnv(evaluator=acts_env.evaluator, act_bits=ACTS, **{"budget_bops": 1 / 128, **kwargs})
+
+
+def test_two_level_activation_head_explores_and_learns(tmp_path, acts_env):
+    config = TwoLevelConfig(warm_start=False, refine_fraction=0.0, batch_episodes=8)
+    search = Search(tmp_path, RunSettings("two-level", 32, 0), _acts_env(acts_env))
+    agent = _Agent(search, 0, config)
+    before = [p.detach().clone() for p in agent.net.act.parameters()]
+    agent.run()
+    records = log_records(tmp_path)
+    inner = [i for i in range(acts_env.num_layers) if i not in acts_env.graph.input_layers]
+    sampled = {widths(r)[i][1] for r in records for i in inner}
+    assert len(sampled) >= 4  # every activation width can be sampled, not only the widest
+    assert all(widths(r)[0][1] == 8 for r in records)  # the network input stays at 8 bits
+    after = list(agent.net.act.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))  # trained
+
+
+def test_two_level_updates_stay_finite_at_the_sparsity_boundaries(tmp_path, acts_env):
+    # A sparsity sampled at exactly 0 or 1 (float32 underflow at extreme Beta concentrations)
+    # once gave -inf log-probabilities, NaN gradients and NaN weights in a long learning phase.
+    config = TwoLevelConfig(
+        warm_start=False, refine_fraction=0.0, batch_episodes=4, surrogate=False
+    )
+    search = Search(tmp_path, RunSettings("two-level", 8, 0), _acts_env(acts_env))
+    agent = _Agent(search, 0, config)
+    agent.run()
+    batch = agent.elite[:4]
+    for ep, u in zip(batch, (0.0, 1.0, 0.0, 1.0), strict=False):
+        ep.layer_u = [u] * len(ep.layer_u)
+    agent._update(batch)
+    assert all(torch.isfinite(p).all() for p in agent.net.parameters())
+    agent.net.sparsity(torch.zeros(1, batch[0].layer_obs[0].shape[0]))  # still a valid Beta
