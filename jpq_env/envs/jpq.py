@@ -116,6 +116,49 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     Terminated after the channel decision of the last layer (``2 x layers`` steps). Never
     truncated. Stepping after termination or before ``reset`` raises.
 
+    ## Info
+
+    Every step's ``info`` holds ``layer`` (the index of the layer decided next; the number of
+    layers once terminated), ``layer_name`` and ``phase`` (``"layer"`` or ``"channel"``, the next
+    decision's); ``reset`` returns the same three. Besides:
+
+    - after a layer decision: ``kernels`` (the layer's output kernels), ``proposed_pruned`` and
+      ``applied_pruned`` (kernels pruned as the action asked and after the forward wall, counts),
+      ``proposed_sparsity`` and ``applied_sparsity`` (the same as fractions of ``kernels``),
+      ``proposed_act_bits`` and ``applied_act_bits`` (the layer's input activation width, bits);
+    - after a channel decision: ``proposed_mean_bits`` and ``applied_mean_bits`` (mean weight
+      width of the kept kernels, bits), and with the sensitivity table (``sensitivity`` or
+      ``error_shaping``) ``layer_kl`` (the decision's estimated KL divergence at the output, nats)
+      and ``predicted_fidelity`` (``exp(-sum of the decided layers' layer_kl)``, in (0, 1]);
+    - with ``shaping`` or ``error_shaping``: ``reward_shaping`` (this step's shaping reward);
+    - at the last step: the proxy's ``accuracy`` and ``accuracy_fp32`` (fractions in [0, 1] on
+      the held-out split), ``bops`` and ``bops_fp32`` (bit operations per sample), ``bops_ratio``
+      and ``size_ratio`` (fractions of FP32), ``size_bits`` (bits of the kept weights),
+      ``budget_met`` (bool), ``proxy_images`` and ``proxy_complete`` (images scored, and False
+      when racing stopped the evaluation early), ``policy`` (per layer ``name``, ``sparsity``,
+      ``act_bits`` and ``bits``, a width per kernel in channel order, 0 = pruned: the applied
+      policy, ``Policy.from_layers`` reads it) and every term of the reward as ``reward_<term>``
+      (``reward_total`` is the reward).
+
+    ## What agents may read: the decision space and the episode
+
+    ``space`` (``jpq_env.envs.decisions.DecisionSpace``) is the problem as agents program
+    against it: what a layer may take (``bits``, ``act_bits``, ``max_sparsity``,
+    ``max_pruned(layer)``, ``n_pruned(layer, sparsity)``, ``pinned_bits``, ``fixed_act``), how a
+    channel decision's importance groups cover a layer's kernels (``channel_slots``,
+    ``per_kernel``, ``group_sizes(kept)``, ``groups(kept)``, ``kernel_levels(levels, kept)``), the
+    decision and policy a choice makes (``decision``, ``policy``) and what decisions cost
+    (``ratios``, ``layer_costs``, ``counts``, ``fits(budget, decisions)``). The environment
+    also exposes ``graph`` (the layer graph), ``task``, ``budget``, ``bits``, ``decides_act``,
+    ``layer_slots``, ``action_size``, ``observation_size``, ``num_layers``, ``current_layer``,
+    ``phase``, ``decisions`` (the applied decisions so far), ``last_policy`` and ``last_cost``
+    (the finished episode's), ``kernel_importance(layer)`` (importance in ranked order, in
+    [0, 1]), ``encode_levels`` and ``pruned_for`` (actions for given choices), ``sensitivity``
+    (the table, when measured), ``race(reward)`` (below), and ``evaluator`` and
+    ``reward_design``, which an agent may replace (and restore) to score imagined episodes. These
+    are the environment's public interface, kept stable like its spaces; anything else
+    (underscored names) is internal.
+
     ## Arguments
 
     ```python
@@ -131,7 +174,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
       (or a ``Task`` object from Python, e.g. from ``jpq_env.make_task``).
     - ``task_options``: keyword arguments of the task factory, e.g. ``{"data": "~/cifar",
       "weights": "resnet18.pt"}`` for the vision tasks (``jpq_env.tasks.vision``).
-    - ``reward``: reward design name or ``RewardDesign`` instance (default ``"galen"``).
+    - ``reward``: reward design name or ``RewardDesign`` instance (default ``"galen"``: accuracy
+      minus ``5 * |cost / target - 1|``, so a policy well *under* the budget is penalised too;
+      ``"galen-r7"`` penalises only overruns; see ``jpq_env.envs.rewards``).
     - ``budget_bops``, ``budget_size``: targets as fractions of FP32 in (0, 1] (None: no target;
       default BOPs 1/64, size none). A budget that even the cheapest decisions exceed is refused.
     - ``bits``: weight widths of kept kernels (default 2, 3, 4, 5, 6, 8).

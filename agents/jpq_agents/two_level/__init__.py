@@ -26,7 +26,8 @@ weight width. A search has only a few hundred evaluations, so the design spends 
 
 Deterministic: with the same seed the same episodes are played (the search's resume relies on
 it), whatever the number of evaluator workers. Measurements of the phases' worth are in
-``benchmarks/results/two_level_ablation.md`` (``python -m benchmarks.two_level_ablation``).
+``benchmarks/results/two_level_ablation.md`` (``python -m benchmarks.two_level_ablation``), and the
+measurements behind its defaults in ``benchmarks/results/two_level_design_notes.md``.
 
 What the agent reads from the environment
 -----------------------------------------
