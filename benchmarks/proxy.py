@@ -220,7 +220,7 @@ def prefix_table(task: Any) -> list[str]:
         equal &= a == b
         forwards_reuse += reuse.stats.image_forwards - r0
         forwards_full += full.stats.image_forwards - f0
-    kept = ", ".join(graph.names[c.layer] for c in reuse._checkpoints)
+    kept = ", ".join(graph.names[c.layer] for c in reuse.prefix_checkpoints)
     return [
         "## Prefix reuse",
         "",

@@ -43,7 +43,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -65,7 +65,7 @@ from jpq_env.proxy.batchnorm import (
     batchnorms,
 )
 from jpq_env.proxy.data import auto_batch_size, iter_batches, private_rng, resolve_device
-from jpq_env.proxy.prefix import Checkpoint, SegmentedForward
+from jpq_env.proxy.prefix import Checkpoint, Prefix, PrefixCache, SegmentedForward
 from jpq_env.proxy.racing import RaceRule
 from jpq_env.tasks.base import Task
 
@@ -307,17 +307,6 @@ def _shuffled(data: Dataset, seed: int, limit: int | None = None) -> Dataset:
     return Subset(data, order.tolist())
 
 
-@dataclass
-class _Prefix:
-    """The activations a reference policy left at the chosen checkpoints (see module doc)."""
-
-    key: PolicyKey
-    score: float
-    calib: dict[int, list[dict[Any, Any]]] = field(default_factory=dict)
-    val: dict[int, list[dict[Any, Any]]] = field(default_factory=dict)
-    bn_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-
-
 class LocalEvaluator(Evaluator):
     """The accuracy proxy, run in this process.
 
@@ -414,9 +403,8 @@ class LocalEvaluator(Evaluator):
         self._lockstep = calib_bytes <= CALIBRATION_MEMORY
         self._bn_positions = self._batchnorm_positions()
         self._total_macs = max(self.graph.compressible_macs, 1)
-        self._checkpoints = self._choose_checkpoints(prefix_cache_mb)
-        self._prefix: _Prefix | None = None
-        self._pinned: PolicyKey | None = None
+        images = self.val_images + (len(self._calib) if self.bn_recalibration else 0)  # type: ignore[arg-type]
+        self._cache = PrefixCache(self.forward, len(self.graph), images, prefix_cache_mb)
         self._pinned_policy: Policy | None = None
         self._results: OrderedDict[PolicyKey, torch.Tensor] = OrderedDict()
         self.stats = _Stats()
@@ -487,65 +475,10 @@ class LocalEvaluator(Evaluator):
 
     # ---- prefix reuse -------------------------------------------------------------------------
 
-    def _choose_checkpoints(self, budget_mb: float) -> list[Checkpoint]:
-        """Checkpoints to keep activations at, the most MACs saved per byte first, within budget.
-
-        The value of a set is the MACs it saves when the changed layer is drawn uniformly (what a
-        local search that moves one layer at a time does on average).
-        """
-        fwd = self.forward
-        if not fwd.resumable or budget_mb <= 0:
-            return []
-        images = self.val_images + (len(self.task.calib) if self.bn_recalibration else 0)  # type: ignore[arg-type]
-        budget = budget_mb * 2**20
-        candidates = [c for c in fwd.checkpoints if c.layer > 0 and c.floats_per_sample > 0]
-        chosen: list[Checkpoint] = []
-        used = 0.0
-        layers = len(self.graph)
-
-        def saved(points: list[Checkpoint]) -> float:
-            best = 0.0
-            total = 0.0
-            by_layer = {c.layer: c for c in points}
-            for k in range(layers):
-                if k in by_layer:
-                    best = max(best, by_layer[k].macs_before)
-                total += best
-            return total
-
-        while True:
-            base = saved(chosen)
-            options = []
-            for c in candidates:
-                if c in chosen:
-                    continue
-                cost = c.floats_per_sample * 4.0 * images
-                if used + cost > budget:
-                    continue
-                gain = saved([*chosen, c]) - base
-                if gain > 0:
-                    options.append((gain / cost, -c.layer, c))
-            if not options:
-                break
-            _, _, pick = max(options, key=lambda t: (t[0], t[1]))
-            chosen.append(pick)
-            used += pick.floats_per_sample * 4.0 * images
-        return sorted(chosen, key=lambda c: c.position)
-
     def _batchnorm_positions(self) -> dict[str, int]:
         """Where the pass calls each BatchNorm (-1: not called by the traced graph)."""
         calls = self.forward.call_positions
         return {name: calls.get(name, -1) for name in batchnorms(self.compressed.module)}
-
-    def _resume_point(self, key: PolicyKey) -> Checkpoint | None:
-        """The last kept checkpoint before the first layer where ``key`` differs from the prefix."""
-        prefix = self._prefix
-        if prefix is None:
-            return None
-        pairs = enumerate(zip(key, prefix.key, strict=True))
-        first = next((i for i, (a, b) in pairs if a != b), len(key))
-        usable = [c for c in self._checkpoints if c.layer <= first and c.position in prefix.val]
-        return usable[-1] if usable else None
 
     # ---- scoring ------------------------------------------------------------------------------
 
@@ -564,8 +497,8 @@ class LocalEvaluator(Evaluator):
         pos = 0 if start is None else start.position
         named = dict(module.named_modules())
         if start is not None:
-            assert self._prefix is not None
-            for name, buffers in self._prefix.bn_state.items():
+            assert self._cache.prefix is not None
+            for name, buffers in self._cache.prefix.bn_state.items():
                 if self._bn_positions[name] < pos:
                     for key, value in buffers.items():
                         getattr(named[name], key).copy_(value)
@@ -575,7 +508,7 @@ class LocalEvaluator(Evaluator):
             self._recalibrate_streaming(batches, self._recal.set)
             return {c.position: [] for c in keep}
         after = [name for name, p in self._bn_positions.items() if p >= pos]
-        states = None if start is None else self._prefix.calib[pos]  # type: ignore[union-attr]
+        states = None if start is None else self._cache.prefix.calib[pos]  # type: ignore[union-attr]
         _, kept = self.forward.run_many(batches, pos, states, keep, self._recal, after)
         self._count(sum(len(x) for x in batches), pos)
         return {c.position: per_batch for c, per_batch in zip(keep, kept, strict=True)}
@@ -694,18 +627,18 @@ class LocalEvaluator(Evaluator):
             _ = self._fp32_logits  # before the policy is applied (it scores the FP32 policy)
         reference = self._reference() if at_least is not None else None  # may evaluate it first
         rule = self._race_rule(at_least, reference)
-        start = self._resume_point(key)
+        start = self._cache.resume_point(key)
         pos = 0 if start is None else start.position
         self._apply(policy)
-        recording = keep_prefix and (self._pinned is None or self._pinned == key)
-        keep = [c for c in self._checkpoints if c.position > pos] if recording else []
+        recording = keep_prefix and self._cache.records(key)
+        keep = [c for c in self._cache.checkpoints if c.position > pos] if recording else []
         calib_states = self._recalibrate(start, keep) if self.bn_recalibration else {}
         val_states: dict[int, list[dict[Any, Any]]] = {c.position: [] for c in keep}
         values: list[torch.Tensor] = []
         seen = 0
         complete = True
         for i, (x, y) in enumerate(self._val_iter()):
-            state = None if start is None else self._prefix.val[pos][i]  # type: ignore[union-attr]
+            state = None if start is None else self._cache.prefix.val[pos][i]  # type: ignore[union-attr]
             logits, kept = self.forward.run(x, pos, state, keep)
             for c, s in zip(keep, kept, strict=True):
                 val_states[c.position].append(s)
@@ -722,8 +655,10 @@ class LocalEvaluator(Evaluator):
         score = self._final(per_image)
         if complete:
             self._remember(key, per_image)
-            if recording:
-                self._keep_prefix(key, score, start, calib_states, val_states)
+            if recording and self._cache.wants(key, score):
+                self._cache.keep(
+                    Prefix(key, score, calib_states, val_states, self._bn_state()), start
+                )
         self.stats.evaluations += 1
         self.stats.complete += int(complete)
         self.stats.images += seen
@@ -750,13 +685,14 @@ class LocalEvaluator(Evaluator):
         evaluator's own history would depend on what this process happened to evaluate (a
         resumed run replays its first episodes from the log), and so would the stops.
         """
-        if self._pinned is None:
+        pinned = self._cache.pinned
+        if pinned is None:
             return None
-        values = self._results.get(self._pinned)
+        values = self._results.get(pinned)
         if values is None:
             assert self._pinned_policy is not None
             self._evaluate(self._pinned_policy, None)
-            values = self._results[self._pinned]
+            values = self._results[pinned]
         return values
 
     def _remember(self, key: PolicyKey, values: torch.Tensor) -> None:
@@ -765,41 +701,22 @@ class LocalEvaluator(Evaluator):
         while len(self._results) > _RESULTS_KEPT:
             self._results.popitem(last=False)
 
-    def _keep_prefix(
-        self,
-        key: PolicyKey,
-        score: float,
-        start: Checkpoint | None,
-        calib: dict[int, list[dict[Any, Any]]],
-        val: dict[int, list[dict[Any, Any]]],
-    ) -> None:
-        """Keep this evaluation's activations if it is the incumbent (pinned, or best so far)."""
-        if not self._checkpoints:
-            return
-        old = self._prefix
-        if self._pinned is not None:
-            if key != self._pinned:
-                return
-        elif old is not None and score < old.score:
-            return
-        prefix = _Prefix(key, score)
-        if start is not None and old is not None:  # the shared part: the same tensors
-            for c in self._checkpoints:
-                if c.position <= start.position:
-                    prefix.val[c.position] = old.val[c.position]
-                    if self.bn_recalibration:
-                        prefix.calib[c.position] = old.calib[c.position]
-        prefix.val.update(val)
-        prefix.calib.update(calib)
+    @property
+    def prefix_checkpoints(self) -> list[Checkpoint]:
+        """Where prefix reuse keeps activations (chosen within ``prefix_cache_mb``)."""
+        return list(self._cache.checkpoints)
+
+    def _bn_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Copies of every BatchNorm's statistics (what a resumed pass starts from)."""
         named = dict(self.compressed.module.named_modules())
-        for name in self._bn_positions:
-            bn = named[name]
-            prefix.bn_state[name] = {
-                k: getattr(bn, k).clone()
+        return {
+            name: {
+                k: getattr(named[name], k).clone()
                 for k in ("running_mean", "running_var", "num_batches_tracked")
-                if getattr(bn, k, None) is not None
+                if getattr(named[name], k, None) is not None
             }
-        self._prefix = prefix
+            for name in self._bn_positions
+        }
 
     def set_incumbent(self, policy: Policy | None) -> None:
         """Race against, and keep activations for, ``policy`` (None: the best score so far).
@@ -807,7 +724,7 @@ class LocalEvaluator(Evaluator):
         Its per-image results are computed at the first racing evaluation that needs them if
         they are not known yet (one more evaluation, not an episode; the same numbers).
         """
-        self._pinned = None if policy is None else policy.key()
+        self._cache.pinned = None if policy is None else policy.key()
         self._pinned_policy = policy
 
     def _score(self, policy: Policy | None, split: str) -> float:

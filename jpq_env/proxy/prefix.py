@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-__all__ = ["Checkpoint", "SegmentedForward"]
+__all__ = ["Checkpoint", "Prefix", "PrefixCache", "SegmentedForward", "State"]
 
 State = dict[fx.Node, Any]
 
@@ -304,3 +304,122 @@ class SegmentedForward:
         for arg in node.all_input_nodes:
             if self._last_use[arg] <= i:
                 env.pop(arg, None)
+
+
+@dataclass
+class Prefix:
+    """The live values a reference policy left at the cache's checkpoints.
+
+    Attributes:
+        key: The policy's key (``Policy.key``).
+        score: Its score (the cache keeps the best unless an incumbent is pinned).
+        calib: Per checkpoint position, per calibration batch, the live values.
+        val: Per checkpoint position, per held-out batch, the live values.
+        bn_state: Every BatchNorm's statistics after the policy's re-calibration.
+    """
+
+    key: tuple[bytes, ...]
+    score: float
+    calib: dict[int, list[State]] = field(default_factory=dict)
+    val: dict[int, list[State]] = field(default_factory=dict)
+    bn_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+class PrefixCache:
+    """The reference policy's activations at a few checkpoints, chosen to fit a memory budget.
+
+    The reference is the incumbent an agent pinned (``pinned``), else the best policy scored so
+    far. A policy that agrees with it on every layer before a checkpoint resumes there
+    (``resume_point``).
+
+    Args:
+        forward: The pass whose checkpoints are candidates.
+        layers: Compressible layers of the graph.
+        images: Images whose live values each checkpoint holds (held-out + calibration).
+        budget_mb: Memory for the kept values, in MiB (0: no reuse).
+    """
+
+    def __init__(
+        self, forward: SegmentedForward, layers: int, images: int, budget_mb: float
+    ) -> None:
+        self.checkpoints = _choose(forward, layers, images, budget_mb)
+        self.prefix: Prefix | None = None
+        self.pinned: tuple[bytes, ...] | None = None
+
+    def resume_point(self, key: tuple[bytes, ...]) -> Checkpoint | None:
+        """The last kept checkpoint before the first layer where ``key`` differs from the prefix."""
+        prefix = self.prefix
+        if prefix is None:
+            return None
+        pairs = enumerate(zip(key, prefix.key, strict=True))
+        first = next((i for i, (a, b) in pairs if a != b), len(key))
+        usable = [c for c in self.checkpoints if c.layer <= first and c.position in prefix.val]
+        return usable[-1] if usable else None
+
+    def records(self, key: tuple[bytes, ...]) -> bool:
+        """Whether an evaluation of ``key`` keeps its live values (it may become the prefix)."""
+        return bool(self.checkpoints) and (self.pinned is None or self.pinned == key)
+
+    def wants(self, key: tuple[bytes, ...], score: float) -> bool:
+        """Whether a complete evaluation of ``key`` scoring ``score`` becomes the prefix."""
+        if not self.checkpoints:
+            return False
+        if self.pinned is not None:
+            return key == self.pinned
+        return self.prefix is None or score >= self.prefix.score
+
+    def keep(self, prefix: Prefix, start: Checkpoint | None) -> None:
+        """Make ``prefix`` the reference; checkpoints up to ``start`` are the old one's tensors."""
+        old = self.prefix
+        if start is not None and old is not None:
+            for c in self.checkpoints:
+                if c.position <= start.position:
+                    prefix.val[c.position] = old.val[c.position]
+                    if c.position in old.calib:
+                        prefix.calib[c.position] = old.calib[c.position]
+        self.prefix = prefix
+
+
+def _choose(
+    forward: SegmentedForward, layers: int, images: int, budget_mb: float
+) -> list[Checkpoint]:
+    """Checkpoints to keep activations at, the most MACs saved per byte first, within budget.
+
+    The value of a set is the MACs it saves when the changed layer is drawn uniformly (what a
+    local search that moves one layer at a time does on average).
+    """
+    if not forward.resumable or budget_mb <= 0:
+        return []
+    budget = budget_mb * 2**20
+    candidates = [c for c in forward.checkpoints if c.layer > 0 and c.floats_per_sample > 0]
+    chosen: list[Checkpoint] = []
+    used = 0.0
+
+    def saved(points: list[Checkpoint]) -> float:
+        best = 0.0
+        total = 0.0
+        by_layer = {c.layer: c for c in points}
+        for k in range(layers):
+            if k in by_layer:
+                best = max(best, by_layer[k].macs_before)
+            total += best
+        return total
+
+    while True:
+        base = saved(chosen)
+        options = []
+        for c in candidates:
+            if c in chosen:
+                continue
+            cost = c.floats_per_sample * 4.0 * images
+            if used + cost > budget:
+                continue
+            gain = saved([*chosen, c]) - base
+            if gain > 0:
+                options.append((gain / cost, -c.layer, c))
+        if not options:
+            break
+        _, _, pick = max(options, key=lambda t: (t[0], t[1]))
+        chosen.append(pick)
+        used += pick.floats_per_sample * 4.0 * images
+    return sorted(chosen, key=lambda c: c.position)

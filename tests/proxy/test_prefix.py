@@ -62,7 +62,7 @@ def test_prefix_reuse_is_bitwise_a_full_evaluation(net, recalibrate):
     full = LocalEvaluator(
         task, device="cpu", metric="kl", bn_recalibration=recalibrate, prefix_cache_mb=0
     )
-    assert reuse._checkpoints and not full._checkpoints
+    assert reuse.prefix_checkpoints and not full.prefix_checkpoints
     graph = reuse.graph
     base = mixed_policy(graph, 0)
     reuse.set_incumbent(base)  # else the best score so far keeps its activations
@@ -110,7 +110,7 @@ def test_the_cache_stays_within_its_memory_budget():
     task = toy_task(ResidualNet(), n=96)
     ev = LocalEvaluator(task, device="cpu", prefix_cache_mb=0.05)  # 52 kB
     images = ev.val_images + len(task.calib)
-    used = sum(c.floats_per_sample * 4 * images for c in ev._checkpoints)
+    used = sum(c.floats_per_sample * 4 * images for c in ev.prefix_checkpoints)
     assert 0 < used <= 0.05 * 2**20
     roomy = LocalEvaluator(task, device="cpu", prefix_cache_mb=100)
-    assert len(roomy._checkpoints) >= len(ev._checkpoints)
+    assert len(roomy.prefix_checkpoints) >= len(ev.prefix_checkpoints)
