@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import numbers
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from jpq_env.core.policy import record_key
 from jpq_env.envs import JPQEnv
 from jpq_env.errors import ArgumentError
+from jpq_env.proxy import sensitivity
 from jpq_env.proxy.evaluator import Evaluator, WrappedEvaluator
 from jpq_env.tasks import Task
 
@@ -30,7 +32,7 @@ from .play import act_level_near, jpq, least_uniform_pruning, play, uniform_choi
 from .plots import pareto_plot
 from .provenance import provenance
 from .sb3 import ALGOS, run_sb3
-from .search import RunSettings, Search, claim_directory, write_atomic
+from .search import FIDELITIES, RUN_NAME, RunSettings, Search, claim_directory, write_atomic
 from .two_level import run_two_level
 
 __all__ = ["AGENTS", "DEFAULT_ENV", "LEARNER_ENV", "run_search"]
@@ -116,6 +118,25 @@ def _reference(env_id: str, env_kwargs: dict[str, Any], evaluator: Any) -> list[
     return points
 
 
+def _fidelity(fidelity: str | None, out: Path, resume: bool) -> str:
+    """The run's fidelity: as given, else a resumed run's own, else ``"race"``.
+
+    A run that predates the setting scored in full, so it resumes as ``"full"``.
+    """
+    if fidelity is not None:
+        if fidelity not in FIDELITIES:
+            raise ArgumentError(f"fidelity must be one of {FIDELITIES}, got {fidelity!r}")
+        return fidelity
+    run_file = out / RUN_NAME
+    if resume and run_file.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            previous = json.loads(run_file.read_text())
+            if isinstance(previous, dict):
+                value = previous.get("fidelity", "full")
+                return value if value in FIDELITIES else "full"
+    return "race"
+
+
 def run_search(
     agent: str,
     out: str | Path,
@@ -129,6 +150,7 @@ def run_search(
     ray: str | None = None,
     workers: int | None = None,
     agent_options: dict[str, Any] | None = None,
+    fidelity: str | None = None,
 ) -> dict[str, Any]:
     """Run ``agent`` for ``episodes`` evaluations and write the run's files into ``out``.
 
@@ -150,6 +172,9 @@ def run_search(
     With ``ray`` (a cluster address, or ``"auto"``) or ``workers``, evaluations run on Ray (see
     ``jpq_agents.scale_out``); otherwise everything runs in this process, without importing Ray.
 
+    ``fidelity`` (``jpq_agents.search.RunSettings``): ``"race"`` (evaluations that cannot beat
+    the best so far stop early) or ``"full"``; None: a resumed run's own, else ``"race"``.
+
     Returns:
         The summary (also written to ``summary.json``).
     """
@@ -167,6 +192,7 @@ def run_search(
     if workers is not None and workers < 1:
         raise ArgumentError(f"workers must be at least 1, got {workers}")
     agent_options = check_agent_options(agent, agent_options)
+    fidelity = _fidelity(fidelity, Path(out), resume)
     unknown = sorted(set(env_kwargs or {}) - _ENV_ARGS)
     if unknown:
         raise ArgumentError(
@@ -179,7 +205,7 @@ def run_search(
     created = missing_dirs(Path(out))
     lock = claim_directory(Path(out))
     try:
-        common = (agent, out, episodes, seed, env_id, env_kwargs, resume, progress)
+        common = (agent, out, episodes, seed, env_id, env_kwargs, resume, progress, fidelity)
         if ray is None and workers is None:
             return _run(*common, warmup_episodes, agent_options=agent_options)
         from .scale_out import ScaleOut
@@ -204,6 +230,7 @@ def _run(
     env_kwargs: dict[str, Any],
     resume: bool,
     progress: bool,
+    fidelity: str,
     warmup_episodes: int,
     evaluator: Any = None,
     scale: dict[str, Any] | None = None,
@@ -211,13 +238,15 @@ def _run(
 ) -> dict[str, Any]:
     out = Path(out)
     extra = {} if evaluator is None else {"evaluator": evaluator}
-    env = gym.make(env_id, **env_kwargs, **extra).unwrapped
-    if not isinstance(env, JPQEnv):
-        raise TypeError(f"{env_id} is not a JPQ environment")
+    setup_started = time.perf_counter()
+    env = _make_env(env_id, {**env_kwargs, **extra}, progress)
+    setup_seconds = time.perf_counter() - setup_started
     _local(env).check_split("test")  # the test split is scored at the end: check it now
     # A Task object (jpq_env.make_task) is recorded by its name: the run's files stay JSON.
     named = {k: v.name if isinstance(v, Task) else v for k, v in env_kwargs.items()}
-    settings = RunSettings(agent, episodes, seed, {"id": env_id, **named}, agent_options or {})
+    settings = RunSettings(
+        agent, episodes, seed, {"id": env_id, **named}, agent_options or {}, fidelity
+    )
     writer: Any = None
 
     def tensorboard() -> Any:
@@ -270,9 +299,54 @@ def _run(
         seconds = time.perf_counter() - start
         # A resumed run: its first evaluations came from its log, not from the proxy.
         replayed = min(replayed_at_start, search.count)
-        return _summarize(search, agent, env, env_id, env_kwargs, seed, seconds, stop, replayed)
+        setup = _setup_summary(setup_seconds, env)
+        return _summarize(
+            search, agent, env, env_id, env_kwargs, seed, seconds, stop, replayed, setup
+        )
     finally:
         search.release()
+
+
+def _make_env(env_id: str, kwargs: dict[str, Any], progress: bool) -> JPQEnv:
+    """The environment, with a progress bar while it measures the layers' sensitivities."""
+    bar: Any = None
+
+    def report(done: int, layers: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=layers, desc="layer sensitivities", unit="layer", disable=not progress)
+        bar.update(done - bar.n)
+
+    try:
+        with sensitivity.reporting(report):
+            env = gym.make(env_id, **kwargs).unwrapped
+    finally:
+        if bar is not None:
+            bar.close()
+    if not isinstance(env, JPQEnv):
+        raise TypeError(f"{env_id} is not a JPQ environment")
+    return env
+
+
+def _setup_summary(setup_seconds: float, env: JPQEnv) -> dict[str, Any]:
+    """The set-up's time (the sensitivity table's included) and the proxy's spending."""
+    measured = sensitivity.last_measurement() if env.sensitivity is not None else None
+    stats = env.evaluator.stats
+    extra: dict[str, Any] = {"setup_seconds": round(setup_seconds, 2)}
+    if measured is not None:
+        extra["sensitivity"] = {
+            "source": measured.source,
+            "seconds": round(measured.seconds, 2),
+            "evaluations": measured.evaluations,
+            "cache": str(measured.path),
+        }
+    if stats is not None:
+        extra["proxy"] = {
+            "image_forwards": round(stats.image_forwards, 1),
+            "complete_evaluations": stats.complete,
+            "evaluations": stats.evaluations,
+        }
+    return extra
 
 
 def _same_as_reference(best: dict[str, Any], reference: list[dict[str, Any]]) -> dict[str, Any]:
@@ -298,6 +372,7 @@ def _summarize(
     seconds: float,
     stop: Stop = None,
     replayed: int = 0,
+    setup: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Reference points, test scores of FP32 and the best policy, the Pareto plot, summary.json.
 
@@ -337,6 +412,7 @@ def _summarize(
         summary["cut_short_by_budget"] = search.stop_reason
     if replayed:
         summary["replayed_from_log"] = replayed
+    summary.update(setup or {})
     pareto_plot(
         search.records,
         reference,

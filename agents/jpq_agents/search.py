@@ -62,6 +62,13 @@ class RunSettings:
         env: Keyword arguments of the environment (JSON-able).
         agent_options: The agent's hyperparameters set by the user (``jpq_agents.agent_options``;
             empty: the agent's defaults).
+        fidelity: ``"race"`` (default): each evaluation races against the best policy so far
+            and stops once it cannot beat it (multi-fidelity: a policy that cannot matter costs
+            a slice of the held-out split; its record says ``proxy_complete: false``), whatever
+            the agent; ``"full"``: every evaluation scores the whole split. Racing needs an
+            evaluator that races one policy at a time (in process): a Ray pool or a batch
+            evaluator always scores completely. A run started before this setting existed
+            resumes as ``"full"``.
     """
 
     agent: str
@@ -69,7 +76,11 @@ class RunSettings:
     seed: int
     env: dict[str, Any] = field(default_factory=dict)
     agent_options: dict[str, Any] = field(default_factory=dict)
+    fidelity: str = "race"
 
+
+FIDELITIES = ("race", "full")
+"""How much of the held-out split an evaluation scores (``RunSettings.fidelity``)."""
 
 _SETTINGS_TYPES: dict[str, type | tuple[type, ...]] = {
     "agent": str,
@@ -140,6 +151,9 @@ def _differences(previous: dict[str, Any], mine: dict[str, Any]) -> list[str]:
     for key in ("agent", "seed"):
         if previous.get(key) != mine.get(key):
             out.append(f"{key} is {previous.get(key)!r} there, {mine.get(key)!r} here")
+    fidelity = previous.get("fidelity", "full")  # runs from before the setting scored in full
+    if fidelity != mine.get("fidelity", "full"):
+        out.append(f"fidelity is {fidelity!r} there, {mine.get('fidelity')!r} here")
     a_opts, b_opts = previous.get("agent_options") or {}, mine.get("agent_options") or {}
     for key in sorted(set(a_opts) | set(b_opts)):
         if _jsonable(a_opts.get(key)) != _jsonable(b_opts.get(key)):
@@ -324,6 +338,10 @@ class Search:
         self.best: dict[str, Any] | None = None
         self.phase = ""  # set by agents ("warm-start", "learning", ...); logged with each record
         self.stop_reason = ""  # set by an agent cut short by the evaluation budget (summary)
+        self._raced: dict[str, Any] | None = None  # the best record racing was last set for
+        self._raced_policy: Policy | None = None
+        if settings.fidelity not in FIDELITIES:
+            raise SearchError(f"fidelity must be one of {FIDELITIES}, got {settings.fidelity!r}")
         self._lock = claim_directory(self.out)
         try:
             self._open(env, resume)
@@ -512,8 +530,33 @@ class Search:
             self._verify(self.best)
             self._check_saved_best()
             self._save_best()
+        self._race_the_best()
         if self.on_record is not None:
             self.on_record(record, replayed)
+
+    def _race_the_best(self) -> None:
+        """With ``fidelity="race"``, make the next evaluations race against the best so far.
+
+        The evaluator pairs each candidate with the best policy's per-image results (a tighter
+        bound than the candidate's own) and keeps its activations for prefix reuse. Agents that
+        race on their own terms (the two-level refinement, against its incumbent's reward) set
+        their target on top of this one for as long as they need it.
+        """
+        evaluator = self.evaluator
+        if (
+            self.settings.fidelity != "race"
+            or self.best is None
+            or not evaluator.supports_racing
+            or evaluator.workers > 1
+        ):
+            return
+        if self._raced is not self.best:
+            self._raced = self.best
+            self._raced_policy = Policy.from_layers(
+                self.best["policy"], self.base.graph.fingerprint
+            )
+        self.base.race_accuracy(float(self.best["accuracy"]))
+        evaluator.set_incumbent(self._raced_policy)
 
     def _append(self, record: dict[str, Any]) -> None:
         path = self.out / LOG_NAME

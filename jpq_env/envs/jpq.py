@@ -154,7 +154,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     ``phase``, ``decisions`` (the applied decisions so far), ``last_policy`` and ``last_cost``
     (the finished episode's), ``kernel_importance(layer)`` (importance in ranked order, in
     [0, 1]), ``encode_levels`` and ``pruned_for`` (actions for given choices), ``sensitivity``
-    (the table, when measured), ``race(reward)`` (below), and ``evaluator`` and
+    (the table, when measured), ``race(reward)`` and ``race_accuracy(score)`` (below), and
+    ``evaluator`` and
     ``reward_design``, which an agent may replace (and restore) to score imagined episodes. These
     are the environment's public interface, kept stable like its spaces; anything else
     (underscored names) is internal.
@@ -218,7 +219,10 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     as soon as the proxy is confident that the episode's reward stays below ``reward`` (see
     ``jpq_env.proxy.racing``), and the final ``info`` says so (``proxy_complete`` False,
     ``proxy_images`` the images scored). ``race(None)`` goes back to complete evaluations.
-    Evaluators without racing (a Ray pool) always evaluate completely.
+    ``race_accuracy(score)`` races against a score instead (a search races every evaluation
+    against its best policy's, ``jpq_agents.search.RunSettings.fidelity``); a reward target set
+    with ``race`` takes precedence while it is set. Evaluators without racing (a Ray pool)
+    always evaluate completely.
 
     Every argument is checked before any work (``jpq_env.validation``): a ``ValueError`` names
     the argument, the value and what is allowed (``bool`` is not an integer, a flag is only
@@ -314,6 +318,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES) + extra,), np.float32)
         self._static = static_features(self.graph, set(self.space.pinned_bits))
         self._race_target: float | None = None
+        self._race_accuracy: float | None = None
         self._layer = -1  # -1: not reset; len(graph): terminated
         self._phase = LAYER
         self._decisions: list[LayerDecision | None] = []
@@ -630,11 +635,26 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ArgumentError(f"race() takes a finite reward or None, got {reward!r}")
         self._race_target = None if reward is None else float(reward)
 
+    def race_accuracy(self, accuracy: float | None) -> None:
+        """Race the next evaluations against a score (None: no such target).
+
+        What a search does to spend fewer images on policies that cannot beat its best: the
+        evaluation stops once the proxy is confident the score stays below ``accuracy``. A reward
+        target set with ``race`` takes precedence.
+        """
+        if accuracy is not None and not (
+            isinstance(accuracy, (int, float)) and np.isfinite(accuracy)
+        ):
+            raise ArgumentError(f"race_accuracy() takes a finite score or None, got {accuracy!r}")
+        self._race_accuracy = None if accuracy is None else float(accuracy)
+
     def _score(self, policy: Policy, cost: CostReport) -> float:
-        """The proxy's score of ``policy``, raced against the target reward if one is set."""
+        """The proxy's score of ``policy``, raced against the target reward or score if set."""
         target = self._race_target
-        if target is None or not self.evaluator.supports_racing:
+        if not self.evaluator.supports_racing:
             return float(self.evaluator.accuracy(policy))
+        if target is None:
+            return float(self.evaluator.accuracy(policy, at_least=self._race_accuracy))
         fp32 = float(self.evaluator.fp32_accuracy)
 
         def outcome(acc: float) -> Outcome:

@@ -71,14 +71,19 @@ def batchnorms(module: nn.Module) -> dict[str, _BatchNorm]:
 
 
 def _sums(inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per channel (dimension 1): mean, sum of squared deviations and count (float64)."""
+    """Per channel (dimension 1): mean, sum of squared deviations and count.
+
+    Two passes over the inputs, both accumulated in float64: the mean, then the squared
+    deviations from it (computed in the inputs' precision, so nothing is copied to float64).
+    """
     dims = [d for d in range(inputs[0].dim()) if d != 1]
     count = sum(x.numel() // x.shape[1] for x in inputs)
-    total = torch.stack([x.double().sum(dim=dims) for x in inputs]).sum(dim=0)
+    total = torch.stack([x.sum(dim=dims, dtype=torch.float64) for x in inputs]).sum(dim=0)
     mean = total / count
     shape = [1, -1] + [1] * (inputs[0].dim() - 2)
+    centre = mean.to(inputs[0].dtype).view(shape)
     centred = torch.stack(
-        [((x.double() - mean.view(shape)) ** 2).sum(dim=dims) for x in inputs]
+        [(x - centre).square_().sum(dim=dims, dtype=torch.float64) for x in inputs]
     ).sum(dim=0)
     return mean, centred, count
 

@@ -73,6 +73,7 @@ __all__ = [
     "METRICS",
     "Evaluation",
     "Evaluator",
+    "EvaluatorStats",
     "LocalEvaluator",
     "PaddedEvaluator",
     "WrappedEvaluator",
@@ -102,6 +103,34 @@ class Evaluation:
     seconds: float = 0.0
 
 
+@dataclass
+class EvaluatorStats:
+    """What an evaluator has spent, for benchmarks and run summaries.
+
+    Attributes:
+        evaluations: Policies scored (memoised answers not included).
+        memo: Answers given from memory (a policy scored before).
+        complete: Evaluations that scored the whole held-out split (not raced out).
+        images: Held-out images scored.
+        image_forwards: Images (held-out and calibration) times the share of the network's MACs
+            computed for them (prefix reuse computes fewer): the proxy's cost in full passes.
+        calibration_forwards: The part of ``image_forwards`` the BatchNorm re-calibration spent.
+        seconds: Wall time spent scoring.
+    """
+
+    evaluations: int = 0
+    memo: int = 0
+    complete: int = 0
+    images: int = 0
+    image_forwards: float = 0.0
+    calibration_forwards: float = 0.0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """The fields as a JSON-able dict."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
 class Evaluator(abc.ABC):
     """What the environment and the agents ask of an accuracy proxy (scores are in [0, 1]).
 
@@ -116,6 +145,7 @@ class Evaluator(abc.ABC):
     - ``last``: how the last ``accuracy`` call was answered (images scored, complete or raced);
     - ``test_accuracy``, ``check_split``: the test split, for final reports only;
     - ``device``: where the proxy runs (sensitivity measurements run there too);
+    - ``stats``: what it has spent (``EvaluatorStats``; None: not counted);
     - ``scorer``: the evaluator that scores a single policy outside a batch (itself).
 
     A wrapper that changes one thing about another evaluator derives from ``WrappedEvaluator``.
@@ -125,6 +155,7 @@ class Evaluator(abc.ABC):
     workers: int = 1
     last: Evaluation | None = None
     device: torch.device = torch.device("cpu")
+    stats: EvaluatorStats | None = None
 
     @property
     @abc.abstractmethod
@@ -197,6 +228,11 @@ class WrappedEvaluator(Evaluator):
     def device(self) -> torch.device:  # type: ignore[override]
         """The inner evaluator's."""
         return self.inner.device
+
+    @property
+    def stats(self) -> EvaluatorStats | None:  # type: ignore[override]
+        """The inner evaluator's."""
+        return self.inner.stats
 
     def set_incumbent(self, policy: Policy | None) -> None:
         """Forwarded to the inner evaluator."""
@@ -271,19 +307,6 @@ def as_evaluator(obj: Any) -> Evaluator:
     return _Adapted(obj)
 
 
-@dataclass
-class _Stats:
-    evaluations: int = 0
-    memo: int = 0
-    complete: int = 0
-    images: int = 0
-    image_forwards: float = 0.0
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
 def _standard_layout_hooks(bn: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
     """Hooks that give ``bn`` its input in the standard layout and hand channels-last back."""
 
@@ -318,6 +341,8 @@ class LocalEvaluator(Evaluator):
         bn_method: How: ``"shift"`` (default: the trained statistics moved by the shift that
             compression causes, so FP32 scores as the model scores itself) or ``"replace"``
             (the calibration split's own statistics).
+        bn_images: Calibration images the re-calibration reads (the first of the split's seeded
+            order; None: all of them). The activation ranges always see the whole split.
         act_range: How activation ranges are calibrated: ``"max"`` or ``"percentile"``.
         weight_method: ``"max"`` or ``"mse"`` weight scales.
         batch_size: Evaluation batch size; None picks the largest batch whose widest
@@ -334,6 +359,8 @@ class LocalEvaluator(Evaluator):
     supports_racing = True
     """``accuracy`` takes ``at_least`` (the environment's ``race`` uses it)."""
 
+    stats: EvaluatorStats
+
     def __init__(
         self,
         task: Task,
@@ -341,6 +368,7 @@ class LocalEvaluator(Evaluator):
         *,
         bn_recalibration: bool = True,
         bn_method: str = "shift",
+        bn_images: int | None = None,
         act_range: str = "max",
         weight_method: str = "max",
         batch_size: int | None = None,
@@ -360,6 +388,7 @@ class LocalEvaluator(Evaluator):
         self.task = task
         self.bn_recalibration = check.flag("bn_recalibration", bn_recalibration)
         self._recal = Recalibration(check.choice("bn_method", bn_method, METHODS))
+        bn_images = check.integer("bn_images", bn_images, low=1, optional=True)
         check.choice("act_range", act_range, ("max", "percentile"))
         check.choice("weight_method", weight_method, ("max", "mse"))
         batch_size = check.integer("batch_size", batch_size, low=1, optional=True)
@@ -380,6 +409,9 @@ class LocalEvaluator(Evaluator):
         # Calibration batches in a seeded order, so that no batch holds one class of a sorted
         # split (the activation ranges see them too; BatchNorm statistics do not depend on it).
         self._calib = _shuffled(task.calib, seed=1)
+        self._bn_calib = _shuffled(task.calib, seed=1, limit=bn_images)
+        self.calib_images = len(self._bn_calib) if self.bn_recalibration else 0  # type: ignore[arg-type]
+        """Calibration images each BatchNorm re-calibration reads (0: none)."""
         with private_rng():  # a random transform of the user's draws the same numbers here too
             for split in ("calib", "val"):  # the test split waits for the final report
                 self._check_split(split)
@@ -399,15 +431,15 @@ class LocalEvaluator(Evaluator):
             [x.macs for x in self.graph.layers],
         )
         # The lockstep re-calibration holds every calibration batch's live values at once.
-        calib_bytes = 4 * len(self._calib) * self.forward.peak_floats_per_sample  # type: ignore[arg-type]
+        calib_bytes = 4 * len(self._bn_calib) * self.forward.peak_floats_per_sample  # type: ignore[arg-type]
         self._lockstep = calib_bytes <= CALIBRATION_MEMORY
         self._bn_positions = self._batchnorm_positions()
         self._total_macs = max(self.graph.compressible_macs, 1)
-        images = self.val_images + (len(self._calib) if self.bn_recalibration else 0)  # type: ignore[arg-type]
+        images = self.val_images + (len(self._bn_calib) if self.bn_recalibration else 0)  # type: ignore[arg-type]
         self._cache = PrefixCache(self.forward, len(self.graph), images, prefix_cache_mb)
         self._pinned_policy: Policy | None = None
         self._results: OrderedDict[PolicyKey, torch.Tensor] = OrderedDict()
-        self.stats = _Stats()
+        self.stats = EvaluatorStats()
         self.last: Evaluation | None = None
         if self.bn_recalibration and self._recal.needs_reference:
             with private_rng():
@@ -450,7 +482,7 @@ class LocalEvaluator(Evaluator):
                 raise TaskError(f"the {split} split has labels outside [0, {n})")
 
     def _batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        data = getattr(self, f"_{split}", None) if split in ("val", "calib") else None
+        data = getattr(self, f"_{split}", None) if split in ("val", "calib", "bn_calib") else None
         data = data if data is not None else getattr(self.task, split)
         n = self.task.num_classes
         for x, y in iter_batches(data, self.batch_size, split):
@@ -510,7 +542,7 @@ class LocalEvaluator(Evaluator):
         after = [name for name, p in self._bn_positions.items() if p >= pos]
         states = None if start is None else self._cache.prefix.calib[pos]  # type: ignore[union-attr]
         _, kept = self.forward.run_many(batches, pos, states, keep, self._recal, after)
-        self._count(sum(len(x) for x in batches), pos)
+        self._count(sum(len(x) for x in batches), pos, calibration=True)
         return {c.position: per_batch for c, per_batch in zip(keep, kept, strict=True)}
 
     @torch.no_grad()
@@ -547,7 +579,7 @@ class LocalEvaluator(Evaluator):
             with streaming.recording():
                 for x in batches:
                     self.forward.run(x)
-                    self._count(len(x), 0)
+                    self._count(len(x), 0, calibration=True)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -561,19 +593,22 @@ class LocalEvaluator(Evaluator):
 
     @cached_property
     def _calib_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        if not isinstance(self.task.calib, TensorDataset):
+        """The re-calibration's batches, kept when the split is tensors (read every evaluation)."""
+        if not isinstance(self._bn_calib, TensorDataset):
             return None
-        return list(self._batches("calib"))
+        return list(self._batches("bn_calib"))
 
     def _calib_iter(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return (
-            iter(self._calib_batches) if self._calib_batches is not None else self._batches("calib")
-        )
+        if self._calib_batches is not None:
+            return iter(self._calib_batches)
+        return self._batches("bn_calib")
 
-    def _count(self, images: int, position: int) -> None:
+    def _count(self, images: int, position: int, calibration: bool = False) -> None:
         start = next((c for c in self.forward.checkpoints if c.position == position), None)
         done = 1.0 - (start.macs_before / self._total_macs if start is not None else 0.0)
         self.stats.image_forwards += images * done
+        if calibration:
+            self.stats.calibration_forwards += images * done
 
     def _values(self, logits: torch.Tensor, y: torch.Tensor, first: int) -> torch.Tensor:
         """Per-image values whose mean is the score (log-fidelity for ``kl``)."""
@@ -625,6 +660,8 @@ class LocalEvaluator(Evaluator):
             return Evaluation(self._final(known), int(known.numel()), True, 0, 0.0)
         if self.metric != "top1":
             _ = self._fp32_logits  # before the policy is applied (it scores the FP32 policy)
+        if self._race_min_images() >= self.val_images:
+            at_least = None  # no decision could come before the last image: score it all
         reference = self._reference() if at_least is not None else None  # may evaluate it first
         rule = self._race_rule(at_least, reference)
         start = self._cache.resume_point(key)
@@ -675,8 +712,11 @@ class LocalEvaluator(Evaluator):
             needed -= float(reference.mean())  # the margin over the incumbent, per image
         if not math.isfinite(needed):  # -inf: any score reaches it
             return None
-        min_images = max(self.batch_size, self.val_images // 10)
-        return RaceRule(needed, self.val_images, self.race_z, min_images)
+        return RaceRule(needed, self.val_images, self.race_z, self._race_min_images())
+
+    def _race_min_images(self) -> int:
+        """No racing decision before this many held-out images (a batch, and a twentieth)."""
+        return max(self.batch_size, self.val_images // 20)
 
     def _reference(self) -> torch.Tensor | None:
         """Per-image values of the pinned incumbent (scored now if they are not known).

@@ -358,14 +358,25 @@ class PrefixCache:
 
     def records(self, key: tuple[bytes, ...]) -> bool:
         """Whether an evaluation of ``key`` keeps its live values (it may become the prefix)."""
-        return bool(self.checkpoints) and (self.pinned is None or self.pinned == key)
+        if not self.checkpoints:
+            return False
+        held = self.prefix is not None and self.prefix.key == self.pinned
+        return self.pinned is None or key == self.pinned or not held
 
     def wants(self, key: tuple[bytes, ...], score: float) -> bool:
-        """Whether a complete evaluation of ``key`` scoring ``score`` becomes the prefix."""
+        """Whether a complete evaluation of ``key`` scoring ``score`` becomes the prefix.
+
+        The pinned incumbent always does, and once it is the prefix it stays; until then (an
+        incumbent pinned after it was scored) the best score so far does, which is usually the
+        incumbent's neighbourhood too.
+        """
         if not self.checkpoints:
             return False
         if self.pinned is not None:
-            return key == self.pinned
+            if key == self.pinned:
+                return True
+            if self.prefix is not None and self.prefix.key == self.pinned:
+                return False
         return self.prefix is None or score >= self.prefix.score
 
     def keep(self, prefix: Prefix, start: Checkpoint | None) -> None:

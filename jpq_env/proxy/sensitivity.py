@@ -29,7 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,11 +51,62 @@ from jpq_env.tasks.base import Task
 if TYPE_CHECKING:
     from jpq_env.proxy.evaluator import LocalEvaluator
 
-__all__ = ["CACHE_ENV", "SensitivityTable", "measure_sensitivity"]
+__all__ = [
+    "CACHE_ENV",
+    "Measurement",
+    "SensitivityTable",
+    "last_measurement",
+    "measure_sensitivity",
+    "reporting",
+]
 
 CACHE_ENV = "JPQ_CACHE_DIR"
 SPARSITIES = (0.2, 0.4, 0.6, 0.8)
 _MEMORY: dict[str, SensitivityTable] = {}
+
+Progress = Callable[[int, int], None]
+"""Called with (layers measured, layers) while a table is measured."""
+
+_PROGRESS: ContextVar[Progress | None] = ContextVar("jpq_sensitivity_progress", default=None)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How the last table was obtained: measured or read, where it is cached, how long it took.
+
+    Attributes:
+        path: The table's file in the disk cache (``JPQ_CACHE_DIR``, default ``~/.cache/jpq-env``).
+        source: ``"measured"``, ``"disk"`` (read from ``path``) or ``"memory"``.
+        seconds: Wall time of the call.
+        evaluations: Single-layer evaluations it took (0 unless measured).
+    """
+
+    path: Path
+    source: str
+    seconds: float
+    evaluations: int = 0
+
+
+_LAST: list[Measurement] = []
+
+
+def last_measurement() -> Measurement | None:
+    """The last ``measure_sensitivity`` call's ``Measurement`` in this process (None: none yet)."""
+    return _LAST[-1] if _LAST else None
+
+
+@contextmanager
+def reporting(progress: Progress | None) -> Iterator[None]:
+    """Report progress of any table measured inside the block (a progress bar, say).
+
+    The environment measures its table while it is built (``JPQEnv(sensitivity=True)``), so a
+    caller that builds one wraps the construction in this block to show the wait.
+    """
+    token = _PROGRESS.set(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -245,19 +299,24 @@ def measure_sensitivity(
     settings = _settings(
         bits, act_bits, importance, fixed_act, unprunable, images, calib_images, bn_recalibration
     )
+    started = time.perf_counter()
     key = _key(task, graph, settings) if cache else ""
-    if cache and key in _MEMORY:
-        return _MEMORY[key]
     path = _cache_dir() / f"{key}.json"
+    if cache and key in _MEMORY:
+        _LAST[:] = [Measurement(path, "memory", time.perf_counter() - started)]
+        return _MEMORY[key]
     stored = _read_cached(path, graph) if cache else None
     if stored is not None:
         _MEMORY[key] = stored
+        _LAST[:] = [Measurement(path, "disk", time.perf_counter() - started)]
         return stored
     ev = _evaluator(task, graph, images, calib_images, bn_recalibration, device)
     table = _measure(ev, task, graph, bits, act_bits, importance, fixed_act, unprunable)
     if cache:
         _MEMORY[key] = table
         _write_cached(path, table)
+    evaluations = int(ev.stats.evaluations)
+    _LAST[:] = [Measurement(path, "measured", time.perf_counter() - started, evaluations)]
     return table
 
 
@@ -286,7 +345,7 @@ def _settings(
         "calib_images": calib_images,
         "bn_recalibration": bn_recalibration,
         "sparsities": list(SPARSITIES),
-        "version": 1,
+        "version": 2,  # 2: BatchNorm re-calibrated by the measured shift (proxy/batchnorm.py)
     }
 
 
@@ -395,7 +454,10 @@ def _measure_layers(
     weight = np.zeros((n, len(widths)))
     prune = np.zeros((n, len(SPARSITIES)))
     act = np.zeros((n, len(acts)))
+    progress = _PROGRESS.get()
     for layer, info in enumerate(graph.layers):
+        if progress is not None:
+            progress(layer, n)
         k = info.out_channels
         for j, width in enumerate(widths):
             weight[layer, j] = kl(layer, np.full(k, width), FULL_PRECISION)
@@ -410,4 +472,6 @@ def _measure_layers(
         for j, width in enumerate(acts):
             if layer not in fixed_act:
                 act[layer, j] = kl(layer, np.full(k, FULL_PRECISION), width)
+    if progress is not None:
+        progress(n, n)
     return weight, prune, act

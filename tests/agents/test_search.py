@@ -13,7 +13,7 @@ from jpq_agents.baselines import BASELINES
 from jpq_agents.sb3 import run_sb3
 from jpq_agents.search import LOG_NAME, POLICY_NAME, RunSettings, Search, SearchError
 from jpq_agents.two_level import run_two_level
-from jpq_env import Policy, measure
+from jpq_env import LocalEvaluator, Policy, load_task, measure
 from jpq_env.envs import JPQEnv
 from tests.episodes import log_records
 
@@ -157,3 +157,73 @@ def test_a_corrupt_line_before_the_last_stops_the_resume(tmp_path, shared):
                 resume=True,
             )
         assert (tmp_path / LOG_NAME).read_bytes() == edited  # left for the user to inspect
+
+
+def test_racing_fidelity_scores_fewer_images_and_never_changes_a_complete_score(tmp_path):
+    """The same random policies (they do not depend on scores), scored in full and raced."""
+    task = load_task("digits")
+    logs = {}
+    for fidelity in ("full", "race"):  # batches of 32 images: a race may stop after any of them
+        env = JPQEnv(task=task, evaluator=LocalEvaluator(task, device="cpu", batch_size=32))
+        search = Search(tmp_path / fidelity, RunSettings("random", 40, 1, fidelity=fidelity), env)
+        BASELINES["random"](search, 1)
+        logs[fidelity] = log_records(tmp_path / fidelity)
+    full, race = logs["full"], logs["race"]
+    assert [r["policy"] for r in full] == [r["policy"] for r in race]
+    assert all(r.get("proxy_complete", True) for r in full)
+    raced = [r for r in race if r.get("proxy_complete") is False]
+    assert raced, "nothing was raced"
+    best = None
+    for a, b in zip(full, race, strict=True):
+        if b.get("proxy_complete", True):
+            assert b["accuracy"] == a["accuracy"]  # a complete score is the full score
+        else:  # stopped early: it could not beat the best so far, and indeed it did not
+            assert best is not None and b["proxy_images"] < env.evaluator.val_images
+            assert a["accuracy"] <= best
+        if a["budget_met"]:
+            best = a["accuracy"] if best is None else max(best, a["accuracy"])
+    kept = [r["accuracy"] for r in race if r["budget_met"] and r.get("proxy_complete", True)]
+    assert max(kept) == max(r["accuracy"] for r in full if r["budget_met"])
+    with pytest.raises(SearchError, match="fidelity"):
+        Search(tmp_path / "race", RunSettings("random", 40, 1, fidelity="full"), env, resume=True)
+    with pytest.raises(SearchError, match="fidelity must be one of"):
+        Search(tmp_path / "bad", RunSettings("random", 4, 1, fidelity="half"), env)
+
+
+def test_a_summary_says_what_the_set_up_and_the_proxy_cost(tmp_path, monkeypatch):
+    from jpq_agents.run import run_search
+    from jpq_env.proxy import sensitivity
+
+    monkeypatch.setenv("JPQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sensitivity, "_MEMORY", {})
+    env = {"val_images": 64, "sensitivity": True}
+    summary = run_search("greedy", tmp_path / "a", 8, progress=False, env_kwargs=env)
+    assert summary["setup_seconds"] >= summary["sensitivity"]["seconds"] > 0
+    assert summary["sensitivity"]["source"] == "measured"
+    assert summary["sensitivity"]["evaluations"] > len(JPQEnv().graph)  # at least one per layer
+    assert Path(summary["sensitivity"]["cache"]).is_file()
+    proxy = summary["proxy"]
+    # every search evaluation, and the FP32 policy once; nothing raced at 64 images in one batch
+    assert proxy["evaluations"] == proxy["complete_evaluations"] == 8 + 1
+    calib = JPQEnv().evaluator.calib_images
+    assert 0 < proxy["image_forwards"] <= proxy["evaluations"] * (64 + calib)
+    again = run_search("greedy", tmp_path / "b", 2, progress=False, env_kwargs=env)
+    assert again["sensitivity"]["source"] == "memory" and again["sensitivity"]["evaluations"] == 0
+
+
+def test_a_run_from_before_the_fidelity_setting_resumes_in_full(tmp_path):
+    from jpq_agents.run import run_search
+    from jpq_env.errors import ArgumentError
+
+    env = {"val_images": 64}
+    run_search("random", tmp_path, 3, progress=False, env_kwargs=env, fidelity="full")
+    run_file = tmp_path / "run.json"
+    old = json.loads(run_file.read_text())
+    del old["fidelity"]  # what runs written before the setting hold
+    run_file.write_text(json.dumps(old))
+    summary = run_search("random", tmp_path, 5, progress=False, env_kwargs=env, resume=True)
+    assert summary["evaluations"] == 5 and summary["replayed_from_log"] == 3
+    with pytest.raises(SearchError, match="fidelity is 'full' there, 'race' here"):
+        run_search("random", tmp_path, 6, env_kwargs=env, resume=True, fidelity="race")
+    with pytest.raises(ArgumentError, match="fidelity must be one of"):
+        run_search("random", tmp_path / "new", 2, progress=False, fidelity="fast")

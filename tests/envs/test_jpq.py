@@ -14,7 +14,7 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from jpq_env import LocalEvaluator, Policy, measure
+from jpq_env import LocalEvaluator, Policy, load_task, measure
 from jpq_env.envs import JPQEnv
 from jpq_env.envs.registration import PRESETS
 from tests.episodes import ACTS, episode_actions, rollout
@@ -206,3 +206,20 @@ def test_race_takes_a_finite_reward_or_none(env: JPQEnv):
     with pytest.raises(ValueError, match="race"):
         env.race(float("nan"))
     env.race(None)
+
+
+def test_race_accuracy_stops_an_episode_that_cannot_reach_the_score():
+    task = load_task("digits")
+    env = JPQEnv(task=task, evaluator=LocalEvaluator(task, device="cpu", batch_size=32))
+    cheapest = [np.full(env.action_size, -1.0, dtype=np.float32)] * (2 * len(env.graph))
+    env.race_accuracy(0.99)
+    raced = rollout(env, cheapest)[-1][-1]
+    assert raced["proxy_complete"] is False and raced["proxy_images"] < env.evaluator.val_images
+    env.race_accuracy(None)
+    info = rollout(env, cheapest)[-1][-1]
+    assert info["proxy_complete"] is True and info["proxy_images"] == env.evaluator.val_images
+    independent = LocalEvaluator(task, device="cpu", prefix_cache_mb=0)
+    assert info["accuracy"] == independent.accuracy(env.last_policy) < 0.99
+    for bad in (float("nan"), float("inf"), "0.5"):
+        with pytest.raises(ValueError, match="race_accuracy"):
+            env.race_accuracy(bad)  # type: ignore[arg-type]

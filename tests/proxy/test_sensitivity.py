@@ -99,3 +99,32 @@ def test_measure_without_activation_decisions_and_bad_values(table_and_task):
         with pytest.raises(ValueError, match=text):
             JPQEnv(task=task, device="cpu", **kwargs)
     torch.manual_seed(0)
+
+
+def test_measuring_reports_each_layer_and_says_how_the_table_was_obtained(tmp_path, monkeypatch):
+    from jpq_env.proxy import sensitivity
+
+    monkeypatch.setenv("JPQ_CACHE_DIR", str(tmp_path))
+    task = load_task("digits")
+    graph = JPQEnv(task=task, device="cpu").graph
+    calls: list[tuple[int, int]] = []
+    args = dict(bits=[2, 8], act_bits=[], images=64, calib_images=32)
+    with sensitivity.reporting(lambda done, total: calls.append((done, total))):
+        measure_sensitivity(task, graph, **args)
+    n = len(graph.layers)
+    assert [c[0] for c in calls] == list(range(n + 1)) and {c[1] for c in calls} == {n}
+    measured = sensitivity.last_measurement()
+    assert measured is not None and measured.source == "measured"
+    assert tmp_path in measured.path.parents and measured.path.is_file()
+    # one evaluation per width and per prunable sparsity of each layer, plus the FP32 reference
+    prunable = n - len(graph.output_layers)
+    assert measured.evaluations >= n * 2 + 1
+    assert measured.evaluations <= n * 2 + prunable * len(sensitivity.SPARSITIES) + 2
+    calls.clear()
+    with sensitivity.reporting(lambda done, total: calls.append((done, total))):
+        measure_sensitivity(task, graph, **args)
+    assert calls == [] and sensitivity.last_measurement().source == "memory"
+    sensitivity._MEMORY.clear()
+    measure_sensitivity(task, graph, **args)
+    assert sensitivity.last_measurement().source == "disk"
+    assert sensitivity.last_measurement().evaluations == 0

@@ -107,6 +107,14 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the run in --out (or start one there)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--fidelity",
+        choices=("race", "full"),
+        default=None,
+        help="race: an evaluation that cannot beat the best so far stops early (default for a "
+        "new run); full: every evaluation scores the whole held-out split (default: a resumed "
+        "run's own)",
+    )
 
 
 def _add_option_args(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             ray=args.ray,
             workers=args.workers,
             agent_options=agent_options,
+            fidelity=args.fidelity,
         )
     except KeyboardInterrupt as exc:
         return _stopped(args.out, exc)
@@ -229,7 +238,10 @@ def _print_summary(summary: dict[str, Any], episodes: int) -> None:
     rows: list[tuple[str, object]] = [
         ("agent", summary["agent"]),
         ("evaluations", summary["evaluations"]),
-        ("wall time", f"{summary['seconds']:.1f} s"),
+        (
+            "wall time",
+            f"{summary['seconds']:.1f} s (+{summary.get('setup_seconds', 0):.1f} s set-up)",
+        ),
         (
             "FP32 accuracy (val / test)",
             f"{summary['accuracy_fp32_val']:.2%} / {summary['accuracy_fp32_test']:.2%}",
@@ -258,6 +270,12 @@ def _print_summary(summary: dict[str, Any], episodes: int) -> None:
 
 def _print_notes(summary: dict[str, Any]) -> None:
     """What else the user should know: a cut-short or resumed run, a reference policy as best."""
+    measured = summary.get("sensitivity")
+    if measured:
+        how = {"measured": "measured in", "disk": "read from the cache in"}.get(
+            measured["source"], "already in memory:"
+        )
+        print(f"layer sensitivities: {how} {measured['seconds']:.1f} s ({measured['cache']})")
     if summary.get("cut_short_by_budget"):
         print(f"cut short by the evaluation budget: {summary['cut_short_by_budget']}")
     replayed = summary.get("replayed_from_log", 0)
