@@ -23,7 +23,7 @@ import numpy as np
 
 from jpq_env.errors import ArgumentError
 
-__all__ = ["array", "choice", "flag", "integer", "mapping", "number"]
+__all__ = ["SEED_MAX", "array", "choice", "flag", "integer", "mapping", "number", "seed"]
 
 Error = type[Exception]
 
@@ -44,6 +44,21 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
     if high is not None:
         return f"{'<' if high_open else '<='} {high:g}"
     return ""
+
+
+SEED_MAX = 2**64 - 1
+"""The largest seed: torch's generators take 64 bits (numpy's take any, gymnasium's too)."""
+
+
+def seed(name: str, value: Any, *, error: Error = ArgumentError) -> int:
+    """``value`` as a seed: an integer in ``[0, 2**64 - 1]``, what every generator accepts.
+
+    Raises:
+        error: Naming ``name``, rather than torch's ``Overflow when unpacking long``.
+    """
+    if isinstance(value, (int, np.integer)) and not _is_bool(value) and 0 <= value <= SEED_MAX:
+        return int(value)
+    raise error(f"{name} must be an integer in [0, 2**64 - 1], got {value!r:.60}")
 
 
 def flag(name: str, value: Any, *, error: Error = ArgumentError) -> bool:

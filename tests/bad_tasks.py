@@ -235,3 +235,88 @@ def old_spectral_norm() -> Task:
 
 def called_twice() -> Task:
     return _task(_CalledTwice().eval())
+
+
+class _SharedBatchNorm(nn.Module):
+    """One BatchNorm module applied after two convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 6 * 6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.a(x)))
+        x = F.relu(self.bn(self.b(x)))
+        return self.fc(x.flatten(1))
+
+
+def batchnorm_applied_twice() -> Task:
+    return _task(_SharedBatchNorm().eval())
+
+
+class _Scaled(nn.Module):
+    """Finite weights, outputs that are not finite: ``scale`` overflows float32, or 0 * inf."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.body, self.how = _model(), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        if self.how == "overflow":
+            return out * 1e30 * 1e30
+        return torch.log(out - out.abs() - 1.0)  # log of a negative number: NaN
+
+
+def overflowing_output() -> Task:
+    return _task(_Scaled("overflow").eval())
+
+
+def nan_output() -> Task:
+    return _task(_Scaled("log").eval())
+
+
+class _NanOnSome(nn.Module):
+    """Finite on the example input (sample 0), NaN on held-out samples whose first value is high."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.body, self.threshold = _model(), threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        high = x[:, :1, 0, 0] > self.threshold
+        return torch.where(high, torch.full_like(out, float("nan")), out)
+
+
+def nan_on_some_held_out_images() -> Task:
+    x = _data().tensors[0]
+    first = float(x[0, 0, 0, 0])
+    assert (x[1:, 0, 0, 0] > first).any()
+    return _task(_NanOnSome(first).eval())
+
+
+class _Conv3dInside(nn.Module):
+    """A 4-D input, a Conv3d (5-D weight) between two compressible layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.volume = nn.Conv3d(1, 1, (1, 3, 3), padding=(0, 1, 1))
+        self.fc = nn.Linear(4 * 6 * 6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x)).unsqueeze(1)
+        return self.fc(self.volume(x).flatten(1))
+
+
+def conv3d_inside() -> Task:
+    return _task(_Conv3dInside().eval())
+
+
+def on_meta_device() -> Task:
+    with torch.device("meta"):
+        model = _model()
+    return _task(model)

@@ -172,3 +172,37 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
     return model.eval()
+
+
+class SqueezeExciteNet(nn.Module):
+    """A conv, a squeeze-and-excitation gate on its output (``x * s``), then a conv and a linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(4, 2, 1), nn.Conv2d(2, 4, 1)
+        self.b = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.a(x))
+        s = F.hardsigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        x = F.relu(self.b(x * s))
+        return self.fc(x.flatten(1))
+
+
+class OptionANet(nn.Module):
+    """ResNet's option-A shortcut: subsample, zero-pad 4 channels to 8, add to a strided conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.c = nn.Conv2d(8, 5, 3, padding=1)
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.a(x))
+        short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2))
+        x = F.relu(self.b(x) + short)
+        return self.fc(F.relu(self.c(x)).flatten(1))

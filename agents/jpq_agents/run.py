@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import json
 import numbers
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,15 @@ from .play import act_level_near, jpq, least_uniform_pruning, play, uniform_choi
 from .plots import pareto_plot
 from .provenance import provenance
 from .sb3 import ALGOS, run_sb3
-from .search import FIDELITIES, RUN_NAME, RunSettings, Search, claim_directory, write_atomic
+from .search import (
+    FIDELITIES,
+    LOG_NAME,
+    RUN_NAME,
+    RunSettings,
+    Search,
+    claim_directory,
+    write_atomic,
+)
 from .two_level import run_two_level
 
 __all__ = ["AGENTS", "DEFAULT_ENV", "LEARNER_ENV", "run_search"]
@@ -204,6 +213,7 @@ def run_search(
     # directory stops at once. A run that cannot start removes the empty folders it created.
     created = missing_dirs(Path(out))
     lock = claim_directory(Path(out))
+    before = _entries(Path(out))
     try:
         common = (agent, out, episodes, seed, env_id, env_kwargs, resume, progress, fidelity)
         if ray is None and workers is None:
@@ -214,11 +224,36 @@ def run_search(
             pool = {"workers": scale.workers, "num_gpus": scale.num_gpus}
             return _run(*common, warmup_episodes, scale.evaluator, pool, agent_options)
     except BaseException:
+        if RUN_NAME not in before:  # a new run that failed before its first evaluation: undone
+            _undo_start(Path(out), before)
         lock.release()
         remove_empty(created)
         raise
     finally:
         lock.release()
+
+
+def _entries(out: Path) -> set[str]:
+    """The names in ``out`` (hidden ones, such as the run lock, left out)."""
+    return {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
+
+
+def _undo_start(out: Path, before: set[str]) -> None:
+    """Remove what a new run wrote into ``out`` if it logged no evaluation.
+
+    A run that fails at start (an option SB3 refuses, a task that cannot load) would otherwise
+    leave a ``run.json`` behind that makes the corrected rerun stop with "already holds a run".
+    A run that logged anything is kept (``--resume`` continues it).
+    """
+    log = out / LOG_NAME
+    if log.is_file() and log.stat().st_size > 0:
+        return
+    for name in sorted(_entries(out) - before):
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _run(

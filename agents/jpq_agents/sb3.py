@@ -23,7 +23,7 @@ from stable_baselines3.common.noise import ActionNoise
 from jpq_env.envs.wrappers import FlatBoxView, MultiDiscreteView
 from jpq_env.errors import ArgumentError
 
-from .agent_options import NOT_CONSTRUCTOR_ARGS
+from .agent_options import NOT_CONSTRUCTOR_ARGS, schedule
 from .play import jpq
 from .search import Search
 
@@ -190,6 +190,9 @@ def _learn(
         kwargs["policy_kwargs"] = policy_kwargs(kwargs["policy_kwargs"])
     if "train_freq" in kwargs and isinstance(kwargs["train_freq"], list):
         kwargs["train_freq"] = tuple(kwargs["train_freq"])
+    for key in ("learning_rate", "clip_range", "clip_range_vf"):  # RL Zoo's lin_<initial>
+        if key in kwargs:
+            kwargs[key] = schedule(kwargs[key])
     if vec:
         env.seed(seed)
     else:

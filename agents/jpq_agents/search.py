@@ -29,7 +29,7 @@ import numpy as np
 from jpq_env.atomic import write_atomic
 from jpq_env.core.policy import Policy, record_key
 from jpq_env.envs import JPQEnv
-from jpq_env.errors import ArgumentError, SearchError
+from jpq_env.errors import SearchError
 from jpq_env.jsonfile import loads, read_json
 from jpq_env.proxy.evaluator import Evaluation, Evaluator, WrappedEvaluator, as_evaluator
 
@@ -42,7 +42,9 @@ __all__ = [
     "RunSettings",
     "Search",
     "SearchError",
+    "check_record",
     "claim_directory",
+    "read_log",
     "write_atomic",
 ]
 
@@ -170,16 +172,16 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _check_record(record: dict[str, Any], where: str) -> None:
-    """Type-check one logged evaluation: a resumed run trusts nothing it cannot check.
+def check_record(record: dict[str, Any], where: str) -> None:
+    """Type-check one logged evaluation: a resumed or validated run trusts nothing unchecked.
 
     Raises:
-        SearchError: Naming the line and the field that is missing or wrong.
+        SearchError: Naming ``where`` (``file:line``) and the field that is missing or wrong.
     """
 
     def bad(name: str, expected: str) -> SearchError:
         return SearchError(
-            f"cannot resume: {where}: '{name}' must be {expected}, got "
+            f"{where}: '{name}' must be {expected}, got "
             f"{record.get(name)!r:.80}; the log was edited or is corrupt"
         )
 
@@ -218,6 +220,58 @@ def _check_record(record: dict[str, Any], where: str) -> None:
         isinstance(k, str) and number(v) for k, v in terms.items()
     ):
         raise bad("reward_terms", "an object of finite numbers")
+
+
+def read_log(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """A run's log (``evaluations.jsonl``): every record checked, in episode order.
+
+    The one reader of logs: ``--resume`` and ``jpq validate`` accept and refuse the same files.
+    Each line must be a record (``check_record``) of the next episode (0, 1, 2, ...: a duplicated,
+    missing or reordered episode is an edit). A killed process can leave the last line unfinished
+    (no newline, or not valid JSON): that line is reported and, with ``repair``, cut from the file
+    with a warning so that its episode is evaluated again (without ``repair`` it is skipped, with
+    the same warning). A last line that is valid JSON but not a valid record was written whole: it
+    is an edit, refused like any other line.
+
+    Raises:
+        SearchError: ``"<file>:<line>: ..."``, naming what is wrong with the first bad line.
+    """
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    tail = lines.pop()  # after the last newline: empty unless the last write was cut
+    records: list[dict[str, Any]] = []
+    torn = [tail] if tail else []
+    why = ""
+    for number, line in enumerate(lines, 1):
+        try:
+            record = loads(line, f"line {number}", error=ValueError)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
+            if number < len(lines):
+                raise SearchError(
+                    f"{path}:{number} is not a valid record ({exc}); the log was edited or is "
+                    "corrupt"
+                ) from exc
+            torn.insert(0, line + b"\n")
+            why = f" ({exc})"
+            break
+        if not isinstance(record, dict) or record.get("episode") != len(records):
+            got = record.get("episode") if isinstance(record, dict) else type(record).__name__
+            raise SearchError(
+                f"{path}:{number} is not a valid record (expected the record of episode "
+                f"{len(records)}, got {got!r:.40}); the log was edited or is corrupt"
+            )
+        check_record(record, f"{path}:{number}")
+        records.append(record)
+    if torn:
+        warnings.warn(
+            f"'{path}': dropped a last line cut short by an interrupted run "
+            f"({sum(map(len, torn))} bytes){why}; its episode is evaluated again",
+            stacklevel=3,
+        )
+        if repair:  # rewrite the log without it, atomically: new records follow complete lines
+            write_atomic(path, b"".join(line + b"\n" for line in lines[: len(records)]).decode())
+    return records
 
 
 class _ReplayEvaluator(WrappedEvaluator):
@@ -428,45 +482,11 @@ class Search:
 
     @staticmethod
     def _read_log(path: Path) -> list[dict[str, Any]]:
-        """The log's records; a last line torn by a crash is dropped, with a warning.
-
-        A killed process can leave the last line unfinished (no newline, or not valid JSON); that
-        episode is simply evaluated again. A bad line before the last one is no crash but an edit,
-        and resuming would mix runs, so it stops with an error.
-
-        Raises:
-            SearchError: If a line other than the last is not a valid record.
-        """
-        if not path.exists():
-            return []
-        lines = path.read_bytes().split(b"\n")
-        tail = lines.pop()  # after the last newline: empty unless the last write was cut
-        records: list[dict[str, Any]] = []
-        torn = [tail] if tail else []
-        for number, line in enumerate(lines, 1):
-            try:
-                record = loads(line, f"line {number}", error=ValueError)
-                if not isinstance(record, dict) or record.get("episode") != len(records):
-                    raise ArgumentError(f"expected the record of episode {len(records)}")
-                _check_record(record, f"line {number} of '{path}'")  # an edit, never a tear
-            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
-                if number < len(lines):
-                    raise SearchError(
-                        f"cannot resume: line {number} of '{path}' is not a valid record ({exc}); "
-                        "the log was edited or is corrupt"
-                    ) from exc
-                torn.insert(0, line + b"\n")
-                break
-            records.append(record)
-        if torn:
-            warnings.warn(
-                f"'{path}': dropped a last line cut short by an interrupted run "
-                f"({sum(map(len, torn))} bytes); its episode is evaluated again",
-                stacklevel=3,
-            )
-            # Rewrite the log without it, atomically, so that new records follow complete lines.
-            write_atomic(path, b"".join(line + b"\n" for line in lines[: len(records)]).decode())
-        return records
+        """The log's records for a resume (``read_log`` repairing a torn last line)."""
+        try:
+            return read_log(path, repair=True)
+        except SearchError as exc:
+            raise SearchError(f"cannot resume: {exc}") from None
 
     @property
     def count(self) -> int:

@@ -40,26 +40,30 @@ def _read_json(path: Path) -> Any:
         raise ArgumentError(f"'{path}' is not valid JSON: {exc}") from exc
 
 
-def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The environment settings (with ``id``) and the records to replay, from a run or a policy."""
+def _load(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """The environment settings (with ``id``) and the records to replay, each with its place.
+
+    The place is ``file:line`` in a run's log, or the policy file's path.
+
+    A run's log is read by ``jpq_agents.search.read_log``, the reader ``--resume`` uses: a log
+    that resume would refuse (an edited line, a duplicated episode) is refused here too.
+    """
+    from .search import LOG_NAME, RUN_NAME, SearchError, read_log
+
     if path.is_dir():
-        run = _read_json(path / "run.json")
-        log = path / "evaluations.jsonl"
+        run = _read_json(path / RUN_NAME)
+        if not isinstance(run, dict) or not isinstance(run.get("env"), dict):
+            raise ArgumentError(f"'{path / RUN_NAME}' holds no environment settings ('env')")
+        log = path / LOG_NAME
+        if not log.is_file():
+            raise ArgumentError(f"cannot read '{log}': no such file")
         try:
-            lines = log.read_text().splitlines()
+            records = read_log(log)
+        except SearchError as exc:
+            raise ArgumentError(str(exc)) from None
         except OSError as exc:
             raise ArgumentError(f"cannot read '{log}': {exc.strerror}") from exc
-        records = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ArgumentError(f"'{log}' line {number} is not valid JSON: {exc}") from exc
-        if not isinstance(run, dict) or not isinstance(run.get("env"), dict):
-            raise ArgumentError(f"'{path / 'run.json'}' holds no environment settings ('env')")
-        return dict(run["env"]), records
+        return dict(run["env"]), [(f"{log}:{i + 1}", r) for i, r in enumerate(records)]
     data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("env"), dict):
         raise ArgumentError(f"'{path}' is not a policy file of jpq search (no 'env' settings)")
@@ -71,30 +75,36 @@ def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "policy": data.get("layers"),
         "fingerprint": data.get("fingerprint"),
     }
-    return dict(data["env"]), [record]
+    return dict(data["env"]), [(str(path), record)]
 
 
-def replay(path: str | Path, task: str | None = None, device: str | None = None) -> tuple[int, int]:
+def replay(
+    path: str | Path, task: str | None = None, device: str | None = None, progress: bool = False
+) -> tuple[int, int]:
     """Replay every logged evaluation of ``path`` (a run folder or a ``policy.json``).
 
     Args:
         path: A run folder (``run.json`` and ``evaluations.jsonl``) or a policy file.
         task: Another task to load instead of the recorded one (same model expected).
         device: Where the proxy runs (default: the run's own setting).
+        progress: Show a progress bar over the evaluations.
 
     Returns:
         ``(replayed, skipped)``: evaluations checked, and raced ones skipped.
 
     Raises:
         Mismatch: At the first evaluation whose scores differ from the log.
-        ValueError: For unreadable files (``PolicyError`` for a policy of another model).
+        ValueError: For unreadable files, naming ``file:line`` (a ``PolicyError`` for a policy
+            that is malformed or of another model).
     """
     import gymnasium as gym
+    from tqdm import tqdm
 
     import jpq_env  # noqa: F401 - registers the ids
     from jpq_env.core.costs import measure
     from jpq_env.core.policy import Policy
     from jpq_env.envs import JPQEnv
+    from jpq_env.errors import PolicyError
 
     from .run import DEFAULT_ENV
 
@@ -110,18 +120,21 @@ def replay(path: str | Path, task: str | None = None, device: str | None = None)
         raise ArgumentError(f"{env_id} is not a JPQ environment")
     graph, evaluator = env.graph, env.evaluator
     replayed = skipped = 0
-    for record in records:
+    for where, record in tqdm(records, desc="replaying", unit="evaluation", disable=not progress):
         if record.get("proxy_complete") is False:
             skipped += 1
             continue
-        policy = Policy.from_json(
-            {
-                "schema": 1,
-                "fingerprint": record.get("fingerprint") or graph.fingerprint,
-                "layers": record.get("policy"),
-            }
-        )
-        policy.validate(graph)
+        try:
+            policy = Policy.from_json(
+                {
+                    "schema": 1,
+                    "fingerprint": record.get("fingerprint") or graph.fingerprint,
+                    "layers": record.get("policy"),
+                }
+            )
+            policy.validate(graph)
+        except PolicyError as exc:
+            raise PolicyError(f"{where}: {exc}") from None
         cost = measure(graph, policy)
         scores = {
             "accuracy": float(evaluator.accuracy(policy)),
@@ -142,13 +155,14 @@ def validate(
     task: str | None = None,
     device: str | None = None,
     out: TextIO | None = None,
+    progress: bool = False,
 ) -> int:
     """``jpq validate``: 0 when every replayed evaluation matches its log entry, 1 at a mismatch.
 
     The message names the first mismatching episode, the field, and both values.
     """
     try:
-        replayed, skipped = replay(path, task, device)
+        replayed, skipped = replay(path, task, device, progress)
     except Mismatch as exc:
         print(f"jpq: validate: mismatch at {exc}", file=sys.stderr)
         return 1

@@ -204,9 +204,10 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
       ``LocalEvaluator`` on the task.
     - ``device``: where the default evaluator runs the proxy: ``"auto"`` (CUDA when available,
       else CPU), ``"cpu"`` or ``"cuda"``.
-    - ``render_mode``: ``"ansi"`` for a per-layer table of decisions and costs, ``"rgb_array"``
-      for a small image of them (one bar per layer, see ``jpq_env.envs.render``; what SB3's
-      ``make_vec_env`` and video recorders ask for).
+    - ``render_mode``: ``"ansi"`` for a per-layer table of decisions and costs, ``"human"`` to
+      print that table to the terminal (no window, no pygame), ``"rgb_array"`` for a small image
+      of them (one bar per layer, see ``jpq_env.envs.render``; what SB3's ``make_vec_env`` and
+      video recorders ask for). Any other mode is refused with this list.
     - ``metric``: what the default evaluator scores: ``"top1"`` (default), ``"agreement"`` with
       the FP32 model's predictions, or ``"kl"`` (``exp(-KL)`` to the FP32 model's outputs); see
       ``jpq_env.proxy.evaluator``.
@@ -240,7 +241,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
       layer's input activation width (``act_bits`` a set).
     """
 
-    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's convention
+    metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's convention
 
     def __init__(
         self,
@@ -506,8 +507,9 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
     def render(self) -> str | np.ndarray | None:
         """The decisions so far, as the render mode asks.
 
-        ``"ansi"``: a per-layer table of them and their costs; ``"rgb_array"``: an RGB ``uint8``
-        image with one bar per layer (``jpq_env.envs.render``); no mode: ``None``.
+        ``"ansi"``: a per-layer table of them and their costs; ``"human"``: that table printed to
+        standard output (returns ``None``); ``"rgb_array"``: an RGB ``uint8`` image with one bar
+        per layer (``jpq_env.envs.render``); no mode: ``None``.
         """
         if self.render_mode is None:
             return None
@@ -521,7 +523,11 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             ]
             return bits_frame(bars, max(max(self.bits), max(self.space.act_bits)))
         last = self.last_cost if all(d is not None for d in decided) else None
-        return ansi_table(self.graph, decided, cost, last)
+        table = ansi_table(self.graph, decided, cost, last)
+        if self.render_mode == "human":
+            print(table, flush=True)
+            return None
+        return table
 
     # ---- internals ----------------------------------------------------------------------------
 

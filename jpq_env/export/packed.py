@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from typing import Any, cast
 
 import numpy as np
@@ -36,10 +38,11 @@ from jpq_env.atomic import save_atomic
 from jpq_env.core.compress import CompressedModel
 from jpq_env.core.graph import LayerGraph, LayerInfo, Liveness
 from jpq_env.core.policy import Policy
-from jpq_env.core.quant import FULL_PRECISION, ActRange
+from jpq_env.core.quant import FULL_PRECISION, SUPPORTED_BITS, ActRange
 from jpq_env.export.packing import (
     MAGIC,
     ExportFormatError,
+    Fields,
     pack_levels,
     read_container,
     unpack_levels,
@@ -54,7 +57,9 @@ __all__ = [
     "export_compressed",
     "input_masks",
     "load_compressed",
+    "aliases",
     "save_atomic",
+    "stored_state",
     "zero_maps_to_zero",
 ]
 
@@ -134,8 +139,7 @@ def export_compressed(
             "binary_as_2_bits": wide,
             "payload_bytes": int(payload.size),
         }
-    weights = {f"{name}.weight" for name in graph.names}
-    state = {k: v for k, v in module.state_dict().items() if k not in weights}
+    state = stored_state(module, graph)
     empty = torch.zeros(0)
     tensors = {
         "bits": torch.cat(bits_all),
@@ -164,6 +168,40 @@ def export_compressed(
     }
 
 
+def aliases(module: nn.Module) -> dict[str, str]:
+    """State keys that name a tensor already named by an earlier key: ``{alias: first}``.
+
+    A module registered under two names (``self.alias = self.fc``) lists its tensors twice in
+    ``state_dict``; an export stores each tensor once (by identity), and loading restores the
+    alias by the sharing itself.
+    """
+    first: dict[int, str] = {}
+    out = {}
+    for key, value in module.state_dict(keep_vars=True).items():
+        ident = id(value)
+        if ident in first:
+            out[key] = first[ident]
+        else:
+            first[ident] = key
+    return out
+
+
+def stored_state(module: nn.Module, graph: LayerGraph) -> dict[str, torch.Tensor]:
+    """The state an export stores besides the packed weights: each tensor once, no layer weight.
+
+    Compressible layers' weights are stored packed, whatever name they are reached by (an alias
+    of a layer would otherwise ship its FP32 weight in full).
+    """
+    skip = _weight_keys(module, graph) | set(aliases(module))
+    return {k: v.detach() for k, v in module.state_dict(keep_vars=True).items() if k not in skip}
+
+
+def _weight_keys(module: nn.Module, graph: LayerGraph) -> set[str]:
+    """Every state key that reaches a compressible layer's weight (by identity)."""
+    ids = {id(cast(nn.Conv2d | nn.Linear, module.get_submodule(n)).weight) for n in graph.names}
+    return {k for k, v in module.state_dict(keep_vars=True).items() if id(v) in ids}
+
+
 def _group_by_dtype(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state's tensors flattened into one tensor per dtype (``state/float32`` ...)."""
     groups: dict[str, list[torch.Tensor]] = {}
@@ -173,20 +211,20 @@ def _group_by_dtype(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _ungroup_state(
-    path: str | os.PathLike[str], header: dict[str, Any], tensors: dict[str, torch.Tensor]
+    fields: Fields, header: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Split ``_group_by_dtype``'s tensors back into the state's named tensors."""
     readers: dict[str, _Reader] = {}
     state = {}
-    try:
-        for key, dtype, shape in header["state"]:
-            name = f"state/{dtype}"
-            if name not in tensors:
-                raise ExportFormatError(f"'{path}' is damaged: it has no '{name}' tensor")
-            reader = readers.setdefault(name, _Reader(path, name, tensors[name]))
-            state[str(key)] = reader.take(int(np.prod(shape, dtype=np.int64))).reshape(shape)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ExportFormatError(f"'{path}' has a damaged state table: {exc}") from exc
+    for i, entry in enumerate(fields.items("the state table", header.get("state"))):
+        key, dtype, shape = fields.items(f"state entry {i}", entry, 3)
+        key = fields.string(f"state entry {i} name", key)
+        name = f"state/{fields.string(f'state entry {i} dtype', dtype)}"
+        if name not in tensors:
+            raise fields.error(f"it has no '{name}' tensor")
+        reader = readers.setdefault(name, _Reader(fields, name, tensors[name]))
+        dims, numel = fields.shape(f"state '{key}' shape", shape, reader.left)
+        state[key] = reader.take(numel).reshape(dims)
     for reader in readers.values():
         reader.done()
     return state
@@ -224,7 +262,87 @@ def _v1_record(evaluator: LocalEvaluator, policy: Policy) -> dict[str, Any]:
     }
 
 
+MAX_V1_PICKLE_BYTES = 16 * 2**20
+"""The largest object table (``data.pkl``) a first-format file may hold."""
+_INT_OPS = frozenset({"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"})
+_MEMO_PUT = frozenset({"BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"})
+
+
+def _check_v1_sizes(path: str | os.PathLike[str]) -> None:
+    """Refuse a first-format file whose tensors declare more values than it holds.
+
+    ``torch.load`` allocates each storage at the size the file's object table declares before it
+    reads the bytes, so a 1 MB file can make it allocate gigabytes. The table is read here without
+    running it (``pickletools``): each storage reference is ``(..., key, location, numel)``, and its
+    ``numel`` may not exceed the bytes of the file's ``data/<key>`` record (one byte a value at
+    least). Anything else is not a file this library wrote.
+    """
+    fields = Fields(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = {info.filename: info for info in archive.infolist()}
+            tables = [name for name in entries if name.rsplit("/", 1)[-1] == "data.pkl"]
+            if len(tables) != 1:
+                raise ExportFormatError(f"'{path}' is not a jpq-env export: no object table")
+            table = entries[tables[0]]
+            if table.file_size > MAX_V1_PICKLE_BYTES:
+                raise fields.error(f"its object table declares {table.file_size} bytes")
+            raw = archive.read(table)
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, ExportFormatError):
+            raise
+        raise ExportFormatError(f"'{path}' is not a readable jpq-env export: {exc}") from exc
+    prefix = tables[0][: -len("data.pkl")]
+    try:
+        ops = list(pickletools.genops(raw))
+    except (ValueError, IndexError) as exc:
+        raise ExportFormatError(f"'{path}' is not a readable jpq-env export: {exc}") from exc
+    last: Any = None
+    memo: dict[int, Any] = {}
+    for i, (op, arg, _) in enumerate(ops):
+        if op.name in _MEMO_PUT:
+            memo[len(memo) if op.name == "MEMOIZE" else int(cast(int, arg))] = last
+            continue
+        if op.name in ("BINGET", "LONG_BINGET", "GET"):
+            last = memo.get(int(cast(int, arg)))
+            continue
+        if op.name == "PERSID":
+            raise ExportFormatError(f"'{path}' is not a jpq-env export: unexpected PERSID")
+        if op.name == "BINPERSID":
+            numel, key = _storage_reference(ops, memo, i)
+            record = entries.get(f"{prefix}data/{key}")
+            held = 0 if record is None else record.file_size
+            if numel is None or numel > held:
+                raise fields.error(
+                    f"tensor storage '{key}' declares {numel} values, the file holds {held} bytes"
+                )
+        last = arg
+
+
+def _storage_reference(ops: list[Any], memo: dict[int, Any], at: int) -> tuple[int | None, Any]:
+    """``(numel, key)`` of the storage tuple that the ``BINPERSID`` at ``ops[at]`` reads."""
+    j = at - 1
+    while j >= 0 and ops[j][0].name in _MEMO_PUT:
+        j -= 1
+    if j < 0 or ops[j][0].name != "TUPLE":
+        return None, "?"
+    values: list[Any] = []
+    j -= 1
+    while j >= 0 and ops[j][0].name != "MARK":
+        op, arg, _ = ops[j]
+        if op.name in ("BINGET", "LONG_BINGET", "GET"):
+            values.append(memo.get(int(arg)))
+        elif op.name not in _MEMO_PUT:
+            values.append(arg if op.name in _INT_OPS or isinstance(arg, str) else None)
+        j -= 1
+    values.reverse()  # ("storage", storage type, key, location, numel)
+    if len(values) != 5 or values[0] != "storage" or type(values[4]) is not int:
+        return None, values[2] if len(values) > 2 else "?"
+    return values[4], values[2]
+
+
 def _read_v1(path: str | os.PathLike[str]) -> dict[str, Any]:
+    _check_v1_sizes(path)
     try:
         record = torch.load(path, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -245,16 +363,37 @@ def _read_v1(path: str | os.PathLike[str]) -> dict[str, Any]:
     return record
 
 
+def _widths(fields: Fields, name: str, bits: torch.Tensor) -> list[int]:
+    """A layer's per-kernel widths, each 0-16 or 32."""
+    widths = [int(b) for b in bits.tolist()]
+    bad = sorted(set(widths) - SUPPORTED_BITS)
+    if bad:
+        raise fields.error(f"layer '{name}' has widths {bad} (allowed: 0-16 and {FULL_PRECISION})")
+    return widths
+
+
 def _weights_v1(
-    record: dict[str, Any], graph: LayerGraph, out: nn.Module
+    fields: Fields, record: dict[str, Any], graph: LayerGraph, out: nn.Module
 ) -> dict[str, torch.Tensor]:
     weights = {}
+    layers = fields.table("'layers'", record.get("layers"))
     for name in graph.names:
-        entry = record["layers"][name]
+        entry = fields.table(f"layer '{name}'", layers.get(name))
         layer = cast(nn.Conv2d | nn.Linear, out.get_submodule(name))
+        k, rest = layer.weight.shape[0], tuple(layer.weight.shape[1:])
+        where = f"layer '{name}'"
+        bits = fields.tensor(f"{where} bits", entry.get("bits"), (k,), integral=True)
+        widths = _widths(fields, name, bits)
+        codes = fields.tensor(f"{where} codes", entry.get("codes"), (k, *rest), integral=True)
+        scales = fields.tensor(f"{where} scales", entry.get("scales"), (k,), integral=False)
+        index = fields.tensor(f"{where} full_index", entry.get("full_index"), integral=True)
+        full = [i for i, b in enumerate(widths) if b >= FULL_PRECISION]
+        if index.dim() != 1 or index.tolist() != full:
+            raise fields.error(f"{where} full_index does not list its full-precision kernels")
+        rows = fields.tensor(f"{where} full_rows", entry.get("full_rows"), (len(full), *rest))
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        weight = entry["codes"].float() * entry["scales"].reshape(shape)
-        weight[entry["full_index"]] = entry["full_rows"]
+        weight = codes.float() * scales.float().reshape(shape)
+        weight[index] = rows.float()
         weights[name] = weight
     return weights
 
@@ -262,28 +401,31 @@ def _weights_v1(
 class _Reader:
     """Takes consecutive slices of one of the v2 file's concatenated tensors, checking sizes."""
 
-    def __init__(self, path: str | os.PathLike[str], name: str, tensor: torch.Tensor) -> None:
-        self.path, self.name, self.tensor, self.at = path, name, tensor.reshape(-1), 0
+    def __init__(self, fields: Fields, name: str, tensor: torch.Tensor) -> None:
+        self.fields, self.name, self.tensor, self.at = fields, name, tensor.reshape(-1), 0
+
+    @property
+    def left(self) -> int:
+        """Values not taken yet."""
+        return self.tensor.numel() - self.at
 
     def take(self, n: int) -> torch.Tensor:
-        if self.at + n > self.tensor.numel():
-            raise ExportFormatError(
-                f"'{self.path}' is damaged: '{self.name}' holds {self.tensor.numel()} values, "
-                f"fewer than its layers need"
+        if n > self.left:
+            raise self.fields.error(
+                f"'{self.name}' holds {self.tensor.numel()} values, fewer than its layers need"
             )
         self.at += n
         return self.tensor[self.at - n : self.at]
 
     def done(self) -> None:
         if self.at != self.tensor.numel():
-            raise ExportFormatError(
-                f"'{self.path}' is damaged: '{self.name}' holds {self.tensor.numel()} values, "
-                f"its layers use {self.at}"
+            raise self.fields.error(
+                f"'{self.name}' holds {self.tensor.numel()} values, its layers use {self.at}"
             )
 
 
 def _weights_v2(
-    path: str | os.PathLike[str],
+    fields: Fields,
     header: dict[str, Any],
     tensors: dict[str, torch.Tensor],
     graph: LayerGraph,
@@ -291,41 +433,53 @@ def _weights_v2(
 ) -> dict[str, torch.Tensor]:
     for key in ("bits", "payload", "scales", "full"):
         if key not in tensors:
-            raise ExportFormatError(f"'{path}' is damaged: it has no '{key}' tensor")
-    bits_all = _Reader(path, "bits", tensors["bits"])
-    payload = _Reader(path, "payload", tensors["payload"])
-    scales_all = _Reader(path, "scales", tensors["scales"])
-    full_all = _Reader(path, "full", tensors["full"])
+            raise fields.error(f"it has no '{key}' tensor")
+    integral = {"bits": True, "payload": True, "scales": False, "full": False}
+    for key, kind in integral.items():
+        fields.tensor(f"tensor '{key}'", tensors[key], integral=kind)
+    bits_all = _Reader(fields, "bits", tensors["bits"])
+    payload = _Reader(fields, "payload", tensors["payload"])
+    scales_all = _Reader(fields, "scales", tensors["scales"])
+    full_all = _Reader(fields, "full", tensors["full"])
     layer_bits = [bits_all.take(x.out_channels).long() for x in graph.layers]
     bits_all.done()
+    widths_all = [
+        _widths(fields, info.name, b) for info, b in zip(graph.layers, layer_bits, strict=True)
+    ]
     live = graph.liveness([b.numpy() > 0 for b in layer_bits])
+    layers = fields.table("'layers'", header.get("layers"))
     weights = {}
-    for info, bits in zip(graph.layers, layer_bits, strict=True):
-        entry = header["layers"][info.name]
-        bad = sorted(set(bits.tolist()) - {*range(17), FULL_PRECISION})
-        if bad:
-            raise ExportFormatError(f"'{path}' is damaged: layer '{info.name}' has widths {bad}")
+    for info, bits in zip(graph.layers, widths_all, strict=True):
+        where = f"layer '{info.name}'"
+        entry = fields.table(where, layers.get(info.name))
         layer = cast(nn.Conv2d | nn.Linear, out.get_submodule(info.name))
-        masks = input_masks(info, live, bool(entry["all_inputs"]))
+        masks = input_masks(info, live, fields.flag(f"{where} all_inputs", entry.get("all_inputs")))
         area = int(np.prod(layer.weight.shape[2:], dtype=np.int64))
-        quantized = [k for k, b in enumerate(bits.tolist()) if 1 <= b < FULL_PRECISION]
-        wide = set(entry["binary_as_2_bits"])
-        widths = [2 if k in wide else int(bits[k]) for k in quantized]
+        quantized = [k for k, b in enumerate(bits) if 1 <= b < FULL_PRECISION]
+        wide = set()
+        for k in fields.items(f"{where} binary_as_2_bits", entry.get("binary_as_2_bits")):
+            k = fields.integer(f"{where} binary_as_2_bits entry", k, 0, info.out_channels - 1)
+            if bits[k] != 1:
+                raise fields.error(
+                    f"{where} stores kernel {k} as binary but its width is {bits[k]}"
+                )
+            wide.add(k)
+        widths = [2 if k in wide else bits[k] for k in quantized]
         counts = [int(masks[k].sum()) * area for k in quantized]
-        packed = payload.take(int(entry["payload_bytes"])).numpy()
+        size = fields.integer(f"{where} payload_bytes", entry.get("payload_bytes"), 0, payload.left)
         try:
-            levels = unpack_levels(packed, counts, widths)
+            levels = unpack_levels(payload.take(size).numpy(), counts, widths)
         except ValueError as exc:
-            raise ExportFormatError(f"'{path}' is damaged: layer '{info.name}': {exc}") from exc
+            raise fields.error(f"{where}: {exc}") from exc
         weight = torch.zeros(layer.weight.shape)
         for k, values in zip(quantized, levels, strict=True):
             mask = torch.from_numpy(masks[k])
             rows = torch.from_numpy(values).reshape(-1, *layer.weight.shape[2:])
-            weight[k][mask] = rows.float() * scales_all.take(1)
-        for k in (k for k, b in enumerate(bits.tolist()) if b >= FULL_PRECISION):
+            weight[k][mask] = rows.float() * scales_all.take(1).float()
+        for k in (k for k, b in enumerate(bits) if b >= FULL_PRECISION):
             mask = torch.from_numpy(masks[k])
-            weight[k][mask] = full_all.take(int(mask.sum()) * area).reshape(
-                -1, *layer.weight.shape[2:]
+            weight[k][mask] = (
+                full_all.take(int(mask.sum()) * area).float().reshape(-1, *layer.weight.shape[2:])
             )
         weights[info.name] = weight
     for reader in (payload, scales_all, full_all):
@@ -333,15 +487,52 @@ def _weights_v2(
     return weights
 
 
+def _act_ranges(fields: Fields, value: Any, layers: int) -> list[ActRange]:
+    """The calibrated input ranges: none, or one ``[lo, hi]`` per layer, finite, ``lo <= hi``."""
+    ranges = []
+    items = fields.items("'act_ranges'", value)
+    if items and len(items) != layers:
+        raise fields.error(f"it has {len(items)} activation ranges for {layers} layers")
+    for i, pair in enumerate(items):
+        lo, hi = fields.items(f"activation range {i}", pair, 2)
+        lo = fields.number(f"activation range {i} low end", lo)
+        hi = fields.number(f"activation range {i} high end", hi)
+        if lo > hi:
+            raise fields.error(f"activation range {i} is [{lo}, {hi}], its ends reversed")
+        ranges.append(ActRange(lo, hi))
+    return ranges
+
+
+def _act_bits(
+    fields: Fields, layers: dict[str, Any], graph: LayerGraph, calibrated: bool
+) -> list[int]:
+    """Each layer's input width: 1-16, or 32 (full precision, the only one without ranges)."""
+    out = []
+    for name in graph.names:
+        entry = fields.table(f"layer '{name}'", layers.get(name))
+        bits = fields.integer(f"layer '{name}' act_bits", entry.get("act_bits"), 1, FULL_PRECISION)
+        if bits not in SUPPORTED_BITS:
+            raise fields.error(
+                f"layer '{name}' act_bits must be 1-16 or {FULL_PRECISION}, got {bits}"
+            )
+        if bits < FULL_PRECISION and not calibrated:
+            raise fields.error(f"layer '{name}' quantizes its input but the file has no ranges")
+        out.append(bits)
+    return out
+
+
 def load_compressed(
     path: str | os.PathLike[str], model: nn.Module, example_input: torch.Tensor
 ) -> nn.Module:
     """Rebuild a compressed model from an export (v2 or v1), on a copy of ``model`` (untouched).
 
+    Every decoded field is checked (``jpq_env.export.packing.Fields``) before it is used.
+
     Raises:
         ExportFormatError: (a ``ValueError``) If the file is missing, is not an export, is
             damaged, or was made for another architecture; the message names the file.
     """
+    fields = Fields(path)
     try:
         with open(path, "rb") as f:
             head = f.read(len(MAGIC))
@@ -356,45 +547,40 @@ def load_compressed(
                 f"'{path}' is a jpq-env export of format {header.get('format')!r}, which this "
                 f"version does not read ({EXPORT_FORMAT} or {EXPORT_FORMAT_V1})"
             )
-        state = _ungroup_state(path, header, tensors)
+        state = _ungroup_state(fields, header, tensors)
         record: dict[str, Any] = {**header, "state": state}
     else:
         record = _read_v1(path)
-    try:
-        fingerprint, act_ranges = record["fingerprint"], record["act_ranges"]
-        ranges = [ActRange(float(lo), float(hi)) for lo, hi in act_ranges]
-        layers = record["layers"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExportFormatError(f"'{path}' is damaged: {type(exc).__name__}: {exc}") from exc
+        header, tensors = record, {}
+    fingerprint = fields.string("'fingerprint'", record.get("fingerprint"))
+    layers = fields.table("'layers'", record.get("layers"))
+    state = fields.table("'state'", record.get("state"))
+    for key, value in state.items():
+        fields.tensor(f"state '{key}'", value)
     graph = LayerGraph.from_module(model, example_input)
     if fingerprint != graph.fingerprint:
         raise ExportFormatError(f"'{path}' was exported for another model")
     missing_layers = [n for n in graph.names if n not in layers]
-    if missing_layers or (ranges and len(ranges) != len(graph.names)):
-        raise ExportFormatError(
-            f"'{path}' is damaged: no entry for layers {missing_layers} or "
-            f"{len(ranges)} activation ranges for {len(graph.names)} layers"
-        )
+    if missing_layers:
+        raise fields.error(f"no entry for layers {missing_layers}")
+    ranges = _act_ranges(fields, record.get("act_ranges"), len(graph.names))
+    act_bits = _act_bits(fields, layers, graph, bool(ranges))
     compressed = CompressedModel(model, graph, act_ranges=ranges or None)
     out = compressed.module
     try:
-        missing, unexpected = out.load_state_dict(record["state"], strict=False)
+        missing, unexpected = out.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise ExportFormatError(f"'{path}' does not match the model's tensors: {exc}") from exc
-    weights = {f"{name}.weight" for name in graph.names}
-    if set(missing) != weights or unexpected:
+    if set(missing) - _weight_keys(out, graph) - set(aliases(out)) or unexpected:
         raise ExportFormatError(
             f"'{path}' does not match the model's tensors: {unexpected or missing}"
         )
-    try:
-        if record["format"] == EXPORT_FORMAT:
-            values = _weights_v2(path, header, tensors, graph, out)
-        else:
-            values = _weights_v1(record, graph, out)
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise ExportFormatError(f"'{path}' is damaged: {type(exc).__name__}: {exc}") from exc
+    if record["format"] == EXPORT_FORMAT:
+        values = _weights_v2(fields, header, tensors, graph, out)
+    else:
+        values = _weights_v1(fields, record, graph, out)
     with torch.no_grad():
         for name, weight in values.items():
             cast(nn.Conv2d | nn.Linear, out.get_submodule(name)).weight.copy_(weight)
-    compressed.set_activation_bits([int(layers[n]["act_bits"]) for n in graph.names])
+    compressed.set_activation_bits(act_bits)
     return out

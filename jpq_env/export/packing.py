@@ -8,11 +8,18 @@ kernels (a 3-bit kernel of 9 weights takes 27 bits); ``unpack_levels`` reverses 
 The container (``write_container`` / ``read_container``) is a magic string, a JSON header and one
 byte blob holding every tensor (raw, little-endian), so a file is a few hundred bytes of header plus
 the packed payload: no per-tensor archive entries, and reading it runs no code from the file.
+
+A file is untrusted input. ``Fields`` is the one way a loader reads what it decoded: every field
+is checked for its type, range and finiteness (JSON's ``1e999`` and ``NaN`` are refused while
+parsing, and so is nesting deeper than a header needs), and every failure is an
+``ExportFormatError`` that names the file and the field. Sizes are checked against the file's
+own bytes before anything is allocated.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import sys
@@ -22,12 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from jpq_env import validation as check
 from jpq_env.atomic import atomic_file
 from jpq_env.errors import ArgumentError, ExportFormatError
 
 __all__ = [
     "MAGIC",
     "ExportFormatError",
+    "Fields",
     "pack_levels",
     "read_container",
     "unpack_levels",
@@ -50,6 +59,143 @@ _DTYPES: dict[str, torch.dtype] = {
         torch.bool,
     )
 }
+
+
+MAX_HEADER_BYTES = 64 * 2**20
+"""The largest JSON header a file may declare (a ResNet-50's takes about 40 kB)."""
+MAX_DEPTH = 8
+"""The deepest nesting of lists and tables a header may hold (an export's needs 4)."""
+
+
+class Fields:
+    """Checks of the fields decoded from one export file, each failure naming the file.
+
+    Every loader reads decoded values through one of these, so a wrong type (``7.9`` for a width),
+    range (``act_bits`` 1000), non-finite number or inconsistent size fails with an
+    ``ExportFormatError`` ``"'<file>' is damaged: <field> must be ..., got ..."``, never deep in
+    torch or numpy and never as a silently rounded value.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+
+    def error(self, what: str) -> ExportFormatError:
+        """The error for a damaged field: ``"'<file>' is damaged: <what>"``."""
+        return ExportFormatError(f"'{self.path}' is damaged: {what}")
+
+    def integer(self, name: str, value: Any, low: int | None = 0, high: int | None = None) -> int:
+        """An integer (not a bool, not a float such as 7.9) in ``[low, high]``."""
+        return check.integer(
+            f"'{self.path}' is damaged: {name}", value, low=low, high=high, error=ExportFormatError
+        )
+
+    def number(self, name: str, value: Any) -> float:
+        """A finite number."""
+        return check.number(f"'{self.path}' is damaged: {name}", value, error=ExportFormatError)
+
+    def flag(self, name: str, value: Any) -> bool:
+        """``true`` or ``false``."""
+        return check.flag(f"'{self.path}' is damaged: {name}", value, error=ExportFormatError)
+
+    def string(self, name: str, value: Any) -> str:
+        """A string."""
+        if not isinstance(value, str):
+            raise self.error(f"{name} must be a string, got {_short(value)}")
+        return value
+
+    def table(self, name: str, value: Any) -> dict[str, Any]:
+        """A JSON object (a dict)."""
+        if not isinstance(value, dict):
+            raise self.error(f"{name} must be a table, got {_short(value)}")
+        return value
+
+    def items(self, name: str, value: Any, length: int | None = None) -> list[Any]:
+        """A JSON array (a list), of ``length`` items if given."""
+        if not isinstance(value, list):
+            raise self.error(f"{name} must be a list, got {_short(value)}")
+        if length is not None and len(value) != length:
+            raise self.error(f"{name} must hold {length} items, got {len(value)}")
+        return value
+
+    def shape(self, name: str, value: Any, limit: int) -> tuple[list[int], int]:
+        """A tensor shape (non-negative integers) and its element count, at most ``limit``.
+
+        The count is an exact integer product (no int64 overflow), checked against ``limit``
+        (what the file's bytes can hold) before anything of that size is allocated.
+        """
+        dims = [self.integer(f"{name} dimension", d) for d in self.items(name, value)]
+        numel = math.prod(dims)
+        if numel > limit:
+            raise self.error(f"{name} {dims} holds {numel} values, more than the file's {limit}")
+        return dims, numel
+
+    def tensor(
+        self,
+        name: str,
+        value: Any,
+        shape: Sequence[int] | None = None,
+        integral: bool | None = None,
+    ) -> torch.Tensor:
+        """A tensor of the given shape, integer or floating as asked, with finite values."""
+        if not isinstance(value, torch.Tensor):
+            raise self.error(f"{name} must be a tensor, got {_short(value)}")
+        if shape is not None and tuple(value.shape) != tuple(shape):
+            raise self.error(f"{name} has shape {list(value.shape)}, expected {list(shape)}")
+        floating = value.is_floating_point()
+        if integral is not None and floating == integral:
+            kind = "an integer" if integral else "a floating-point"
+            raise self.error(f"{name} must be {kind} tensor, got {value.dtype}")
+        if floating and value.numel() and not bool(torch.isfinite(value).all()):
+            raise self.error(f"{name} holds non-finite values")
+        return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is not finite")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number an export holds")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """The nesting depth of ``value`` (lists and tables), stopping past ``limit``."""
+    if limit < 0:
+        return 1
+    if isinstance(value, dict):
+        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
+    return 0
+
+
+def parse_header(path: str | os.PathLike[str], raw: bytes) -> dict[str, Any]:
+    """A JSON header as a table: finite numbers only, nested at most ``MAX_DEPTH`` deep.
+
+    Raises:
+        ExportFormatError: For anything else (naming the file), never ``RecursionError``.
+    """
+    try:
+        header = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise ExportFormatError(f"'{path}' has a damaged header: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and non-finite numbers
+        raise ExportFormatError(f"'{path}' has a damaged header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ExportFormatError(f"'{path}' has a damaged header: not a table")
+    if _depth(header, MAX_DEPTH) > MAX_DEPTH:
+        raise ExportFormatError(
+            f"'{path}' has a damaged header: nested deeper than {MAX_DEPTH} levels"
+        )
+    return header
 
 
 def _offset(width: int) -> int:
@@ -143,32 +289,31 @@ def read_container(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
     (size,) = struct.unpack("<Q", data[len(MAGIC) : start])
     if start + size > len(data):
         raise ExportFormatError(f"'{path}' is truncated: its header says {size} bytes")
-    try:
-        header = json.loads(data[start : start + size])
-        index = header.pop("tensors")
-        if not isinstance(index, dict):
-            raise TypeError("'tensors' is not a table")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ExportFormatError(f"'{path}' has a damaged header: {exc}") from exc
+    if size > MAX_HEADER_BYTES:
+        raise ExportFormatError(
+            f"'{path}' is damaged: its header says {size} bytes, more than {MAX_HEADER_BYTES}"
+        )
+    header = parse_header(path, data[start : start + size])
+    fields = Fields(path)
+    index = fields.table("'tensors'", header.pop("tensors", None))
     blob = memoryview(data)[start + size :]
     tensors = {}
     for name, entry in index.items():
-        try:
-            dtype = _DTYPES[entry["dtype"]]
-            shape = [int(s) for s in entry["shape"]]
-            lo, n = int(entry["offset"]), int(entry["nbytes"])
-            numel = int(np.prod(shape, dtype=np.int64))
-            itemsize = torch.empty(0, dtype=dtype).element_size()
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ExportFormatError(
-                f"'{path}': tensor '{name}' has a damaged entry: {exc}"
-            ) from exc
-        if lo < 0 or n != numel * itemsize or lo + n > len(blob) or min(shape, default=0) < 0:
-            raise ExportFormatError(
-                f"'{path}' is damaged: tensor '{name}' ({entry['dtype']} {shape}) does not fit "
-                f"the file's {len(blob)} data bytes at offset {lo}"
+        where = f"tensor '{name}'"
+        entry = fields.table(where, entry)
+        kind = fields.string(f"{where} dtype", entry.get("dtype"))
+        if kind not in _DTYPES:
+            raise fields.error(f"{where} has dtype {kind!r}, which exports do not store")
+        dtype = _DTYPES[kind]
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        shape, numel = fields.shape(f"{where} shape", entry.get("shape"), len(blob) // itemsize)
+        lo = fields.integer(f"{where} offset", entry.get("offset"), 0, len(blob))
+        n = fields.integer(f"{where} nbytes", entry.get("nbytes"), 0, len(blob) - lo)
+        if n != numel * itemsize:
+            raise fields.error(
+                f"{where} ({kind} {shape}) needs {numel * itemsize} bytes, its entry says {n}"
             )
         raw = torch.frombuffer(bytearray(blob[lo : lo + n]), dtype=torch.uint8) if n else None
         t = raw.view(dtype) if raw is not None else torch.empty(0, dtype=dtype)
-        tensors[name] = t.reshape(shape)
+        tensors[name] = fields.tensor(where, t.reshape(shape))
     return header, tensors

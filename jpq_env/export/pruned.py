@@ -56,9 +56,11 @@ from jpq_env.core.graph.ops import (
     Op,
     concatenated,
     flattened_spatial,
+    gated_operands,
     mean_keeps_channels,
     node_shape,
     op_kind,
+    padded_channels,
     residual_operands,
     scaled_operand,
 )
@@ -249,7 +251,11 @@ class _Rewriter:
                 return self._add(node)
             case Op.SCALE:
                 x = scaled_operand(node)
-                return self.pos.get(x) if x is not None else self._opaque(node)
+                if x is not None:
+                    return self.pos.get(x)
+                return self._gated(node)
+            case Op.PAD:
+                return self._pad(node)
             case Op.FLATTEN | Op.RESHAPE:
                 return self._flatten(node)
             case Op.MEAN:
@@ -311,6 +317,34 @@ class _Rewriter:
             # x.view(x.size(0), -1) with sizes of the original layout: a flatten of what is there
             node.target, node.args, node.kwargs = "flatten", (x, 1), {}
         return (p[:, None] * spatial + np.arange(spatial)).ravel()
+
+    def _pad(self, node: fx.Node) -> Positions:
+        """Zero padding of the channels: the live positions shift, the zeros are not stored."""
+        x, p = self._first(node)
+        pads = padded_channels(node)
+        if x is None or p is None or pads is None:
+            return self._opaque(node)
+        pad = list(cast(tuple, node.args[1] if len(node.args) > 1 else node.kwargs["pad"]))
+        channel = 2 * (len(cast(tuple, node_shape(x))) - 2)
+        if len(pad) > channel:
+            pad[channel : channel + 2] = [0, 0]  # the padded channels are dead: never built
+        if len(node.args) > 1:
+            node.args = (node.args[0], tuple(pad), *node.args[2:])
+        else:
+            node.kwargs = {**node.kwargs, "pad": tuple(pad)}
+        return p + pads[0]
+
+    def _gated(self, node: fx.Node) -> Positions:
+        """``x * gate`` with a per-channel gate: ``x``'s positions, the gate gathered to them."""
+        operands = gated_operands(node)
+        if operands is None:
+            return self._opaque(node)
+        x, gate = operands
+        p = self.pos.get(x)
+        if p is None:
+            return self._opaque(node)
+        node.replace_input_with(gate, self._to_layout(gate, p, node))
+        return p
 
     def _add(self, node: fx.Node) -> Positions:
         operands = residual_operands(node)

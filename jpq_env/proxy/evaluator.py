@@ -54,6 +54,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from jpq_env import validation as check
 from jpq_env.core.compress import CompressedModel, calibrate_ranges
 from jpq_env.core.graph import LayerGraph
+from jpq_env.core.graph.checks import check_outputs
 from jpq_env.core.policy import Policy, PolicyKey
 from jpq_env.errors import ArgumentError, TaskError
 from jpq_env.proxy.batchnorm import (
@@ -405,7 +406,11 @@ class LocalEvaluator(Evaluator):
         # and the batches take that layout (same values; the user's model is not touched).
         self._channels_last = self.device.type == "cpu" and task.example_input.dim() == 4
         if self._channels_last:
-            self.compressed.module.to(memory_format=torch.channels_last)
+            try:
+                self.compressed.module.to(memory_format=torch.channels_last)
+            except RuntimeError:  # a 5-D weight (Conv3d) has no channels-last layout: keep rows
+                self._channels_last = False
+                self.compressed.module.to(memory_format=torch.contiguous_format)
         # Calibration batches in a seeded order, so that no batch holds one class of a sorted
         # split (the activation ranges see them too; BatchNorm statistics do not depend on it).
         self._calib = _shuffled(task.calib, seed=1)
@@ -638,7 +643,9 @@ class LocalEvaluator(Evaluator):
             self._apply(Policy.uniform(self.graph))
             if self.bn_recalibration:
                 self._recalibrate()
-            return torch.cat([self.forward.run(x)[0] for x, _ in self._val_iter()])
+            logits = torch.cat([self.forward.run(x)[0] for x, _ in self._val_iter()])
+            check_outputs(logits, "the held-out split")
+            return logits
 
     def _apply(self, policy: Policy | None) -> None:
         if policy is None:
@@ -648,9 +655,14 @@ class LocalEvaluator(Evaluator):
 
     @torch.no_grad()
     def _evaluate(
-        self, policy: Policy, at_least: float | None, keep_prefix: bool = True
+        self, policy: Policy, at_least: float | None, keep_prefix: bool = True, fp32: bool = False
     ) -> Evaluation:
-        """Apply, re-calibrate and score ``policy`` on the held-out split (see ``accuracy``)."""
+        """Apply, re-calibrate and score ``policy`` on the held-out split (see ``accuracy``).
+
+        ``fp32``: the policy is the uncompressed model, whose outputs must be finite on every
+        held-out image (``check_outputs``): a model that gives NaN or inf is refused, whatever
+        makes it do so, rather than scoring every policy alike.
+        """
         started = time.perf_counter()
         key = policy.key()
         known = self._results.get(key)
@@ -677,6 +689,8 @@ class LocalEvaluator(Evaluator):
         for i, (x, y) in enumerate(self._val_iter()):
             state = None if start is None else self._cache.prefix.val[pos][i]  # type: ignore[union-attr]
             logits, kept = self.forward.run(x, pos, state, keep)
+            if fp32:
+                check_outputs(logits, f"the held-out images {seen}-{seen + len(y) - 1}")
             for c, s in zip(keep, kept, strict=True):
                 val_states[c.position].append(s)
             values.append(self._values(logits, y, seen))
@@ -808,7 +822,9 @@ class LocalEvaluator(Evaluator):
         ``accuracy(policy) - fp32_accuracy`` measures compression alone.
         """
         with private_rng():
-            return self._evaluate(Policy.uniform(self.graph), None, keep_prefix=False).score
+            return self._evaluate(
+                Policy.uniform(self.graph), None, keep_prefix=False, fp32=True
+            ).score
 
     def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
         """Score on the held-out split of the model compressed by ``policy``.

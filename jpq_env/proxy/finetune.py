@@ -104,7 +104,7 @@ def finetune(
     epochs = check.integer("epochs", epochs, low=1)
     lr = check.number("lr", lr, low=0.0, low_open=True)
     batch_size = check.integer("batch_size", batch_size, low=1)
-    seed = check.integer("seed", seed)
+    seed = check.seed("seed", seed)
     before = evaluator.test_accuracy(policy)
     module = evaluator.prepare(policy)
     cm, graph = evaluator.compressed, evaluator.graph

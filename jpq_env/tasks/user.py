@@ -63,7 +63,7 @@ def split_indices(
     """
     val_size = _check_val_size(val_size)
     calib_size = check.integer("calib_size", calib_size, low=1, error=TaskError)
-    seed = check.integer("seed", seed, error=TaskError)
+    seed = check.seed("seed", seed, error=TaskError)
     n_val = max(1, round(val_size * n)) if isinstance(val_size, float) else val_size
     if n_val >= n:
         raise TaskError(
@@ -302,7 +302,7 @@ def _check_arguments(
         check.integer("num_classes", num_classes, low=1, optional=True, error=TaskError),
         _check_val_size(val_size),
         check.integer("calib_size", calib_size, low=1, error=TaskError),
-        check.integer("seed", seed, error=TaskError),
+        check.seed("seed", seed, error=TaskError),
     )
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from jpq_env import validation as check
 from jpq_env.tasks.base import Task, TaskError
 from jpq_env.tasks.image_data import (
     CIFAR10_MEAN,
@@ -218,6 +219,7 @@ def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
 
 
 def _model(arch: str, num_classes: int, weights: str | Path | None, seed: int) -> nn.Module:
+    seed = check.seed("seed", seed, error=TaskError)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # a random model is the same in every process (resume replays)
         model = ARCHITECTURES[arch](num_classes)

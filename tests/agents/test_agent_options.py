@@ -108,3 +108,79 @@ def test_cli_refuses_bad_options_before_writing_anything(tmp_path, capsys, extra
     code = main(["search", "--episodes", "3", "--out", str(out), "--quiet", *extra])
     assert code != 0 and re.search(message, capsys.readouterr().err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("agent", "options", "message"),
+    [
+        ("ppo", {"learning_rate": float("nan")}, r"learning_rate=nan: expected a finite num"),
+        ("ppo", {"learning_rate": 0}, r"learning_rate=0: expected a finite number > 0"),
+        ("ppo", {"learning_rate": "lin_fast"}, r"schedule lin_<number>"),
+        ("ppo", {"learning_rate": "lin_-1"}, r"learning_rate=-1.0: expected"),
+        ("ppo", {"n_steps": 0}, r"n_steps=0: expected an integer >= 2"),
+        ("ppo", {"n_steps": 2.5}, r"n_steps=2.5: expected an integer"),
+        ("ppo", {"batch_size": -1}, r"batch_size=-1: expected an integer >= 2"),
+        ("ppo", {"gamma": "inf"}, r"gamma='inf': expected a finite number in \[0, 1\]"),
+        ("ppo", {"gamma": 1.5}, r"gamma=1.5: expected a finite number in \[0, 1\]"),
+        ("ppo", {"clip_range": None}, r"clip_range=None: expected a value"),
+        ("ppo", {"normalize_advantage": "maybe"}, r"expected true or false"),
+        ("ppo", {"policy": "CnnPolicy"}, r"expected one of \['MlpPolicy'\]"),
+        ("ppo", {"rollout_buffer_class": "x"}, r"is an object, not settable"),
+        ("ddpg", {"tau": -0.1}, r"tau=-0.1: expected a finite number in \[0, 1\]"),
+        ("ddpg", {"train_freq": [4, "hour"]}, r"train_freq=\[4, 'hour'\]: expected an integer"),
+        ("ddpg", {"buffer_size": 0}, r"buffer_size=0: expected an integer >= 1"),
+        ("ddpg", {"noise_std": float("inf")}, r"noise_std=inf: expected a finite number"),
+        ("maskable-ppo", {"target_kl": 0}, r"target_kl=0: expected a finite number > 0"),
+    ],
+)  # fmt: skip
+def test_bad_inputs_sb3_option_values_are_checked_before_the_run(agent, options, message):
+    with pytest.raises(ValueError, match=message):
+        check_agent_options(agent, options)
+
+
+def test_rl_zoo_schedules_and_numbers_written_as_strings_are_accepted():
+    from jpq_agents.agent_options import schedule
+
+    options = {"learning_rate": "lin_0.001", "clip_range": "lin_0.2", "gamma": "0.99"}
+    checked = check_agent_options("ppo", options)
+    assert checked == {"learning_rate": "lin_0.001", "clip_range": "lin_0.2", "gamma": 0.99}
+    rate = schedule(checked["learning_rate"])  # RL Zoo's linear schedule
+    assert (rate(1.0), rate(0.5), rate(0.0)) == (0.001, 0.0005, 0.0)
+    assert schedule(0.1) == 0.1
+    assert check_agent_options("ddpg", {"train_freq": [1, "episode"]}) == {
+        "train_freq": [1, "episode"]
+    }
+
+
+def test_bad_inputs_a_hyperparameter_file_cannot_expand_without_bound(tmp_path):
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, 9):  # 10**9 values once expanded, in 9 short lines
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]")
+    lines.append("default: {gamma: 0.9, extra: *a8}")
+    path = tmp_path / "bomb.yml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"expand to more than 10000 values"):
+        read_hyperparams(path, "jpq_env/JPQWeights-v0")
+    big = tmp_path / "big.yml"
+    big.write_text("default: {gamma: 0.9}\n" + "# padding\n" * 200_000)
+    with pytest.raises(ValueError, match=r"hold \d+ bytes, more than 1000000"):
+        read_hyperparams(big, "jpq_env/JPQWeights-v0")
+
+
+@pytest.mark.slow
+def test_bad_inputs_a_run_that_fails_at_start_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    """Whatever fails before the first evaluation (here SB3 itself), the corrected rerun starts."""
+    from stable_baselines3 import PPO
+
+    def refuse(*args, **kwargs):
+        raise ValueError("SB3 says no")
+
+    out = tmp_path / "run"
+    argv = ["search", "--agent", "ppo", "--episodes", "3", "--out", str(out), "--quiet"]
+    argv += ["--env-option", "val_images=16"]
+    monkeypatch.setattr(PPO, "__init__", refuse)
+    with pytest.raises(ValueError, match="SB3 says no"):
+        main(argv)
+    assert not out.exists()
+    monkeypatch.undo()
+    assert main(argv) == 0 and (out / "run.json").is_file()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from jpq_agents.baselines import BASELINES
 from jpq_agents.run import AGENTS, run_search
 from jpq_agents.search import LOG_NAME, RUN_NAME, RunSettings, Search, SearchError
 from jpq_env import TaskError
@@ -41,14 +42,29 @@ def test_bad_search_name_is_named(tmp_path, kwargs, message):
 
 
 def test_search_that_fails_after_it_started_keeps_its_directory(tmp_path, monkeypatch):
-    def broken(search: Search, seed: int, opts: dict[str, Any]) -> None:
+    """Once an evaluation is logged the run is kept (``--resume`` continues it); a run that
+    fails before its first evaluation leaves nothing, so that the corrected rerun starts."""
+
+    def broken_later(search: Search, seed: int, opts: dict[str, Any]) -> None:
+        BASELINES["random"](search, seed)  # both evaluations logged
+        raise RuntimeError("the agent broke")
+
+    def broken_at_once(search: Search, seed: int, opts: dict[str, Any]) -> None:
         search.env.reset(seed=seed)
         raise RuntimeError("the agent broke")
 
-    monkeypatch.setitem(AGENTS, "random", broken)
+    monkeypatch.setitem(AGENTS, "random", broken_later)
     with pytest.raises(RuntimeError, match="the agent broke"):
         run_search("random", tmp_path / "run", 2, progress=False)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [RUN_NAME]  # kept, as written
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {RUN_NAME, LOG_NAME}
+    monkeypatch.setitem(AGENTS, "random", broken_at_once)
+    with pytest.raises(RuntimeError, match="the agent broke"):
+        run_search("random", tmp_path / "early", 2, progress=False)
+    assert not (tmp_path / "early").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError, match="the agent broke"):
+        run_search("random", tmp_path / "kept", 2, progress=False)
+    assert list((tmp_path / "kept").iterdir()) == []  # the user's folder stays, empty
 
 
 def _search(out: Path, env: JPQEnv, agent: str = "random", resume: bool = False) -> Search:

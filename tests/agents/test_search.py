@@ -149,7 +149,7 @@ def test_a_corrupt_line_before_the_last_stops_the_resume(tmp_path, shared):
     for bad in (b"garbage", lines[2]):  # not JSON; a record out of order
         edited = b"\n".join([lines[0], bad, *lines[2:]])
         (tmp_path / LOG_NAME).write_bytes(edited)
-        with pytest.raises(SearchError, match=r"line 2 of .* is not a valid record"):
+        with pytest.raises(SearchError, match=r"cannot resume: .*:2 is not a valid record"):
             Search(
                 tmp_path,
                 RunSettings("random", 3, 0),

@@ -119,7 +119,7 @@ ARGUMENTS = [
     pytest.param({"task": "nope"}, TaskError, "unknown task 'nope'", id="unknown-task"),
     pytest.param({"importance": "l7"}, ValueError, "unknown importance criterion 'l7'", id="unknown-criterion"),
     pytest.param({"enforcement": "soft"}, ValueError, "unknown enforcement 'soft'", id="unknown-enforcement"),
-    pytest.param({"render_mode": "human"}, ValueError, r"unknown render_mode 'human': choose one of \['ansi', 'rgb_array', None\]", id="unknown-render-mode"),
+    pytest.param({"render_mode": "window"}, ValueError, r"unknown render_mode 'window': choose one of \['ansi', 'human', 'rgb_array', None\]", id="unknown-render-mode"),
     pytest.param({"max_sparsity": 1.0}, ValueError, r"max_sparsity must be a finite number in \[0, 1\), got 1.0", id="max-sparsity-1"),
     pytest.param({"channel_groups": -2}, ValueError, "channel_groups must be an integer >= 0, got -2", id="channel-groups-negative"),
     pytest.param({"shaping": "x"}, ValueError, "shaping must be a finite number >= 0, got 'x'", id="shaping-string"),

@@ -57,3 +57,23 @@ def test_bits_frame_scales_bars_to_the_widest_width():
     assert (half[-1, 2:10] == (90, 90, 90)).all()  # all pruned: a full grey strip
     with pytest.raises(ValueError, match="max_bits"):
         bits_frame([], 0)
+
+
+def test_human_mode_prints_the_table_without_a_window(env: JPQEnv, capsys):
+    human = gym.make("jpq_env/JPQWeights-v0", render_mode="human", evaluator=env.evaluator)
+    actions = episode_actions(human, 6)
+    rollout(human, actions)
+    assert human.render() is None
+    printed = capsys.readouterr().out
+    env.reset(seed=0)
+    rollout(env, actions)
+    assert env.render() in printed  # the ansi table, on standard output
+    human.close()
+
+
+@pytest.mark.parametrize("mode", ["rgb", "ANSI", "window"])
+def test_bad_inputs_unsupported_render_modes_are_refused_with_the_list(mode):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gymnasium's own warning, before the env's error
+        with pytest.raises(ValueError, match=r"render_mode.*'ansi', 'human', 'rgb_array'"):
+            gym.make("jpq_env/JPQWeights-v0", render_mode=mode, val_images=16)

@@ -161,3 +161,28 @@ def test_a_broken_export_is_named(tmp_path):
         load_compressed(bad, task.model, task.example_input)
     with pytest.raises(ValueError, match="no export at"):
         load_compressed(tmp_path / "missing.pt", task.model, task.example_input)
+
+
+def test_a_layer_registered_under_two_names_is_stored_once(digits, tmp_path):
+    import copy
+    import dataclasses
+
+    task, evaluator = digits
+    graph = evaluator.graph
+    aliased = copy.deepcopy(task.model)
+    first, last = graph.names[0], graph.names[-1]
+    aliased.alias = aliased.get_submodule(last)  # the classifier, reachable by a second name
+    aliased.stem = aliased.get_submodule(first)
+    aliased_task = dataclasses.replace(task, model=aliased)
+    aliased_eval = LocalEvaluator(aliased_task, device="cpu")
+    assert aliased_eval.graph.fingerprint == graph.fingerprint
+    policy = _half_pruned(evaluator, 4)
+    plain = export_compressed(evaluator, policy, tmp_path / "plain.jpq")
+    doubled = export_compressed(aliased_eval, policy, tmp_path / "aliased.jpq")
+    assert doubled["state_bytes"] == plain["state_bytes"]  # no FP32 weight shipped again
+    assert doubled["file_bytes"] - plain["file_bytes"] < 200  # a longer header, nothing more
+    back = load_compressed(tmp_path / "aliased.jpq", aliased, task.example_input)
+    assert back.alias is back.get_submodule(last)  # the sharing restored
+    x = torch.stack([aliased_eval.task.val[i][0] for i in range(64)])
+    expected = aliased_eval.prepare(policy)(x)
+    assert torch.equal(back(x), expected)

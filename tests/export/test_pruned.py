@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from jpq_env.core.compress import CompressedModel, calibrate_ranges
@@ -25,12 +26,15 @@ from jpq_env.export.pruned import (
 from jpq_env.proxy.data import top1
 from jpq_env.proxy.evaluator import LocalEvaluator
 from jpq_env.tasks.registry import load_task
+from jpq_env.tasks.vision import ARCHITECTURES
 from tests.nets import (
     ConcatNet,
+    OptionANet,
     PlainNet,
     ResidualNet,
     ResNet20,
     SeparableNet,
+    SqueezeExciteNet,
     UpsampleNet,
     randomize_bn,
 )
@@ -81,6 +85,8 @@ NETS = {
     "resnet20": (ResNet20, (3, 16, 16)),
     "uneven-groups": (UnevenGroups, (3, 8, 8)),
     "upsample": (UpsampleNet, (3, 8, 8)),
+    "squeeze-excite": (SqueezeExciteNet, (3, 8, 8)),
+    "option-a": (OptionANet, (3, 8, 8)),
 }
 
 
@@ -248,3 +254,61 @@ def test_an_op_added_to_the_table_is_seen_through_by_the_graph_and_the_pruning(m
     with torch.no_grad():
         assert torch.allclose(pruned(x), cm.module(x), rtol=1e-4, atol=1e-5)
     assert weight_count(pruned) == _predicted_weights(graph, policy)
+
+
+def _pruning(graph: LayerGraph, pruned: dict[str, list[int]]) -> Policy:
+    layers = []
+    for info in graph.layers:
+        bits = np.full(info.out_channels, 8)
+        bits[pruned.get(info.name, [])] = 0
+        layers.append(LayerPolicy(info.name, bits, 32))
+    return Policy(tuple(layers), graph.fingerprint)
+
+
+def test_pruned_channels_are_seen_through_gates_slices_and_zero_padding():
+    """Counted by hand: a channel zeroed by pruning stays zero through a squeeze-and-excitation
+    gate and through option A's subsampling and zero padding, so its consumers read fewer inputs."""
+    se = LayerGraph.from_module(SqueezeExciteNet().eval(), torch.randn(1, 3, 8, 8))
+    cost = measure(se, _pruning(se, {"a": [0, 3]}))
+    b = se.names.index("b")
+    assert cost.layers[b].macs == 6 * 2 * 9 * 8 * 8  # 6 kernels x 2 live inputs x 3x3 x 8x8
+    option_a = LayerGraph.from_module(OptionANet().eval(), torch.randn(1, 3, 8, 8))
+    assert option_a.untracked == () and se.untracked == ()
+    # b's kernels 0, 1, 6 and 7 meet the padded zeros: pruned, those channels are dead after
+    # the add; kernel 2 meets a's channel 0, which is alive: channel 2 stays alive.
+    cost = measure(option_a, _pruning(option_a, {"b": [0, 1, 2, 6, 7]}))
+    c = option_a.names.index("c")
+    assert cost.layers[c].macs == 5 * 4 * 9 * 4 * 4  # 4 live inputs of 8
+    cost = measure(option_a, _pruning(option_a, {"a": [1], "b": [3]}))
+    assert cost.layers[c].macs == 5 * 7 * 9 * 4 * 4  # channel 3 = a's 1 + b's 3: both pruned
+
+
+@pytest.mark.parametrize(
+    ("build", "size"),
+    [
+        pytest.param(lambda: ARCHITECTURES["resnet20-cifar"](10), 32, id="resnet20-option-a"),
+        pytest.param(lambda: torchvision.models.mobilenet_v3_small(num_classes=10), 64, id="mnv3"),
+    ],
+)  # fmt: skip
+def test_the_cost_model_counts_the_macs_the_pruned_model_runs(build, size):
+    """The cost model's MACs of a half-pruned policy against torch's flop counter on the
+    physically pruned model (which holds only the live channels): equal, to the MAC."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from jpq_env.core.compress import CompressedModel
+
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(2, 3, size, size)
+    graph = LayerGraph.from_module(model, x[:1])
+    assert graph.untracked == ()
+    policy = _random_policy(graph, np.random.default_rng(0), 32, 0.5)
+    cm = CompressedModel(model, graph)
+    cm.apply(policy)
+    pruned = prune_physically(model, cm.module.state_dict(), graph, policy, x[:1])
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), cm.module(x), rtol=1e-4, atol=1e-5)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        pruned(x[:1])
+    macs = measure(graph, policy).macs
+    assert counter.get_total_flops() // 2 == macs < graph.total_macs * 0.7

@@ -37,7 +37,10 @@ MAKE_TASK = [
     pytest.param({"val_size": "10"}, "val_size must be a count of samples .* got '10'", id="make-task-val-size-string"),
     pytest.param({"calib_size": True}, "calib_size must be an integer >= 1, got True", id="make-task-calib-size-bool"),
     pytest.param({"calib_size": 2.5}, "calib_size must be an integer >= 1, got 2.5", id="make-task-calib-size-float"),
-    pytest.param({"seed": "0"}, "seed must be an integer, got '0'", id="make-task-seed-string"),
+    pytest.param({"seed": "0"}, r"seed must be an integer in \[0, 2\*\*64 - 1\], got '0'", id="make-task-seed-string"),
+    pytest.param({"seed": 2**70}, r"seed must be an integer in \[0, 2\*\*64 - 1\], got 1180591620717411303424", id="make-task-seed-overflow"),
+    pytest.param({"seed": -1}, r"seed must be an integer in \[0, 2\*\*64 - 1\], got -1", id="make-task-seed-negative"),
+    pytest.param({"seed": 2**64}, r"seed must be an integer in \[0, 2\*\*64 - 1\]", id="make-task-seed-65-bits"),
     pytest.param({"num_classes": True}, "num_classes must be an integer >= 1 or None, got True", id="make-task-num-classes-bool"),
     pytest.param({"name": 3}, "name must be a non-empty string, got 3", id="make-task-name-int"),
 ]  # fmt: skip

@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     print(_layer_table(graph))
     if graph.uncompressed:
         _print_uncompressed(graph)
+    if graph.untracked:
+        print(f"\nChannels counted alive after: {', '.join(graph.untracked)}")
+        print(graph.untracked_summary())
     fp32 = measure(graph, Policy.uniform(graph))
     print(
         f"\nFP32: accuracy val {evaluator.fp32_accuracy:.2%} test "
@@ -104,17 +107,20 @@ def _print_uncompressed(graph: LayerGraph) -> None:
         f"\nNot compressed ({len(graph.uncompressed)}; FP32 weights, counted at 32-bit "
         "weights and inputs in every policy's BOPs and size and in the FP32 reference):"
     )
+    uncounted = any(x.macs is None for x in graph.uncompressed)
     rows = [
         (
             x.name,
             x.kind,
             f"{x.params:,}",
             "not counted" if x.macs is None else f"{x.macs:,}",
-            "-" if x.macs is None else f"{x.macs / total:.1%}",
+            "unknown" if uncounted else f"{(x.macs or 0) / total:.1%}",
         )
         for x in graph.uncompressed
     ]
     print(table(("layer", "kind", "params", "MACs", "MACs share"), rows))
+    if uncounted:
+        print("(MAC shares unknown: a layer's MACs cannot be counted, so every total misses them)")
 
 
 def _uniform_table(evaluator: LocalEvaluator, quiet: bool) -> str:

@@ -22,6 +22,7 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--device", default=None, help="where to replay: auto, cpu or cuda (default: the run's)"
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
@@ -29,4 +30,4 @@ def run(args: argparse.Namespace) -> int:
     """Replay and compare: 0 when every score matches, 1 at the first mismatch."""
     from ..validate import validate
 
-    return validate(args.path, task=args.task, device=args.device)
+    return validate(args.path, task=args.task, device=args.device, progress=not args.quiet)

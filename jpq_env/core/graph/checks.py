@@ -5,7 +5,11 @@ masking pruned channels in the BatchNorm that follows. That is only right if the
 layer's own, is what the layer computes with, and holds numbers. Each check below refuses, with the
 names involved and the fix, a model on which compressing would give a wrong result without a word:
 
-- **NaN or inf** in a parameter or buffer: every output is NaN and every policy scores alike.
+- **NaN or inf** in a parameter or buffer: every output is NaN and every policy scores alike; and
+  whatever else makes the FP32 outputs non-finite (an overflow, a division by zero in forward):
+  the example input's outputs are checked when the graph is built (``check_outputs``), and the
+  proxy checks the FP32 model's outputs on every held-out image.
+- **Meta tensors**: a model on the meta device has shapes but no values.
 - **Shared tensors**: a compressible layer's (or its BatchNorm's) weight, bias or buffer that is
   also another module's (``b.weight = a.weight``, tied weights) or read directly in ``forward``
   (``F.linear(x, self.fc.weight)``): compressing one would change the other, as a module called
@@ -28,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from jpq_env.errors import GraphError
 
-__all__ = ["GraphError", "check_model", "check_written_modules"]
+__all__ = ["GraphError", "check_model", "check_outputs", "check_written_modules", "non_finite"]
 
 
 def _module_expr(name: str) -> str:
@@ -48,11 +52,19 @@ def check_model(model: nn.Module) -> None:
     """Checks on the user's model itself, before it is copied or traced.
 
     Raises:
-        GraphError: NaN or inf in a parameter or buffer (named, with counts), or an old-style
-            ``weight_norm``/``spectral_norm`` hook (named, with the call that removes it).
+        GraphError: Tensors on the meta device (no values), NaN or inf in a parameter or buffer
+            (named, with counts), or an old-style ``weight_norm``/``spectral_norm`` hook (named,
+            with the call that removes it).
     """
     bad = []
     tensors = [*model.named_parameters(), *model.named_buffers()]
+    meta = [name for name, t in tensors if t.device.type == "meta"]
+    if meta:
+        raise GraphError(
+            f"the model's tensors are on the meta device (shapes without values): "
+            f"{_list(meta)}. Materialize and load the trained weights first "
+            "(model.to_empty(device='cpu'), then model.load_state_dict(...))"
+        )
     for name, t in tensors:
         if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
             continue
@@ -84,6 +96,35 @@ def check_model(model: nn.Module) -> None:
                     "compressed weight would never be used. "
                     f"Fold it into a plain weight first: torch.nn.utils.{fix}({_module_expr(name)})"
                 )
+
+
+def non_finite(output: object) -> tuple[int, int]:
+    """``(non-finite values, values)`` over every floating tensor in ``output`` (nested)."""
+    if isinstance(output, torch.Tensor):
+        if not output.is_floating_point():
+            return 0, 0
+        return int((~torch.isfinite(output.detach())).sum()), output.numel()
+    if isinstance(output, (list, tuple)):
+        counts = [non_finite(o) for o in output]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if isinstance(output, dict):
+        return non_finite(list(output.values()))
+    return 0, 0
+
+
+def check_outputs(output: object, what: str) -> None:
+    """Refuse a model whose FP32 outputs on ``what`` hold NaN or inf, whatever the cause.
+
+    Raises:
+        GraphError: Naming how many values are not finite.
+    """
+    bad, total = non_finite(output)
+    if bad:
+        raise GraphError(
+            f"the model's FP32 outputs on {what} hold {bad} NaN or inf values (of {total}): "
+            "every policy would score alike. Check the model's forward() and its inputs "
+            "(an overflow, a division by zero, a log of a negative number) before compressing"
+        )
 
 
 def _extent(t: torch.Tensor) -> tuple[tuple[str, int], int, int]:

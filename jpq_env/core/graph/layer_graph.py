@@ -142,6 +142,11 @@ class LayerGraph:
             policy records it so that it is never applied to another model.
         uncompressed: Modules and ops with parameters or MACs that are not compressed, in
             execution order (counted at FP32 by the cost model).
+        untracked: Ops (``"name (kind)"``) that read channels of a prunable layer and that the
+            graph cannot see through: after them every channel counts as alive. That is exact for
+            an op that maps a zero channel to a non-zero one (``sigmoid``) and an over-count of
+            BOPs and size for one that keeps it zero (a per-channel gate ``x * s``, a channel
+            shuffle): ``untracked_summary`` says so when the graph is built.
     """
 
     layers: tuple[LayerInfo, ...]
@@ -151,6 +156,7 @@ class LayerGraph:
     input_layers: frozenset[int]
     fingerprint: str = field(default="")
     uncompressed: tuple[UncompressedLayer, ...] = ()
+    untracked: tuple[str, ...] = ()
     _recent_liveness: OrderedDict[bytes, Liveness] = field(
         default_factory=OrderedDict, init=False, repr=False, compare=False
     )
@@ -206,21 +212,38 @@ class LayerGraph:
         names = ", ".join(f"'{x.name}' ({x.kind})" for x in shown)
         if len(self.uncompressed) > len(shown):
             names += f" and {len(self.uncompressed) - len(shown)} more"
-        macs = self.uncompressed_macs / max(self.total_macs, 1)
         weights = sum(x.weight_params for x in self.uncompressed) / max(self.weight_params, 1)
         uncounted = [x.name for x in self.uncompressed if x.macs is None]
-        note = (
-            f"; the MACs of {', '.join(repr(n) for n in uncounted)} cannot be counted and are in "
-            "no count"
-            if uncounted
-            else ""
-        )
+        if uncounted:  # a share of an incomplete total would be wrong: say what is unknown
+            share = (
+                f"holding an unknown share of its MACs (those of "
+                f"{', '.join(repr(n) for n in uncounted)} cannot be counted: every BOPs figure "
+                f"leaves them out) and {weights:.1%} of its weights"
+            )
+        else:
+            macs = self.uncompressed_macs / max(self.total_macs, 1)
+            share = f"holding {macs:.1%} of its MACs and {weights:.1%} of its weights"
         n = len(self.uncompressed)
         return (
             f"jpq-env does not compress {n} layer{'s' if n > 1 else ''} of this model: {names}, "
-            f"holding {macs:.1%} of its MACs and {weights:.1%} of its weights{note}. They stay "
+            f"{share}. They stay "
             "FP32 and are counted at 32-bit weights and inputs in BOPs, size and the FP32 "
             "reference; channels through them count as alive"
+        )
+
+    def untracked_summary(self) -> str | None:
+        """One sentence naming the ops after which pruned channels count as alive; None if none."""
+        if not self.untracked:
+            return None
+        shown = ", ".join(f"'{x}'" for x in self.untracked[:6])
+        more = len(self.untracked) - 6
+        if more > 0:
+            shown += f" and {more} more"
+        return (
+            f"channels of pruned kernels count as alive after {shown}: the layer graph cannot see "
+            "through these ops, so a pruned kernel there still counts in the next layers' inputs. "
+            "Exact where an op turns a zero channel into a non-zero one (sigmoid); an over-count "
+            "of BOPs and size where it keeps zeros (a per-channel gate x * s, a channel shuffle)"
         )
 
     def consumers(self, index: int) -> list[int]:
@@ -314,12 +337,12 @@ class LayerGraph:
         from jpq_env.core.graph.trace import build_layer_graph
 
         graph = build_layer_graph(model, example_input)
-        summary = graph.uncompressed_summary()
-        if summary is not None and summary not in _TOLD:
-            # Once per process and model, however many times its graph is built (make_task, the
-            # env, the evaluator ...): Python's own registry is reset by every catch_warnings.
-            _TOLD.add(summary)
-            warnings.warn(summary, UncompressedLayersWarning, stacklevel=2)
+        for summary in (graph.uncompressed_summary(), graph.untracked_summary()):
+            if summary is not None and summary not in _TOLD:
+                # Once per process and model, however many times its graph is built (make_task,
+                # the env, the evaluator ...): Python's registry is reset by every catch_warnings.
+                _TOLD.add(summary)
+                warnings.warn(summary, UncompressedLayersWarning, stacklevel=2)
         return graph
 
 

@@ -23,13 +23,21 @@ The categories and what each does to the channel positions of its input:
 - ``ADD``: a residual add, the union of its two operands' channels when both have the output's
   shape;
 - ``SCALE``: a multiplication; keeps positions when one operand is a plain number
-  (``scaled_operand``), else opaque;
+  (``scaled_operand``) or a per-channel gate (``gated_operands``: squeeze-and-excitation's
+  ``x * s`` with ``s`` of shape ``(N, C, 1, 1)``: a zero channel of ``x`` stays zero), else
+  opaque;
 - ``FLATTEN``: channel ``c`` of an ``(N, C, H, W)`` tensor becomes features ``c*H*W`` to
   ``(c+1)*H*W - 1`` when it flattens every dimension after the batch (``flattened_spatial``);
 - ``RESHAPE``: ``view``/``reshape`` to ``(batch, -1)``: such a flatten, else opaque;
 - ``MEAN``: keeps positions when it reduces spatial dimensions only (global average pooling
   written as ``x.mean((2, 3))``), else opaque;
 - ``CONCAT``: ``torch.cat`` on the channel dimension concatenates positions (``concatenated``);
+- ``PAD``: ``F.pad`` with zeros: channel ``c`` moves to ``c + before`` when it pads the channel
+  dimension by ``(before, after)`` (``padded_channels``: ResNet's option-A shortcut), and the
+  padded channels are zeros that nothing feeds (dead whatever is pruned); spatial padding keeps
+  positions;
+- ``KEEP`` also covers indexing that slices spatial dimensions only (``x[:, :, ::2, ::2]``,
+  ``sliced_spatially``);
 - ``SIZE``: reads a shape; only the channel count depends on the layout;
 - ``OPAQUE``: anything else.
 
@@ -42,7 +50,7 @@ from __future__ import annotations
 
 import enum
 import operator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -59,8 +67,13 @@ __all__ = [
     "NO_MAC_MODULES",
     "PER_CHANNEL_MODULES",
     "Op",
+    "analytic_macs",
     "concatenated",
     "flattened_spatial",
+    "padded_channels",
+    "sliced_spatially",
+    "gated_operands",
+    "zero_becomes_nonzero",
     "may_carry_macs",
     "mean_keeps_channels",
     "node_shape",
@@ -82,6 +95,7 @@ class Op(enum.Enum):
     RESHAPE = "reshape"
     MEAN = "mean"
     CONCAT = "concat"
+    PAD = "pad"
     SIZE = "size"
     OPAQUE = "opaque"
 
@@ -149,6 +163,7 @@ FUNCTION_OPS: dict[Any, Op] = {
     torch.mul: Op.SCALE,
     torch.flatten: Op.FLATTEN,
     torch.cat: Op.CONCAT,
+    F.pad: Op.PAD,
 }
 """Functions (``call_function`` targets) by category; any other function is opaque."""
 
@@ -164,7 +179,7 @@ METHOD_OPS: dict[str, Op] = {
 }
 """Tensor methods (``call_method`` targets) by category; any other method is opaque."""
 
-NO_MAC_FUNCTIONS: frozenset[Any] = frozenset({operator.getitem, getattr, F.pad})
+NO_MAC_FUNCTIONS: frozenset[Any] = frozenset({operator.getitem, getattr})
 """Opaque functions that do no multiply-accumulates (every function in a category does none)."""
 
 PER_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (*BATCHNORMS, nn.PReLU)
@@ -197,7 +212,10 @@ def op_kind(node: fx.Node, root: nn.Module) -> Op:
                 return kind
         return Op.OPAQUE
     if node.op == "call_function":
-        return FUNCTION_OPS.get(node.target, Op.OPAQUE)
+        if node.target is operator.getitem and sliced_spatially(node):
+            return Op.KEEP
+        kind = FUNCTION_OPS.get(node.target, Op.OPAQUE)
+        return kind if kind is not Op.PAD or padded_channels(node) is not None else Op.OPAQUE
     if node.op == "call_method":
         return METHOD_OPS.get(str(node.target), Op.OPAQUE)
     return Op.OPAQUE
@@ -212,6 +230,58 @@ def may_carry_macs(node: fx.Node, root: nn.Module) -> bool:
     if node.op not in ("call_module", "call_function", "call_method"):
         return False
     return op_kind(node, root) is Op.OPAQUE and node.target not in NO_MAC_FUNCTIONS
+
+
+def _arg_shape(node: fx.Node, index: int, name: str) -> tuple[int, ...] | None:
+    arg = node.args[index] if len(node.args) > index else node.kwargs.get(name)
+    return node_shape(arg)
+
+
+def analytic_macs(module: nn.Module, node: fx.Node) -> int | None:
+    """MACs of a whole call (every sample of the batch) of a module the flop counter cannot see.
+
+    Recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: gates x hidden x (input + hidden) per
+    step, layer and direction, plus the projection of an LSTM with ``proj_size``), attention
+    (``nn.MultiheadAttention``: the four projections and the two products ``QK^T`` and ``AV``)
+    and ``nn.Bilinear`` are counted from their sizes and the traced input shapes; None for any
+    other module, or where the shapes are unknown.
+    """
+    if isinstance(module, nn.RNNBase):
+        shape = _arg_shape(node, 0, "input")
+        if shape is None or len(shape) not in (2, 3):
+            return None
+        if len(shape) == 2:
+            batch, steps = 1, shape[0]
+        else:
+            batch, steps = (shape[0], shape[1]) if module.batch_first else (shape[1], shape[0])
+        gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
+        hidden, proj = module.hidden_size, getattr(module, "proj_size", 0)
+        out = proj or hidden
+        dirs = 2 if module.bidirectional else 1
+        per_step, width = 0, module.input_size
+        for _ in range(module.num_layers):
+            per_step += dirs * (gates * hidden * (width + out) + hidden * proj)
+            width = out * dirs
+        return batch * steps * per_step
+    if isinstance(module, nn.MultiheadAttention):
+        q, k = _arg_shape(node, 0, "query"), _arg_shape(node, 1, "key")
+        if q is None or k is None or len(q) != len(k) or len(q) not in (2, 3):
+            return None
+        if len(q) == 2:
+            batch, tq, tk = 1, q[0], k[0]
+        else:
+            batch = q[0] if module.batch_first else q[1]
+            tq, tk = (q[1], k[1]) if module.batch_first else (q[0], k[0])
+        e = module.embed_dim
+        projections = tq * e * e + tk * e * (module.kdim + module.vdim) + tq * e * e
+        return batch * (projections + 2 * tq * tk * e)
+    if isinstance(module, nn.Bilinear):
+        x = _arg_shape(node, 0, "input1")
+        if x is None:
+            return None
+        rows = int(np.prod(x[:-1], dtype=np.int64)) if len(x) > 1 else 1
+        return rows * module.out_features * module.in1_features * module.in2_features
+    return None
 
 
 def node_shape(node: Any) -> tuple[int, ...] | None:
@@ -267,6 +337,90 @@ def scaled_operand(node: fx.Node) -> fx.Node | None:
         return a if isinstance(a, fx.Node) else None
     if isinstance(a, (int, float)):
         return b if isinstance(b, fx.Node) else None
+    return None
+
+
+NONZERO_AT_ZERO_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Sigmoid,
+    nn.Hardsigmoid,
+    nn.Softmax,
+    nn.Softplus,
+)
+NONZERO_AT_ZERO_FUNCTIONS: frozenset[Any] = frozenset(
+    {torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.exp, torch.softmax, F.softmax, F.softplus}
+)
+
+
+def zero_becomes_nonzero(node: fx.Node, root: nn.Module) -> bool:
+    """Whether ``node`` turns a zero channel into a non-zero one (``sigmoid(0) = 0.5``).
+
+    After such an op a pruned channel is alive indeed: counting it alive is exact, not a blind
+    spot of the layer graph.
+    """
+    if node.op == "call_module":
+        return isinstance(root.get_submodule(str(node.target)), NONZERO_AT_ZERO_MODULES)
+    if node.op == "call_method":
+        return node.target in ("sigmoid", "exp", "softmax")
+    return node.op == "call_function" and node.target in NONZERO_AT_ZERO_FUNCTIONS
+
+
+def sliced_spatially(node: fx.Node) -> bool:
+    """Whether a ``getitem`` node slices only dimensions after the channels (``x[:, :, ::2]``).
+
+    Every batch element and every channel is kept, so a zero channel stays a zero channel at the
+    same position.
+    """
+    index = node.args[1] if len(node.args) > 1 else None
+    shape = node_shape(node.args[0]) if node.args else None
+    if not isinstance(index, tuple) or shape is None or len(shape) < 3 or len(index) < 2:
+        return False
+    whole = slice(None, None, None)
+    return (
+        index[0] == whole
+        and index[1] == whole
+        and all(isinstance(i, slice) or i is Ellipsis for i in index[2:])
+    )
+
+
+def padded_channels(node: fx.Node) -> tuple[int, int] | None:
+    """For an ``F.pad`` node: ``(before, after)`` zeros added to the channel dimension, else None.
+
+    None (the op is opaque) unless it pads with the constant zero, by non-negative amounts, a
+    tensor of known rank of at least 3 (``(0, 0)`` when only spatial dimensions are padded).
+    """
+    shape = node_shape(node.args[0]) if node.args else None
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+    value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+    if shape is None or len(shape) < 3 or not isinstance(pad, (tuple, list)) or len(pad) % 2:
+        return None
+    if mode != "constant" or value not in (None, 0, 0.0):
+        return None
+    if not all(isinstance(p, int) and p >= 0 for p in pad):
+        return None
+    channel = len(shape) - 2  # dimension 1, counted from the last (pad's pairs run backwards)
+    if len(pad) < 2 * (channel + 1):
+        return (0, 0)
+    return int(pad[2 * channel]), int(pad[2 * channel + 1])
+
+
+def gated_operands(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """For a ``SCALE`` node: ``(x, gate)`` when it multiplies ``x`` by a per-channel gate.
+
+    The gate has ``x``'s batch and channel sizes and 1 everywhere else (``(N, C, 1, 1)``), and
+    ``x`` has the output's shape with more than one position per channel: channel ``c`` of the
+    product is zero wherever channel ``c`` of ``x`` is. None for any other product.
+    """
+    if len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
+        return None
+    out = node_shape(node)
+    if out is None or len(out) < 3 or int(np.prod(out[2:])) <= 1:
+        return None
+    for x, gate in (node.args, node.args[::-1]):
+        xs, gs = node_shape(x), node_shape(gate)
+        per_channel = gs is not None and len(gs) == len(out) and gs[:2] == out[:2]
+        if xs == out and per_channel and all(d == 1 for d in cast(tuple, gs)[2:]):
+            return cast(fx.Node, x), cast(fx.Node, gate)
     return None
 
 

@@ -24,26 +24,31 @@ import copy
 import io
 from typing import Any, assert_never
 
+import numpy as np
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
 from jpq_env.core.graph.channels import ChannelSources
-from jpq_env.core.graph.checks import check_written_modules
+from jpq_env.core.graph.checks import check_outputs, check_written_modules
 from jpq_env.core.graph.layer_graph import LayerGraph, LayerInfo, UncompressedLayer
 from jpq_env.core.graph.ops import (
     NO_MAC_MODULES,
     PER_CHANNEL_MODULES,
     Op,
+    analytic_macs,
     concatenated,
     flattened_spatial,
+    gated_operands,
     may_carry_macs,
     mean_keeps_channels,
     node_shape,
     op_kind,
+    padded_channels,
     residual_operands,
     scaled_operand,
+    zero_becomes_nonzero,
 )
 from jpq_env.errors import GraphError
 
@@ -121,12 +126,13 @@ def build_layer_graph(model: nn.Module, example_input: torch.Tensor) -> LayerGra
     try:
         # ShapeProp prints the traceback itself before raising: keep stderr for our message.
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            _ShapesAndMacs(gm).propagate(example_input.detach().to(_device_of(private)))
+            output = _ShapesAndMacs(gm).propagate(example_input.detach().to(_device_of(private)))
     except Exception as exc:
         raise GraphError(
             f"the model failed on the example input of shape {tuple(example_input.shape)}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    check_outputs(output, "the example input")
     batch = int(example_input.shape[0]) if example_input.dim() else 1
     graph = _Builder(gm, max(batch, 1)).build()
     check_written_modules(private, gm, graph.names, tuple(graph.bn_sources))
@@ -155,6 +161,9 @@ class _Builder:
         self.input_layers: set[int] = set()
         self.outputs: set[int] = set()
         self.called: set[str] = set()
+        self.bn_called: set[str] = set()
+        # Ops after which channels of prunable layers count as alive: name -> (kind, layers).
+        self.untracked: dict[str, tuple[str, set[int]]] = {}
         self.placeholders: set[fx.Node] = set()
         self.layer_nodes: dict[fx.Node, int] = {}
 
@@ -189,6 +198,11 @@ class _Builder:
                 )
                 for name, (kind, params, macs) in self.uncompressed.items()
             ),
+            untracked=tuple(
+                f"{name} ({kind})"
+                for name, (kind, layers) in self.untracked.items()
+                if layers - self.outputs  # a layer that may be pruned
+            ),
         )
 
     def _record_uncompressed(self, node: fx.Node) -> None:
@@ -207,6 +221,8 @@ class _Builder:
             for pname, p in module.named_parameters():
                 params[id(p)] = (pname, int(p.numel()))
             name, kind = str(node.target), type(module).__name__
+            counted = analytic_macs(module, node)  # what the flop counter misses (an LSTM)
+            macs = counted if counted is not None else macs
             if not params and not macs:
                 return
             if params and not macs and not isinstance(module, NO_MAC_MODULES):
@@ -255,7 +271,38 @@ class _Builder:
 
     def _opaque_out(self, node: fx.Node) -> ChannelSources | None:
         shape = node_shape(node)
-        return ChannelSources.opaque(shape[1]) if shape is not None and len(shape) >= 2 else None
+        if shape is None or len(shape) < 2:
+            return None
+        if self._may_hide_zeros(node):
+            layers = {
+                layer
+                for arg in node.all_input_nodes
+                if (src := self.env.get(arg)) is not None
+                for layer, _, _ in src.producers
+            }
+            if layers:  # channels that pruning could zero stop being tracked here
+                kind = (
+                    type(self.gm.get_submodule(str(node.target))).__name__
+                    if node.op == "call_module"
+                    else getattr(node.target, "__name__", str(node.target))
+                )
+                self.untracked[node.name] = (kind, layers)
+        return ChannelSources.opaque(shape[1])
+
+    def _may_hide_zeros(self, node: fx.Node) -> bool:
+        """Whether a pruned channel could stay zero after ``node`` unseen by the graph.
+
+        Not after an op that turns zero into non-zero (``sigmoid``), nor after a layer that
+        computes channels of its own (a module with parameters, an op with MACs): its outputs are
+        alive indeed.
+        """
+        if node.op not in ("call_module", "call_function", "call_method"):
+            return False
+        if zero_becomes_nonzero(node, self.gm) or node.meta.get("macs"):
+            return False
+        if node.op == "call_module":
+            return not any(True for _ in self.gm.get_submodule(str(node.target)).parameters())
+        return True
 
     def _visit(self, node: fx.Node) -> ChannelSources | None:
         if node.op == "placeholder":
@@ -270,17 +317,35 @@ class _Builder:
                 return self._layer_call(node)
             case Op.BATCHNORM:
                 src = self._first(node)
+                name = str(node.target)
+                if name in self.bn_called:
+                    raise GraphError(
+                        f"BatchNorm '{name}' is applied more than once in forward(): its "
+                        "statistics would be re-calibrated over both inputs and the channels "
+                        "pruned before one call would be masked in the other. Give each call "
+                        "its own BatchNorm module"
+                    )
+                self.bn_called.add(name)
                 if src is not None:
-                    self.bn_sources[str(node.target)] = src
+                    self.bn_sources[name] = src
                 return src
             case Op.KEEP:
                 return self._first(node)
             case Op.ADD:
                 return self._add(node)
             case Op.SCALE:
-                # Scaling by a plain number keeps zeros zero; a tensor product is left opaque.
+                # Scaling by a number or a per-channel gate keeps zeros zero; other products
+                # are left opaque.
                 x = scaled_operand(node)
+                gated = gated_operands(node) if x is None else None
+                x = gated[0] if gated is not None else x
                 return self._arg(x) if x is not None else self._opaque_out(node)
+            case Op.PAD:
+                src, pads = self._first(node), padded_channels(node)
+                if src is None or pads is None:
+                    return self._opaque_out(node)
+                before, after = (ChannelSources(np.zeros(n, dtype=bool)) for n in pads)
+                return ChannelSources.concat([before, src, after])  # zeros: dead positions
             case Op.FLATTEN | Op.RESHAPE:
                 # x.view(x.size(0), -1) too: a flatten of everything after the batch dimension.
                 src, spatial = self._first(node), flattened_spatial(node, self.gm)
