@@ -15,6 +15,7 @@ The error type defaults to ``ValueError``; callers with their own (``TaskError``
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Collection, Mapping
 from typing import Any, Literal, overload
@@ -23,7 +24,17 @@ import numpy as np
 
 from jpq_env.errors import ArgumentError
 
-__all__ = ["SEED_MAX", "array", "choice", "flag", "integer", "mapping", "number", "seed"]
+__all__ = [
+    "SEED_MAX",
+    "array",
+    "choice",
+    "did_you_mean",
+    "flag",
+    "integer",
+    "mapping",
+    "number",
+    "seed",
+]
 
 Error = type[Exception]
 
@@ -194,16 +205,26 @@ def number(
     raise error(f"{name} must be {what}, got {value!r}")
 
 
+def did_you_mean(value: Any, choices: Collection[Any]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped string, else ``""``."""
+    if not isinstance(value, str):
+        return ""
+    names = {str(c).lower(): str(c) for c in choices if isinstance(c, str)}
+    close = difflib.get_close_matches(value.lower(), list(names), n=1, cutoff=0.6)
+    return f" (did you mean {names[close[0]]!r}?)" if close else ""
+
+
 def choice(name: str, value: Any, choices: Collection[Any], *, error: Error = ArgumentError) -> Any:
     """``value`` if it is one of ``choices`` (same type and value: ``1`` is not ``True``).
 
     Raises:
-        error: ``unknown NAME VALUE: choose one of [...]``.
+        error: ``unknown NAME VALUE (did you mean ...?): choose one of [...]``.
     """
     for option in choices:
         if type(option) is type(value) and option == value:
             return value
-    raise error(f"unknown {name} {value!r}: choose one of {list(choices)}")
+    hint = did_you_mean(value, choices)
+    raise error(f"unknown {name} {value!r}{hint}: choose one of {list(choices)}")
 
 
 def mapping(name: str, value: Any, *, error: Error = ArgumentError) -> dict[str, Any]:

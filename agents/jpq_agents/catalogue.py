@@ -43,12 +43,12 @@ def version() -> str:
 
 def listing() -> str:
     """Tasks, agents, reward designs and environment ids, one section each."""
-    from jpq_env.envs.registration import PRESETS, RENAMED
+    from jpq_env.envs.registration import PRESETS
     from jpq_env.envs.rewards import REWARDS
     from jpq_env.tasks.registry import BUILTIN_TASKS
 
+    # The renamed ids still work (with a warning) but are not offered.
     ids = [f"{env_id}  {kwargs or '(defaults)'}" for env_id, kwargs in PRESETS.items()]
-    ids += [f"{old}  renamed {new}" for old, new in RENAMED.items()]
     sections = {
         "tasks (--task; or package.module:factory)": sorted(BUILTIN_TASKS),
         "agents (jpq search --agent)": list(AGENT_NAMES),

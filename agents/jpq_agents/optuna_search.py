@@ -92,7 +92,7 @@ def run_optuna(search: Search, seed: int, sampler: str, warm: bool) -> None:
                     return
                 first.enqueue_trial(params)
                 _ask_and_tell(first, search, base, names, seed)
-            source = first.trials
+            source = _enough_sources(first.trials)
             starts = []
         with warnings.catch_warnings():  # source_trials is marked experimental; it is tested here
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -102,6 +102,25 @@ def run_optuna(search: Search, seed: int, sampler: str, warm: bool) -> None:
         study.enqueue_trial(params)
     while not search.done:
         _ask_and_tell(study, search, base, names, seed)
+
+
+WARM_START_GAMMA = 0.1
+"""The share of source trials CMA-ES's warm start keeps (``cmaes.get_warm_start_mgd``'s gamma)."""
+
+
+def _enough_sources(trials: list[Any]) -> list[Any]:
+    """The source trials, repeated until CMA-ES's warm start keeps at least one of them.
+
+    ``get_warm_start_mgd`` estimates its distribution from the best ``floor(n * 0.1)`` source
+    trials and asserts that this is at least one, so fewer than 10 two-stage policies (a task with
+    few feasible width pairs) crashed inside the ``cmaes`` package. Repeating them keeps the same
+    best trial(s): the warm start is then centred on the best two-stage policy, with the
+    package's prior covariance.
+    """
+    if not trials:
+        return trials
+    copies = -(-int(1 / WARM_START_GAMMA) // len(trials))  # ceil(10 / n)
+    return list(trials) * max(copies, 1)
 
 
 def _ask_and_tell(study: Any, search: Search, base: Any, names: list[str], seed: int) -> None:

@@ -18,18 +18,27 @@ from typing import Any
 import gymnasium as gym
 from tqdm import tqdm
 
-from jpq_env.core.policy import record_key
+from jpq_env.core.policy import Policy, record_key
 from jpq_env.envs import JPQEnv
+from jpq_env.envs.registration import RENAMED
 from jpq_env.errors import ArgumentError
 from jpq_env.proxy import sensitivity
 from jpq_env.proxy.evaluator import Evaluator, WrappedEvaluator
 from jpq_env.tasks import Task
+from jpq_env.validation import did_you_mean
 
 from .agent_options import check_agent_options, two_level_config
 from .baselines import BASELINES, Stop
 from .optuna_search import OPTUNA_AGENTS, run_optuna
 from .out_dir import missing_dirs, remove_empty
-from .play import act_level_near, jpq, least_uniform_pruning, play, uniform_choices
+from .play import (
+    act_level_near,
+    jpq,
+    least_uniform_pruning,
+    level_pairs,
+    play,
+    uniform_choices,
+)
 from .plots import pareto_plot
 from .provenance import provenance
 from .sb3 import ALGOS, run_sb3
@@ -44,7 +53,7 @@ from .search import (
 )
 from .two_level import run_two_level
 
-__all__ = ["AGENTS", "DEFAULT_ENV", "LEARNER_ENV", "run_search"]
+__all__ = ["AGENTS", "DEFAULT_ENV", "LEARNER_ENV", "make_run_env", "run_search"]
 
 DEFAULT_ENV = "jpq_env/JPQWeightsActs-v0"
 """The environment id of a search when none is given (``run_search``, ``jpq search``)."""
@@ -188,7 +197,8 @@ def run_search(
         The summary (also written to ``summary.json``).
     """
     if agent not in AGENTS:
-        raise ArgumentError(f"unknown agent '{agent}': choose one of {sorted(AGENTS)}")
+        hint = did_you_mean(agent, AGENTS)
+        raise ArgumentError(f"unknown agent '{agent}'{hint}: choose one of {sorted(AGENTS)}")
     if not str(out).strip():
         raise ArgumentError("out must name a directory, got ''")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
@@ -196,8 +206,9 @@ def run_search(
     if episodes < 1:
         raise ArgumentError(f"episodes must be at least 1, got {episodes}")
     if env_id not in gym.registry:
-        known = sorted(k for k in gym.registry if "JPQ" in k)
-        raise ArgumentError(f"unknown environment id '{env_id}': choose one of {known}")
+        known = sorted(k for k in gym.registry if "JPQ" in k and k not in RENAMED)
+        hint = did_you_mean(env_id, known)
+        raise ArgumentError(f"unknown environment id '{env_id}'{hint}: choose one of {known}")
     if workers is not None and workers < 1:
         raise ArgumentError(f"workers must be at least 1, got {workers}")
     agent_options = check_agent_options(agent, agent_options)
@@ -308,10 +319,14 @@ def _run(
         if best is not None:
             tensorboard().add_scalar("search/best_accuracy", best["accuracy"], step)
 
-    def on_scalar(name: str, value: float, step: int) -> None:
-        tensorboard().add_scalar(name, value, step)
+    means = _StepMeans(lambda name, value, step: tensorboard().add_scalar(name, value, step))
+    on_scalar = means.add
 
     search = Search(out, settings, env, resume=resume, on_record=on_record, on_scalar=on_scalar)
+    finished = _finished_summary(Path(out), episodes) if resume else None
+    if finished is not None:  # nothing left to evaluate: the run's own summary, not a replay
+        search.release()
+        return finished
     # Every record names the phase it came from; two-level refines it (warm-start, refinement).
     search.phase = "learning" if agent in ALGOS else "search"
     replayed_at_start = search.replay_left  # answered from a resumed run's log
@@ -329,7 +344,9 @@ def _run(
             stop = AGENTS[agent](search, seed, opts)  # why it ended early, if it did
         finally:
             bar.close()
+            means.flush()
             if writer is not None:
+                _log_hparams(writer, settings, search)
                 writer.close()
         seconds = time.perf_counter() - start
         # A resumed run: its first evaluations came from its log, not from the proxy.
@@ -340,6 +357,113 @@ def _run(
         )
     finally:
         search.release()
+
+
+class _StepMeans:
+    """A learner's scalars, one value per tag and step: the mean of what was reported at it.
+
+    The two-level controller updates several times per evaluation; written as they come, its
+    ``two_level/*`` scalars drew as vertical bars on TensorBoard's step axis.
+    """
+
+    def __init__(self, write: Callable[[str, float, int], None]) -> None:
+        self.write = write
+        self.pending: dict[str, tuple[int, float, int]] = {}
+
+    def add(self, name: str, value: float, step: int) -> None:
+        """Report ``value`` of ``name`` at ``step`` (written once the step moves on)."""
+        held = self.pending.get(name)
+        if held is not None and held[0] == step:
+            self.pending[name] = (step, held[1] + value, held[2] + 1)
+            return
+        if held is not None:
+            self.write(name, held[1] / held[2], held[0])
+        self.pending[name] = (step, value, 1)
+
+    def flush(self) -> None:
+        """Write every pending mean."""
+        for name, (step, total, n) in self.pending.items():
+            self.write(name, total / n, step)
+        self.pending.clear()
+
+
+def _log_hparams(writer: Any, settings: RunSettings, search: Search) -> None:
+    """The run's settings and agent options as TensorBoard hparams, with its best score."""
+    hparams: dict[str, Any] = {"agent": settings.agent, "seed": settings.seed}
+    hparams["fidelity"] = settings.fidelity
+    for key, value in {**settings.env, **settings.agent_options}.items():
+        if isinstance(value, (bool, int, float, str)):
+            hparams[key] = value
+        elif value is not None:
+            hparams[key] = json.dumps(value, default=str)
+    best = search.best
+    metrics = {"hparam/best_accuracy": float(best["accuracy"]) if best else 0.0}
+    with contextlib.suppress(ValueError, TypeError, OSError):  # a convenience, not a result
+        writer.add_hparams(hparams, metrics, run_name=".")
+
+
+def make_run_env(run: str | Path, view: bool = True, **overrides: Any) -> gym.Env[Any, Any]:
+    """The environment a run searched on, rebuilt from its ``run.json``.
+
+    What a saved SB3 model needs to act again: ``PPO.load(run / "model.zip")`` expects the
+    observation of the env its search built (with the learning signals on, 40 features on
+    digits), and this is that env, with the agent's view (``FlatBoxView``, ``MultiDiscreteView``
+    for maskable-ppo) when ``view`` and the run's agent is an SB3 one::
+
+        env = make_run_env("runs/ppo")
+        model = PPO.load("runs/ppo/model.zip", env=env)
+
+    Args:
+        run: The run directory (its ``run.json``).
+        view: Wrap the env in the run's SB3 agent's view.
+        overrides: Environment arguments replacing the recorded ones (``device="cpu"``, say).
+
+    Raises:
+        ArgumentError: If ``run.json`` is missing or not a run's settings, or its task was a
+            Python ``Task`` object (recorded by name only: pass ``task=`` again).
+    """
+    run_file = Path(run) / RUN_NAME
+    try:
+        settings = json.loads(run_file.read_text())
+    except OSError as exc:
+        raise ArgumentError(f"cannot read '{run_file}': {exc.strerror}") from None
+    except ValueError as exc:
+        raise ArgumentError(f"'{run_file}' is not valid JSON: {exc}") from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("env"), dict):
+        raise ArgumentError(f"'{run_file}' holds no environment settings ('env')")
+    kwargs = dict(settings["env"])
+    env_id = str(kwargs.pop("id", DEFAULT_ENV))
+    kwargs.update(overrides)
+    try:
+        env = gym.make(env_id, **kwargs)
+    except ArgumentError as exc:
+        raise ArgumentError(
+            f"cannot rebuild the env of '{run_file}': {exc} (a task passed as a Python object is "
+            "recorded by its name only: pass task= again)"
+        ) from None
+    agent = settings.get("agent")
+    if view and agent in ALGOS:
+        return ALGOS[agent][1](env)
+    return env
+
+
+def _finished_summary(out: Path, episodes: int) -> dict[str, Any] | None:
+    """The summary of a run in ``out`` that already holds ``episodes`` evaluations, if it has one.
+
+    Resuming a finished run (same settings, checked by ``Search``) would replay every evaluation
+    through the agent to reach the same result (75 s for 300 on digits): its ``summary.json``
+    is that result. None if the log is shorter, or the summary is missing or of another length.
+    """
+    summary_file = out / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text())
+        with (out / LOG_NAME).open("rb") as log:
+            logged = sum(1 for line in log if line.strip())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("evaluations") != episodes:
+        return None
+    return summary if logged == episodes else None
 
 
 def _make_env(env_id: str, kwargs: dict[str, Any], progress: bool) -> JPQEnv:
@@ -384,17 +508,47 @@ def _setup_summary(setup_seconds: float, env: JPQEnv) -> dict[str, Any]:
     return extra
 
 
-def _same_as_reference(best: dict[str, Any], reference: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{"same_as": label}`` when the best policy is one of the two-stage reference policies.
+def _same_as_reference(
+    best: dict[str, Any], reference: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``{"same_as": label}`` when the best policy is a two-stage (prune-then-quantize) policy.
 
     A search whose best is its warm start found nothing better than prune-then-quantize; the
-    summary says so rather than leaving it to a comparison of numbers.
+    summary says so rather than leaving it to a comparison of numbers. Every pair of weight and
+    activation widths the warm starts play counts (36 on JPQWeightsActs-v0), not only the equal
+    widths the reference points plot; their policies are built without scoring them.
     """
     key = record_key(best["policy"])
     for point in reference:
         if "policy" in point and record_key(point["policy"]) == key:
             return {"same_as": point["label"]}
-    return {}
+    return {"same_as": label} if (label := _two_stage_labels(env_id, env_kwargs).get(key)) else {}
+
+
+class _Unscored(Evaluator):
+    """An evaluator that scores nothing (0): to read which policy an episode applies."""
+
+    fp32_accuracy = 1.0
+
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
+        return 0.0
+
+
+def _two_stage_labels(env_id: str, env_kwargs: dict[str, Any]) -> dict[tuple[bytes, ...], str]:
+    """Policy key -> "two-stage WxAy (sparsity s)" for every width pair (``level_pairs``)."""
+    ref = gym.make(env_id, **env_kwargs, evaluator=_Unscored()).unwrapped
+    base = jpq(ref)
+    n = base.num_layers
+    labels = {}
+    for w, a in level_pairs(base):
+        pruned = least_uniform_pruning(base, [w] * n, [a] * n)
+        if pruned is None:
+            continue
+        info = play(ref, uniform_choices(base, pruned, [w] * n, [a] * n))
+        sparsity = sum(p["sparsity"] for p in info["policy"]) / len(info["policy"])
+        name = f"W{base.bits[w]}" + ("" if a is None else f"A{base.space.act_bits[a]}")
+        labels[record_key(info["policy"])] = f"two-stage {name} (sparsity {sparsity:.2f})"
+    return labels
 
 
 def _summarize(
@@ -438,7 +592,7 @@ def _summarize(
             "bops_ratio": best["bops_ratio"],
             "size_ratio": best["size_ratio"],
             **({"phase": best["phase"]} if best.get("phase") else {}),
-            **_same_as_reference(best, reference),
+            **_same_as_reference(best, reference, env_id, env_kwargs),
         },
         "budget_violations": sum(not r["budget_met"] for r in search.records),
         **provenance(env.budget.targets, seconds, search.count),
@@ -447,6 +601,7 @@ def _summarize(
         summary["cut_short_by_budget"] = search.stop_reason
     if replayed:
         summary["replayed_from_log"] = replayed
+    summary["val_images"] = int(env.evaluator.val_images)  # a complete evaluation's images
     summary.update(setup or {})
     pareto_plot(
         search.records,

@@ -209,17 +209,32 @@ def _learn(
             ]
             kwargs["action_noise"] = noise
     # The learner's scalars (train/loss, train/entropy_loss, train/learning_rate, ...) beside the
-    # search's own in the run's TensorBoard folder; nothing on stdout.
-    kwargs["tensorboard_log"] = str(search.out / "tensorboard")
+    # search's own in the run's TensorBoard folder, on the same axis (episodes, not env steps);
+    # nothing on stdout.
     cls = algorithm_class(agent)
     model = cls(params.get("policy", "MlpPolicy"), env, seed=seed, verbose=0, **kwargs)
+    model.set_logger(_episode_axis_logger(search.out / "tensorboard" / agent, layers))
     # A rollout may run past the budget; the callback stops learning at the exact count.
     model.learn(
         total_timesteps=search.settings.episodes * layers,
         callback=_StopWhenDone(search),
-        tb_log_name=agent,
     )
     model.save(search.out / MODEL_NAME)
+
+
+def _episode_axis_logger(folder: Any, steps_per_episode: int) -> Any:
+    """SB3's logger writing TensorBoard scalars with the episode count as their step.
+
+    SB3 counts environment steps (one per layer in the views); the search's own scalars count
+    evaluations (episodes). Dividing puts both on one axis.
+    """
+    from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+
+    class EpisodeAxis(TensorBoardOutputFormat):
+        def write(self, key_values: Any, key_excluded: Any, step: int = 0) -> None:
+            super().write(key_values, key_excluded, step // max(steps_per_episode, 1))
+
+    return Logger(str(folder), [EpisodeAxis(str(folder))])
 
 
 class _StopWhenDone(BaseCallback):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ from .run_lock import RunLock, RunLockedError
 
 __all__ = [
     "LOG_NAME",
+    "MONITOR_NAME",
     "POLICY_NAME",
     "RUN_NAME",
     "RunSettings",
@@ -49,6 +51,8 @@ __all__ = [
 ]
 
 LOG_NAME = "evaluations.jsonl"
+MONITOR_NAME = "monitor.csv"
+"""One line per evaluation in SB3's ``Monitor`` format (``stable_baselines3.common.monitor``)."""
 POLICY_NAME = "policy.json"
 RUN_NAME = "run.json"
 
@@ -479,6 +483,8 @@ class Search:
                 )
             self._replay = []
         write_atomic(run_file, json.dumps(asdict(settings), indent=1))
+        self._monitor_open = False  # started with the first new record: a refused resume
+        # (an edited log found out during its replay) leaves the file as it was
 
     @staticmethod
     def _read_log(path: Path) -> list[dict[str, Any]]:
@@ -537,6 +543,7 @@ class Search:
             )
         if not replayed:
             self._append(record)
+            self._monitor(record)
         self.records.append(record)
         better = self.best is None or record["accuracy"] > self.best["accuracy"]
         # A raced evaluation (stopped early: it lost) scored only part of the held-out split.
@@ -577,6 +584,39 @@ class Search:
             )
         self.base.race_accuracy(float(self.best["accuracy"]))
         evaluator.set_incumbent(self._raced_policy)
+
+    def _open_monitor(self, logged: int) -> None:
+        """Start ``monitor.csv`` (SB3's ``Monitor`` format), or keep a resumed run's first lines.
+
+        One line per recorded evaluation: ``r`` the episode's reward, ``l`` its native steps (two
+        per layer), ``t`` seconds since the run started; SB3's ``load_results`` and RL Zoo's
+        plotting scripts read it. A resumed run keeps the lines of the evaluations its log holds
+        (and their times) and appends the new ones.
+        """
+        path = self.out / MONITOR_NAME
+        self._steps = 2 * len(self.base.graph)
+        lines: list[str] = []
+        if logged and path.is_file():
+            try:
+                lines = path.read_text().splitlines()[: 2 + logged]
+                header = json.loads(lines[0].lstrip("#"))
+                self._t_start = float(header["t_start"])
+            except (OSError, ValueError, KeyError, IndexError, TypeError):
+                lines = []
+        if len(lines) != 2 + logged:  # none, or unreadable: times of logged lines unknown
+            self._t_start = time.time()
+            header = {"t_start": self._t_start, "env_id": str(self.settings.env.get("id", ""))}
+            lines = ["#" + json.dumps(header), "r,l,t"]
+            lines += [f"{r['reward']},{self._steps},nan" for r in self._replay[:logged]]
+        with contextlib.suppress(OSError):  # the log is the record; this file a convenience
+            write_atomic(path, "\n".join(lines) + "\n")
+
+    def _monitor(self, record: dict[str, Any]) -> None:
+        if not self._monitor_open:
+            self._open_monitor(len(self._replay))
+            self._monitor_open = True
+        with contextlib.suppress(OSError), (self.out / MONITOR_NAME).open("a") as f:
+            f.write(f"{record['reward']},{self._steps},{time.time() - self._t_start:.3f}\n")
 
     def _append(self, record: dict[str, Any]) -> None:
         path = self.out / LOG_NAME

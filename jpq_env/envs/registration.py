@@ -75,7 +75,7 @@ def make_renamed(old_id: str, new_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
     return JPQEnv(**kwargs)
 
 
-make_renamed.metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # type: ignore[attr-defined]
+make_renamed.metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}  # type: ignore[attr-defined]
 
 
 _FORK_HOOK = False

@@ -126,7 +126,11 @@ class HAQReward(RewardDesign):
 
 
 class GalenR6Reward(RewardDesign):
-    """Galen R6: ``acc - beta * sum |cost/target - 1|``: close to the budget from both sides."""
+    """Galen R6: ``acc - beta * sum |cost/target - 1|``: close to the budget from both sides.
+
+    A policy *under* its budget is penalised as much as one over it by the same ratio: the
+    design steers a search to spend the budget (``galen-r7`` penalises only going over).
+    """
 
     name = "galen"
 

@@ -116,13 +116,27 @@ class _PerLayerView(gym.Wrapper[np.ndarray, Any, np.ndarray, np.ndarray]):
 
 
 class FlatBoxView(_PerLayerView, gym.utils.RecordConstructorArgs):
-    """One step per layer with a flat ``Box(-1, 1)`` action: entry 0 the sparsity, then the widths.
+    """One step per layer with a flat ``Box(-1, 1)`` action: the layer's decisions, then the widths.
 
-    The action is read exactly as the native environment reads it (see ``JPQEnv``): entry 0 at
-    the layer decision, entries 1..G at the channel decision.
+    The layout follows the environment (``JPQEnv.action_size`` entries, the native layout):
+
+    - ``JPQWeights-v0`` (weights only): ``Box(1 + G)``: entry 0 the sparsity, entries 1..G the
+      weight width of each importance group (G = ``channel_groups``);
+    - ``JPQWeightsActs-v0`` (the default id; activation widths decided too): ``Box(2 + G)``:
+      entry 0 the sparsity, entry 1 the layer's input activation width, entries 2..G+1 the
+      weight widths.
+
+    Each entry in [-1, 1] is decoded as the native environment decodes it (``JPQEnv``:
+    ``encode_levels`` gives the action for chosen levels): the sparsity linearly in
+    ``[0, max_sparsity]``, a width as the level ``min(floor((a + 1) / 2 * n), n - 1)`` of its
+    list of ``n`` (equal bins).
+    The view plays the layer decision and the channel decision of one layer in one step (the
+    layer entries at the first native step, the widths at the second), so an episode has one
+    step per layer.
     """
 
     def __init__(self, env: gym.Env[np.ndarray, np.ndarray]) -> None:
+        """Wrap ``env`` (a JPQ environment, or a wrapper of one); the action space is its own."""
         gym.utils.RecordConstructorArgs.__init__(self)
         super().__init__(env)
         self.action_space = env.action_space
@@ -134,11 +148,14 @@ class FlatBoxView(_PerLayerView, gym.utils.RecordConstructorArgs):
 class MultiDiscreteView(_PerLayerView, gym.utils.RecordConstructorArgs):
     """One step per layer with a ``MultiDiscrete`` action and action masks.
 
-    Action ``[s, w_1, ..., w_G]``: ``s`` picks a sparsity among ``sparsity_levels`` evenly spaced
-    values from 0 to ``max_sparsity``; ``w_g`` picks the width of importance group ``g`` from the
-    environment's ``bits``. ``action_masks()`` (the method MaskablePPO calls) rules out sparsity
-    levels the forward wall would overrule anyway (too little pruning to stay within budget; any
-    pruning of an output or pinned layer) and, for pinned layers, every width but the first.
+    Action ``[s, w_1, ..., w_G]`` on ``JPQWeights-v0``, ``[s, a, w_1, ..., w_G]`` on
+    ``JPQWeightsActs-v0`` (the default id: 2 + G entries): ``s`` picks a sparsity among
+    ``sparsity_levels`` evenly spaced values from 0 to ``max_sparsity``; ``a`` (when activation
+    widths are decided) the layer's input width from the environment's ``act_bits``; ``w_g`` the
+    weight width of importance group ``g`` from its ``bits``. ``action_masks()`` (the method
+    MaskablePPO calls) rules out sparsity levels the forward wall would overrule anyway (too
+    little pruning to stay within budget; any pruning of an output or pinned layer) and, for
+    pinned layers, every width but the first.
 
     Args:
         env: A JPQ environment (or a wrapper of one) with importance groups (``channel_groups >
@@ -147,6 +164,7 @@ class MultiDiscreteView(_PerLayerView, gym.utils.RecordConstructorArgs):
     """
 
     def __init__(self, env: gym.Env[np.ndarray, np.ndarray], sparsity_levels: int = 9) -> None:
+        """Wrap ``env``; ``sparsity_levels`` sparsity choices (see the class docstring)."""
         gym.utils.RecordConstructorArgs.__init__(self, sparsity_levels=sparsity_levels)
         super().__init__(env)
         if self.jpq.per_kernel:

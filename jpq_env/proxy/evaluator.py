@@ -169,6 +169,9 @@ class Evaluator(abc.ABC):
         """Score of the model compressed by ``policy`` (``at_least``: see ``supports_racing``)."""
         ...
 
+    val_images: int = 0
+    """Held-out images a complete evaluation scores (0: unknown, an evaluator of the user's)."""
+
     @property
     def scorer(self) -> Evaluator:
         """The evaluator that scores one policy outside a batch (this one)."""
@@ -220,6 +223,11 @@ class WrappedEvaluator(Evaluator):
     def fp32_accuracy(self) -> float:
         """The inner evaluator's FP32 score."""
         return float(self.inner.fp32_accuracy)
+
+    @property
+    def val_images(self) -> int:  # type: ignore[override]
+        """The inner evaluator's."""
+        return self.inner.val_images
 
     def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
         """The inner evaluator's score."""

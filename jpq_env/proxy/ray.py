@@ -92,6 +92,9 @@ class _EvaluatorActor:
     def fp32_accuracy(self) -> float:
         return float(self.evaluator.fp32_accuracy)
 
+    def val_images(self) -> int:
+        return int(self.local.val_images)
+
     def accuracy(self, policy: dict[str, Any]) -> float:
         return float(self.evaluator.accuracy(Policy.from_json(policy)))
 
@@ -153,6 +156,8 @@ class RayEvaluator(Evaluator):
         ]
         # Wait for every actor to build its task: errors surface here, not mid-search.
         self._fp32: float = ray.get([a.fp32_accuracy.remote() for a in self.actors])[0]
+        self.val_images: int = int(ray.get(self.actors[0].val_images.remote()))
+        """Held-out images of a complete evaluation (as ``LocalEvaluator.val_images``)."""
 
     @property
     def workers(self) -> int:  # type: ignore[override]

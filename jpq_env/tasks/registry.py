@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from jpq_env.tasks.base import Task, TaskError
+from jpq_env.validation import did_you_mean
 
 __all__ = ["BUILTIN_TASKS", "load_task"]
 
@@ -29,17 +32,41 @@ BUILTIN_TASKS: dict[str, str] = {
 }
 
 
+def _import(module_name: str) -> Any:
+    """Import ``module_name``, from the current directory too if it is found only there.
+
+    ``python -m`` puts the current directory on the import path, the ``jpq`` command does not:
+    a user's ``mymodule.py`` next to them is found either way. The directory is appended (last),
+    so it never shadows an installed module.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".")[0]
+        here = Path.cwd()
+        local = (here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()
+        if exc.name != top or not local or str(here) in sys.path:
+            raise
+        sys.path.append(str(here))
+        return importlib.import_module(module_name)
+
+
 def _resolve(spec: str) -> Callable[..., object]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
+        hint = did_you_mean(spec, BUILTIN_TASKS)
         raise TaskError(
-            f"unknown task '{spec}': use a built-in name ({', '.join(sorted(BUILTIN_TASKS))}) "
-            "or a factory path 'package.module:function'"
+            f"unknown task '{spec}'{hint}: use a built-in name "
+            f"({', '.join(sorted(BUILTIN_TASKS))}) or a factory path 'package.module:function'"
         )
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except ImportError as exc:
-        raise TaskError(f"cannot import module '{module_name}' of task '{spec}': {exc}") from exc
+        raise TaskError(
+            f"cannot import module '{module_name}' of task '{spec}': {exc} (searched the import "
+            f"path and the current directory '{Path.cwd()}': put the module there or on "
+            "PYTHONPATH)"
+        ) from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise TaskError(f"task factory '{spec}': module '{module_name}' has no function '{attr}'")

@@ -124,3 +124,22 @@ def test_two_stage_and_greedy_search_activation_widths(tmp_path, acts_env):
         and any(x[1] != y[1] for x, y in zip(widths(r), start, strict=True))
         for r in greedy[1:]
     )
+
+
+def test_a_best_that_is_any_two_stage_policy_is_named(tmp_path):
+    """Warm starts play every (weight, activation) width pair; the summary's ``same_as`` knows
+    them all, not only the equal widths the reference points plot."""
+    from jpq_agents.run import _same_as_reference, run_search
+
+    env_id = "jpq_env/JPQWeightsActs-v0"
+    kwargs = {"val_images": 32}
+    run_search("two-stage", tmp_path, 40, env_id=env_id, env_kwargs=kwargs, progress=False)
+    named = 0
+    for record in log_records(tmp_path):
+        weights = {b for p in record["policy"] for b in p["bits"] if b > 0}
+        acts = {p["act_bits"] for p in record["policy"][1:]}  # the input layer's is fixed at 8
+        if len(weights) == 1 and len(acts) == 1 and weights != acts:
+            label = _same_as_reference(record, [], env_id, kwargs)["same_as"]
+            assert label.startswith(f"two-stage W{weights.pop()}A{acts.pop()} (sparsity ")
+            named += 1
+    assert named >= 3

@@ -46,3 +46,18 @@ def test_warm_optuna_agents_start_with_the_two_stage_policies(agent, tmp_path, t
     run_search(agent, tmp_path, n + 4, seed=0, env_id=ENV, progress=False)
     keys = _keys(log_records(tmp_path))
     assert keys[:n] == two_stage_keys and len(keys) == n + 4
+
+
+def test_cmaes_warm_starts_from_fewer_than_ten_two_stage_policies(tmp_path, monkeypatch):
+    """CMA-ES's warm start keeps the best tenth of its source trials: with 3 of them the cmaes
+    package asserted inside; repeated, the best one is kept and the search goes on."""
+    from jpq_agents import optuna_search
+
+    real = optuna_search._two_stage
+    monkeypatch.setattr(optuna_search, "_two_stage", lambda base: real(base)[:3])
+    run_search("cmaes-warm", tmp_path, 7, seed=1, env_id=ENV, progress=False)
+    records = log_records(tmp_path)
+    assert len(records) == 7
+    assert len(set(_keys(records[3:]))) == 4  # the sampler's own trials, not the sources again
+    assert optuna_search._enough_sources([1, 2, 3]) == [1, 2, 3] * 4
+    assert optuna_search._enough_sources(list(range(12))) == list(range(12))

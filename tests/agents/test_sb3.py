@@ -54,6 +54,18 @@ def _scalars(folder: Path) -> dict[str, list[float]]:
     return out
 
 
+def _steps(folder: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[int]] = {}
+    for events in folder.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
+    return out
+
+
 @pytest.fixture(scope="module")
 def ppo_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ppo") / "run"
@@ -80,6 +92,8 @@ def test_an_sb3_run_saves_its_model_and_its_learners_scalars(ppo_run):
     assert {"train/loss", "train/entropy_loss", "train/learning_rate"} <= set(tags), sorted(tags)
     assert tags["train/learning_rate"][0] == pytest.approx(0.001)
     assert len(tags["episode/accuracy"]) == 16
+    steps = _steps(ppo_run / "tensorboard")  # SB3's scalars on the episode axis, like the rest
+    assert max(steps["train/loss"]) <= 16 and max(steps["episode/accuracy"]) == 15
     run = json.loads((ppo_run / "run.json").read_text())
     assert run["agent_options"] == {"n_steps": 24, "batch_size": 12, "learning_rate": 0.001}
 
@@ -105,3 +119,35 @@ def test_sb3_agents_run_on_activation_decisions(tmp_path, agent):
     assert summary["evaluations"] == 10 == len(records)
     assert summary["env"]["id"] == "jpq_env/JPQWeightsActs-v0"
     assert len({w[1] for r in records for w in widths(r)}) >= 2  # activation widths vary
+
+
+@pytest.mark.slow
+def test_a_saved_model_acts_again_on_the_env_its_run_rebuilds(ppo_run):
+    from stable_baselines3 import PPO
+
+    from jpq_agents.run import make_run_env
+
+    env = make_run_env(ppo_run, device="cpu")
+    model = PPO.load(ppo_run / "model.zip", env=env, device="cpu")  # SB3 checks the spaces
+    assert env.observation_space == model.observation_space
+    assert env.action_space == model.action_space
+    obs, _ = env.reset(seed=0)
+    action, _ = model.predict(obs, deterministic=True)
+    env.step(action)
+    raw = make_run_env(ppo_run, view=False)
+    assert raw.unwrapped.sensitivity is not None  # the learning signals the search turned on
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_shows_its_summary_without_running_the_agent(ppo_run, monkeypatch):
+    from jpq_agents import run as run_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the agent ran again")
+
+    monkeypatch.setitem(run_module.AGENTS, "ppo", refuse)
+    options = {"n_steps": 24, "batch_size": 12, "learning_rate": 0.001}
+    summary = run_search(
+        "ppo", ppo_run, 16, env_kwargs=CHEAP, resume=True, progress=False, agent_options=options
+    )
+    assert summary == json.loads((ppo_run / "summary.json").read_text())

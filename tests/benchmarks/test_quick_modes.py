@@ -27,6 +27,7 @@ QUICK = {
     "two_level_ablation": (5, 0),
     "cifar_workload": (0, 0),  # prints its record as JSON, no table
     "export": (5, 0),
+    "compare_digits": (6, 0),  # greedy and random, two seeds each
 }
 
 

@@ -60,7 +60,7 @@ def test_task_objects_pass_through():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("imagenet", r"unknown task 'imagenet': use a built-in name \(digits, digits-deep"),
+        ("imagenet", r"unknown task 'imagenet' \(did you mean 'resnet18-imagenet'\?\): use a"),
         ("no_such_module_xyz:factory", "cannot import module 'no_such_module_xyz'"),
         ("my_tasks:missing", "module 'my_tasks' has no function 'missing'"),
         ("my_tasks:value", "module 'my_tasks' has no function 'value'"),
@@ -70,3 +70,19 @@ def test_task_objects_pass_through():
 def test_bad_task_specs_are_named(user_module, spec, message):
     with pytest.raises(TaskError, match=message):
         load_task(spec)
+
+
+def test_a_factory_module_in_the_current_directory_is_found(tmp_path, monkeypatch):
+    """As ``python -m`` does, and as the ``jpq`` command (whose sys.path[0] is its own folder)
+    did not: the current directory is searched too, after everything installed."""
+    (tmp_path / "jpq_cwd_factory.py").write_text(
+        "from jpq_env import load_task\n\ndef task():\n    return load_task('digits')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert load_task("jpq_cwd_factory:task").name == "digits"
+    assert sys.path[-1] == str(tmp_path)  # appended: never shadows an installed module
+    with pytest.raises(
+        TaskError, match=r"cannot import module 'not_here_at_all'.*current directory"
+    ):
+        load_task("not_here_at_all:task")

@@ -27,12 +27,38 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``ArgumentParser.add_subparsers`` returns (argparse has no public name for it)."""
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` to an option's help, once.
+
+    Not when the help already says its default, nor when there is none to show (None, an empty
+    list, a flag's False).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, [], False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class CommandParser(argparse.ArgumentParser):
-    """Every (sub)command's help shows the options' defaults."""
+    """Every (sub)command's help shows the options' defaults (once)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        """Check ``choices`` as argparse does, suggesting the closest choice."""
+        if action.choices is not None and value not in action.choices:
+            from jpq_env.validation import did_you_mean
+
+            choices = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(
+                action,
+                f"invalid choice: {value!r}{did_you_mean(value, choices)} (choose from "
+                f"{', '.join(map(repr, choices))})",
+            )
 
 
 def task_option(text: str) -> tuple[str, object]:

@@ -27,6 +27,7 @@ RUN_FILES = frozenset(
     {
         "run.json",
         "evaluations.jsonl",
+        "monitor.csv",
         "policy.json",
         "summary.json",
         "reference.jsonl",

@@ -88,7 +88,12 @@ def _add_env_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budget-size", type=fraction, default=None, help="fraction of FP32 weight bits, or none"
     )
-    parser.add_argument("--reward", default="galen", help="reward design name (see jpq list)")
+    parser.add_argument(
+        "--reward",
+        default="galen",
+        help="reward design name (see jpq list); galen penalises the distance from the budget on "
+        "both sides (under it too), galen-r7 only going over",
+    )
     parser.add_argument(
         "--enforcement",
         default="wall",

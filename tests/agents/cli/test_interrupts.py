@@ -25,6 +25,7 @@ EPISODES = 60  # the kill lands after 12 of them: well under way, far from the e
 FILES = {
     "run.json",
     "evaluations.jsonl",
+    "monitor.csv",
     "policy.json",
     "reference.jsonl",
     "pareto.png",

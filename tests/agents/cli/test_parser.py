@@ -3,6 +3,7 @@ option (without importing torch).
 """
 
 import argparse
+import re
 import subprocess
 import sys
 
@@ -26,7 +27,8 @@ def test_list_names_tasks_agents_rewards_and_env_ids(capsys):
     out = capsys.readouterr().out
     for name in ("digits-deep", "resnet20-cifar", "two-level", "cmaes-warm", "galen", "haq"):
         assert f"  {name}" in out, name
-    assert "jpq_env/JPQWeightsActs-v0" in out and "jpq_env/JPQ-v1  renamed" in out
+    assert "jpq_env/JPQWeightsActs-v0" in out
+    assert "jpq_env/JPQ-v1" not in out  # a renamed id still works but is not offered
 
 
 def test_the_agent_names_are_the_runners():
@@ -52,6 +54,39 @@ def test_every_option_has_help_and_shows_its_default():
             assert "(default: two-level)" in text and "(default: 300)" in text
         if name == "finetune":
             assert "(default: 0.001)" in text and "(default: 3)" in text
+        flat = " ".join(text.split())  # a default said once, never "(default: None)"
+        assert "(default: None)" not in flat and "(default: [])" not in flat, name
+        assert not re.search(r"default[^()]*\)\s*\(default", flat, re.IGNORECASE), name
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["search", "--task", "digts"], "unknown task 'digts' (did you mean 'digits'?)"),
+        (["search", "--reward", "gallen"], "reward design 'gallen' (did you mean 'galen'?)"),
+        (["search", "--env", "jpq_env/JPQWeightsAct-v0"], "(did you mean 'jpq_env/JPQWeightsActs-v0'?)"),  # noqa: E501
+    ],
+)  # fmt: skip
+def test_bad_inputs_a_mistyped_name_gets_a_suggestion(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*argv, "--episodes", "2", "--quiet", "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_inputs_a_mistyped_choice_gets_a_suggestion(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--agent", "two-levle"])
+    assert "invalid choice: 'two-levle' (did you mean 'two-level'?)" in capsys.readouterr().err
+
+
+def test_bad_inputs_a_mistyped_option_shows_its_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--episods", "3"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: jpq search ")
+    assert "unrecognized arguments: --episods 3 (did you mean '--episodes'?)" in err
 
 
 def test_help_does_not_import_torch():

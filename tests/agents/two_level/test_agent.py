@@ -106,3 +106,39 @@ def test_two_level_is_deterministic_and_starts_from_two_stage(tmp_path, acts_env
     search = Search(tmp_path / "two-stage", RunSettings("two-stage", 12, 0), _acts_env(acts_env))
     BASELINES["two-stage"](search, 0)
     assert [r["policy"] for r in runs[0][:12]] == [r["policy"] for r in log_records(search.out)]
+
+
+def _steps(folder: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[int]] = {}
+    for events in folder.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
+    return out
+
+
+@pytest.mark.slow
+def test_learner_scalars_are_one_value_per_step_and_the_settings_are_hparams(tmp_path):
+    """The model-based controller updates many times per evaluation: each tag gets the mean."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    options = {"warm_start": False, "imagined": 16, "refine_fraction": 0.0}
+    run_search("two-level", out, 40, env_kwargs=CHEAP, progress=False, agent_options=options)
+    steps = _steps(out / "tensorboard")
+    learner = [tag for tag in steps if tag.startswith("two_level/")]
+    assert learner
+    for tag in learner:
+        assert len(steps[tag]) == len(set(steps[tag])), tag  # no vertical bars
+    found = False
+    for events in (out / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        try:
+            found |= bool(acc.PluginTagToContent("hparams"))
+        except KeyError:  # not in this file
+            continue
+    assert found
