@@ -28,6 +28,7 @@ QUICK = {
     "cifar_workload": (0, 0),  # prints its record as JSON, no table
     "export": (5, 0),
     "compare_digits": (6, 0),  # greedy and random, two seeds each
+    "resnet20_grid": (8, 0),  # digits instead of ResNet-20: greedy, random, uniform
 }
 
 
