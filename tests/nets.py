@@ -206,3 +206,18 @@ class OptionANet(nn.Module):
         short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2))
         x = F.relu(self.b(x) + short)
         return self.fc(F.relu(self.c(x)).flatten(1))
+
+
+class PadThenBatchNorm(nn.Module):
+    """Zero-padded channels read by a BatchNorm, which makes them a non-zero constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.c = nn.Conv2d(8, 5, 3, padding=1)
+        self.fc = nn.Linear(5 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(F.relu(self.a(x)), (0, 0, 0, 0, 2, 2))
+        return self.fc(F.relu(self.c(F.relu(self.bn(x)))).flatten(1))

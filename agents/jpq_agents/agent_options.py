@@ -86,8 +86,8 @@ SB3_SPECS: dict[str, Spec] = {
     "learning_rate": Spec("rate", 0, low_open=True),
     "gamma": Spec("float", 0, 1),
     "gae_lambda": Spec("float", 0, 1),
-    "n_steps": Spec("int", 2),  # PPO needs a rollout of more than one step
-    "batch_size": Spec("int", 2),  # PPO normalizes advantages over a batch
+    "n_steps": Spec("int", 2, 10**6),  # PPO needs a rollout of more than one step
+    "batch_size": Spec("int", 2, 10**6),  # PPO normalizes advantages over a batch
     "n_epochs": Spec("int", 1),
     "clip_range": Spec("rate", 0, low_open=True),
     "clip_range_vf": Spec("rate", 0, low_open=True, optional=True),
@@ -99,7 +99,7 @@ SB3_SPECS: dict[str, Spec] = {
     "use_sde": Spec("bool"),
     "sde_sample_freq": Spec("int", -1),
     "stats_window_size": Spec("int", 1),
-    "buffer_size": Spec("int", 1),
+    "buffer_size": Spec("int", 1, 10**7),
     "learning_starts": Spec("int", 0),
     "tau": Spec("float", 0, 1),
     "train_freq": Spec("train_freq"),
@@ -161,9 +161,9 @@ def _check_sb3(agent: str, name: str, value: Any, spec: Spec) -> Any:
         expected = ("an integer" if kind == "int" else "a finite number") + _range_text(spec)
         if kind == "rate":
             expected += f" or RL Zoo's schedule {_SCHEDULE}<number>"
-        if isinstance(value, str):  # "1e-3" from a file whose YAML read it as a string
+        if isinstance(value, str):  # "1e-3" or "1e6" from a file whose YAML read a string
             try:
-                value = float(value) if kind != "int" else int(value)
+                value = float(value)
             except ValueError:
                 raise refuse(expected) from None
         try:
@@ -326,6 +326,8 @@ def read_hyperparams(path: str | os.PathLike[str], env_id: str) -> dict[str, Any
             table = yaml.safe_load(f)
     except OSError as exc:
         raise ArgumentError(f"cannot read hyperparameters '{path}': {exc.strerror}") from None
+    except RecursionError:
+        raise ArgumentError(f"hyperparameters '{path}' are nested too deeply") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ArgumentError(f"hyperparameters '{path}' are not YAML: {exc}") from None
     if _expanded_size(table, MAX_HYPERPARAMS_NODES) > MAX_HYPERPARAMS_NODES:

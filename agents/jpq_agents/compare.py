@@ -38,7 +38,8 @@ class RunCurve:
             (``agent  env id  budget``).
         best: Per evaluation, the best held-out score so far (NaN before the first policy that
             meets the budget and was scored in full).
-        images: Per evaluation, the held-out images scored so far.
+        images: Per evaluation, the held-out images scored so far (NaN where a complete
+            evaluation's size is unknown: a run without ``summary.json``'s ``val_images``).
         test: The best policy's test accuracy (``summary.json``), or None if the run has none.
         seconds: The search's wall time (``summary.json``), or None.
     """
@@ -79,14 +80,15 @@ def load_run(path: str | Path) -> RunCurve:
     summary = _read_json(summary_file) if summary_file.is_file() else {}
     summary = summary if isinstance(summary, dict) else {}
     complete = summary.get("val_images")
-    best, images, so_far, seen = [], [], -math.inf, 0
+    best, images, so_far, seen = [], [], -math.inf, 0.0
     for r in records:
         full = r.get("proxy_complete", True)
         if r["budget_met"] and full:
             so_far = max(so_far, float(r["accuracy"]))
         best.append(so_far if so_far > -math.inf else math.nan)
-        seen += int(r.get("proxy_images", complete if isinstance(complete, int) else 1))
-        images.append(seen)
+        count = r.get("proxy_images", complete)
+        seen = seen + count if isinstance(count, int) and seen == seen else math.nan
+        images.append(seen)  # NaN from the first complete evaluation of unknown size on
     recorded = settings.get("env")
     env: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     budget = env.get("budget_bops", "default")
@@ -164,7 +166,8 @@ def compare_figure(runs: Sequence[RunCurve], out: str | Path) -> Path:
             curves = [
                 (np.arange(1, len(r.best) + 1, dtype=np.float64) if axis == "evaluations"
                  else r.images, r.best * 100)
-                for r in members if len(r.best)
+                for r in members
+                if len(r.best) and (axis == "evaluations" or not np.isnan(r.images).any())
             ]  # fmt: skip
             if not curves:
                 continue

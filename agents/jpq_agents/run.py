@@ -236,7 +236,7 @@ def run_search(
             return _run(*common, warmup_episodes, scale.evaluator, pool, agent_options)
     except BaseException:
         if RUN_NAME not in before:  # a new run that failed before its first evaluation: undone
-            _undo_start(Path(out), before)
+            _undo_start(Path(out), before, {"agent": agent, "seed": seed, "episodes": episodes})
         lock.release()
         remove_empty(created)
         raise
@@ -249,7 +249,7 @@ def _entries(out: Path) -> set[str]:
     return {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
 
 
-def _undo_start(out: Path, before: set[str]) -> None:
+def _undo_start(out: Path, before: set[str], mine: dict[str, Any]) -> None:
     """Remove what a new run wrote into ``out`` if it logged no evaluation.
 
     A run that fails at start (an option SB3 refuses, a task that cannot load) would otherwise
@@ -258,6 +258,14 @@ def _undo_start(out: Path, before: set[str]) -> None:
     """
     log = out / LOG_NAME
     if log.is_file() and log.stat().st_size > 0:
+        return
+    try:  # only this run's own files: another process's run.json is never touched
+        written = json.loads((out / RUN_NAME).read_text())
+    except (OSError, ValueError):
+        written = None
+    if written is not None and (
+        not isinstance(written, dict) or any(written.get(k) != v for k, v in mine.items())
+    ):
         return
     for name in sorted(_entries(out) - before):
         path = out / name
@@ -436,7 +444,7 @@ def make_run_env(run: str | Path, view: bool = True, **overrides: Any) -> gym.En
     kwargs.update(overrides)
     try:
         env = gym.make(env_id, **kwargs)
-    except ArgumentError as exc:
+    except (ArgumentError, gym.error.Error) as exc:
         raise ArgumentError(
             f"cannot rebuild the env of '{run_file}': {exc} (a task passed as a Python object is "
             "recorded by its name only: pass task= again)"

@@ -259,7 +259,8 @@ def read_log(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
             torn.insert(0, line + b"\n")
             why = f" ({exc})"
             break
-        if not isinstance(record, dict) or record.get("episode") != len(records):
+        episode = record.get("episode") if isinstance(record, dict) else None
+        if type(episode) is not int or episode != len(records):
             got = record.get("episode") if isinstance(record, dict) else type(record).__name__
             raise SearchError(
                 f"{path}:{number} is not a valid record (expected the record of episode "
@@ -575,6 +576,7 @@ class Search:
             or self.best is None
             or not evaluator.supports_racing
             or evaluator.workers > 1
+            or self.base.race_target is not None  # an agent racing on its own terms, pinned
         ):
             return
         if self._raced is not self.best:
@@ -608,13 +610,18 @@ class Search:
             header = {"t_start": self._t_start, "env_id": str(self.settings.env.get("id", ""))}
             lines = ["#" + json.dumps(header), "r,l,t"]
             lines += [f"{r['reward']},{self._steps},nan" for r in self._replay[:logged]]
-        with contextlib.suppress(OSError):  # the log is the record; this file a convenience
+        try:
             write_atomic(path, "\n".join(lines) + "\n")
+        except OSError:  # the log is the record; this file is a convenience: none then
+            self._monitor_ok = False
 
     def _monitor(self, record: dict[str, Any]) -> None:
         if not self._monitor_open:
+            self._monitor_ok = True
             self._open_monitor(len(self._replay))
             self._monitor_open = True
+        if not self._monitor_ok:
+            return
         with contextlib.suppress(OSError), (self.out / MONITOR_NAME).open("a") as f:
             f.write(f"{record['reward']},{self._steps},{time.time() - self._t_start:.3f}\n")
 

@@ -641,6 +641,11 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ArgumentError(f"race() takes a finite reward or None, got {reward!r}")
         self._race_target = None if reward is None else float(reward)
 
+    @property
+    def race_target(self) -> float | None:
+        """The reward the next evaluations race against (``race``), or None."""
+        return self._race_target
+
     def race_accuracy(self, accuracy: float | None) -> None:
         """Race the next evaluations against a score (None: no such target).
 

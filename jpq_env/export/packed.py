@@ -23,11 +23,13 @@ output; such a layer stores all its input weights.
 
 from __future__ import annotations
 
+import lzma
 import os
 import pickle
 import pickletools
 import re
 import zipfile
+import zlib
 from typing import Any, cast
 
 import numpy as np
@@ -288,7 +290,16 @@ def _check_v1_sizes(path: str | os.PathLike[str]) -> None:
             if table.file_size > MAX_V1_PICKLE_BYTES:
                 raise fields.error(f"its object table declares {table.file_size} bytes")
             raw = archive.read(table)
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        EOFError,
+        RuntimeError,
+        ValueError,
+        NotImplementedError,  # a compression method zipfile does not read
+        zlib.error,
+        lzma.LZMAError,
+    ) as exc:
         if isinstance(exc, ExportFormatError):
             raise
         raise ExportFormatError(f"'{path}' is not a readable jpq-env export: {exc}") from exc
@@ -385,6 +396,10 @@ def _weights_v1(
         bits = fields.tensor(f"{where} bits", entry.get("bits"), (k,), integral=True)
         widths = _widths(fields, name, bits)
         codes = fields.tensor(f"{where} codes", entry.get("codes"), (k, *rest), integral=True)
+        for kernel, width in enumerate(widths):  # each kernel's levels fit its width
+            top = 0 if width == 0 else (1 if width == 1 else 2 ** (width - 1) - 1)
+            if width < FULL_PRECISION and int(codes[kernel].abs().max()) > top:
+                raise fields.error(f"{where} kernel {kernel} holds levels beyond {width} bits")
         scales = fields.tensor(f"{where} scales", entry.get("scales"), (k,), integral=False)
         index = fields.tensor(f"{where} full_index", entry.get("full_index"), integral=True)
         full = [i for i, b in enumerate(widths) if b >= FULL_PRECISION]
@@ -437,6 +452,9 @@ def _weights_v2(
     integral = {"bits": True, "payload": True, "scales": False, "full": False}
     for key, kind in integral.items():
         fields.tensor(f"tensor '{key}'", tensors[key], integral=kind)
+    for key in ("bits", "payload"):  # bytes: widths and packed levels
+        if tensors[key].dtype != torch.uint8:
+            raise fields.error(f"tensor '{key}' must be uint8, got {tensors[key].dtype}")
     bits_all = _Reader(fields, "bits", tensors["bits"])
     payload = _Reader(fields, "payload", tensors["payload"])
     scales_all = _Reader(fields, "scales", tensors["scales"])

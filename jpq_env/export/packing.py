@@ -18,6 +18,7 @@ own bytes before anything is allocated.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -65,6 +66,8 @@ MAX_HEADER_BYTES = 64 * 2**20
 """The largest JSON header a file may declare (a ResNet-50's takes about 40 kB)."""
 MAX_DEPTH = 8
 """The deepest nesting of lists and tables a header may hold (an export's needs 4)."""
+MAX_DIMS = 8
+"""The most dimensions a stored tensor may have (a convolution's weight has 4)."""
 
 
 class Fields:
@@ -123,7 +126,10 @@ class Fields:
         The count is an exact integer product (no int64 overflow), checked against ``limit``
         (what the file's bytes can hold) before anything of that size is allocated.
         """
-        dims = [self.integer(f"{name} dimension", d) for d in self.items(name, value)]
+        items = self.items(name, value)
+        if len(items) > MAX_DIMS:
+            raise self.error(f"{name} has {len(items)} dimensions, more than {MAX_DIMS}")
+        dims = [self.integer(f"{name} dimension", d, 0, max(limit, 1)) for d in items]
         numel = math.prod(dims)
         if numel > limit:
             raise self.error(f"{name} {dims} holds {numel} values, more than the file's {limit}")
@@ -198,6 +204,27 @@ def parse_header(path: str | os.PathLike[str], raw: bytes) -> dict[str, Any]:
     return header
 
 
+def _check_spans(fields: Fields, index: dict[str, Any], size: int) -> None:
+    """Refuse tensor entries that overlap or together claim more than the blob's ``size`` bytes.
+
+    Each tensor is copied out of the blob, so entries that all point at the same bytes would
+    multiply the memory a small file takes; a file ``write_container`` wrote has none.
+    """
+    spans = []
+    for name, entry in index.items():
+        if isinstance(entry, dict):
+            lo, n = entry.get("offset"), entry.get("nbytes")
+            if type(lo) is int and type(n) is int and n > 0:
+                spans.append((lo, lo + n, name))
+    for lo, hi, name in spans:
+        if lo < 0 or hi > size:
+            raise fields.error(f"tensor '{name}' ({lo}..{hi}) does not fit the {size} data bytes")
+    spans.sort()
+    for (_, end, first), (lo, _, second) in itertools.pairwise(spans):
+        if lo < end:
+            raise fields.error(f"tensors '{first}' and '{second}' overlap in the file")
+
+
 def _offset(width: int) -> int:
     return 0 if width == 1 else 2 ** (width - 1) - 1
 
@@ -245,6 +272,10 @@ def unpack_levels(
         chunk = bits[start : start + n * width].reshape(n, width)
         start += n * width
         codes = chunk @ (1 << np.arange(width, dtype=np.int64))
+        if width > 1 and codes.size and int(codes.max()) > 2 * _offset(width):
+            raise ArgumentError(
+                f"a {width}-bit level code is {int(codes.max())}, outside the width"
+            )
         levels = codes * 2 - 1 if width == 1 else codes - _offset(width)
         out.append(levels.astype(np.int32))
     return out
@@ -298,6 +329,8 @@ def read_container(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
     index = fields.table("'tensors'", header.pop("tensors", None))
     blob = memoryview(data)[start + size :]
     tensors = {}
+    _check_spans(fields, index, len(blob))
+    spans: list[tuple[int, int, str]] = []
     for name, entry in index.items():
         where = f"tensor '{name}'"
         entry = fields.table(where, entry)
@@ -313,6 +346,7 @@ def read_container(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
             raise fields.error(
                 f"{where} ({kind} {shape}) needs {numel * itemsize} bytes, its entry says {n}"
             )
+        spans.append((lo, lo + n, name))
         raw = torch.frombuffer(bytearray(blob[lo : lo + n]), dtype=torch.uint8) if n else None
         t = raw.view(dtype) if raw is not None else torch.empty(0, dtype=dtype)
         tensors[name] = fields.tensor(where, t.reshape(shape))

@@ -285,8 +285,16 @@ class _Rewriter:
         x, p = self._first(node)
         if x is None:
             return self._opaque(node)
+        target = str(node.target)
+        sources = self.graph.bn_sources.get(target)
+        if p is not None and sources is not None:
+            # Zero channels a padding added are not in the layout, but BatchNorm makes them a
+            # non-zero constant (the graph counts them alive): bring them back as zeros.
+            constants = np.flatnonzero(sources.external)
+            if not np.isin(constants, p).all():
+                p = np.union1d(p, constants)
+                node.replace_input_with(x, self._to_layout(x, p, node))
         if p is not None:  # BatchNorm refuses an empty channel dimension: nothing to do there
-            target = str(node.target)
             module = cast(_BatchNorm, self.gm.get_submodule(target))
             self.gm.add_submodule(target, _slice_bn(module, p) if len(p) else nn.Identity())
         return p

@@ -100,7 +100,17 @@ HEADER_EDITS = {
     "offset of 1e999": (_tensor("payload", "offset", "1e999"), "offset must be"),
     "shape whose product overflows int64": (
         _tensor("payload", "shape", [2**32, 2**32, 16]),
-        "holds .* values, more than",
+        "dimension must be an integer in",
+    ),
+    "seventy dimensions": (_tensor("payload", "shape", [1] * 70), "has 70 dimensions"),
+    "a dimension of 2**63 beside a zero": (
+        _tensor("payload", "shape", [0, 2**63]),
+        "dimension must be an integer in",
+    ),
+    "payload stored as int8": (_tensor("payload", "dtype", "int8"), "'payload' must be uint8"),
+    "tensors overlapping (a copy per entry)": (
+        lambda h: h["tensors"]["scales"].update(offset=h["tensors"]["payload"]["offset"]),
+        "overlap in the file",
     ),
     "negative dimension": (_tensor("payload", "shape", [-4]), "dimension must be"),
     "unknown dtype": (_tensor("payload", "dtype", "complex128"), "which exports do not store"),

@@ -30,6 +30,7 @@ from jpq_env.tasks.vision import ARCHITECTURES
 from tests.nets import (
     ConcatNet,
     OptionANet,
+    PadThenBatchNorm,
     PlainNet,
     ResidualNet,
     ResNet20,
@@ -87,6 +88,7 @@ NETS = {
     "upsample": (UpsampleNet, (3, 8, 8)),
     "squeeze-excite": (SqueezeExciteNet, (3, 8, 8)),
     "option-a": (OptionANet, (3, 8, 8)),
+    "pad-then-batchnorm": (PadThenBatchNorm, (3, 8, 8)),
 }
 
 
@@ -281,6 +283,18 @@ def test_pruned_channels_are_seen_through_gates_slices_and_zero_padding():
     assert cost.layers[c].macs == 5 * 4 * 9 * 4 * 4  # 4 live inputs of 8
     cost = measure(option_a, _pruning(option_a, {"a": [1], "b": [3]}))
     assert cost.layers[c].macs == 5 * 7 * 9 * 4 * 4  # channel 3 = a's 1 + b's 3: both pruned
+    # A BatchNorm after the padding makes its zeros a constant beta - gamma * mean / std: alive,
+    # so the uncompressed policy scores exactly as the model.
+    model = randomize_bn(PadThenBatchNorm().eval(), 0)
+    x = torch.randn(4, 3, 8, 8)
+    padded = LayerGraph.from_module(model, x[:1])
+    assert measure(padded, _pruning(padded, {})).layers[padded.names.index("c")].macs == (
+        5 * 8 * 9 * 8 * 8
+    )
+    cm = CompressedModel(model, padded)
+    cm.apply(Policy.uniform(padded))
+    with torch.no_grad():
+        assert torch.equal(cm.module(x), model(x))
 
 
 @pytest.mark.parametrize(

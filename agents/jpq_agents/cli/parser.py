@@ -36,7 +36,9 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, [], False, argparse.SUPPRESS):
+        default = action.default
+        none = default is None or default is False or default == [] or default is argparse.SUPPRESS
+        if "default" in text.lower() or none:
             return text
         return super()._get_help_string(action)
 

@@ -80,6 +80,20 @@ class ChannelSources:
         """Number of channel positions."""
         return int(self.external.shape[0])
 
+    def constants_alive(self) -> ChannelSources:
+        """These sources after an op that maps a constant zero channel to a non-zero one.
+
+        Positions nothing feeds (the zeros ``F.pad`` adds) are dead; a BatchNorm turns them into
+        ``beta - gamma * mean / std``, a constant that is not zero: alive from there on.
+        """
+        covered = np.zeros(self.size, dtype=bool)
+        for _, positions, _ in self.producers:
+            covered[positions] = True
+        dead = ~covered & ~self.external
+        if not dead.any():
+            return self
+        return ChannelSources(self.external | dead, self.producers)
+
     def union(self, other: ChannelSources) -> ChannelSources:
         """A residual add: each position is fed by what feeds it in either operand."""
         return ChannelSources(self.external | other.external, self.producers + other.producers)

@@ -317,6 +317,7 @@ class _Builder:
                 return self._layer_call(node)
             case Op.BATCHNORM:
                 src = self._first(node)
+                src = src.constants_alive() if src is not None else None  # BN(0) is not 0
                 name = str(node.target)
                 if name in self.bn_called:
                     raise GraphError(

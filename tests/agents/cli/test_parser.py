@@ -52,6 +52,7 @@ def test_every_option_has_help_and_shows_its_default():
         text = sub.format_help()
         if name == "search":
             assert "(default: two-level)" in text and "(default: 300)" in text
+            assert "(default: 0)" in " ".join(text.split())  # --seed: a zero is a default too
         if name == "finetune":
             assert "(default: 0.001)" in text and "(default: 3)" in text
         flat = " ".join(text.split())  # a default said once, never "(default: None)"

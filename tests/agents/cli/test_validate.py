@@ -85,6 +85,7 @@ LOG_EDITS = {  # each: the edit, the line it breaks, and what the message says
     "a width that is a string": (_layer_bits(2, ["8"]), 3, "'policy' must be"),
     "an edited complete last line": (_field(4, "reward", "high"), 5, "'reward' must be"),
     "a missing episode": (lambda r: [*r[:1], *r[2:]], 2, "expected the record of episode 1"),
+    "an episode written as true": (_field(1, "episode", True), 2, "episode 1, got True"),
 }
 
 
