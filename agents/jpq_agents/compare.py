@@ -91,7 +91,10 @@ def load_run(path: str | Path) -> RunCurve:
         images.append(seen)  # NaN from the first complete evaluation of unknown size on
     recorded = settings.get("env")
     env: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
-    budget = env.get("budget_bops", "default")
+    ran = summary.get("budget") if isinstance(summary.get("budget"), dict) else {}
+    budget = env.get("budget_bops", ran.get("bops", "default"))  # the env's default, if recorded
+    if isinstance(budget, (int, float)) and 0 < budget < 1:
+        budget = f"1/{1 / budget:.0f}"
     group = f"{settings.get('agent')}  {env.get('id', '')}  BOPs {budget}"
     test = (summary.get("best") or {}).get("accuracy_test")
     return RunCurve(
@@ -117,8 +120,9 @@ def _mean_sd(values: Sequence[float]) -> str:
     if not values:
         return "-"
     arr = np.asarray(values, dtype=np.float64) * 100
-    sd = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-    return f"{arr.mean():.2f} ± {sd:.2f}"
+    if len(arr) == 1:
+        return f"{arr[0]:.2f} (one run)"
+    return f"{arr.mean():.2f} ± {float(arr.std(ddof=1)):.2f}"
 
 
 def compare_table(runs: Sequence[RunCurve]) -> str:

@@ -460,7 +460,8 @@ def _finished_summary(out: Path, episodes: int) -> dict[str, Any] | None:
 
     Resuming a finished run (same settings, checked by ``Search``) would replay every evaluation
     through the agent to reach the same result (75 s for 300 on digits): its ``summary.json``
-    is that result. None if the log is shorter, or the summary is missing or of another length.
+    is that result (returned with ``"already_finished": True``, not written). None if the log is
+    shorter, or the summary is missing or of another length.
     """
     summary_file = out / "summary.json"
     try:
@@ -471,7 +472,7 @@ def _finished_summary(out: Path, episodes: int) -> dict[str, Any] | None:
         return None
     if not isinstance(summary, dict) or summary.get("evaluations") != episodes:
         return None
-    return summary if logged == episodes else None
+    return {**summary, "already_finished": True} if logged == episodes else None
 
 
 def _make_env(env_id: str, kwargs: dict[str, Any], progress: bool) -> JPQEnv:

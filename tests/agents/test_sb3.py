@@ -150,4 +150,5 @@ def test_resuming_a_finished_run_shows_its_summary_without_running_the_agent(ppo
     summary = run_search(
         "ppo", ppo_run, 16, env_kwargs=CHEAP, resume=True, progress=False, agent_options=options
     )
+    assert summary.pop("already_finished") is True
     assert summary == json.loads((ppo_run / "summary.json").read_text())

@@ -284,7 +284,9 @@ def _print_notes(summary: dict[str, Any]) -> None:
     if summary.get("cut_short_by_budget"):
         print(f"cut short by the evaluation budget: {summary['cut_short_by_budget']}")
     replayed = summary.get("replayed_from_log", 0)
-    if replayed:
+    if summary.get("already_finished"):
+        print("the run had already finished: its summary.json, nothing was run again")
+    elif replayed:
         new = summary["evaluations"] - replayed
         print(
             f"resumed: {replayed} evaluations replayed from the log (not re-scored), {new} new"

@@ -47,6 +47,7 @@ def test_compare_groups_runs_by_agent_with_mean_and_sd_over_seeds(runs, tmp_path
             json.loads((r / "summary.json").read_text())["best"]["accuracy_test"] for r in mine
         ]
         row = next(line for line in out.splitlines() if line.startswith(f"| {agent} "))
+        assert "BOPs 1/128" in row  # the env's default budget, as the run recorded it
         assert "| 2 (0, 1) | 12 |" in row
         assert f"{best.mean():.2f} ± {best.std(ddof=1):.2f}" in row
         t = np.array(tests) * 100
