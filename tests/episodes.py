@@ -40,3 +40,16 @@ def log_records(run: Path) -> list[dict]:
 def widths(record: dict) -> list[tuple[int, int]]:
     """(largest weight width, activation width) of every layer of a logged policy."""
     return [(max(p["bits"]), p["act_bits"]) for p in record["policy"]]
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag in the TensorBoard event files under ``folder``: its (step, value)s."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for events in folder.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out

@@ -91,7 +91,8 @@ def load_run(path: str | Path) -> RunCurve:
         images.append(seen)  # NaN from the first complete evaluation of unknown size on
     recorded = settings.get("env")
     env: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
-    ran = summary.get("budget") if isinstance(summary.get("budget"), dict) else {}
+    recorded_budget = summary.get("budget")
+    ran: dict[str, Any] = recorded_budget if isinstance(recorded_budget, dict) else {}
     budget = env.get("budget_bops", ran.get("bops", "default"))  # the env's default, if recorded
     if isinstance(budget, (int, float)) and 0 < budget < 1:
         budget = f"1/{1 / budget:.0f}"

@@ -114,26 +114,39 @@ def _reference(env_id: str, env_kwargs: dict[str, Any], evaluator: Any) -> list[
     """Prune-then-quantize points for every width (not counted in the search's evaluations)."""
     ref = gym.make(env_id, **env_kwargs, evaluator=evaluator).unwrapped
     base = jpq(ref)
-    points = []
+    pairs = [(lv, act_level_near(base, base.bits[lv])) for lv in range(len(base.bits))]
+    return [  # activation decisions at the weights' width: WxAx
+        {
+            "label": label,
+            "accuracy": info["accuracy"],
+            "bops_ratio": info["bops_ratio"],
+            "budget_met": info["budget_met"],
+            "policy": [{"act_bits": p["act_bits"], "bits": p["bits"]} for p in info["policy"]],
+        }
+        for label, info in _two_stage_episodes(ref, pairs)
+    ]
+
+
+def _two_stage_episodes(
+    ref: gym.Env[Any, Any], pairs: list[tuple[int, int | None]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """``(label, final info)`` of each level pair's prune-then-quantize episode.
+
+    Per (weight, activation) level pair that fits the budget: uniform widths and the least
+    uniform pruning that fits.
+    """
+    base = jpq(ref)
     n = base.num_layers
-    for lv in range(len(base.bits)):
-        act = act_level_near(base, base.bits[lv])  # activation decisions: the same width, WxAx
-        pruned = least_uniform_pruning(base, [lv] * n, [act] * n)
+    out = []
+    for w, a in pairs:
+        pruned = least_uniform_pruning(base, [w] * n, [a] * n)
         if pruned is None:
             continue
-        info = play(ref, uniform_choices(base, pruned, [lv] * n, [act] * n))
+        info = play(ref, uniform_choices(base, pruned, [w] * n, [a] * n))
         sparsity = sum(p["sparsity"] for p in info["policy"]) / len(info["policy"])
-        name = f"W{base.bits[lv]}" + ("" if act is None else f"A{base.space.act_bits[act]}")
-        points.append(
-            {
-                "label": f"two-stage {name} (sparsity {sparsity:.2f})",
-                "accuracy": info["accuracy"],
-                "bops_ratio": info["bops_ratio"],
-                "budget_met": info["budget_met"],
-                "policy": [{"act_bits": p["act_bits"], "bits": p["bits"]} for p in info["policy"]],
-            }
-        )
-    return points
+        name = f"W{base.bits[w]}" + ("" if a is None else f"A{base.space.act_bits[a]}")
+        out.append((f"two-stage {name} (sparsity {sparsity:.2f})", info))
+    return out
 
 
 def _fidelity(fidelity: str | None, out: Path, resume: bool) -> str:
@@ -546,18 +559,8 @@ class _Unscored(Evaluator):
 def _two_stage_labels(env_id: str, env_kwargs: dict[str, Any]) -> dict[tuple[bytes, ...], str]:
     """Policy key -> "two-stage WxAy (sparsity s)" for every width pair (``level_pairs``)."""
     ref = gym.make(env_id, **env_kwargs, evaluator=_Unscored()).unwrapped
-    base = jpq(ref)
-    n = base.num_layers
-    labels = {}
-    for w, a in level_pairs(base):
-        pruned = least_uniform_pruning(base, [w] * n, [a] * n)
-        if pruned is None:
-            continue
-        info = play(ref, uniform_choices(base, pruned, [w] * n, [a] * n))
-        sparsity = sum(p["sparsity"] for p in info["policy"]) / len(info["policy"])
-        name = f"W{base.bits[w]}" + ("" if a is None else f"A{base.space.act_bits[a]}")
-        labels[record_key(info["policy"])] = f"two-stage {name} (sparsity {sparsity:.2f})"
-    return labels
+    episodes = _two_stage_episodes(ref, level_pairs(jpq(ref)))
+    return {record_key(info["policy"]): label for label, info in episodes}
 
 
 def _summarize(

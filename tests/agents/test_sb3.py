@@ -11,7 +11,7 @@ import pytest
 from jpq_agents.run import run_search
 from jpq_agents.sb3 import TruncatedNormalDecayNoise, hyperparameters
 from jpq_agents.search import LOG_NAME
-from tests.episodes import log_records, widths
+from tests.episodes import log_records, tensorboard_scalars, widths
 
 CHEAP = {"val_images": 16}  # a low-fidelity proxy: each evaluation is cheap
 
@@ -39,31 +39,6 @@ def test_hyperparameters_come_from_zoo_yaml():
     assert ppo["gamma"] == 1.0 and ppo["n_steps"] == 48
     assert hyperparameters("ppo", "jpq_env/JPQWeightsDeep-v0")["n_steps"] == 88
     assert hyperparameters("ddpg", "someone/Else-v0")["gamma"] == 1.0  # the default entry
-
-
-def _scalars(folder: Path) -> dict[str, list[float]]:
-    """Every scalar tag in the TensorBoard event files under ``folder``, with its values."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[float]] = {}
-    for events in folder.rglob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
-    return out
-
-
-def _steps(folder: Path) -> dict[str, list[int]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[int]] = {}
-    for events in folder.rglob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +127,11 @@ def test_resuming_a_finished_run_shows_its_summary_without_running_the_agent(ppo
     )
     assert summary.pop("already_finished") is True
     assert summary == json.loads((ppo_run / "summary.json").read_text())
+
+
+def _scalars(folder: Path) -> dict[str, list[float]]:
+    return {tag: [v for _, v in pairs] for tag, pairs in tensorboard_scalars(folder).items()}
+
+
+def _steps(folder: Path) -> dict[str, list[int]]:
+    return {tag: [step for step, _ in pairs] for tag, pairs in tensorboard_scalars(folder).items()}

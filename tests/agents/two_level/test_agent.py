@@ -13,7 +13,7 @@ from jpq_agents.run import run_search
 from jpq_agents.search import LOG_NAME, RunSettings, Search, SearchError
 from jpq_agents.two_level import TwoLevelConfig, run_two_level
 from jpq_env.envs import JPQEnv
-from tests.episodes import ACTS, log_records
+from tests.episodes import ACTS, log_records, tensorboard_scalars
 
 CHEAP = {"val_images": 16}  # a low-fidelity proxy: each evaluation is cheap
 
@@ -45,19 +45,6 @@ def test_two_level_without_learning_refines_its_warm_start(tmp_path, shared):
     phases = [r.get("phase", "") for r in search.records]
     assert search.count == 30 and phases[0] == "warm-start"
     assert "learning" not in phases and phases[-1].startswith("refinement")
-
-
-def _scalars(folder: Path) -> dict[str, list[float]]:
-    """Every scalar tag in the TensorBoard event files under ``folder``, with its values."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[float]] = {}
-    for events in folder.rglob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
-    return out
 
 
 @pytest.mark.slow
@@ -108,18 +95,6 @@ def test_two_level_is_deterministic_and_starts_from_two_stage(tmp_path, acts_env
     assert [r["policy"] for r in runs[0][:12]] == [r["policy"] for r in log_records(search.out)]
 
 
-def _steps(folder: Path) -> dict[str, list[int]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[int]] = {}
-    for events in folder.rglob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
-    return out
-
-
 @pytest.mark.slow
 def test_learner_scalars_are_one_value_per_step_and_the_settings_are_hparams(tmp_path):
     """The model-based controller updates many times per evaluation: each tag gets the mean."""
@@ -142,3 +117,11 @@ def test_learner_scalars_are_one_value_per_step_and_the_settings_are_hparams(tmp
         except KeyError:  # not in this file
             continue
     assert found
+
+
+def _scalars(folder: Path) -> dict[str, list[float]]:
+    return {tag: [v for _, v in pairs] for tag, pairs in tensorboard_scalars(folder).items()}
+
+
+def _steps(folder: Path) -> dict[str, list[int]]:
+    return {tag: [step for step, _ in pairs] for tag, pairs in tensorboard_scalars(folder).items()}
