@@ -87,6 +87,7 @@ def finetune(
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
+    progress: bool = False,
 ) -> FinetuneResult:
     """Fine-tune the model compressed by ``policy`` on the task's training split.
 
@@ -97,6 +98,7 @@ def finetune(
         lr: Adam learning rate.
         batch_size: Training batch size.
         seed: Seed of the shuffling.
+        progress: Show a progress bar over the training batches (the loss on it).
 
     Returns:
         Test accuracy before (as ``LocalEvaluator.test_accuracy`` reports it) and after.
@@ -130,6 +132,10 @@ def finetune(
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     train = evaluator.task.train
+    from tqdm import tqdm
+
+    steps = epochs * -(-len(train) // batch_size)  # type: ignore[arg-type]
+    bar = tqdm(total=steps, desc="fine-tuning", unit="batch", disable=not progress)
     try:
         for _ in range(epochs):
             module.train()
@@ -142,6 +148,8 @@ def finetune(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
         module.eval()
         after = top1(module, evaluator.task.test, evaluator.batch_size, evaluator.device)
         for layer in cm.layers:
@@ -155,6 +163,7 @@ def finetune(
                     parametrize.remove_parametrizations(bn, attr, leave_parametrized=True)
         tuned = {k: v.detach().clone() for k, v in module.state_dict().items()}
     finally:
+        bar.close()
         for h in hooks:
             h.remove()
         cm.restore()  # the working copy goes back to FP32 for the next evaluation

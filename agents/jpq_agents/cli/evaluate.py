@@ -7,6 +7,7 @@ test split, next to the proxy's validation accuracy the search optimised.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from .output import one_in, table
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     policy, evaluator, _ = load_policy(args)
     cost = measure(evaluator.graph, policy)
     print(_layer_table(evaluator.graph, policy, cost))
+    images = len(evaluator.task.test)  # type: ignore[arg-type]
+    print(f"scoring the policy and FP32 on the {images:,} test images ...", file=sys.stderr)
     test, fp32 = evaluator.test_accuracy(policy), evaluator.test_accuracy(None)
     print(
         f"\ntest accuracy {test:.2%} (FP32 {fp32:.2%}) | val accuracy "

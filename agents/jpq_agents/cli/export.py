@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_file(Path(args.out), args)
     policy, evaluator, _ = load_policy(args)
+    images = len(evaluator.task.test)  # type: ignore[arg-type]
+    print(
+        f"exporting, then scoring the reloaded model on the {images:,} test images ...",
+        file=sys.stderr,
+    )
     reloaded, what = _write(args.format, evaluator, policy, args.out)
     cost = measure(evaluator.graph, policy)
     size, fp32 = os.path.getsize(args.out), cost.size_bits_fp32 / 8

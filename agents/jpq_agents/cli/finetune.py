@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.policy).with_name("finetuned.pt")
     check_output_file(out, args)  # before the training, not after it
     policy, evaluator, _ = load_policy(args)
-    result = finetune(evaluator, policy, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    result = finetune(
+        evaluator, policy, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=True
+    )
     save_atomic(result.state_dict, out)
     print(
         f"test accuracy before fine-tuning {result.accuracy_before:.2%}, after {args.epochs} "

@@ -21,3 +21,17 @@ def test_finetune_reports_before_and_after(search_run: Path, capsys, tmp_path):
     pruned = policy.layers[1].bits == 0
     if pruned.any():  # masks stay fixed: pruned kernels are still zero after training
         assert state["conv2.weight"][torch.from_numpy(pruned)].abs().max() == 0
+
+
+def test_finetune_shows_its_progress(capsys):
+    from jpq_env import Policy
+    from jpq_env.envs import JPQEnv
+    from jpq_env.proxy.finetune import finetune
+
+    env = JPQEnv(val_images=32)
+    policy = Policy.uniform(env.graph, 4, 8, env.conventions)
+    finetune(env.evaluator, policy, epochs=1, batch_size=256, progress=True)
+    err = capsys.readouterr().err
+    assert "fine-tuning" in err and "loss=" in err
+    finetune(env.evaluator, policy, epochs=1, batch_size=256)
+    assert "fine-tuning" not in capsys.readouterr().err  # quiet unless asked
