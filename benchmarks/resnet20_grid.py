@@ -101,7 +101,7 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
         "image_forwards": proxy.get("image_forwards"),
         "seconds": round(float(summary["seconds"]), 1),
         "setup_seconds": summary.get("setup_seconds"),
-        "commit": commit(),
+        "commit": run["commit"],  # the code this process runs: its HEAD when it started
         "curve_best_val": best,
         "curve_images": images,
     }
@@ -203,7 +203,7 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             runs = [
-                {**r, "task": "digits", "episodes": 12, "out": tmp}
+                {**r, "task": "digits", "episodes": 12, "out": tmp, "commit": commit()}
                 for r in grid(("greedy", "random", "uniform"), (1 / 64,), 2)
             ]
             rows = run_grid(runs, Path(tmp) / "rows.jsonl", one, _key, describe=_describe)
