@@ -37,6 +37,11 @@ def log_records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / LOG_NAME).read_text().splitlines()]
 
 
+def policy_keys(records: list[dict]) -> list[str]:
+    """Each logged policy as one comparable string (activation and kernel widths per layer)."""
+    return [json.dumps([[p["act_bits"], p["bits"]] for p in r["policy"]]) for r in records]
+
+
 def widths(record: dict) -> list[tuple[int, int]]:
     """(largest weight width, activation width) of every layer of a logged policy."""
     return [(max(p["bits"]), p["act_bits"]) for p in record["policy"]]

@@ -2,30 +2,12 @@
 seed, the warm variants starting from the two-stage policies.
 """
 
-import json
-
-import gymnasium as gym
 import pytest
 
-from jpq_agents.baselines import BASELINES
 from jpq_agents.run import run_search
-from jpq_agents.search import RunSettings, Search
-from tests.episodes import log_records
+from tests.episodes import log_records, policy_keys
 
 ENV = "jpq_env/JPQWeightsActs-v0"
-
-
-def _keys(records):
-    return [json.dumps([[p["act_bits"], p["bits"]] for p in r["policy"]]) for r in records]
-
-
-@pytest.fixture(scope="module")
-def two_stage_keys(tmp_path_factory):
-    out = tmp_path_factory.mktemp("two-stage")
-    env = gym.make(ENV, device="cpu").unwrapped
-    with Search(out, RunSettings("two-stage", 100, 0), env) as search:
-        BASELINES["two-stage"](search, 0)
-    return _keys(log_records(out))
 
 
 @pytest.mark.parametrize("agent", ["tpe", "cmaes"])
@@ -33,9 +15,9 @@ def test_optuna_agents_spend_exactly_their_evaluations_and_repeat_with_a_seed(ag
     first = run_search(agent, tmp_path / "a", 10, seed=1, env_id=ENV, progress=False)
     again = run_search(agent, tmp_path / "b", 10, seed=1, env_id=ENV, progress=False)
     assert first["evaluations"] == again["evaluations"] == 10
-    assert _keys(log_records(tmp_path / "a")) == _keys(log_records(tmp_path / "b"))
+    assert policy_keys(log_records(tmp_path / "a")) == policy_keys(log_records(tmp_path / "b"))
     other = run_search(agent, tmp_path / "c", 10, seed=2, env_id=ENV, progress=False)
-    assert other["evaluations"] == 10 and _keys(log_records(tmp_path / "c")) != _keys(
+    assert other["evaluations"] == 10 and policy_keys(log_records(tmp_path / "c")) != policy_keys(
         log_records(tmp_path / "a")
     )
 
@@ -44,7 +26,7 @@ def test_optuna_agents_spend_exactly_their_evaluations_and_repeat_with_a_seed(ag
 def test_warm_optuna_agents_start_with_the_two_stage_policies(agent, tmp_path, two_stage_keys):
     n = len(two_stage_keys)
     run_search(agent, tmp_path, n + 4, seed=0, env_id=ENV, progress=False)
-    keys = _keys(log_records(tmp_path))
+    keys = policy_keys(log_records(tmp_path))
     assert keys[:n] == two_stage_keys and len(keys) == n + 4
 
 
@@ -58,6 +40,8 @@ def test_cmaes_warm_starts_from_fewer_than_ten_two_stage_policies(tmp_path, monk
     run_search("cmaes-warm", tmp_path, 7, seed=1, env_id=ENV, progress=False)
     records = log_records(tmp_path)
     assert len(records) == 7
-    assert len(set(_keys(records[3:]))) == 4  # the sampler's own trials, not the sources again
+    assert (
+        len(set(policy_keys(records[3:]))) == 4
+    )  # the sampler's own trials, not the sources again
     assert optuna_search._enough_sources([1, 2, 3]) == [1, 2, 3] * 4
     assert optuna_search._enough_sources(list(range(12))) == list(range(12))

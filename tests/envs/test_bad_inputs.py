@@ -21,18 +21,6 @@ from jpq_env.envs.rewards import (
     LagrangianReward,
     MnasNetReward,
 )
-from tests.episodes import ACTS
-
-
-@pytest.fixture(scope="module")
-def env() -> JPQEnv:
-    return JPQEnv()
-
-
-@pytest.fixture(scope="module")
-def acts_env(env: JPQEnv) -> JPQEnv:
-    return JPQEnv(act_bits=ACTS, budget_bops=1 / 128, evaluator=env.evaluator)
-
 
 ACTIONS = [
     pytest.param(np.full(5, np.nan, dtype=np.float32), "NaN or inf", id="action-nan"),

@@ -10,17 +10,6 @@ from jpq_env.envs.budget import wall_channels
 from tests.episodes import ACTS, episode_actions, rollout
 
 
-@pytest.fixture(scope="module")
-def env() -> JPQEnv:
-    return JPQEnv()
-
-
-@pytest.fixture(scope="module")
-def acts_env(env: JPQEnv) -> JPQEnv:
-    """JPQWeightsActs-v0's choices: each layer decision also picks an activation width."""
-    return JPQEnv(act_bits=ACTS, budget_bops=1 / 128, evaluator=env.evaluator)
-
-
 def test_wall_keeps_every_episode_within_budget_and_none_does_not():
     free = JPQEnv(enforcement="none")
     walled = JPQEnv(enforcement="wall", evaluator=free.evaluator)

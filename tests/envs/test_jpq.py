@@ -25,12 +25,6 @@ def env() -> JPQEnv:
     return JPQEnv(render_mode="ansi")
 
 
-@pytest.fixture(scope="module")
-def acts_env(env: JPQEnv) -> JPQEnv:
-    """JPQWeightsActs-v0's choices: each layer decision also picks an activation width."""
-    return JPQEnv(act_bits=ACTS, budget_bops=1 / 128, evaluator=env.evaluator)
-
-
 def _same(a, b) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)

@@ -2,32 +2,16 @@
 RL, the activation head, and finite updates at the sparsity boundaries.
 """
 
-import json
-
 import gymnasium as gym
 import pytest
 import torch
 
-from jpq_agents.baselines import BASELINES
 from jpq_agents.search import RunSettings, Search
 from jpq_agents.two_level import TwoLevelConfig, _Agent, run_two_level
 from jpq_env.envs import JPQEnv
-from tests.episodes import ACTS, log_records, widths
+from tests.episodes import ACTS, log_records, policy_keys, widths
 
 ENV = "jpq_env/JPQWeightsActs-v0"
-
-
-def _keys(records):
-    return [json.dumps([[p["act_bits"], p["bits"]] for p in r["policy"]]) for r in records]
-
-
-@pytest.fixture(scope="module")
-def two_stage_keys(tmp_path_factory):
-    out = tmp_path_factory.mktemp("two-stage")
-    env = gym.make(ENV, device="cpu").unwrapped
-    with Search(out, RunSettings("two-stage", 100, 0), env) as search:
-        BASELINES["two-stage"](search, 0)
-    return _keys(log_records(out))
 
 
 def _two_level(tmp_path, episodes, **config):
@@ -42,12 +26,12 @@ def test_model_based_two_level_phases_and_its_real_evaluations(tmp_path, two_sta
     search, log = _two_level(tmp_path, 80, imagined=16, real_per_round=4, refine_fraction=0.4)
     phases = [r.get("phase") for r in log]
     n = len(two_stage_keys)
-    assert phases[:n] == ["warm-start"] * n and _keys(log)[:n] == two_stage_keys
+    assert phases[:n] == ["warm-start"] * n and policy_keys(log)[:n] == two_stage_keys
     learning = [r for r in log if r.get("phase") == "learning"]
     refining = [r for r in log if str(r.get("phase", "")).startswith("refinement:from-")]
     assert len(learning) == 80 - int(0.4 * 80) - n > 0 and len(refining) == int(0.4 * 80)
     # the surrogate's picks are never a policy already evaluated
-    learned_keys = _keys(learning)
+    learned_keys = policy_keys(learning)
     assert len(set(learned_keys)) == len(learned_keys)
     assert not set(learned_keys) & set(two_stage_keys)
     # raced evaluations lost and never become the best
@@ -63,7 +47,7 @@ def test_pure_rl_variant_learns_without_warm_start_or_refinement(tmp_path, two_s
         tmp_path, 24, warm_start=False, refine_fraction=0.0, imagined=16, real_per_round=8
     )
     assert {r.get("phase") for r in log} == {"learning"} and len(log) == 24
-    assert not set(_keys(log)) & set(two_stage_keys)
+    assert not set(policy_keys(log)) & set(two_stage_keys)
 
 
 @pytest.fixture(scope="module")
