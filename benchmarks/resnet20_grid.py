@@ -212,7 +212,11 @@ def main() -> None:
     if not args.report:
         agents = tuple(a.strip() for a in args.agents.split(","))
         budgets = tuple(float(Fraction(b)) for b in args.budgets.split(","))
-        runs = [{**r, "episodes": 300, "out": str(RUNS)} for r in grid(agents, budgets, args.seeds)]
+        stamp = commit()  # the code this process runs: its HEAD when it started
+        runs = [
+            {**r, "episodes": 300, "out": str(RUNS), "commit": stamp}
+            for r in grid(agents, budgets, args.seeds)
+        ]
         run_grid(runs, LOG, one, _key, describe=_describe)
     rows = [r for r in load_rows(LOG) if r.get("task", "resnet20") == "resnet20"]
     if rows:
