@@ -1,7 +1,8 @@
 """Exporting a compressed model: bit-packed integer weights, per-kernel scales, activation ranges.
 
 ``export_compressed`` writes format ``jpq-compressed-v2``: a byte container
-(``jpq_env.export.packing``: a JSON header and one blob, nothing that must be unpickled) in which
+(``jpq_env.export.packing``: a zlib-compressed JSON header and one blob, nothing that must be
+unpickled) in which
 every compressible layer stores each kernel's width (0 = pruned), its integer levels *packed at
 that width* (a 3-bit kernel takes 3 bits a weight), one float32 scale per quantized kernel and the
 float rows of full-precision kernels. Pruned kernels store nothing, and neither do the weights
@@ -43,6 +44,7 @@ from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION, SUPPORTED_BITS, ActRange
 from jpq_env.export.packing import (
     MAGIC,
+    MAGIC_ZLIB,
     ExportFormatError,
     Fields,
     pack_levels,
@@ -558,7 +560,7 @@ def load_compressed(
         raise ExportFormatError(f"no export at '{path}'") from exc
     except OSError as exc:
         raise ExportFormatError(f"cannot read the export '{path}': {exc}") from exc
-    if head == MAGIC:
+    if head in (MAGIC, MAGIC_ZLIB):
         header, tensors = read_container(path)
         if header.get("format") != EXPORT_FORMAT:
             raise ExportFormatError(

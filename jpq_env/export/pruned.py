@@ -47,6 +47,7 @@ from typing import Any, assert_never, cast
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -73,6 +74,8 @@ from jpq_env.proxy.evaluator import LocalEvaluator
 
 __all__ = [
     "ActQuant",
+    "ChannelGather",
+    "ChannelScatter",
     "SplitGroups",
     "load_pruned",
     "prune_physically",
@@ -84,20 +87,58 @@ __all__ = [
 Positions = np.ndarray | None  # original channel positions a tensor holds; None: all of them
 
 
-class _Scatter(nn.Module):
-    """Put a tensor's channels back at their original positions among ``size`` (zeros elsewhere)."""
+class ChannelScatter(nn.Module):
+    """Put a tensor's channels back at their original positions among ``size`` (zeros elsewhere).
+
+    One zero channel is appended and every output position gathers its source (the zero channel
+    where the tensor has none): a ``Pad`` and a ``Gather`` in ONNX, with no shape arithmetic.
+    ``index``: the original position of each of the tensor's channels.
+    """
 
     def __init__(self, index: np.ndarray, size: int) -> None:
         super().__init__()
-        self.size = size
-        self.register_buffer("index", torch.as_tensor(index, dtype=torch.long))
+        source = np.full(size, len(index), dtype=np.int64)
+        source[np.asarray(index, dtype=np.int64)] = np.arange(len(index))
+        self.inputs = len(index)
+        self.register_buffer("source", torch.from_numpy(source))
+
+    @classmethod
+    def reading(cls, source: np.ndarray, inputs: int) -> ChannelScatter:
+        """The move whose output channel ``j`` is input channel ``source[j]`` (``inputs``: zero)."""
+        move = cls(np.zeros(0, dtype=np.int64), 0)
+        move.inputs = inputs
+        move.source = torch.as_tensor(source, dtype=torch.long)
+        return move
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.new_zeros((x.shape[0], self.size, *x.shape[2:]))
-        return out.index_copy(1, cast(torch.Tensor, self.index), x)
+        """``x``'s channels at their positions: a zero channel appended, then gathered."""
+        pad = [0, 0] * (x.dim() - 2) + [0, 1]  # one zero channel after the last (dim 1)
+        return F.pad(x, pad).index_select(1, cast(torch.Tensor, self.source))
 
 
-class _Gather(nn.Module):
+def _compose_moves(gm: fx.GraphModule) -> None:
+    """Replace a ``ChannelScatter`` read only by a ``ChannelGather`` with one move (same values)."""
+    for node in list(gm.graph.nodes):
+        scatter = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if not isinstance(scatter, ChannelScatter) or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        gather = gm.get_submodule(user.target) if user.op == "call_module" else None
+        if not isinstance(gather, ChannelGather) or user.args != (node,):
+            continue
+        source = cast(torch.Tensor, scatter.source)
+        composed = source.index_select(0, cast(torch.Tensor, gather.index)).numpy()
+        move: nn.Module = (
+            ChannelGather(composed)
+            if composed.max(initial=-1) < scatter.inputs  # no zero channel read
+            else ChannelScatter.reading(composed, scatter.inputs)
+        )
+        gm.add_submodule(str(user.target), move)  # the gather's name, now the whole move
+        user.args = tuple(node.args)
+        gm.graph.erase_node(node)
+
+
+class ChannelGather(nn.Module):
     """Keep the channels at ``index`` (in this order)."""
 
     def __init__(self, index: np.ndarray) -> None:
@@ -105,6 +146,7 @@ class _Gather(nn.Module):
         self.register_buffer("index", torch.as_tensor(index, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The channels of ``x`` at ``index``."""
         return x.index_select(1, cast(torch.Tensor, self.index))
 
 
@@ -211,18 +253,18 @@ class _Rewriter:
         if have is None or size is None:
             if want is None or (size is not None and np.array_equal(want, np.arange(size))):
                 return arg
-            return self._add_module(_Gather(want), user, arg, "gather")
+            return self._add_module(ChannelGather(want), user, arg, "gather")
         if want is not None and np.array_equal(have, want):
             return arg
         if want is not None and np.isin(want, have).all():
-            return self._add_module(_Gather(np.searchsorted(have, want)), user, arg, "gather")
+            return self._add_module(ChannelGather(np.searchsorted(have, want)), user, arg, "gather")
         if len(have) == size:  # every position is there already: a full layout
             full = arg
         else:
-            full = self._add_module(_Scatter(have, size), user, arg, "scatter")
+            full = self._add_module(ChannelScatter(have, size), user, arg, "scatter")
         if want is None or np.array_equal(want, np.arange(size)):
             return full
-        return self._add_module(_Gather(want), user, full, "gather")
+        return self._add_module(ChannelGather(want), user, full, "gather")
 
     def _expand_all(self, node: fx.Node) -> None:
         for arg in node.all_input_nodes:
@@ -541,6 +583,7 @@ def prune_physically(
     with torch.no_grad():
         ShapeProp(gm).propagate(example_input.detach().cpu().contiguous())
     _Rewriter(gm, graph, policy, act_ranges).run()
+    _compose_moves(gm)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()

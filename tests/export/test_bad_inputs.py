@@ -18,7 +18,7 @@ from jpq_agents.cli import main
 from jpq_env import Policy
 from jpq_env.envs import JPQEnv
 from jpq_env.export.packed import ExportFormatError, export_compressed, load_compressed
-from jpq_env.export.packing import MAGIC
+from jpq_env.export.packing import MAGIC, join_container, split_container
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,11 @@ def export_file(env: JPQEnv, policy_json, tmp_path_factory):
 
 def _edited(data: bytes, edit) -> bytes:
     """The export with its JSON header changed by ``edit(header)`` (a dict, or raw bytes)."""
-    start = len(MAGIC) + 8
-    (size,) = struct.unpack("<Q", data[len(MAGIC) : start])
-    header = json.loads(data[start : start + size])
+    header, blob = split_container("export", data)
     new = edit(header)
-    text = new if isinstance(new, bytes) else json.dumps(header).encode()
-    return MAGIC + struct.pack("<Q", len(text)) + text + data[start + size :]
+    if isinstance(new, bytes):  # raw header bytes, stored uncompressed
+        return MAGIC + struct.pack("<Q", len(new)) + new + blob
+    return join_container(header, blob)
 
 
 def _first_layer(header):
@@ -153,12 +152,10 @@ def test_bad_inputs_every_decoded_export_field_is_checked(case, env, export_file
 
 
 def test_bad_inputs_non_finite_weights_in_an_export_are_refused(env, export_file, tmp_path):
-    start = len(MAGIC) + 8
-    (size,) = struct.unpack("<Q", export_file[len(MAGIC) : start])
-    header = json.loads(export_file[start : start + size])
+    header, blob = split_container("export", export_file)
     data = bytearray(export_file)
     for name in ("scales", "state/float32"):
-        at = start + size + header["tensors"][name]["offset"]
+        at = len(export_file) - len(blob) + header["tensors"][name]["offset"]
         bad = data.copy()
         bad[at : at + 4] = struct.pack("<f", float("nan"))
         path = tmp_path / f"{name.replace('/', '_')}.jpq"

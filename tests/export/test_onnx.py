@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -51,16 +53,21 @@ def _assert_close(path, x: torch.Tensor, expected: torch.Tensor, act: int) -> to
     few steps, the mean one a step at most, relative to the logits' size; with float activations
     float rounding only.
     """
-    step = max(2.0**-act, 2.0**-12)
     for optimize in (False, True):
         got = load_onnx(path, threads=1, optimize=optimize)(x)
-        if act >= 32:
-            assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4), (got - expected).abs().max()
-            continue
-        diff = (got - expected).abs()
-        assert diff.max() <= 4 * step * expected.abs().max(), (optimize, diff.max())
-        assert diff.mean() <= step * expected.abs().mean(), (optimize, diff.mean())
+        _assert_near(got, expected, act, optimize)
     return got
+
+
+def _assert_near(got: torch.Tensor, expected: torch.Tensor, act: int, what: object = "") -> None:
+    """``got`` is ``expected`` within the quantization tolerance of ``_assert_close``."""
+    if act >= 32:
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4), (got - expected).abs().max()
+        return
+    step = max(2.0**-act, 2.0**-12)
+    diff = (got - expected).abs()
+    assert diff.max() <= 4 * step * expected.abs().max(), (what, diff.max())
+    assert diff.mean() <= step * expected.abs().mean(), (what, diff.mean())
 
 
 def _initializers(path) -> dict[str, onnx.TensorProto]:
@@ -87,7 +94,7 @@ def test_digits_matches_the_compressed_model(digits, tmp_path, widths, act, cont
     task, ev = digits
     policy = _policy(ev.graph, np.random.default_rng(len(widths) + act), widths, act, 0.4)
     path = tmp_path / "m.onnx"
-    info = export_onnx(ev, policy, path)
+    info = export_onnx(ev, policy, path, integer=False)  # the compressed model's quantizers only
     assert info["file_bytes"] == path.stat().st_size and info["opset"] == ONNX_OPSET == 21
     x = torch.stack([task.test[i][0] for i in range(len(task.test))])
     with torch.no_grad():
@@ -119,11 +126,13 @@ def test_int4_levels_are_packed_and_the_file_is_small(digits, tmp_path):
     _, ev = digits
     policy = _policy(ev.graph, np.random.default_rng(0), [4], 8, 0.0)
     path = tmp_path / "w4.onnx"
-    info = export_onnx(ev, policy, path)
+    info = export_onnx(ev, policy, path, integer=False)
     weights = measure(ev.graph, policy).size_bits // 8  # 4 bits a weight, nothing pruned
     assert info["weight_bytes"] == weights
     inits = _initializers(path)
     levels = [i for n, i in inits.items() if n.endswith(".levels")]
+    assert len(levels) == len(ev.graph.layers)
+    assert all(i.data_type == _T.INT4 for i in levels)
     assert sum(len(i.raw_data) for i in levels) == weights  # two levels a byte
     for i in levels:
         values = onnx.numpy_helper.to_array(i)
@@ -152,6 +161,9 @@ def test_test_nets_match_the_compressed_model(tmp_path, net, act):
         with torch.no_grad():
             expected = cm.module(x)
             assert torch.allclose(qdq(x), pruned(x), rtol=1e-5, atol=1e-6), trial
+            # BatchNorm folded: the same logits up to float rounding at quantizer boundaries
+            folded = qdq_module(pruned, graph, policy, cm.quantizers, fold=True)
+            _assert_near(folded(x), expected, act)
         got = _assert_close(path, x, expected, act)
         assert (got.argmax(1) != expected.argmax(1)).sum() <= 1, trial
         assert got.shape == expected.shape
@@ -161,7 +173,7 @@ def test_test_nets_match_the_compressed_model(tmp_path, net, act):
         stored = sum(
             int(np.prod(i.dims))
             for n, i in inits.items()
-            if n.endswith(".levels") or n.endswith(".weight.full")
+            if n.endswith((".levels", ".weight.full"))
         )
         assert stored == weight_count(pruned), trial
 
@@ -195,9 +207,8 @@ def test_cli_export_onnx_reports_what_it_wrote(tmp_path, capsys):
     policy = _policy(graph, np.random.default_rng(5), [2, 4, 8], 8, 0.5)
     policy.save(tmp_path / "policy.json")
     out = tmp_path / "model.onnx"
-    assert (
-        main(["export", str(tmp_path / "policy.json"), "--out", str(out), "--format", "onnx"]) == 0
-    )
+    args = ["export", str(tmp_path / "policy.json"), "--out", str(out), "--format", "onnx"]
+    assert main([*args, "--exact"]) == 0
     text = capsys.readouterr().out
     assert f"{out.stat().st_size:,} bytes" in text and "ONNX opset 21" in text
     assert f"size model {measure(graph, policy).size_bits / 8:,.0f} bytes" in text
@@ -205,3 +216,24 @@ def test_cli_export_onnx_reports_what_it_wrote(tmp_path, capsys):
     assert f"(evaluate: {accuracy:.2%})" in text
     reloaded = float(text.split("reloaded model test accuracy ")[1].split("%")[0]) / 100
     assert abs(reloaded - accuracy) * len(task.test) <= 1.01
+
+
+def test_cli_export_onnx_benchmark_times_it_against_fp32(tmp_path, capsys):
+    from jpq_agents.cli import main
+
+    task = load_task("digits")
+    graph = LayerGraph.from_module(task.model, task.example_input)
+    _policy(graph, np.random.default_rng(5), [8], 8, 0.0).save(tmp_path / "policy.json")
+    out = tmp_path / "model.onnx"
+    args = ["export", str(tmp_path / "policy.json"), "--out", str(out), "--format", "onnx"]
+    assert main([*args, "--benchmark"]) == 0
+    text = capsys.readouterr().out
+    assert "for integer kernels" in text
+    for batch in (1, 64):
+        line = next(x for x in text.splitlines() if f"batch {batch}:" in x)
+        ms, ms32 = (float(v) for v in re.findall(r"([0-9.e+-]+) ms", line))
+        ratio = float(re.search(r"\(([0-9.]+)x\)", line).group(1))
+        assert ms > 0 and ms32 > 0 and abs(ratio - ms32 / ms) <= 0.01 + 0.002 * ratio
+    # the flags belong to the ONNX format
+    assert main([*args[:-2], "--benchmark"]) == 2
+    assert "--benchmark applies to --format onnx only" in capsys.readouterr().err

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,15 @@ from jpq_env.export.packed import (
     input_masks,
     load_compressed,
 )
-from jpq_env.export.packing import MAGIC, pack_levels, unpack_levels
+from jpq_env.export.packing import (
+    MAGIC,
+    MAGIC_ZLIB,
+    MAX_HEADER_BYTES,
+    join_container,
+    pack_levels,
+    split_container,
+    unpack_levels,
+)
 from jpq_env.proxy.data import top1
 from jpq_env.proxy.evaluator import LocalEvaluator
 
@@ -145,7 +156,8 @@ def test_damaged_and_foreign_files_are_named(digits, tmp_path):
     with pytest.raises(ExportFormatError, match="damaged header"):
         load(data[: len(MAGIC) + 8] + b"}" + data[len(MAGIC) + 9 :])
     with pytest.raises(ExportFormatError, match="format 'jpq-compressed-v9'"):
-        load(data.replace(b"jpq-compressed-v2", b"jpq-compressed-v9"))
+        header, blob = split_container("export", data)
+        load(join_container({**header, "format": "jpq-compressed-v9"}, blob))
     with pytest.raises(ExportFormatError, match="not a readable jpq-env export"):
         load(b"GIF89a" + bytes(100))
     with pytest.raises(ValueError, match="exported for another model"):
@@ -186,3 +198,26 @@ def test_a_layer_registered_under_two_names_is_stored_once(digits, tmp_path):
     x = torch.stack([aliased_eval.task.val[i][0] for i in range(64)])
     expected = aliased_eval.prepare(policy)(x)
     assert torch.equal(back(x), expected)
+
+
+def test_the_header_is_compressed_and_plain_headers_still_load(digits, tmp_path):
+    task, _ = digits
+    path = _export(digits, tmp_path)
+    data = path.read_bytes()
+    assert data.startswith(MAGIC_ZLIB)
+    header, blob = split_container(path, data)
+    plain = join_container(header, blob, compress=False)
+    assert plain.startswith(MAGIC) and len(plain) - len(data) > len(json.dumps(header)) // 2
+    old = tmp_path / "plain.jpq"
+    old.write_bytes(plain)
+    x = task.example_input
+    with torch.no_grad():
+        a = load_compressed(path, task.model, x)(x)
+        b = load_compressed(old, task.model, x)(x)
+    assert torch.equal(a, b)
+    # a header that inflates past the limit is refused before it is parsed
+    bomb = tmp_path / "bomb.jpq"
+    text = zlib.compress(b" " * (MAX_HEADER_BYTES + 10), 9)
+    bomb.write_bytes(MAGIC_ZLIB + struct.pack("<Q", len(text)) + text + blob)
+    with pytest.raises(ExportFormatError, match="does not decompress to at most"):
+        load_compressed(bomb, task.model, x)

@@ -38,8 +38,20 @@ def add_parser(subparsers: Subparsers) -> None:
         default="jpq",
         help="jpq: bit-packed integer weights for load_compressed (default); torch: the "
         "physically pruned model as a torch.export program (torch.export.load(FILE).module()); "
-        "onnx: that model in ONNX with integer weights and QDQ activations (opset 21, for "
-        "onnxruntime; needs pip install 'jpq-env[onnx]')",
+        "onnx: that model in ONNX for onnxruntime's integer kernels (opset 21, BatchNorm "
+        "folded, 8-bit output quantizers added; needs pip install 'jpq-env[onnx]')",
+    )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="onnx: the compressed model's own quantizers only (BatchNorm kept, no added 8-bit "
+        "output quantizers): reproduces jpq evaluate, but onnxruntime runs it mostly in float",
+    )
+    parser.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="onnx: also time the export against the FP32 export in onnxruntime (one thread, "
+        "batch 1 and 64)",
     )
     add_task_args(parser, None)
     parser.set_defaults(func=run)
@@ -50,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     from jpq_env.core.costs import measure
     from jpq_env.proxy.data import top1
 
+    if args.format != "onnx" and (args.exact or args.benchmark):
+        flag = "--exact" if args.exact else "--benchmark"
+        raise ArgumentError(f"{flag} applies to --format onnx only, not --format {args.format}")
     check_output_file(Path(args.out), args)
     policy, evaluator, _ = load_policy(args)
     images = len(evaluator.task.test)  # type: ignore[arg-type]
@@ -57,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         f"exporting, then scoring the reloaded model on the {images:,} test images ...",
         file=sys.stderr,
     )
-    reloaded, what = _write(args.format, evaluator, policy, args.out)
+    reloaded, what = _write(args.format, evaluator, policy, args.out, exact=args.exact)
     cost = measure(evaluator.graph, policy)
     size, fp32 = os.path.getsize(args.out), cost.size_bits_fp32 / 8
     print(
@@ -66,10 +81,33 @@ def run(args: argparse.Namespace) -> int:
         f"reloaded model test accuracy {top1(reloaded, evaluator.task.test):.2%} "
         f"(evaluate: {evaluator.test_accuracy(policy):.2%})"
     )
+    if args.benchmark:
+        _benchmark(evaluator, args.out)
     return 0
 
 
-def _write(fmt: str, evaluator: LocalEvaluator, policy: Policy, out: str) -> tuple[Any, str]:
+def _benchmark(evaluator: LocalEvaluator, out: str) -> None:
+    """Print onnxruntime's latency of ``out`` against the FP32 export (one thread)."""
+    import tempfile
+
+    from jpq_env import Policy
+    from jpq_env.export.onnx import export_onnx, latency
+
+    shape = tuple(evaluator.task.example_input.shape[1:])
+    with tempfile.TemporaryDirectory() as folder:
+        reference = Path(folder) / "fp32.onnx"
+        export_onnx(evaluator, Policy.uniform(evaluator.graph), reference, integer=False)
+        for batch in (1, 64):
+            t, t32 = latency(out, shape, batch), latency(reference, shape, batch)
+            print(
+                f"onnxruntime, 1 thread, batch {batch}: {t * 1e3:.4g} ms against the FP32 "
+                f"export's {t32 * 1e3:.4g} ms ({t32 / t:.2f}x)"
+            )
+
+
+def _write(
+    fmt: str, evaluator: LocalEvaluator, policy: Policy, out: str, exact: bool = False
+) -> tuple[Any, str]:
     """Write ``out`` in format ``fmt``; the reloaded model (callable as a module) and its kind."""
     task = evaluator.task
     if fmt == "torch":
@@ -81,11 +119,12 @@ def _write(fmt: str, evaluator: LocalEvaluator, policy: Policy, out: str) -> tup
         from jpq_env.export.onnx import ONNX_OPSET, export_onnx, load_onnx
 
         try:
-            export_onnx(evaluator, policy, out)
+            export_onnx(evaluator, policy, out, integer=not exact)
         except ImportError as exc:  # the optional extra is not installed
             raise ArgumentError(str(exc)) from exc
-        what = f"ONNX opset {ONNX_OPSET}, integer weights, QDQ activations, pruned channels removed"
-        return load_onnx(out), what
+        kind = "the compressed model's quantizers only" if exact else "for integer kernels"
+        what = f"ONNX opset {ONNX_OPSET}, {kind}, pruned channels removed"
+        return load_onnx(out, optimize=not exact), what
     from jpq_env.export.packed import export_compressed, load_compressed
 
     export_compressed(evaluator, policy, out)
