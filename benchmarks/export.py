@@ -30,7 +30,8 @@ from jpq_env import LayerPolicy, LocalEvaluator, Policy, load_task
 from jpq_env.core.costs import measure
 from jpq_env.core.importance import kernel_ranking
 from jpq_env.export.packed import export_compressed
-from jpq_env.export.pruned import pruned_module, save_pruned, weight_count
+from jpq_env.export.program import export_program
+from jpq_env.export.pruned import pruned_module, weight_count
 
 try:
     import onnxruntime  # noqa: F401  # the optional extra
@@ -59,8 +60,10 @@ SIZE_TEXT = (
     "File sizes on digits in bytes. Size model: `costs.measure(...).size_bits / 8` (kept "
     "weights at their widths). Payload: the packed integer levels in the `jpq` file; the rest of "
     "that file is one float32 scale per quantized kernel, the BatchNorm statistics and biases "
-    "(kept whole), and a JSON header. The torch program stores the physically pruned model's "
-    "float weights (fake-quantized values in FP32) and its graph. The ONNX file here is the "
+    "(kept whole), and a zlib-compressed JSON header. The torch program (`jpq export --format "
+    "torch`) stores the physically pruned model's integer levels (a byte a weight up to 8 "
+    "bits), its scales and its graph (`torch.export`'s JSON, most of a small model's file). "
+    "The ONNX file here is the "
     "`--exact` export (opset 21): the integer levels in INT4 (W2, W4: two a byte) or INT8 (W8) "
     "initializers, one float scale per kernel, BatchNorm and biases in float; opset 21 has no "
     "2-bit type, so W2 levels take 4 bits."
@@ -106,9 +109,7 @@ def size_rows(ev: LocalEvaluator, folder: Path) -> list[str]:
     ):
         model = measure(ev.graph, policy).size_bits / 8
         info = export_compressed(ev, policy, folder / "m.jpq")
-        torch_bytes = save_pruned(
-            pruned_module(ev, policy), ev.task.example_input, folder / "m.pt2"
-        )
+        torch_bytes = export_program(ev, policy, folder / "m.pt2")
         onnx = "n/a"
         if HAVE_ONNX:
             size = export_onnx(ev, policy, folder / "m.onnx", integer=False)["file_bytes"]
@@ -157,7 +158,7 @@ def onnx_rows(
         cost = measure(ev.graph, policy)
         model = cost.size_bits / 8
         jpq = export_compressed(ev, policy, folder / "m.jpq")["file_bytes"]
-        pt2 = save_pruned(pruned_module(ev, policy), ev.task.example_input, folder / "m.pt2")
+        pt2 = export_program(ev, policy, folder / "m.pt2")
         size = export_onnx(ev, policy, folder / "int.onnx")["file_bytes"]
         export_onnx(ev, policy, folder / "exact.onnx", integer=False)
         speed = []

@@ -1,8 +1,9 @@
 """``jpq export POLICY --out FILE``: a compressed model file, reloaded and scored once written.
 
 Three formats: ``jpq`` (bit-packed integer weights for ``load_compressed``), ``torch`` (the
-physically pruned model as a ``torch.export`` program) and ``onnx`` (that model with integer
-weights and QDQ activations). Reloading the file and scoring it proves it round-trips.
+physically pruned model as a ``torch.export`` program, its weights as integer levels and scales)
+and ``onnx`` (that model for onnxruntime's integer kernels, or ``--exact``). Reloading the file
+and scoring it proves it round-trips.
 """
 
 from __future__ import annotations
@@ -111,10 +112,12 @@ def _write(
     """Write ``out`` in format ``fmt``; the reloaded model (callable as a module) and its kind."""
     task = evaluator.task
     if fmt == "torch":
-        from jpq_env.export.pruned import load_pruned, pruned_module, save_pruned
+        from jpq_env.export.program import export_program
+        from jpq_env.export.pruned import load_pruned
 
-        save_pruned(pruned_module(evaluator, policy), task.example_input, out)
-        return load_pruned(out), "torch.export program of the physically pruned model"
+        export_program(evaluator, policy, out)
+        what = "torch.export program of the physically pruned model, integer levels and scales"
+        return load_pruned(out), what
     if fmt == "onnx":
         from jpq_env.export.onnx import ONNX_OPSET, export_onnx, load_onnx
 
