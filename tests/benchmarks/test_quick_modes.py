@@ -29,6 +29,7 @@ QUICK = {
     "export": (5, 0),
     "compare_digits": (6, 0),  # greedy and random, two seeds each
     "resnet20_grid": (8, 0),  # digits instead of ResNet-20: greedy, random, uniform
+    "resnet20_finetune": (9, 0),  # digits, one epoch of the uniform W4A4 policy
 }
 
 

@@ -47,6 +47,10 @@ def test_bad_constructor_argument_is_named(build, message):
         pytest.param({"epochs": True}, "epochs must be an integer >= 1, got True", id="finetune-epochs-bool"),
         pytest.param({"lr": float("nan")}, "lr must be a finite number > 0, got nan", id="finetune-lr-nan"),
         pytest.param({"batch_size": 0}, "batch_size must be an integer >= 1, got 0", id="finetune-batch-size-zero"),
+        pytest.param({"recipe": "adamw"}, r"unknown recipe 'adamw': choose one of \['lsq', 'ste'\]", id="finetune-recipe-unknown"),
+        pytest.param({"distill": 1.5}, "distill must be a finite number", id="finetune-distill-above-one"),
+        pytest.param({"temperature": 0}, "temperature must be a finite number > 0", id="finetune-temperature-zero"),
+        pytest.param({"dropout": 0.1}, r"unknown fine-tuning options \['dropout'\]", id="finetune-unknown-option"),
     ],
 )  # fmt: skip
 def test_bad_finetune_argument_is_named(env: JPQEnv, kwargs, message):

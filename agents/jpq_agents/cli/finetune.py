@@ -1,4 +1,4 @@
-"""``jpq finetune POLICY``: short quantization-aware fine-tuning, test accuracy before and after.
+"""``jpq finetune POLICY``: quantization-aware fine-tuning, accuracy per epoch, before and after.
 
 The output file is checked before the training starts (not after minutes of it), and written
 atomically, so an interrupted run never leaves half a weights file.
@@ -12,6 +12,8 @@ from pathlib import Path
 from .parser import Subparsers, add_task_args, positive, seed
 from .policy_file import check_output_file, load_policy
 
+RECIPES = ("lsq", "ste")  # jpq_env.proxy.finetune.RECIPES (not imported: --help loads no torch)
+
 __all__ = ["add_parser", "run"]
 
 
@@ -20,7 +22,27 @@ def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("finetune", help="quantization-aware fine-tuning of a policy")
     parser.add_argument("policy", help="a policy.json written by jpq search")
     parser.add_argument("--epochs", type=positive, default=3, help="fine-tuning epochs")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
+    parser.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="lsq",
+        help="lsq: learned weight and activation steps, distillation from the FP32 model, SGD "
+        "with a cosine schedule (default); ste: fixed scales, cross-entropy, Adam",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: 0.01 lsq, 0.001 ste)"
+    )
+    parser.add_argument(
+        "--distill", type=float, default=0.5, help="weight of the distillation term, 0-1 (lsq)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=2.0, help="distillation temperature (lsq)"
+    )
+    parser.add_argument(
+        "--checkpoints",
+        default=None,
+        help="folder for per-epoch checkpoints; a run started again continues after the last",
+    )
     parser.add_argument("--seed", type=seed, default=0, help="seed of the data order")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     add_task_args(parser, None)
@@ -39,9 +61,23 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(out, args)  # before the training, not after it
     policy, evaluator, _ = load_policy(args)
     result = finetune(
-        evaluator, policy, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=True
+        evaluator,
+        policy,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        progress=True,
+        recipe=args.recipe,
+        checkpoint_dir=args.checkpoints,
+        distill=args.distill,
+        temperature=args.temperature,
     )
     save_atomic(result.state_dict, out)
+    for h in result.history:
+        print(
+            f"epoch {h['epoch']}: loss {h['loss']:.4f}, held-out {h['val']:.2%}, "
+            f"test {h['test']:.2%} ({h['seconds']:.0f} s)"
+        )
     print(
         f"test accuracy before fine-tuning {result.accuracy_before:.2%}, after {args.epochs} "
         f"epoch(s) {result.accuracy_after:.2%} (FP32 {evaluator.test_accuracy(None):.2%}); "

@@ -35,3 +35,23 @@ def test_finetune_shows_its_progress(capsys):
     assert "fine-tuning" in err and "loss=" in err
     finetune(env.evaluator, policy, epochs=1, batch_size=256)
     assert "fine-tuning" not in capsys.readouterr().err  # quiet unless asked
+
+
+def test_finetune_prints_each_epoch_and_resumes_from_its_checkpoints(search_run, capsys, tmp_path):
+    from jpq_agents.cli.finetune import RECIPES as CLI_RECIPES
+    from jpq_env.proxy.finetune import RECIPES
+
+    assert CLI_RECIPES == RECIPES  # the CLI's copy (it imports no torch for --help)
+    args = ["finetune", str(search_run / "policy.json"), "--epochs", "2"]
+    args += ["--checkpoints", str(tmp_path / "ckpt"), "--out", str(tmp_path / "a.pt")]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    lines = [line for line in first.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch-001.pt", "epoch-002.pt"]
+    # started again: nothing left to train, the same history from the checkpoints
+    assert main([*args[:-1], str(tmp_path / "b.pt")]) == 0
+    again = capsys.readouterr().out
+    assert [x for x in again.splitlines() if x.startswith("epoch ")] == lines
+    a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
