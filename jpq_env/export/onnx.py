@@ -459,13 +459,7 @@ def _float_output(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
         return None
     if not node.args or _integer_grid(gm, node.args[0]) is None:
         return None
-    tail = node
-    if len(node.users) == 1 and _is_relu(gm, next(iter(node.users))):
-        tail = next(iter(node.users))
-    users = list(tail.users)
-    if len(users) == 1 and _integer_grid(gm, users[0]) is not None:
-        return None
-    return tail
+    return _exit(gm, node)
 
 
 def _is_add(node: fx.Node) -> bool:
@@ -496,8 +490,8 @@ def _moves_channels(gm: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in (operator.getitem, F.pad)
 
 
-def _integer_add(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
-    """Where a residual add's (ReLU'd) sum leaves the integer domain (None: it does not)."""
+def _exit(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """Where ``node``'s (ReLU'd) output leaves the integer domain (None: one 8-bit QDQ reads it)."""
     tail = node
     if len(node.users) == 1 and _is_relu(gm, next(iter(node.users))):
         tail = next(iter(node.users))
@@ -556,7 +550,7 @@ def quantize_outputs(gm: fx.GraphModule, batches: Iterable[torch.Tensor]) -> int
             if root is None:
                 observe(cast(fx.Node, arg))  # the other operand: quantized too
         adds.append(node)
-        tap = _integer_add(gm, node)
+        tap = _exit(gm, node)
         if tap is not None:
             observe(tap)
     gm.recompile()
