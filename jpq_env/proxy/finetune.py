@@ -426,7 +426,7 @@ def _train(
                 schedule.step()
                 total, n = total + float(loss.detach()) * len(y), n + len(y)
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{float(loss):.3f}", refresh=False)
+                bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}", refresh=False)
             module.eval()
             size, device = evaluator.batch_size, evaluator.device
             history.append(
