@@ -8,9 +8,11 @@ knowledge distillation):
   ``WeightQuantizer`` scale, the calibrated activation range over its levels), so that before the
   first update the fine-tuned model computes exactly the compressed model's logits. The forward
   pass rounds with a straight-through estimator; the step's gradient is LSQ's, scaled by
-  ``1 / sqrt(elements * largest level)``. Binary kernels (1 bit: ``sign(w) * step``) learn their
-  step too; 32-bit kernels are not quantized; a signed 1-bit input (``sign(x) * span / 2``) keeps
-  its fixed span.
+  ``1 / sqrt(elements * largest level)``, and the step is learned in the log domain (``step =
+  initial * exp(t)``, ``t`` from 0): it stays positive and moves by its own relative size (a
+  small step, a normalised image's, once overshot through zero and zeroed a whole layer).
+  Binary kernels (1 bit: ``sign(w) * step``) learn their step too; 32-bit kernels are not
+  quantized; a signed 1-bit input (``sign(x) * span / 2``) keeps its fixed span.
 - **Distillation** from the FP32 model (the task's own, read only): the loss is ``(1 - distill) *
   cross-entropy + distill * T**2 * KL(teacher || student)`` at temperature ``T``.
 - **SGD** with momentum and a cosine schedule to zero over all the steps; weight decay on the
@@ -78,6 +80,7 @@ class _LSQWeight(nn.Module):
     binary: torch.Tensor
     full: torch.Tensor
     gscale: torch.Tensor
+    initial: torch.Tensor
 
     def __init__(self, weight: torch.Tensor, bits: torch.Tensor, steps: torch.Tensor) -> None:
         super().__init__()
@@ -90,11 +93,13 @@ class _LSQWeight(nn.Module):
         self.register_buffer("full", (b >= FULL_PRECISION).reshape(view))
         per_kernel = weight[0].numel() if weight.dim() > 1 else 1
         self.register_buffer("gscale", 1.0 / torch.sqrt(per_kernel * qmax.float()).reshape(view))
-        self.step = nn.Parameter(steps.detach().float().reshape(view).clone())
+        initial = steps.detach().float().reshape(view).clamp(min=1e-12)  # an all-zero kernel's 0
+        self.register_buffer("initial", initial.clone())
+        self.log_step = nn.Parameter(torch.zeros_like(initial))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         """The quantized weight (pruned kernels zero, 32-bit kernels as they are)."""
-        s = torch.clamp(_grad_scaled(self.step, self.gscale), min=1e-12)
+        s = self.initial * torch.exp(_grad_scaled(self.log_step, self.gscale))
         q = _round_ste(torch.maximum(torch.minimum(w / s, self.qmax), -self.qmax)) * s
         q = torch.where(self.binary, _sign_ste(w) * s, q)
         return torch.where(self.full, w, q) * self.keep
@@ -142,8 +147,14 @@ class _ActQuant(nn.Module):
         span = max(abs(rng.lo), abs(rng.hi)) if signed else rng.hi
         # LSQ where the grid is uniform with a zero level: not signed 1-bit, not a zero range
         self.learn = learn and span > 0.0 and not (signed and bits == 1)
-        self.step = nn.Parameter(torch.tensor(span / self.qp if self.learn else 1.0))
+        self.initial = span / self.qp if self.learn else 1.0
+        self.log_step = nn.Parameter(torch.tensor(0.0))
         self.gscale: float | None = None  # LSQ's gradient scale, from the first input's size
+
+    @property
+    def step(self) -> float:
+        """The step now (``initial * exp(log_step)``)."""
+        return self.initial * math.exp(float(self.log_step.detach()))
 
     def hook(self, _: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """The forward pre-hook: the layer reads its quantized input."""
@@ -152,7 +163,7 @@ class _ActQuant(nn.Module):
             return (x + (quantize_activation(x, self.bits, self.rng) - x).detach(), *args[1:])
         if self.gscale is None:
             self.gscale = 1.0 / math.sqrt(max(x[0].numel(), 1) * self.qp)
-        s = torch.clamp(_grad_scaled(self.step, self.gscale), min=1e-12)
+        s = self.initial * torch.exp(_grad_scaled(self.log_step, self.gscale))
         q = _round_ste(torch.clamp(x / s, -self.qn, self.qp)) * s
         return (q, *args[1:])
 
@@ -210,6 +221,7 @@ class FinetuneResult:
             ``test`` (top-1 on the held-out and test splits), ``seconds``.
         act_steps: The learned activation step of each layer (layer name -> step; layers with a
             fixed quantizer or 32-bit inputs are absent).
+        resumed: Epochs read from a checkpoint instead of trained (0: none).
     """
 
     accuracy_before: float
@@ -217,6 +229,7 @@ class FinetuneResult:
     state_dict: dict[str, torch.Tensor]
     history: list[dict[str, float]] = field(default_factory=list)
     act_steps: dict[str, float] = field(default_factory=dict)
+    resumed: int = 0
 
 
 def finetune(
@@ -264,11 +277,13 @@ def finetune(
     ).checked()
     before = evaluator.test_accuracy(policy)
     with quantization_aware(evaluator, policy, settings.recipe == "lsq") as (module, acts):
-        history = _train(evaluator, policy, module, acts, settings, checkpoint_dir, progress)
+        history, resumed = _train(
+            evaluator, policy, module, acts, settings, checkpoint_dir, progress
+        )
         tuned = {k: v.detach().clone() for k, v in _unparametrized(module).state_dict().items()}
-    steps = {name: float(a.step) for name, a in acts.items() if a.learn}
+    steps = {name: a.step for name, a in acts.items() if a.learn}
     after = history[-1]["test"] if history else before
-    return FinetuneResult(before, after, tuned, history, steps)
+    return FinetuneResult(before, after, tuned, history, steps, resumed)
 
 
 @contextmanager
@@ -327,7 +342,7 @@ def _quantize(
         for attr in ("weight", "bias"):
             if getattr(bn, attr, None) is not None:
                 parametrize.register_parametrization(
-                    bn, attr, _Mask(torch.from_numpy(mask).float().to(evaluator.device))
+                    bn, attr, _Mask(torch.from_numpy(mask.copy()).float().to(evaluator.device))
                 )
     return acts, hooks
 
@@ -336,7 +351,7 @@ def _optimizer(
     module: nn.Module, acts: dict[str, _ActQuant], settings: FinetuneSettings
 ) -> torch.optim.Optimizer:
     """SGD (weight decay on the layers' float weights only), or Adam for the ``ste`` recipe."""
-    steps = [a.step for a in acts.values() if a.learn]
+    steps = [a.log_step for a in acts.values() if a.learn]
     if settings.recipe == "ste":
         return torch.optim.Adam(list(module.parameters()), lr=settings.lr)
     decayed = [p for n, p in module.named_parameters() if n.endswith("weight.original")]
@@ -388,8 +403,8 @@ def _train(
     settings: FinetuneSettings,
     checkpoint_dir: str | Path | None,
     progress: bool,
-) -> list[dict[str, float]]:
-    """The epochs (from the last checkpoint on); returns the per-epoch history."""
+) -> tuple[list[dict[str, float]], int]:
+    """The epochs, from the last checkpoint on: the history, and the epochs read from it."""
     import time
 
     from tqdm import tqdm
@@ -407,6 +422,7 @@ def _train(
     store = _Checkpoints(checkpoint_dir, policy, settings) if checkpoint_dir is not None else None
     if store is not None:
         history = store.resume(module, acts, optimizer, schedule, generator)
+    resumed = len(history)
     bar = tqdm(
         total=(settings.epochs - len(history)) * per_epoch,
         desc="fine-tuning",
@@ -442,7 +458,7 @@ def _train(
                 store.save(epoch, module, acts, optimizer, schedule, generator, history)
     finally:
         bar.close()
-    return history
+    return history, resumed
 
 
 def _unparametrized(module: nn.Module) -> nn.Module:
@@ -482,7 +498,7 @@ class _Checkpoints:
             {
                 "key": self.key,
                 "model": module.state_dict(),
-                "acts": {name: a.step.detach().clone() for name, a in acts.items()},
+                "acts": {name: a.log_step.detach().clone() for name, a in acts.items()},
                 "act_gscale": {name: a.gscale for name, a in acts.items()},
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
@@ -508,14 +524,21 @@ class _Checkpoints:
         state = torch.load(files[-1], map_location="cpu", weights_only=True)
         differ = sorted(k for k in self.key if state["key"].get(k) != self.key[k])
         if differ:
+            what = ", ".join(
+                f"{k} {state['key'].get(k)!r} there, {self.key[k]!r} here"
+                for k in differ
+                if k != "policy"
+            )
+            what = "; ".join(x for x in (what, "another policy" * ("policy" in differ)) if x)
             raise ArgumentError(
-                f"'{files[-1]}' is a checkpoint of another fine-tune (its {', '.join(differ)} "
-                "differ): use another checkpoint folder or the same settings"
+                f"'{files[-1]}' is a checkpoint of another fine-tune ({what}): use another "
+                "checkpoint folder, or the same settings to continue it (the cosine schedule "
+                "spans all the epochs, so more epochs are a new fine-tune)"
             )
         module.load_state_dict(state["model"])
         with torch.no_grad():
             for name, a in acts.items():
-                a.step.copy_(state["acts"][name])
+                a.log_step.copy_(state["acts"][name])
                 a.gscale = state["act_gscale"][name]
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

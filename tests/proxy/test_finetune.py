@@ -84,7 +84,7 @@ def test_checkpoints_resume_to_the_same_numbers(digits, tmp_path):
         assert torch.equal(resumed.state_dict[key], value), key
     assert resumed.act_steps == whole.act_steps
     # a checkpoint of other settings is refused, naming what differs
-    with pytest.raises(ValueError, match=r"another fine-tune \(its distill differ\)"):
+    with pytest.raises(ValueError, match=r"another fine-tune \(distill 0.5 there, 0.0 here\)"):
         finetune(ev, policy, epochs=2, batch_size=256, distill=0.0, checkpoint_dir=tmp_path / "a")
 
 
@@ -93,3 +93,21 @@ def test_the_ste_recipe_is_kept(digits):
     policy = _policy(ev, 8, seed=3)
     result = finetune(ev, policy, epochs=1, batch_size=256, recipe="ste")
     assert not result.act_steps and len(result.history) == 1
+
+
+def test_a_small_input_step_never_overshoots_through_zero(digits):
+    """The default recipe on a W4 policy with 8-bit image inputs and 5-bit activations: the
+    image's activation step (about 0.005) once went negative in the first epoch and zeroed the
+    first layer (test top-1 fell to chance); learned in the log domain it stays positive."""
+    task, ev = digits
+    rng = np.random.default_rng(4)
+    layers = []
+    for info in ev.graph.layers:
+        bits = np.full(info.out_channels, 4)
+        if info.index not in ev.graph.output_layers:
+            bits[rng.random(info.out_channels) < 0.3] = 0
+        layers.append(LayerPolicy(info.name, bits, 8 if info.index == 0 else 5))
+    policy = Policy(tuple(layers), ev.graph.fingerprint)
+    result = finetune(ev, policy, epochs=1)
+    assert all(step > 0 for step in result.act_steps.values())
+    assert result.accuracy_after > max(result.accuracy_before, 0.5)

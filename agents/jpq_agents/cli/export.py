@@ -31,7 +31,9 @@ def add_parser(subparsers: Subparsers) -> None:
         "export", help="write a compressed checkpoint (integer weights, scales, masks)"
     )
     parser.add_argument("policy", help="a policy.json written by jpq search")
-    parser.add_argument("--out", required=True, help="checkpoint file to write")
+    parser.add_argument(
+        "--out", required=True, help="the file to write (.jpq, .pt2 for torch, .onnx for onnx)"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.add_argument(
         "--format",

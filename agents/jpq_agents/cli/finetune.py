@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jpq_env.errors import ArgumentError
+
 from .parser import Subparsers, add_task_args, positive, seed
 from .policy_file import check_output_file, load_policy
 
@@ -33,15 +35,19 @@ def add_parser(subparsers: Subparsers) -> None:
         "--lr", type=float, default=None, help="learning rate (default: 0.01 lsq, 0.001 ste)"
     )
     parser.add_argument(
-        "--distill", type=float, default=0.5, help="weight of the distillation term, 0-1 (lsq)"
+        "--distill",
+        type=float,
+        default=None,
+        help="weight of the distillation term, 0-1 (lsq; default 0.5)",
     )
     parser.add_argument(
-        "--temperature", type=float, default=2.0, help="distillation temperature (lsq)"
+        "--temperature", type=float, default=None, help="distillation temperature (lsq; default 2)"
     )
     parser.add_argument(
         "--checkpoints",
         default=None,
-        help="folder for per-epoch checkpoints; a run started again continues after the last",
+        help="folder for per-epoch checkpoints: the same command started again continues after "
+        "the last finished epoch",
     )
     parser.add_argument("--seed", type=seed, default=0, help="seed of the data order")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
@@ -57,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     from jpq_env.export.packed import save_atomic
     from jpq_env.proxy.finetune import finetune
 
+    given = (("distill", args.distill), ("temperature", args.temperature))
+    distillation = {k: v for k, v in given if v is not None}
+    if args.recipe == "ste" and distillation:
+        flags = " and ".join(f"--{k}" for k in distillation)
+        raise ArgumentError(f"{flags} apply to --recipe lsq only (ste has no distillation)")
     out = Path(args.out) if args.out else Path(args.policy).with_name("finetuned.pt")
     check_output_file(out, args)  # before the training, not after it
     policy, evaluator, _ = load_policy(args)
@@ -69,10 +80,11 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
         recipe=args.recipe,
         checkpoint_dir=args.checkpoints,
-        distill=args.distill,
-        temperature=args.temperature,
+        **distillation,
     )
     save_atomic(result.state_dict, out)
+    if result.resumed:
+        print(f"continued from the checkpoint of epoch {result.resumed} in {args.checkpoints}")
     for h in result.history:
         print(
             f"epoch {h['epoch']}: loss {h['loss']:.4f}, held-out {h['val']:.2%}, "

@@ -53,5 +53,13 @@ def test_finetune_prints_each_epoch_and_resumes_from_its_checkpoints(search_run,
     assert main([*args[:-1], str(tmp_path / "b.pt")]) == 0
     again = capsys.readouterr().out
     assert [x for x in again.splitlines() if x.startswith("epoch ")] == lines
+    assert f"continued from the checkpoint of epoch 2 in {tmp_path / 'ckpt'}" in again
+    # more epochs are another fine-tune (the schedule spans them all): refused, saying why
+    assert main([*args[:3], "3", *args[4:-1], str(tmp_path / "c.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "another fine-tune (epochs 2 there, 3 here)" in err and "cosine schedule" in err
+    # distillation options belong to the lsq recipe
+    assert main([*args[:-1], str(tmp_path / "d.pt"), "--recipe", "ste", "--distill", "0.9"]) == 2
+    assert "--distill apply to --recipe lsq only" in capsys.readouterr().err
     a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
