@@ -99,7 +99,7 @@ def test_a_small_input_step_never_overshoots_through_zero(digits):
     """The default recipe on a W4 policy with 8-bit image inputs and 5-bit activations: the
     image's activation step (about 0.005) once went negative in the first epoch and zeroed the
     first layer (test top-1 fell to chance); learned in the log domain it stays positive."""
-    task, ev = digits
+    _, ev = digits
     rng = np.random.default_rng(4)
     layers = []
     for info in ev.graph.layers:
