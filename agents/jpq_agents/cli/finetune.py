@@ -29,7 +29,7 @@ def add_parser(subparsers: Subparsers) -> None:
         choices=RECIPES,
         default="lsq",
         help="lsq: learned weight and activation steps, distillation from the FP32 model, SGD "
-        "with a cosine schedule (default); ste: fixed scales, cross-entropy, Adam",
+        "with a cosine schedule; ste: fixed scales, cross-entropy, Adam",
     )
     parser.add_argument(
         "--lr", type=float, default=None, help="learning rate (default: 0.01 lsq, 0.001 ste)"
@@ -38,10 +38,13 @@ def add_parser(subparsers: Subparsers) -> None:
         "--distill",
         type=float,
         default=None,
-        help="weight of the distillation term, 0-1 (lsq; default 0.5)",
+        help="weight of the distillation term, 0-1 (default: 0.5 with lsq)",
     )
     parser.add_argument(
-        "--temperature", type=float, default=None, help="distillation temperature (lsq; default 2)"
+        "--temperature",
+        type=float,
+        default=None,
+        help="distillation temperature (default: 2 with lsq)",
     )
     parser.add_argument(
         "--checkpoints",

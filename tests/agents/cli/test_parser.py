@@ -54,7 +54,9 @@ def test_every_option_has_help_and_shows_its_default():
             assert "(default: two-level)" in text and "(default: 300)" in text
             assert "(default: 0)" in " ".join(text.split())  # --seed: a zero is a default too
         if name == "finetune":
-            assert "(default: 0.001)" in text and "(default: 3)" in text
+            said = " ".join(text.split())
+            assert "(default: 0.01 lsq, 0.001 ste)" in said and "(default: 3)" in said
+            assert "(default: lsq)" in said and "(default: 0.5 with lsq)" in said
         flat = " ".join(text.split())  # a default said once, never "(default: None)"
         assert "(default: None)" not in flat and "(default: [])" not in flat, name
         assert not re.search(r"default[^()]*\)\s*\(default", flat, re.IGNORECASE), name
