@@ -132,8 +132,10 @@ def report(rows: list[dict[str, Any]]) -> str:
         f"`{ENV_ID}`, 300 evaluations, the full 5,000-image held-out split. Accuracies in %, mean "
         "± sd over seeds (two-stage and uniform are deterministic: one run). At equal cost: each "
         "search's best held-out score once it had scored as many held-out images as the "
-        "cheapest complete search of its budget. Target (issue 29): two-level ahead of every "
-        "other agent on test, and ahead of greedy at equal cost.",
+        "cheapest complete search of its budget. Minutes: the search's wall time as it ran (the "
+        "first rows on 2 idle threads, later ones with `JPQ_THREADS=1` beside other work), so "
+        "compare costs by image-forwards. Target (issue 29): two-level ahead of every other "
+        "agent on test, and ahead of greedy at equal cost.",
     ]
     for budget in sorted({r["budget"] for r in rows}, reverse=True):
         mine = [r for r in rows if r["budget"] == budget]
