@@ -18,7 +18,9 @@ channels they fed are gone, residual adds take the union of their operands' chan
   the integer levels where the width is narrower than the container, ``DequantizeLinear``), and
   an 8-bit quantizer is added where a layer's output would leave the integer domain
   (``quantize_outputs``: before a residual add and on the residual stream, over the largest
-  magnitude on the calibration split, or the next layer's own 8-bit grid), so onnxruntime fuses
+  magnitude on the calibration split, or the next layer's own 8-bit grid, which then also clips
+  the residual stream at that layer's calibrated range; never on the model's output), so
+  onnxruntime fuses
   ``DequantizeLinear -> Conv -> QuantizeLinear`` into ``QLinearConv`` and the residual adds into
   ``QLinearAdd`` (checked on its optimized graph in ``tests/export/test_onnx_integer.py``).
 
@@ -154,14 +156,22 @@ class _QuantizedWeight(nn.Module):
 
         A kernel's scale takes ``|gain|`` and its levels the sign (the symmetric range holds
         ``-level``), so the integer levels are still the policy's; float rows are multiplied.
+        A kernel whose folded scale is zero or negligible (``|gain| * scale`` below ``1e-6`` of
+        the layer's largest) contributes nothing worth a level: its levels become 0 on its
+        unfolded scale, because onnxruntime divides the bias by the scale (a zero or tiny scale
+        overflows its int32 bias).
         """
         quantized, full = (torch.from_numpy(rows) for rows in self.rows)
         g = gain.detach().float()
         levels, scale, rows = (self.get_buffer(n) for n in ("levels", "scale", "full"))
         view = (-1,) + (1,) * (levels.dim() - 1)
         negative = (g[quantized] < 0).reshape(view)
-        self.register_buffer("levels", torch.where(negative, -levels, levels).contiguous())
-        self.register_buffer("scale", (scale * g[quantized].abs()).contiguous())
+        folded = scale * g[quantized].abs()
+        negligible = folded <= 1e-6 * folded.max() if len(folded) else folded > 0
+        levels = torch.where(negative, -levels, levels)
+        levels = torch.where(negligible.reshape(view), torch.zeros_like(levels), levels)
+        self.register_buffer("levels", levels.contiguous())
+        self.register_buffer("scale", torch.where(negligible, scale, folded).contiguous())
         self.register_buffer("full", (rows * g[full].reshape(view)).contiguous())
 
     def payload_bytes(self, integer: bool = False) -> int:
@@ -498,6 +508,8 @@ def _exit(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     users = list(tail.users)
     if len(users) == 1 and _integer_grid(gm, users[0]) is not None:
         return None
+    if any(user.op == "output" for user in users):
+        return None  # the model's output stays float: no rounding of the logits
     return tail
 
 
@@ -522,9 +534,11 @@ def quantize_outputs(gm: fx.GraphModule, batches: Iterable[torch.Tensor]) -> int
     residual add) would otherwise run in float in onnxruntime. Its output is quantized to 8 bits
     over the largest magnitude seen on ``batches`` (signed symmetric, or after a ReLU unsigned;
     where one of the consumers is an 8-bit quantizer that fills its container, that quantizer's
-    own grid), so onnxruntime runs the layer as an integer convolution. This adds a rounding the
-    compressed model does not have: the export's accuracy is measured against ``jpq evaluate``'s
-    (``benchmarks/export.py``). Returns the number of quantizers added.
+    own grid: one quantization instead of two, which also clips the other consumers, the
+    residual stream, at that layer's calibrated range), so onnxruntime runs the layer as an
+    integer convolution. The model's output is never quantized. This adds roundings (and that
+    clipping) the compressed model does not have: the export's accuracy is measured against
+    ``jpq evaluate``'s (``benchmarks/export.py``). Returns the number of quantizers added.
     """
     observers: list[tuple[str, fx.Node, fx.Node]] = []
     adds = []

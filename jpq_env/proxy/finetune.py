@@ -332,7 +332,8 @@ def _quantize(
             weight = _STEWeight(bits, cm.weight_method)
         parametrize.register_parametrization(layer, "weight", weight.to(layer.weight.device))
         if layer.bias is not None:
-            parametrize.register_parametrization(layer, "bias", _Mask(alive.float()))
+            bias_mask = _Mask(alive.float().to(layer.bias.device))
+            parametrize.register_parametrization(layer, "bias", bias_mask)
         if lp.act_bits < FULL_PRECISION and cm.act_ranges is not None:
             act = _ActQuant(lp.act_bits, cm.act_ranges[info.index], learn).to(evaluator.device)
             acts[info.name] = act
@@ -348,13 +349,17 @@ def _quantize(
 
 
 def _optimizer(
-    module: nn.Module, acts: dict[str, _ActQuant], settings: FinetuneSettings
+    module: nn.Module,
+    layers: list[nn.Module],
+    acts: dict[str, _ActQuant],
+    settings: FinetuneSettings,
 ) -> torch.optim.Optimizer:
     """SGD (weight decay on the layers' float weights only), or Adam for the ``ste`` recipe."""
     steps = [a.log_step for a in acts.values() if a.learn]
     if settings.recipe == "ste":
         return torch.optim.Adam(list(module.parameters()), lr=settings.lr)
-    decayed = [p for n, p in module.named_parameters() if n.endswith("weight.original")]
+    # the conv and linear weights only (not BatchNorm, steps, biases)
+    decayed = [layer.get_parameter("parametrizations.weight.original") for layer in layers]
     ids = {id(p) for p in decayed}
     rest = [p for p in module.parameters() if id(p) not in ids] + steps
     return torch.optim.SGD(
@@ -371,13 +376,15 @@ def _optimizer(
 def _loss(settings: FinetuneSettings, teacher: nn.Module) -> Callable[..., torch.Tensor]:
     """Cross-entropy, plus distillation from ``teacher`` (the FP32 model) for ``lsq``."""
     t, a = settings.temperature, settings.distill if settings.recipe == "lsq" else 0.0
+    device = next(iter(teacher.parameters()), torch.empty(0)).device
 
     def loss(x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ce = nn.functional.cross_entropy(logits, y)
         if a == 0.0:
             return ce
         with torch.no_grad():
-            target = nn.functional.softmax(teacher(x) / t, dim=1)
+            teacher_logits = teacher(x.to(device)).to(logits.device)  # the model's own device
+            target = nn.functional.softmax(teacher_logits / t, dim=1)
         kl = nn.functional.kl_div(
             nn.functional.log_softmax(logits / t, dim=1), target, reduction="batchmean"
         )
@@ -411,7 +418,7 @@ def _train(
 
     train, task = evaluator.task.train, evaluator.task
     per_epoch = -(-len(train) // settings.batch_size)  # type: ignore[arg-type]
-    optimizer = _optimizer(module, acts, settings)
+    optimizer = _optimizer(module, list(evaluator.compressed.layers), acts, settings)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=settings.epochs * per_epoch
     )
@@ -478,7 +485,11 @@ class _Checkpoints:
         self.key = {"policy": policy.key(), **asdict(settings)}
 
     def _files(self) -> list[Path]:
-        return sorted(self.folder.glob("epoch-*.pt"))
+        def epoch(path: Path) -> int:
+            number = path.stem.removeprefix("epoch-")
+            return int(number) if number.isdigit() else -1
+
+        return sorted((p for p in self.folder.glob("epoch-*.pt") if epoch(p) > 0), key=epoch)
 
     def save(
         self,

@@ -136,3 +136,29 @@ def test_a_scatter_read_by_a_gather_becomes_one_move():
             )
     with torch.no_grad():
         assert torch.allclose(pruned(x), cm.module(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_zero_batchnorm_scale_and_the_logits_stay_exact(tmp_path):
+    """A kernel folded with a zero (or negligible) BatchNorm scale would give onnxruntime a zero
+    weight scale, which overflows its int32 bias; it is stored as zero levels instead. The
+    model's output is never requantized."""
+    x, graph, policy, cm, pruned = _residual(8, [8], 0.0, seed=5)
+    bn = pruned.get_submodule("bna")
+    with torch.no_grad():
+        bn.weight[:2] = 0.0
+        bn.weight[2] = 1e-9
+        bn.bias[:3] = 0.5
+    qdq = qdq_module(pruned, graph, policy, cm.quantizers, fold=True)
+    quantize_outputs(qdq, [x])
+    (output,) = [n for n in qdq.graph.nodes if n.op == "output"]
+    assert output.args[0].target == "fc"  # the logits come straight from the last layer
+    path = tmp_path / "zero.onnx"
+    write_onnx(qdq, x[:1], path, integer=True)
+    assert _optimized(path, tmp_path)["QLinearConv"] == 3
+    with torch.no_grad():
+        plain = qdq(x)
+    optimized = load_onnx(path, threads=1)(x)
+    as_written = load_onnx(path, threads=1, optimize=False)(x)
+    scale = plain.abs().max()
+    assert (as_written - plain).abs().max() <= 1e-4 * scale
+    assert (optimized - plain).abs().mean() <= 0.005 * scale  # integer kernels: roundings only

@@ -111,3 +111,18 @@ def test_a_small_input_step_never_overshoots_through_zero(digits):
     result = finetune(ev, policy, epochs=1)
     assert all(step > 0 for step in result.act_steps.values())
     assert result.accuracy_after > max(result.accuracy_before, 0.5)
+
+
+def test_weight_decay_reaches_the_layers_weights_only(digits):
+    from jpq_env.proxy.finetune import FinetuneSettings, _optimizer
+
+    _, ev = digits
+    policy = _policy(ev, 8, seed=5)
+    with quantization_aware(ev, policy) as (module, acts):
+        optimizer = _optimizer(module, list(ev.compressed.layers), acts, FinetuneSettings())
+        decayed, rest = optimizer.param_groups
+        assert decayed["weight_decay"] > 0 and rest["weight_decay"] == 0
+        weights = {id(layer.parametrizations.weight.original) for layer in ev.compressed.layers}
+        assert {id(p) for p in decayed["params"]} == weights
+        trained = {id(p) for p in module.parameters()} | {id(a.log_step) for a in acts.values()}
+        assert {id(p) for p in decayed["params"] + rest["params"]} == trained
