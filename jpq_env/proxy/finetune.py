@@ -45,7 +45,7 @@ from torch.nn.utils import parametrize
 
 from jpq_env import validation as check
 from jpq_env.core.policy import Policy
-from jpq_env.core.quant import FULL_PRECISION, ActRange, quantize_activation
+from jpq_env.core.quant import FULL_PRECISION, ActRange, quantize_activation, quantize_weight
 from jpq_env.errors import ArgumentError
 from jpq_env.proxy.data import top1
 from jpq_env.proxy.evaluator import LocalEvaluator
@@ -116,8 +116,6 @@ class _STEWeight(nn.Module):
         self.method = method
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        from jpq_env.core.quant import quantize_weight
-
         q = quantize_weight(w.detach(), self.bits, self.method)
         return w + (q - w).detach()
 

@@ -14,7 +14,6 @@ from stable_baselines3.common.monitor import Monitor
 
 from jpq_env.envs import JPQEnv
 from jpq_env.envs.wrappers import FlatBoxView, MultiDiscreteView
-from tests.episodes import ACTS
 
 # Gymnasium's checker warns whenever it is handed a wrapper rather than a raw env; a view *is* a
 # wrapper by design, so that one message is the whitelist.
@@ -22,14 +21,9 @@ _WRAPPER_NOTE = r".*is different from the unwrapped version.*"
 
 
 @pytest.fixture(scope="module")
-def base() -> JPQEnv:
-    return JPQEnv()
-
-
-@pytest.fixture(scope="module")
-def acts_env(base: JPQEnv) -> JPQEnv:
-    """JPQWeightsActs-v0's choices: each layer decision also picks an activation width."""
-    return JPQEnv(act_bits=ACTS, budget_bops=1 / 128, evaluator=base.evaluator)
+def base(env: JPQEnv) -> JPQEnv:
+    """The shared env (tests/envs/conftest.py) under the name the views wrap."""
+    return env
 
 
 @pytest.mark.parametrize("view", [FlatBoxView, MultiDiscreteView])
