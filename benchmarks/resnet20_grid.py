@@ -6,7 +6,8 @@ Each search appends one line to ``benchmarks/results/resnet20_grid_runs.jsonl`` 
 (``agent``, ``budget``, ``seed``, ``val`` and ``test`` of the best policy, ``evaluations``,
 ``image_forwards``, ``seconds``, ``commit``, ``command``, and the best-so-far curve against
 evaluations and against held-out images scored), so a killed grid continues where it stopped
-and the grid can be completed over several sittings (``run_grid``). The report compares the
+and the grid can be completed over several sittings (``run_grid``; a search killed mid-way
+starts over, so that every row costs one whole search). The report compares the
 agents at equal evaluations and at equal cost (held-out images scored: racing makes evaluations
 unequal), mean ± sd over seeds, and draws the curves (``resnet20_grid.png``).
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,10 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
         task = load_task("resnet20-cifar", **task_options(DATA, weights))
     budget = run["budget"]
     out = Path(run["out"]) / f"{run['agent']}-1_{round(1 / budget)}-seed{run['seed']}"
+    if out.exists():
+        # A row measures one whole search: its minutes and image-forwards. A folder left by a
+        # killed grid would resume and record only the resume's cost, so the search starts over.
+        shutil.rmtree(out)
     summary = run_search(
         run["agent"],
         out,
@@ -83,7 +89,6 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
         seed=run["seed"],
         env_id=ENV_ID,
         env_kwargs={"task": task, "budget_bops": budget},
-        resume=True,  # a search killed mid-way continues from its own log
         progress=False,
         fidelity="race",  # explicit: an old folder never resumes in another fidelity
     )
