@@ -73,6 +73,27 @@ _ENV_ARGS = frozenset(k for k in inspect.signature(JPQEnv.__init__).parameters i
 """The keyword arguments of ``JPQEnv``: what ``env_kwargs`` may hold."""
 
 
+def env_arguments(env_id: str) -> frozenset[str]:
+    """The keyword arguments the environment ``env_id`` takes (its entry point's).
+
+    An entry point that passes ``**kwargs`` on (a bench environment, a renamed id) takes
+    ``JPQEnv``'s as well as its own.
+    """
+    entry = gym.registry[env_id].entry_point
+    if entry is None:
+        return _ENV_ARGS
+    target = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+    params = inspect.signature(target).parameters
+    own = {
+        k
+        for k, p in params.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and k not in ("self", "old_id", "new_id")
+    }
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        own |= _ENV_ARGS
+    return frozenset(own)
+
+
 def _agents() -> dict[str, Callable[[Search, int, dict[str, Any]], Stop]]:
     table: dict[str, Callable[[Search, int, dict[str, Any]], Stop]] = {
         "two-level": lambda search, seed, opts: run_two_level(
@@ -226,10 +247,11 @@ def run_search(
         raise ArgumentError(f"workers must be at least 1, got {workers}")
     agent_options = check_agent_options(agent, agent_options)
     fidelity = _fidelity(fidelity, Path(out), resume)
-    unknown = sorted(set(env_kwargs or {}) - _ENV_ARGS)
+    allowed = env_arguments(env_id)
+    unknown = sorted(set(env_kwargs or {}) - allowed)
     if unknown:
         raise ArgumentError(
-            f"unknown environment argument(s) {unknown}: choose from {sorted(_ENV_ARGS)}"
+            f"unknown environment argument(s) {unknown}: choose from {sorted(allowed)}"
         )
     # The learning agents get the learning signals unless the caller says otherwise.
     env_kwargs = {**LEARNER_ENV.get(agent, {}), **(env_kwargs or {})}

@@ -172,3 +172,107 @@ def validate(
         file=out or sys.stdout,
     )
     return 0
+
+
+REAL_ENV = "jpq_env/JPQWeightsActs-v0"
+"""The real problem a bench stands for (``jpq_env.envs.bench``)."""
+
+
+def replay_real(
+    path: str | Path,
+    task: str | None = None,
+    task_options: dict[str, Any] | None = None,
+    device: str | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Score the policy of a bench run with the real proxy (``jpq validate --real``).
+
+    Args:
+        path: A ``policy.json`` found on a bench (or a bench run's folder: its ``policy.json``).
+        task: The real task (default: the bench's, by name).
+        task_options: Its factory's arguments (the data folder and weights of ResNet-20).
+        device: Where the real proxy runs.
+        progress: Show a progress bar.
+
+    Returns:
+        One row per policy: predicted and real held-out score and test accuracy, the spread.
+
+    Raises:
+        ArgumentError: If ``path`` was not found on a bench, or the real task cannot load.
+    """
+    import gymnasium as gym
+    from tqdm import tqdm
+
+    import jpq_env  # noqa: F401 - registers the ids
+    from jpq_env.core.policy import Policy
+    from jpq_env.envs import JPQEnv
+    from jpq_env.errors import PolicyError
+    from jpq_env.proxy.bench import BenchModel
+
+    from .run import env_arguments
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "policy.json"
+    settings, records = _load(p)
+    env_id = str(settings.pop("id", ""))
+    if "bench" not in settings and "JPQBench" not in env_id:
+        raise ArgumentError(
+            f"'{p}' was not found on a bench (its environment is {env_id or 'not named'}): "
+            "replay it without --real"
+        )
+    bench = BenchModel.load(settings.pop("bench", "resnet20-cifar"))
+    allowed = env_arguments(REAL_ENV) - {"evaluator", "task", "task_options", "sensitivity"}
+    kwargs = {k: v for k, v in settings.items() if k in allowed}
+    kwargs.update(bench.meta["env"])
+    kwargs["task"] = task or bench.meta["task"]
+    kwargs["task_options"] = dict(task_options or {})
+    if device is not None:
+        kwargs["device"] = device
+    env = gym.make(REAL_ENV, **kwargs).unwrapped
+    assert isinstance(env, JPQEnv)
+    rows = []
+    for where, record in tqdm(records, desc="scoring", unit="policy", disable=not progress):
+        try:
+            policy = Policy.from_layers(record.get("policy"), env.graph.fingerprint)
+            policy.validate(env.graph)
+        except PolicyError as exc:
+            raise PolicyError(f"{where}: {exc}") from None
+        pred = bench.predict([policy])
+        rows.append(
+            {
+                "where": where,
+                "predicted_val": float(pred["val"][0]),
+                "predicted_val_std": float(pred["val_std"][0]),
+                "real_val": float(env.evaluator.accuracy(policy)),
+                "predicted_test": float(pred["test"][0]) if "test" in pred else None,
+                "real_test": float(env.evaluator.test_accuracy(policy)),
+            }
+        )
+    return rows
+
+
+def validate_real(
+    path: str | Path,
+    task: str | None = None,
+    task_options: dict[str, Any] | None = None,
+    device: str | None = None,
+    out: TextIO | None = None,
+    progress: bool = False,
+) -> int:
+    """``jpq validate --real``: print the bench's prediction beside the real scores; 0."""
+    rows = replay_real(path, task, task_options, device, progress)
+    stream = out or sys.stdout
+    for r in rows:
+        test = (
+            f"predicted {r['predicted_test']:.2%}, real {r['real_test']:.2%}"
+            if r["predicted_test"] is not None
+            else f"real {r['real_test']:.2%}"
+        )
+        print(
+            f"{r['where']}: held-out score predicted {r['predicted_val']:.2%} "
+            f"(± {r['predicted_val_std']:.2%}), real {r['real_val']:.2%} "
+            f"({(r['real_val'] - r['predicted_val']) * 100:+.2f} points) | test accuracy {test}",
+            file=stream,
+        )
+    return 0

@@ -291,6 +291,8 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         self.reward_design = make_reward(reward)
         self.reward_design.reset()
         self.conventions = Conventions(input_bits=input_bits, first_last_bits=first_last_bits)
+        self.importance = importance  # the criterion the kernels are ranked by
+        self.bn_recalibration = bn_recalibration
 
         self.task = load_task(task, **task_options)
         self.graph = LayerGraph.from_module(self.task.model, self.task.example_input)

@@ -18,9 +18,10 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-__all__ = ["PRESETS", "RENAMED", "make_renamed", "register_envs"]
+__all__ = ["BENCHES", "PRESETS", "RENAMED", "make_renamed", "register_envs"]
 
 _ENTRY = "jpq_env.envs.jpq:JPQEnv"
+_BENCH_ENTRY = "jpq_env.envs.bench:JPQBenchEnv"
 
 _ACTS = [2, 3, 4, 5, 6, 8]
 
@@ -43,6 +44,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "act_bits": _ACTS,
         "budget_bops": 1 / 128,
     },
+}
+
+BENCHES: dict[str, dict[str, Any]] = {
+    # JPQ-Bench (jpq_env.envs.bench): JPQWeightsActs-v0's problem scored by a surrogate fitted on
+    # real evaluations. The generic id takes any bench (a shipped name or a bench file); the
+    # named ones are registered when their bench file ships with the package.
+    "jpq_env/JPQBench-v0": {"bench": "resnet20-cifar", "budget_bops": 1 / 128},
+    "jpq_env/JPQBench-ResNet20-v0": {"bench": "resnet20-cifar", "budget_bops": 1 / 128},
+    "jpq_env/JPQBench-Digits-v0": {"bench": "digits", "budget_bops": 1 / 128},
 }
 
 RENAMED: dict[str, str] = {
@@ -95,6 +105,15 @@ def register_envs() -> None:
     for env_id, kwargs in PRESETS.items():
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=_ENTRY, kwargs=dict(kwargs))
+    shipped = None
+    for env_id, kwargs in BENCHES.items():
+        if env_id not in gym.registry:
+            if shipped is None:
+                from jpq_env.proxy.bench import bench_names
+
+                shipped = set(bench_names())
+            if env_id == "jpq_env/JPQBench-v0" or kwargs["bench"] in shipped:
+                gym.register(id=env_id, entry_point=_BENCH_ENTRY, kwargs=dict(kwargs))
     for old, new in RENAMED.items():
         if old not in gym.registry:
             preset = {"old_id": old, "new_id": new, **PRESETS[new]}

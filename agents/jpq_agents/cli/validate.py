@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from .parser import Subparsers
+from jpq_env.errors import ArgumentError
+
+from .parser import Subparsers, task_option, task_options
 
 __all__ = ["add_parser", "run"]
 
@@ -22,12 +24,34 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--device", default=None, help="where to replay: auto, cpu or cuda (default: the run's)"
     )
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="a policy found on a bench (JPQBench-*): score it with the real proxy and print the "
+        "bench's prediction beside it",
+    )
+    parser.add_argument("--data", default=None, help="--real: data folder of the real task")
+    parser.add_argument("--weights", default=None, help="--real: state_dict of the real model")
+    parser.add_argument(
+        "--task-option",
+        type=task_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--real: another argument of the real task's factory (repeatable)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Replay and compare: 0 when every score matches, 1 at the first mismatch."""
-    from ..validate import validate
+    from ..validate import validate, validate_real
 
+    if args.real:
+        return validate_real(
+            args.path, args.task, task_options(args), args.device, progress=not args.quiet
+        )
+    if args.data or args.weights or args.task_option:
+        raise ArgumentError("--data, --weights and --task-option go with --real")
     return validate(args.path, task=args.task, device=args.device, progress=not args.quiet)

@@ -1,0 +1,463 @@
+"""JPQ-Bench's surrogate: the accuracy proxy of one task, learned from its real evaluations.
+
+An RL researcher compares algorithms over thousands of episodes; on a CPU a ResNet-20 episode
+costs seconds even with the fast proxy. NAS research met the same wall with tabular and surrogate
+benchmarks (NAS-Bench-301, HW-NAS-Bench); JPQ-Bench is that for joint pruning and
+mixed-precision quantization policies. This module is the model half; the environments
+(``jpq_env/JPQBench-*``) are in ``jpq_env.envs.bench`` and the data and the fit in
+``benchmarks/jpq_bench.py``.
+
+What a **bench file** holds (one ``.npz``, read with ``allow_pickle=False``: arrays and one JSON
+document, no code):
+
+- the task's graph as an agent sees it, without weights or data: layer names, the graph's
+  fingerprint, the input shape, and each layer's kernel ranking under the importance criterion
+  the data was made with (the order and the scaled scores ``ranked_importance`` gives), so that a
+  policy found on the bench means the same kernels on the real task;
+- the task's sensitivity table (``jpq_env.proxy.sensitivity``), for features and observations;
+- the FP32 model's held-out and test scores, the environment settings of the data, where the data
+  came from and how the surrogate scored on policies it was not fitted on;
+- two ensembles (``Ensemble``): the held-out score and the test accuracy of a policy.
+
+**Features** (``policy_features``), per layer: the share of pruned kernels, the mean width of the
+kept ones, the shares of kernels in six width bins, the input activation width and its
+quantization noise (``2^-bits``), and the log of the sensitivity table's estimate of the KL the
+layer's decision adds at the output; globally, the log of the summed estimate. The summed KL alone
+orders policies well (``jpq_agents.surrogate``); the ensemble learns how the layers interact.
+
+**Ensemble**: members are two-hidden-layer ReLU networks fitted by Adam on bootstrap resamples of
+the data (member 0 on the data as it is); the prediction is their mean and the spread their
+standard deviation. Inference is numpy only: a step of a bench environment never runs torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from jpq_env.core.graph import LayerGraph
+from jpq_env.core.policy import Policy
+from jpq_env.errors import ArgumentError, PolicyError
+from jpq_env.proxy.evaluator import Evaluator, EvaluatorStats
+from jpq_env.proxy.sensitivity import SensitivityTable
+from jpq_env.tasks.base import Task
+
+__all__ = [
+    "BENCH_SCHEMA",
+    "BenchEvaluator",
+    "BenchModel",
+    "Ensemble",
+    "LAYER_FEATURES",
+    "Prediction",
+    "bench_names",
+    "bench_task",
+    "policy_features",
+]
+
+BENCH_SCHEMA = 1
+"""Version of the bench file's layout; files of another version are refused by name."""
+
+_WIDTH_BINS = ((1, 2), (3, 3), (4, 4), (5, 6), (7, 8), (9, 32))
+LAYER_FEATURES = (
+    "sparsity",
+    "mean_bits",
+    *(f"share_w{lo}" if lo == hi else f"share_w{lo}-{hi}" for lo, hi in _WIDTH_BINS),
+    "act_bits",
+    "act_noise",
+    "log_kl",
+)
+"""The features of one layer, in order (``policy_features`` repeats them per layer)."""
+
+_EPS = 1e-6
+_SHIPPED = "bench_models"
+
+
+def policy_features(policies: Sequence[Policy], table: SensitivityTable) -> np.ndarray:
+    """Feature rows of ``policies``: ``(n, layers * len(LAYER_FEATURES) + 1)``, float64.
+
+    Args:
+        policies: Policies made for the table's graph (same layers, in order).
+        table: The task's sensitivity table (the KL estimates).
+    """
+    layers = len(table.names)
+    out = np.zeros((len(policies), layers * len(LAYER_FEATURES) + 1))
+    for row, policy in enumerate(policies):
+        if len(policy.layers) != layers:
+            raise PolicyError(
+                f"the policy has {len(policy.layers)} layers, the bench's graph {layers}"
+            )
+        total = 0.0
+        for i, lp in enumerate(policy.layers):
+            bits = lp.bits
+            kept = bits[bits > 0]
+            kl = table.contribution(i, bits, lp.act_bits)
+            total += kl
+            width = np.minimum(kept, 32).astype(np.float64)
+            shares = [float(np.mean((bits >= lo) & (bits <= hi))) for lo, hi in _WIDTH_BINS]
+            out[row, i * len(LAYER_FEATURES) : (i + 1) * len(LAYER_FEATURES)] = [
+                float(np.mean(bits == 0)),
+                float(width.mean()) / 8.0 if kept.size else 0.0,
+                *shares,
+                min(lp.act_bits, 32) / 8.0,
+                2.0 ** -min(lp.act_bits, 32),
+                np.log(kl + _EPS),
+            ]
+        out[row, -1] = np.log(total + _EPS)
+    return out
+
+
+@dataclass
+class Ensemble:
+    """Bootstrap ensemble of small ReLU networks (numpy inference).
+
+    Attributes:
+        members: Per member, its weights and biases ``[W1, b1, W2, b2, W3, b3]`` (``x @ W + b``).
+        x_mean: Feature means of the fitting data (features are standardised with them).
+        x_scale: Feature standard deviations (1 where a feature was constant).
+        y_mean: Target mean.
+        y_scale: Target standard deviation.
+    """
+
+    members: list[list[np.ndarray]]
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    y_mean: float
+    y_scale: float
+
+    def predict_members(self, x: np.ndarray) -> np.ndarray:
+        """Every member's prediction, ``(members, n)``."""
+        z0 = (np.asarray(x, dtype=np.float64) - self.x_mean) / self.x_scale
+        preds = []
+        for w1, b1, w2, b2, w3, b3 in self.members:
+            h = np.maximum(z0 @ w1 + b1, 0.0)
+            h = np.maximum(h @ w2 + b2, 0.0)
+            preds.append((h @ w3 + b3)[:, 0])
+        return np.array(preds) * self.y_scale + self.y_mean
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation over the members."""
+        p = self.predict_members(x)
+        return p.mean(0), p.std(0)
+
+    @classmethod
+    def fit(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        weights: Sequence[float] | np.ndarray | None = None,
+        members: int = 8,
+        hidden: int = 64,
+        epochs: int = 600,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        seed: int = 0,
+    ) -> Ensemble:
+        """Fit ``members`` networks on bootstrap resamples (deterministic for a seed).
+
+        Args:
+            x: Feature rows ``(n, features)``.
+            y: Targets ``(n,)``.
+            weights: Per-row weights of the squared error (None: all 1).
+            members: Networks in the ensemble.
+            hidden: Width of both hidden layers.
+            epochs: Full-batch Adam steps per member.
+            lr: Adam's learning rate.
+            weight_decay: Adam's L2 penalty (decoupled: AdamW).
+            seed: Seed of the resamples and the initial weights.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        n = len(y)
+        if x.ndim != 2 or x.shape[0] != n or n < 2:
+            raise ArgumentError(f"Ensemble.fit needs n >= 2 rows of features, got {x.shape}")
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ArgumentError("Ensemble.fit: weights must be n finite non-negative numbers")
+        x_mean, x_scale = x.mean(0), x.std(0)
+        x_scale = np.where(x_scale > 1e-12, x_scale, 1.0)
+        y_mean, y_scale = float(y.mean()), float(y.std()) or 1.0
+        xt = torch.tensor((x - x_mean) / x_scale, dtype=torch.float32)
+        yt = torch.tensor((y - y_mean) / y_scale, dtype=torch.float32)
+        wt = torch.tensor(w, dtype=torch.float32)
+        gen = torch.Generator().manual_seed(seed)
+        fitted = []
+        for m in range(members):
+            idx = torch.arange(n) if m == 0 else torch.randint(0, n, (n,), generator=gen)
+            net = nn.Sequential(
+                nn.Linear(x.shape[1], hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, 1),
+            )
+            with torch.no_grad():
+                for p in net.parameters():
+                    bound = 1.0 / np.sqrt(p.shape[-1] if p.dim() > 1 else hidden)
+                    p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
+            opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+            xb, yb, wb = xt[idx], yt[idx], wt[idx]
+            with torch.enable_grad():
+                for _ in range(epochs):
+                    loss = (wb * (net(xb)[:, 0] - yb).pow(2)).sum() / wb.sum()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            linears = [m for m in net if isinstance(m, nn.Linear)]
+            fitted.append(
+                [
+                    a
+                    for lin in linears
+                    for a in (
+                        lin.weight.detach().double().numpy().T.copy(),
+                        lin.bias.detach().double().numpy().copy(),
+                    )
+                ]
+            )
+        return cls(fitted, x_mean, x_scale, y_mean, y_scale)
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The ensemble as named arrays (for ``np.savez``)."""
+        out = {
+            f"{prefix}/x_mean": self.x_mean,
+            f"{prefix}/x_scale": self.x_scale,
+            f"{prefix}/y": np.array([self.y_mean, self.y_scale]),
+        }
+        for m, arrays in enumerate(self.members):
+            for k, a in enumerate(arrays):
+                out[f"{prefix}/m{m}/{k}"] = a
+        return out
+
+    @classmethod
+    def from_arrays(cls, data: Any, prefix: str) -> Ensemble:
+        """Read what ``arrays`` wrote."""
+        members = []
+        m = 0
+        while f"{prefix}/m{m}/0" in data:
+            members.append([np.asarray(data[f"{prefix}/m{m}/{k}"]) for k in range(6)])
+            m += 1
+        y = np.asarray(data[f"{prefix}/y"])
+        return cls(
+            members,
+            np.asarray(data[f"{prefix}/x_mean"]),
+            np.asarray(data[f"{prefix}/x_scale"]),
+            float(y[0]),
+            float(y[1]),
+        )
+
+
+@dataclass
+class BenchModel:
+    """A bench file in memory: the task's graph as agents see it, its table, the ensembles.
+
+    Attributes:
+        meta: The JSON document (schema, task, architecture, input shape, classes, layer names,
+            fingerprint, importance ranking, env settings, FP32 scores, data and fit records).
+        table: The task's sensitivity table.
+        val: The ensemble predicting the held-out score.
+        test: The ensemble predicting the test accuracy (None: the data had no test scores).
+    """
+
+    meta: dict[str, Any]
+    table: SensitivityTable
+    val: Ensemble
+    test: Ensemble | None = None
+
+    @property
+    def name(self) -> str:
+        """The bench's name (its task's)."""
+        return str(self.meta["task"])
+
+    def predict(self, policies: Sequence[Policy]) -> dict[str, np.ndarray]:
+        """Predicted held-out and test scores, each with the ensemble's spread."""
+        x = policy_features(policies, self.table)
+        val, val_std = self.val.predict(x)
+        out = {"val": val, "val_std": val_std}
+        if self.test is not None:
+            out["test"], out["test_std"] = self.test.predict(x)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write the bench file (``.npz``, compressed; no pickled objects)."""
+        meta = dict(self.meta, schema=BENCH_SCHEMA, sensitivity=self.table.to_json())
+        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+        arrays.update(self.val.arrays("val"))
+        if self.test is not None:
+            arrays.update(self.test.arrays("test"))
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+        Path(path).write_bytes(buf.getvalue())
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> BenchModel:
+        """Read a bench file: a path, or the name of one shipped with jpq-env (``bench_names``).
+
+        Raises:
+            ArgumentError: If there is no such file or bench, or the file is not a bench file.
+        """
+        path = Path(name_or_path)
+        if not path.suffix:
+            shipped = resources.files("jpq_env.proxy") / _SHIPPED / f"{name_or_path}.npz"
+            if not shipped.is_file():
+                raise ArgumentError(
+                    f"no bench named '{name_or_path}': the shipped benches are {bench_names()}"
+                )
+            path = Path(str(shipped))
+        try:
+            data = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise ArgumentError(f"bench file '{path}' does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise ArgumentError(f"'{path}' is not a bench file: {exc}") from exc
+        with data:
+            if "meta" not in data:
+                raise ArgumentError(f"'{path}' is not a bench file: no 'meta' entry")
+            meta = json.loads(bytes(data["meta"]).decode())
+            if meta.get("schema") != BENCH_SCHEMA:
+                raise ArgumentError(
+                    f"'{path}' is a bench file of schema {meta.get('schema')!r}; this jpq-env "
+                    f"reads schema {BENCH_SCHEMA}"
+                )
+            val = Ensemble.from_arrays(data, "val")
+            test = Ensemble.from_arrays(data, "test") if "test/y" in data else None
+        table = SensitivityTable.from_json(meta.pop("sensitivity"))
+        return cls(meta, table, val, test)
+
+    def digest(self) -> str:
+        """A short hash of the model's arrays and meta (names the exact surrogate in results)."""
+        h = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode())
+        for ens in (self.val, self.test):
+            if ens is not None:
+                for a in ens.arrays("").values():
+                    h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:12]
+
+
+def bench_names() -> list[str]:
+    """Names of the bench files shipped with jpq-env."""
+    folder = resources.files("jpq_env.proxy") / _SHIPPED
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".npz")] for p in folder.iterdir() if p.name.endswith(".npz"))
+
+
+def _skeleton(architecture: str, num_classes: int) -> nn.Module:
+    """The task's architecture with untrained weights (the bench never runs it)."""
+    from jpq_env.tasks.digits import DeepDigitsNet, DigitsCNN
+    from jpq_env.tasks.vision import ARCHITECTURES
+
+    builders: dict[str, Any] = {"digits": DigitsCNN, "digits-deep": DeepDigitsNet, **ARCHITECTURES}
+    if architecture not in builders:
+        raise ArgumentError(
+            f"bench architecture '{architecture}' is not built in: one of {sorted(builders)}"
+        )
+    torch.manual_seed(0)
+    model: nn.Module = builders[architecture](num_classes).eval()
+    return model
+
+
+def bench_task(model: BenchModel) -> Task:
+    """The bench's task: its architecture, no data (every score comes from the surrogate).
+
+    Raises:
+        ArgumentError: If the architecture's graph is not the one the bench was made for.
+    """
+    meta = model.meta
+    net = _skeleton(meta["architecture"], int(meta["num_classes"]))
+    example = torch.zeros(1, *meta["input_shape"])
+    graph = LayerGraph.from_module(net, example)
+    if graph.fingerprint != meta["fingerprint"]:
+        raise ArgumentError(
+            f"bench '{model.name}' was made for another graph than this jpq-env builds for "
+            f"'{meta['architecture']}' (fingerprint {meta['fingerprint']}, built "
+            f"{graph.fingerprint})"
+        )
+    empty = TensorDataset(torch.zeros(0, *meta["input_shape"]), torch.zeros(0, dtype=torch.long))
+    return Task(
+        name=f"bench:{model.name}",
+        model=net,
+        example_input=example,
+        train=empty,
+        val=empty,
+        calib=empty,
+        test=empty,
+        num_classes=int(meta["num_classes"]),
+        details={"bench": f"scores predicted by JPQ-Bench's surrogate ({model.digest()})"},
+    )
+
+
+@dataclass
+class Prediction:
+    """The bench's answer for one policy: predicted scores and the ensembles' spread."""
+
+    val: float = 0.0
+    val_std: float = 0.0
+    test: float | None = None
+    test_std: float | None = None
+
+
+class BenchEvaluator(Evaluator):
+    """An evaluator whose scores are the bench's predictions (deterministic, microseconds).
+
+    ``accuracy`` is the predicted held-out score, clipped to [0, 1]; ``test_accuracy`` the
+    predicted test accuracy (of the FP32 model: the recorded one); ``prediction`` holds the last
+    prediction with the ensembles' spread.
+
+    Args:
+        model: The bench.
+    """
+
+    def __init__(self, model: BenchModel) -> None:
+        self.model = model
+        self.stats: EvaluatorStats = EvaluatorStats()
+        self.prediction = Prediction()
+        self._fp32 = model.meta["fp32"]
+
+    @property
+    def fp32_accuracy(self) -> float:
+        """The real proxy's held-out score of the FP32 model (recorded with the data)."""
+        return float(self._fp32["val"])
+
+    def _check(self, policy: Policy) -> None:
+        if policy.fingerprint != self.model.meta["fingerprint"]:
+            raise PolicyError(
+                f"the policy was made for another model than bench '{self.model.name}'"
+            )
+
+    def accuracy(self, policy: Policy, *, at_least: float | None = None) -> float:
+        """The predicted held-out score of ``policy`` (``at_least`` is ignored: no racing)."""
+        self._check(policy)
+        start = time.perf_counter()
+        pred = self.model.predict([policy])
+        self.prediction = Prediction(
+            float(pred["val"][0]),
+            float(pred["val_std"][0]),
+            float(pred["test"][0]) if "test" in pred else None,
+            float(pred["test_std"][0]) if "test_std" in pred else None,
+        )
+        self.stats.evaluations += 1
+        self.stats.complete += 1
+        self.stats.seconds += time.perf_counter() - start
+        return float(np.clip(self.prediction.val, 0.0, 1.0))
+
+    def test_accuracy(self, policy: Policy | None) -> float:
+        """The predicted test accuracy of ``policy`` (None: the FP32 model's, as recorded)."""
+        if policy is None:
+            return float(self._fp32["test"])
+        self._check(policy)
+        pred = self.model.predict([policy])
+        if "test" not in pred:
+            raise ArgumentError(f"bench '{self.model.name}' predicts no test accuracy")
+        return float(np.clip(pred["test"][0], 0.0, 1.0))

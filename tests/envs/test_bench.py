@@ -1,0 +1,288 @@
+"""JPQ-Bench: the surrogate's features, ensemble and file, and the bench environment.
+
+A small digits bench is fitted here on policies the real proxy scored (module-scoped): the bench
+environment must be the real problem (same spaces, decisions, costs and observations for the same
+actions) with the surrogate's scores, and a policy found on it must mean the same kernels on the
+real task.
+"""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from jpq_env import Policy
+from jpq_env.envs import JPQEnv
+from jpq_env.envs.bench import JPQBenchEnv, build_bench
+from jpq_env.errors import ArgumentError, PolicyError
+from jpq_env.proxy.bench import (
+    LAYER_FEATURES,
+    BenchEvaluator,
+    BenchModel,
+    Ensemble,
+    bench_names,
+    bench_task,
+    policy_features,
+)
+from tests.episodes import ACTS, episode_actions, rollout
+
+
+@pytest.fixture(scope="module")
+def real(acts_env: JPQEnv) -> JPQEnv:
+    """The real problem of the bench: JPQWeightsActs-v0 on digits at 1/64."""
+    return JPQEnv(act_bits=ACTS, budget_bops=1 / 64, evaluator=acts_env.evaluator)
+
+
+@pytest.fixture(scope="module")
+def scored(real: JPQEnv) -> tuple[list[Policy], list[float], list[float]]:
+    """40 policies of random episodes, with the real proxy's held-out score and test top-1."""
+    policies, val, test = [], [], []
+    for seed in range(40):
+        trace = rollout(real, episode_actions(real, seed), seed=seed)
+        assert real.last_policy is not None
+        policies.append(real.last_policy)
+        val.append(trace[-1][-1]["accuracy"])
+        test.append(real.evaluator.test_accuracy(real.last_policy))
+    return policies, val, test
+
+
+@pytest.fixture(scope="module")
+def bench_file(real: JPQEnv, scored, tmp_path_factory) -> str:
+    policies, val, test = scored
+    model = build_bench(real, policies, val, test=test, epochs=150, seed=0)
+    path = tmp_path_factory.mktemp("bench") / "digits.npz"
+    model.save(path)
+    return str(path)
+
+
+# ---------------------------------------------------------------- features and the ensemble
+
+
+def test_features_are_the_layers_decisions_and_the_tables_kl(real: JPQEnv, scored):
+    table = real.sensitivity or real._measure_sensitivity("l1", True)
+    policy = scored[0][3]
+    x = policy_features([policy], table)[0]
+    per = len(LAYER_FEATURES)
+    assert x.shape == (len(policy.layers) * per + 1,)
+    total = 0.0
+    for i, lp in enumerate(policy.layers):
+        row = dict(zip(LAYER_FEATURES, x[i * per : (i + 1) * per], strict=True))
+        kept = lp.bits[lp.bits > 0]
+        assert row["sparsity"] == pytest.approx(np.mean(lp.bits == 0))
+        assert row["mean_bits"] == pytest.approx(kept.mean() / 8 if kept.size else 0.0)
+        assert row["share_w4"] == pytest.approx(np.mean(lp.bits == 4))
+        assert row["share_w5-6"] == pytest.approx(np.mean((lp.bits == 5) | (lp.bits == 6)))
+        assert row["act_bits"] == pytest.approx(min(lp.act_bits, 32) / 8)
+        assert row["act_noise"] == pytest.approx(2.0 ** -min(lp.act_bits, 32))
+        kl = table.contribution(i, lp.bits, lp.act_bits)
+        assert row["log_kl"] == pytest.approx(np.log(kl + 1e-6))
+        total += kl
+    assert x[-1] == pytest.approx(np.log(total + 1e-6))
+
+
+def test_ensemble_learns_a_function_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5))
+    y = 0.5 * x[:, 0] - 0.2 * x[:, 1] ** 2 + 0.1 * rng.normal(size=300)
+    a = Ensemble.fit(x[:250], y[:250], epochs=300, seed=1, members=4)
+    b = Ensemble.fit(x[:250], y[:250], epochs=300, seed=1, members=4)
+    mean, std = a.predict(x[250:])
+    truth = 0.5 * x[250:, 0] - 0.2 * x[250:, 1] ** 2
+    assert np.corrcoef(mean, truth)[0, 1] > 0.9  # learned, on rows it never saw
+    assert np.abs(mean - truth).mean() < 0.5 * np.abs(truth - truth.mean()).mean()
+    np.testing.assert_array_equal(mean, b.predict(x[250:])[0])  # same seed, same numbers
+    assert (std > 0).all()  # bootstrap members disagree somewhere
+    members = a.predict_members(x[250:])
+    np.testing.assert_allclose(members.mean(0), mean)
+
+
+def test_ensemble_refuses_too_few_rows():
+    with pytest.raises(ArgumentError, match="n >= 2"):
+        Ensemble.fit(np.zeros((1, 3)), np.zeros(1))
+
+
+# ---------------------------------------------------------------- the bench file
+
+
+def test_bench_file_round_trips_without_pickle(bench_file: str, scored):
+    model = BenchModel.load(bench_file)
+    with np.load(bench_file, allow_pickle=False) as data:  # arrays and JSON only
+        meta = json.loads(bytes(data["meta"]).decode())
+    assert meta["schema"] == 1 and meta["task"] == "digits"
+    again = BenchModel.load(bench_file)
+    policies = scored[0][:5]
+    for key, values in model.predict(policies).items():
+        np.testing.assert_array_equal(values, again.predict(policies)[key])
+    assert model.digest() == again.digest()
+
+
+def test_bench_fits_the_real_scores_it_was_given(bench_file: str, scored):
+    from scipy.stats import kendalltau
+
+    policies, val, _ = scored
+    pred = BenchModel.load(bench_file).predict(policies)["val"]
+    assert kendalltau(pred, val).statistic > 0.7
+    assert np.abs(pred - np.array(val)).mean() < 0.05
+
+
+def test_bench_files_are_checked(tmp_path, bench_file: str):
+    with pytest.raises(ArgumentError, match="does not exist"):
+        BenchModel.load(tmp_path / "missing.npz")
+    with pytest.raises(ArgumentError, match="no bench named 'nope'"):
+        BenchModel.load("nope")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ArgumentError, match="not a bench file"):
+        BenchModel.load(bad)
+    model = BenchModel.load(bench_file)
+    model.meta["schema"] = 99
+    arrays = dict(np.load(bench_file, allow_pickle=False))
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    meta["schema"] = 99
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    other = tmp_path / "future.npz"
+    np.savez(other, **arrays)
+    with pytest.raises(ArgumentError, match="schema 99"):
+        BenchModel.load(other)
+
+
+def test_shipped_benches_rebuild_their_graph():
+    for name in bench_names():
+        model = BenchModel.load(name)
+        task = bench_task(model)  # raises if the architecture's graph differs
+        assert task.name == f"bench:{name}"
+        ranking = model.meta["importance"]["order"]
+        for order, layer in zip(ranking, model.meta["names"], strict=True):
+            n = task.model.get_submodule(layer).weight.shape[0]
+            assert sorted(order) == list(range(n))  # a ranking of the layer's kernels
+
+
+def test_bench_task_has_the_real_graph(bench_file: str, real: JPQEnv):
+    task = bench_task(BenchModel.load(bench_file))
+    from jpq_env import LayerGraph
+
+    assert LayerGraph.from_module(task.model, task.example_input).fingerprint == (
+        real.graph.fingerprint
+    )
+    assert len(task.val) == 0  # no data: every score is predicted
+
+
+def test_evaluator_predicts_and_refuses_other_models(bench_file: str, scored):
+    model = BenchModel.load(bench_file)
+    evaluator = BenchEvaluator(model)
+    policy = scored[0][0]
+    score = evaluator.accuracy(policy)
+    assert score == pytest.approx(float(np.clip(model.predict([policy])["val"][0], 0, 1)))
+    assert evaluator.prediction.val_std >= 0 and evaluator.prediction.test is not None
+    assert evaluator.test_accuracy(None) == model.meta["fp32"]["test"]
+    assert evaluator.stats.evaluations == 1
+    alien = Policy(policy.layers, "another-model")
+    with pytest.raises(PolicyError, match="another model"):
+        evaluator.accuracy(alien)
+
+
+# ---------------------------------------------------------------- the environment
+
+
+def test_bench_env_is_the_real_problem(bench_file: str, real: JPQEnv):
+    bench = JPQBenchEnv(bench=bench_file, budget_bops=1 / 64)
+    assert bench.action_space == real.action_space
+    assert bench.observation_space == real.observation_space
+    for seed in (0, 7):
+        actions = episode_actions(real, 100 + seed)
+        a = rollout(real, actions, seed=seed)
+        b = rollout(bench, actions, seed=seed)
+        for step_a, step_b in zip(a[:-1], b[:-1], strict=True):
+            np.testing.assert_array_equal(step_a[0], step_b[0])  # same observations
+        assert bench.last_policy.key() == real.last_policy.key()  # same kernels, same widths
+        info_a, info_b = a[-1][-1], b[-1][-1]
+        for key in ("bops_ratio", "size_ratio", "budget_met", "accuracy_fp32"):
+            assert info_b[key] == info_a[key]
+        assert info_b["bench"] == "digits"
+        assert {"accuracy_test", "accuracy_std", "accuracy_test_std"} <= set(info_b)
+        model = BenchModel.load(bench_file)
+        assert info_b["accuracy"] == pytest.approx(
+            float(np.clip(model.predict([bench.last_policy])["val"][0], 0, 1))
+        )
+
+
+def test_bench_env_is_deterministic(bench_file: str):
+    env = JPQBenchEnv(bench=bench_file, budget_bops=1 / 64)
+    actions = episode_actions(env, 3)
+    first = rollout(env, actions)[-1]
+    second = rollout(env, actions)[-1]
+    assert first[1] == second[1] and first[-1]["accuracy"] == second[-1]["accuracy"]
+
+
+def test_bench_env_sensitivity_observations_are_the_real_ones(bench_file: str, real: JPQEnv):
+    sens = JPQEnv(act_bits=ACTS, budget_bops=1 / 64, evaluator=real.evaluator, sensitivity=True)
+    bench = JPQBenchEnv(bench=bench_file, budget_bops=1 / 64, sensitivity=True)
+    actions = episode_actions(sens, 5)
+    for a, b in zip(rollout(sens, actions)[:-1], rollout(bench, actions)[:-1], strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_bench_env_refuses_settings_its_data_did_not_have(bench_file: str):
+    with pytest.raises(ArgumentError, match=r"bits=.*got"):
+        JPQBenchEnv(bench=bench_file, bits=[4, 8])
+    with pytest.raises(ArgumentError, match="importance"):
+        JPQBenchEnv(bench=bench_file, importance="l2")
+    with pytest.raises(ArgumentError, match="takes no \\['task'\\]"):
+        JPQBenchEnv(bench=bench_file, task="digits")
+    JPQBenchEnv(bench=bench_file, act_bits=ACTS, budget_bops=1 / 32)  # the data's own: fine
+
+
+def test_bench_ids_are_registered_and_run_searches(bench_file: str, tmp_path):
+    import jpq_env  # noqa: F401
+    from jpq_agents.run import env_arguments, run_search
+
+    assert "jpq_env/JPQBench-v0" in gym.registry
+    assert {"bench", "budget_bops", "reward"} <= env_arguments("jpq_env/JPQBench-v0")
+    env = gym.make("jpq_env/JPQBench-v0", bench=bench_file, budget_bops=1 / 64)
+    assert isinstance(env.unwrapped, JPQBenchEnv)
+    summary = run_search(
+        "random",
+        tmp_path / "run",
+        6,
+        env_id="jpq_env/JPQBench-v0",
+        env_kwargs={"bench": bench_file, "budget_bops": 1 / 64},
+        progress=False,
+    )
+    assert summary["evaluations"] == 6
+    best = summary["best"]
+    model = BenchModel.load(bench_file)
+    policy = Policy.load(tmp_path / "run" / "policy.json")
+    assert best["accuracy_val"] == pytest.approx(
+        float(np.clip(model.predict([policy])["val"][0], 0, 1))
+    )
+
+
+def test_validate_real_scores_a_bench_policy_with_the_real_proxy(
+    bench_file: str, tmp_path, real: JPQEnv, capsys
+):
+    from jpq_agents.cli import main
+    from jpq_agents.run import run_search
+    from jpq_agents.validate import replay_real
+
+    out = tmp_path / "bench-run"
+    kwargs = {"bench": bench_file, "budget_bops": 1 / 64}
+    run_search("greedy", out, 8, env_id="jpq_env/JPQBench-v0", env_kwargs=kwargs, progress=False)
+    rows = replay_real(out)
+    policy = Policy.load(out / "policy.json")
+    assert len(rows) == 1
+    assert rows[0]["real_val"] == real.evaluator.accuracy(policy)  # the real proxy's score
+    assert rows[0]["real_test"] == real.evaluator.test_accuracy(policy)
+    predicted = BenchModel.load(bench_file).predict([policy])
+    assert rows[0]["predicted_val"] == pytest.approx(float(predicted["val"][0]))
+    assert main(["validate", "--real", "--quiet", str(out)]) == 0
+    assert "held-out score predicted" in capsys.readouterr().out
+    # A policy of the real environment was not found on a bench: --real refuses it by name.
+    plain = tmp_path / "plain-run"
+    run_search("random", plain, 2, env_kwargs={"act_bits": ACTS}, progress=False)
+    with pytest.raises(ArgumentError, match="not found on a bench"):
+        replay_real(plain)
+    assert main(["validate", "--data", "somewhere", str(plain)]) != 0
+    assert "go with --real" in capsys.readouterr().err
