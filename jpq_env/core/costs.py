@@ -35,12 +35,12 @@ literally.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from jpq_env.core.graph import LayerGraph, Liveness
+from jpq_env.core.graph import LayerGraph, LayerInfo, Liveness
 from jpq_env.core.policy import Policy
 from jpq_env.core.quant import FULL_PRECISION
 from jpq_env.errors import ArgumentError
@@ -53,6 +53,7 @@ __all__ = [
     "cost_report",
     "layer_counts",
     "measure",
+    "recount",
     "totals",
     "uncompressed_costs",
 ]
@@ -130,6 +131,15 @@ class CostReport:
         return self.size_bits / 8 / (1e6 if unit == "MB" else 2**20)
 
 
+def _connections(info: LayerInfo, bits: np.ndarray, live: Liveness) -> tuple[int, int]:
+    """One layer's live (kernel, input channel) pairs, and the same pairs weighted by bits."""
+    alive, inputs = live.alive_out[info.index], live.inputs_per_kernel(info)
+    if isinstance(inputs, int):  # ungrouped: every kernel reads the same live inputs
+        return int(np.count_nonzero(alive)) * inputs, int(bits[alive].sum()) * inputs
+    conn = np.where(alive, inputs, 0)
+    return int(conn.sum()), int((conn * bits).sum())
+
+
 def bit_connections(
     graph: LayerGraph, bits: Sequence[np.ndarray], live: Liveness
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -141,15 +151,7 @@ def bit_connections(
     pairs = np.empty(len(graph.layers), dtype=np.int64)
     weighted = np.empty(len(graph.layers), dtype=np.int64)
     for info in graph.layers:
-        i = info.index
-        alive, inputs = live.alive_out[i], live.inputs_per_kernel(info)
-        if isinstance(inputs, int):  # ungrouped: every kernel reads the same live inputs
-            pairs[i] = np.count_nonzero(alive) * inputs
-            weighted[i] = int(bits[i][alive].sum()) * inputs
-        else:
-            conn = np.where(alive, inputs, 0)
-            pairs[i] = conn.sum()
-            weighted[i] = (conn * bits[i]).sum()
+        pairs[info.index], weighted[info.index] = _connections(info, bits[info.index], live)
     return pairs, weighted
 
 
@@ -188,6 +190,8 @@ def layer_counts(
     bits: Sequence[np.ndarray],
     act_bits: Sequence[int],
     live: Liveness | None = None,
+    base: LayerCounts | None = None,
+    start: int = 0,
 ) -> LayerCounts:
     """MACs, BOPs and size of every compressible layer (the formula of the module docstring).
 
@@ -196,10 +200,22 @@ def layer_counts(
         bits: Per layer, the weight width of each output kernel (0 = pruned), channel order.
         act_bits: Per layer, the input activation width.
         live: The liveness of ``bits`` if already known (computed from ``bits > 0`` otherwise).
+        base: Counts of decisions equal to these on the layers before ``start`` (a layer's
+            counts depend only on it and the layers before it): those layers are copied.
+        start: See ``base``.
     """
     if live is None:
         live = graph.liveness([b > 0 for b in bits], batchnorms=False)
-    pairs, weighted = bit_connections(graph, bits, live)
+    n = len(graph.layers)
+    pairs = np.empty(n, dtype=np.int64)
+    weighted = np.empty(n, dtype=np.int64)
+    first = 0
+    if base is not None and start > 0:
+        first = start
+        pairs[:start] = base.macs[:start] // np.maximum(graph.connection_macs[:start], 1)
+        weighted[:start] = base.size_bits[:start] // np.maximum(graph.kernel_areas[:start], 1)
+    for info in graph.layers[first:]:
+        pairs[info.index], weighted[info.index] = _connections(info, bits[info.index], live)
     acts = np.asarray(act_bits, dtype=np.int64)
     return LayerCounts(
         live,
@@ -207,6 +223,28 @@ def layer_counts(
         weighted * graph.connection_macs * acts,
         weighted * graph.kernel_areas,
     )
+
+
+def recount(
+    graph: LayerGraph, counts: LayerCounts, changed: Mapping[int, tuple[np.ndarray, int]]
+) -> LayerCounts:
+    """``counts`` after some layers changed widths but kept the same kernels (same liveness).
+
+    Only the changed layers are counted again (the environment's budget checks try one layer's
+    widths at a time: a full count per trial was most of a step's time).
+
+    Args:
+        graph: The layer graph.
+        counts: Counts of the decisions before the change.
+        changed: Per changed layer index, its new widths (channel order; the same kernels at 0
+            bits as before) and input activation width.
+    """
+    bops, size = counts.bops.copy(), counts.size_bits.copy()
+    for i, (bits, act) in changed.items():
+        _, weighted = _connections(graph.layers[i], bits, counts.live)
+        bops[i] = weighted * int(graph.connection_macs[i]) * int(act)
+        size[i] = weighted * int(graph.kernel_areas[i])
+    return LayerCounts(counts.live, counts.macs, bops, size)
 
 
 def totals(

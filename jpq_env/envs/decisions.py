@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jpq_env.core.costs import CostReport, LayerCounts, cost_report, layer_counts, measure
+from jpq_env.core.costs import (
+    CostReport,
+    LayerCounts,
+    cost_report,
+    layer_counts,
+    measure,
+    recount,
+)
 from jpq_env.core.graph import LayerGraph
 from jpq_env.core.importance import group_sizes
 from jpq_env.core.policy import Conventions, LayerPolicy, Policy, bits_from_ranking
@@ -209,9 +216,42 @@ class DecisionSpace:
         for cached, counts in self._recent:
             if len(cached) == len(full) and all(a is b for a, b in zip(cached, full, strict=True)):
                 return counts
-        counts = layer_counts(self.graph, [d.bits for d in full], [d.act_bits for d in full])
+        quick = self._recount(full)
+        if quick is not None:
+            counts = quick
+        else:
+            # From the recent set sharing the longest run of leading layers (a budget check
+            # changes one layer): the layers before it keep their counts.
+            start, base = 0, None
+            for cached, other in self._recent:
+                same = 0
+                for a, b in zip(cached, full, strict=False):
+                    if a is not b:
+                        break
+                    same += 1
+                if same > start:
+                    start, base = same, other
+            counts = layer_counts(
+                self.graph,
+                [d.bits for d in full],
+                [d.act_bits for d in full],
+                base=base,
+                start=start,
+            )
         self._recent = [(tuple(full), counts), *self._recent[:3]]
         return counts
+
+    def _recount(self, full: list[LayerDecision]) -> LayerCounts | None:
+        """Counts from a recent set that differs in widths only (same kernels kept), or None."""
+        for cached, counts in self._recent:
+            if len(cached) != len(full):
+                continue
+            diff = [i for i, (a, b) in enumerate(zip(cached, full, strict=True)) if a is not b]
+            if all(np.array_equal(cached[i].bits > 0, full[i].bits > 0) for i in diff):
+                return recount(
+                    self.graph, counts, {i: (full[i].bits, full[i].act_bits) for i in diff}
+                )
+        return None
 
     def cost(self, decisions: Sequence[LayerDecision | None]) -> tuple[Policy, CostReport]:
         """The policy of ``decisions`` (undecided layers at their most aggressive) and its costs.

@@ -37,7 +37,7 @@ import io
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ __all__ = [
     "BenchEvaluator",
     "BenchModel",
     "Ensemble",
+    "FeatureMap",
     "LAYER_FEATURES",
     "Prediction",
     "bench_names",
@@ -81,41 +82,88 @@ LAYER_FEATURES = (
 """The features of one layer, in order (``policy_features`` repeats them per layer)."""
 
 _EPS = 1e-6
+_MAX_WIDTH = 32
 _SHIPPED = "bench_models"
+
+
+class FeatureMap:
+    """``policy_features`` for one sensitivity table, with the table's KL estimates tabulated.
+
+    ``SensitivityTable.contribution`` interpolates per call; a bench step must stay far below a
+    millisecond, so the weight and activation terms are tabulated once per width (0-32) and a
+    layer's features are a ``bincount`` of its widths and a few dot products. The numbers equal
+    ``contribution``'s up to floating-point summation order.
+    """
+
+    def __init__(self, table: SensitivityTable) -> None:
+        self.table = table
+        layers = len(table.names)
+        widths = np.arange(_MAX_WIDTH + 1)
+        self.weight_kl = np.array(
+            [[table.weight_kl(i, int(w)) if w > 0 else 0.0 for w in widths] for i in range(layers)]
+        )
+        self.act_kl = np.array(
+            [[table.act_kl(i, int(w)) if w > 0 else 0.0 for w in widths] for i in range(layers)]
+        )
+        # Width -> bin membership, and the widths as numbers (mean of the kept kernels).
+        self.bins = np.array(
+            [[1.0 if lo <= w <= hi else 0.0 for lo, hi in _WIDTH_BINS] for w in widths]
+        )
+        self.prune_x = np.array([0.0, *table.sparsities])
+        self.prune_y = [
+            np.concatenate([[0.0], np.nan_to_num(table.prune[i], posinf=1e3)])
+            for i in range(layers)
+        ]
+
+    def __call__(self, policies: Sequence[Policy]) -> np.ndarray:
+        """Feature rows ``(n, layers * len(LAYER_FEATURES) + 1)``."""
+        layers = len(self.table.names)
+        per = len(LAYER_FEATURES)
+        out = np.zeros((len(policies), layers * per + 1))
+        widths = np.arange(_MAX_WIDTH + 1, dtype=np.float64)
+        for row, policy in enumerate(policies):
+            if len(policy.layers) != layers:
+                raise PolicyError(
+                    f"the policy has {len(policy.layers)} layers, the bench's graph {layers}"
+                )
+            total = 0.0
+            for i, lp in enumerate(policy.layers):
+                counts = np.bincount(np.minimum(lp.bits, _MAX_WIDTH), minlength=_MAX_WIDTH + 1)
+                n = max(lp.bits.size, 1)
+                share = counts / n
+                kept = n - int(counts[0])
+                sparsity = float(share[0])
+                act = min(int(lp.act_bits), _MAX_WIDTH)
+                kl = float(np.interp(sparsity, self.prune_x, self.prune_y[i])) if counts[0] else 0.0
+                kl += float(share[1:] @ self.weight_kl[i, 1:])
+                kl += float(self.act_kl[i, act]) * kept / n
+                total += kl
+                mean_bits = float(counts[1:] @ widths[1:]) / kept / 8.0 if kept else 0.0
+                out[row, i * per : (i + 1) * per] = [
+                    sparsity,
+                    mean_bits,
+                    *(share @ self.bins),
+                    act / 8.0,
+                    2.0**-act,
+                    np.log(kl + _EPS),
+                ]
+            out[row, -1] = np.log(total + _EPS)
+        return out
 
 
 def policy_features(policies: Sequence[Policy], table: SensitivityTable) -> np.ndarray:
     """Feature rows of ``policies``: ``(n, layers * len(LAYER_FEATURES) + 1)``, float64.
 
+    Per layer (``LAYER_FEATURES``): the share of pruned kernels, the kept kernels' mean width / 8,
+    the shares of kernels in six width bins, the activation width / 8 and ``2^-width``, and the
+    log of the table's estimate of the KL the decision adds at the output; then the log of the
+    summed estimate.
+
     Args:
         policies: Policies made for the table's graph (same layers, in order).
         table: The task's sensitivity table (the KL estimates).
     """
-    layers = len(table.names)
-    out = np.zeros((len(policies), layers * len(LAYER_FEATURES) + 1))
-    for row, policy in enumerate(policies):
-        if len(policy.layers) != layers:
-            raise PolicyError(
-                f"the policy has {len(policy.layers)} layers, the bench's graph {layers}"
-            )
-        total = 0.0
-        for i, lp in enumerate(policy.layers):
-            bits = lp.bits
-            kept = bits[bits > 0]
-            kl = table.contribution(i, bits, lp.act_bits)
-            total += kl
-            width = np.minimum(kept, 32).astype(np.float64)
-            shares = [float(np.mean((bits >= lo) & (bits <= hi))) for lo, hi in _WIDTH_BINS]
-            out[row, i * len(LAYER_FEATURES) : (i + 1) * len(LAYER_FEATURES)] = [
-                float(np.mean(bits == 0)),
-                float(width.mean()) / 8.0 if kept.size else 0.0,
-                *shares,
-                min(lp.act_bits, 32) / 8.0,
-                2.0 ** -min(lp.act_bits, 32),
-                np.log(kl + _EPS),
-            ]
-        out[row, -1] = np.log(total + _EPS)
-    return out
+    return FeatureMap(table)(policies)
 
 
 @dataclass
@@ -274,6 +322,7 @@ class BenchModel:
     table: SensitivityTable
     val: Ensemble
     test: Ensemble | None = None
+    _features: FeatureMap | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -282,7 +331,9 @@ class BenchModel:
 
     def predict(self, policies: Sequence[Policy]) -> dict[str, np.ndarray]:
         """Predicted held-out and test scores, each with the ensemble's spread."""
-        x = policy_features(policies, self.table)
+        if self._features is None:
+            self._features = FeatureMap(self.table)
+        x = self._features(policies)
         val, val_std = self.val.predict(x)
         out = {"val": val, "val_std": val_std}
         if self.test is not None:

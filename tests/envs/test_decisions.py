@@ -211,3 +211,38 @@ def test_policy_fills_undecided_layers_with_what_it_is_given(graph):
     policy = space.policy([None, None, full, None])
     assert policy.layers[2].bits.tolist() == [8] * 16
     assert policy.layers[1] == _policy_by_hand(space, [None] * 4).layers[1]
+
+
+@pytest.mark.parametrize("net_name", ["ResidualNet", "SeparableNet", "ConcatNet", "OptionANet"])
+def test_costs_reused_from_recent_checks_equal_a_fresh_count(net_name):
+    """The budget checks reuse recent counts (widths of one layer changed: only it is counted
+    again; kernels pruned: the layers before it are kept, liveness propagated from it): every
+    answer must equal a count from scratch on a fresh graph, over a long random walk."""
+    import tests.nets as nets
+    from jpq_env.core.costs import layer_counts
+
+    net = getattr(nets, net_name)
+    x = torch.randn(1, 3, 4, 4) if net_name == "ConcatNet" else torch.randn(1, 3, 8, 8)
+    graph = LayerGraph.from_module(randomize_bn(net()), x)
+    fresh = LayerGraph.from_module(randomize_bn(net()), x)
+    space = _space(graph)
+    rng = np.random.default_rng(1)
+    decisions: list = [None] * len(graph)
+    for _ in range(300):
+        layer = int(rng.integers(len(graph)))
+        k = graph.layers[layer].out_channels
+        old = decisions[layer]
+        n = int(rng.integers(space.max_pruned(layer) + 1))
+        if old is not None and rng.random() < 0.5:
+            n = old.n_pruned  # widths only: the same kernels kept
+        trial = list(decisions)
+        trial[layer] = space.decision(layer, n, rng.choice(BITS, k - n), int(rng.choice(ACT_BITS)))
+        got = space.counts(trial)
+        full = [d if d is not None else space.most_aggressive(i) for i, d in enumerate(trial)]
+        want = layer_counts(fresh, [d.bits for d in full], [d.act_bits for d in full])
+        for field in ("macs", "bops", "size_bits"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+        for a, b in zip(got.live.alive_in, want.live.alive_in, strict=True):
+            np.testing.assert_array_equal(a, b)
+        if rng.random() < 0.6:
+            decisions = trial  # the walk moves on (else the next trial starts from the same)

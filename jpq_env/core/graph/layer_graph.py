@@ -160,6 +160,9 @@ class LayerGraph:
     _recent_liveness: OrderedDict[bytes, Liveness] = field(
         default_factory=OrderedDict, init=False, repr=False, compare=False
     )
+    _recent_parts: dict[bytes, list[bytes]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -268,15 +271,24 @@ class LayerGraph:
             as read-only arrays: the last few results are kept and handed out again.
         """
         masks = [np.array(k, dtype=bool) for k in kept]
-        key = b"".join(np.packbits(m).tobytes() + len(m).to_bytes(4, "little") for m in masks)
+        parts = [np.packbits(m).tobytes() + len(m).to_bytes(4, "little") for m in masks]
+        key = b"".join(parts)
         # The same decisions are asked for several times per episode (the budget checks, the
-        # final costs, the compressed view): each distinct one is propagated once.
+        # final costs, the compressed view): each distinct one is propagated once, and only from
+        # its first layer that differs from a recent one (a budget check changes one layer).
         live = self._recent_liveness.get(key)
         if live is None:
-            live = self._propagate(masks)
+            start, base = 0, None
+            for other, other_live in self._recent_liveness.items():
+                same = _common_prefix(self._recent_parts[other], parts)
+                if same > start:
+                    start, base = same, other_live
+            live = self._propagate(masks, start, base)
             self._recent_liveness[key] = live
+            self._recent_parts[key] = parts
             while len(self._recent_liveness) > _LIVENESS_KEPT:
-                self._recent_liveness.popitem(last=False)
+                old, _ = self._recent_liveness.popitem(last=False)
+                del self._recent_parts[old]
         self._recent_liveness.move_to_end(key)
         if batchnorms and len(live.bn_alive) < len(self.bn_sources):
             bn_alive = {name: src.alive(live.alive_out) for name, src in self.bn_sources.items()}
@@ -286,11 +298,19 @@ class LayerGraph:
             self._recent_liveness[key] = live
         return live
 
-    def _propagate(self, masks: list[BoolArray]) -> Liveness:
-        """``liveness`` without BatchNorms, computed (arrays read-only: they are shared)."""
-        alive_out: list[BoolArray] = []
-        alive_in: list[BoolArray] = []
-        for layer, src in zip(self.layers, self.sources, strict=True):
+    def _propagate(
+        self, masks: list[BoolArray], start: int = 0, base: Liveness | None = None
+    ) -> Liveness:
+        """``liveness`` without BatchNorms, computed (arrays read-only: they are shared).
+
+        With ``base``, the liveness of masks equal to ``masks`` on the layers before ``start``:
+        those layers' arrays are taken from it (a layer depends only on the layers before it).
+        """
+        alive_out: list[BoolArray] = list(base.alive_out[:start]) if base else []
+        alive_in: list[BoolArray] = list(base.alive_in[:start]) if base else []
+        for layer, src in zip(
+            self.layers[len(alive_out) :], self.sources[len(alive_out) :], strict=True
+        ):
             live_in = src.alive(alive_out)
             keep = masks[layer.index]
             if layer.groups == 1:
@@ -348,3 +368,13 @@ class LayerGraph:
 
 _TOLD: set[str] = set()  # uncompressed-layer warnings already given in this process
 _LIVENESS_KEPT = 8  # distinct keep decisions whose liveness a graph keeps (an episode asks 2-3)
+
+
+def _common_prefix(a: list[bytes], b: list[bytes]) -> int:
+    """How many leading entries ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
