@@ -369,7 +369,7 @@ def build_data(rows_wanted: int, quick: bool, path: Path, runs: Path = GRID_RUNS
             i += 1
             if row is None:
                 continue
-            row.update(stamp)
+            row.update(stamp, commit=commit())  # the code as this row ends (a long run spans edits)
             f.write(json.dumps(row) + "\n")
             f.flush()
             rows.append(row)

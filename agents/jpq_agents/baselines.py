@@ -27,12 +27,32 @@ budget is spent; they then return why (a ``Stop``), and the run's summary says s
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .batch import choice_actions, parallelism, play_many
-from .play import fits, jpq, least_uniform_pruning, level_pairs, play, uniform_choices
+from .play import (
+    LayerChoice,
+    fits,
+    jpq,
+    least_uniform_pruning,
+    level_pairs,
+    play,
+    uniform_choices,
+)
 from .search import Search
 
-__all__ = ["BASELINES", "Stop", "greedy", "random_search", "two_stage", "uniform"]
+if TYPE_CHECKING:
+    from jpq_env.envs import JPQEnv
+
+__all__ = [
+    "BASELINES",
+    "Stop",
+    "greedy",
+    "greedy_descent",
+    "random_search",
+    "two_stage",
+    "uniform",
+]
 
 Stop = str | None
 """Why a baseline stopped before the evaluation budget was spent (None: the budget stopped it)."""
@@ -105,7 +125,7 @@ def greedy(search: Search, seed: int) -> Stop:
     episodes) and of the smallest widths with the least pruning that fits. Each round then tries one
     more level for every layer's weights and every layer's activations (the shared pruning rising as
     needed to stay within budget) and keeps the most accurate trial, until no trial improves on the
-    current policy.
+    current policy (``greedy_descent``).
 
     Cost in evaluations for ``L`` layers and ``P`` width pairs (``P`` = 6 for weights, 36 with
     activations, of six widths): ``P + 1`` to start, then at most ``L`` (or ``2 L`` with
@@ -115,6 +135,36 @@ def greedy(search: Search, seed: int) -> Stop:
     evaluation budget ends a round early, ``search.stop_reason`` says so.
     """
     base = jpq(search.env)
+
+    def evaluate(plans: list[list[LayerChoice]]) -> list[float]:
+        probes = [choice_actions(base, plan) for plan in plans]
+        return [info["accuracy"] for info in play_many(search, probes, seed=seed)]
+
+    reason, cut = greedy_descent(base, evaluate, lambda: search.done)
+    if cut:
+        search.stop_reason = cut
+    return reason
+
+
+def greedy_descent(
+    base: JPQEnv,
+    evaluate: Callable[[list[list[LayerChoice]]], list[float]],
+    done: Callable[[], bool],
+) -> tuple[Stop, str | None]:
+    """Greedy's rounds (``greedy``), scoring each round's probes with ``evaluate``.
+
+    The two-level controller's greedy warm start runs the same rounds through its own episodes.
+
+    Args:
+        base: The environment.
+        evaluate: Scores of a round's plans (one ``LayerChoice`` per layer each); shorter than
+            the plans when the evaluation budget ends.
+        done: True once the evaluation budget is spent.
+
+    Returns:
+        Why greedy stopped (None: the budget stopped it) and, if the budget cut a round short,
+        a message saying so.
+    """
     n = base.num_layers
     # One row per kind of width: weights, then activations (if decided); levels[kind][layer].
     tops = [len(base.bits)] + ([len(base.space.act_bits)] if base.decides_act else [])
@@ -130,14 +180,14 @@ def greedy(search: Search, seed: int) -> Stop:
         if pruned is not None:
             starts.append((levels, pruned))
     if not starts:
-        return "nothing to try: no uniform pruning brings any uniform width within budget"
-    probes = [choice_actions(base, uniform_choices(base, p, lv[0], acts(lv))) for lv, p in starts]
-    scored = list(zip(starts, play_many(search, probes, seed=seed), strict=False))
+        return "nothing to try: no uniform pruning brings any uniform width within budget", None
+    scores = evaluate([uniform_choices(base, p, lv[0], acts(lv)) for lv, p in starts])
+    scored = list(zip(starts, scores, strict=False))
     if not scored:
-        return None
-    (levels, pruned), info = max(scored, key=lambda x: x[1]["accuracy"])  # first of equals
-    accuracy = info["accuracy"]
+        return None, None
+    (levels, pruned), accuracy = max(scored, key=lambda x: x[1])  # first of equals
     rounds = 0
+    cut: str | None = None
     while True:
         rounds += 1
         best: tuple[float, list[list[int]], list[int]] | None = None
@@ -151,26 +201,25 @@ def greedy(search: Search, seed: int) -> Stop:
                 trial_pruned = least_uniform_pruning(base, trial[0], acts(trial))
                 if trial_pruned is not None:
                     trials.append((trial, trial_pruned))
-        if search.done:
+        if done():
             if trials:
-                search.stop_reason = (
+                cut = (
                     f"the evaluation budget ran out while greedy still had {len(trials)} probes "
                     "to try (see greedy's cost in evaluations in jpq_agents.baselines)"
                 )
-            return None
+            return None, cut
         if not trials:
             return (
                 f"nothing left to try: after {rounds - 1} rounds no layer's width can be raised "
                 "a level within budget"
-            )
+            ), cut
         # One round's probes in one batch (in parallel on an evaluator pool), cut to the budget.
-        probes = [choice_actions(base, uniform_choices(base, p, t[0], acts(t))) for t, p in trials]
-        played = play_many(search, probes, seed=seed)
-        for (trial, trial_pruned), info in zip(trials, played, strict=False):
-            if best is None or info["accuracy"] > best[0]:
-                best = (info["accuracy"], trial, trial_pruned)
+        played = evaluate([uniform_choices(base, p, t[0], acts(t)) for t, p in trials])
+        for (trial, trial_pruned), score in zip(trials, played, strict=False):
+            if best is None or score > best[0]:
+                best = (score, trial, trial_pruned)
         if len(played) < len(trials):
-            search.stop_reason = (
+            cut = (
                 f"the evaluation budget ran out in a round of greedy, after {len(played)} of its "
                 f"{len(trials)} probes (see greedy's cost in evaluations in jpq_agents.baselines)"
             )
@@ -178,7 +227,7 @@ def greedy(search: Search, seed: int) -> Stop:
             return (
                 f"nothing left to try: in round {rounds}, none of the {len(trials)} one-level "
                 "raises improved accuracy (greedy converged)"
-            )
+            ), cut
         accuracy, levels, pruned = best
 
 

@@ -3,12 +3,15 @@
 ``run_two_level`` spends a search's evaluation budget in three phases (``Search.phase`` labels
 each record with the one that produced it):
 
-1. **Warm start** (``warm_start``): the prune-then-quantize policies, one per weight width (or,
-   where the environment decides activation widths, per pair of weight and activation widths),
-   each with the least uniform pruning that fits the budget by the cost model. That is the
-   two-stage baseline, cheap to find without an evaluation; the elite buffer then imitates its
-   best, so learning starts where prune-then-quantize ends. It is played whole even when
-   refinement would take every evaluation: refinement needs a policy to start from.
+1. **Warm start** (``greedy_start``): greedy's rounds (``jpq_agents.baselines.greedy_descent``):
+   the prune-then-quantize policies, then one-level raises of the layer most worth it, each
+   probe an episode the controllers learn from; learning and refinement continue from greedy's
+   best with the evaluations it left. Or (``warm_start``): the prune-then-quantize policies, one
+   per weight width (or, where the environment decides activation widths, per pair of weight and
+   activation widths), each with the least uniform pruning that fits the budget by the cost
+   model. That is the two-stage baseline, cheap to find without an evaluation; the elite buffer
+   then imitates its best, so learning starts where prune-then-quantize ends. It is played whole
+   even when refinement would take every evaluation: refinement needs a policy to start from.
 2. **Learning**: with a surrogate (``surrogate``), model-based rounds (``imagined.py``): imagine
    and learn, then evaluate the most promising imagined episodes and learn from those too;
    without one, model-free batches of episodes sampled from the controllers.
@@ -22,12 +25,15 @@ the controllers and the environment; the agent wires them together and keeps the
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from jpq_env.envs import JPQEnv
 
+from ..baselines import greedy_descent
 from ..play import LayerChoice, jpq, least_uniform_pruning, level_pairs, uniform_choices
 from ..search import Search
 from .config import TwoLevelConfig
@@ -91,7 +97,9 @@ class _Agent:
         cfg = self.config
         total = self.search.settings.episodes
         refine_from = total - int(cfg.refine_fraction * total) if total >= 20 else total
-        if cfg.warm_start:
+        if cfg.greedy_start:
+            refine_from = self._greedy_start(refine_from)
+        elif cfg.warm_start:
             refine_from = self._warm_start(refine_from, total)
         self.search.phase = "learning"
         if self.imagination is not None:
@@ -111,6 +119,22 @@ class _Agent:
         refine_from = max(refine_from, min(len(plans), total))
         self._learned(plans[: max(refine_from - self.search.count, 0)], "warm-start")
         return refine_from
+
+    def _greedy_start(self, refine_from: int) -> int:
+        """Greedy's rounds as the warm start (``greedy_descent``); where learning ends.
+
+        Every probe is an episode the controllers learn from; learning ends at ``refine_from``,
+        or after greedy's last probe if that is later.
+        """
+        self.search.phase = "greedy"
+
+        def evaluate(plans: list[list[LayerChoice]]) -> list[float]:
+            left = self.search.settings.episodes - self.search.count
+            played = self._played(list(plans[:left]), "greedy")
+            return [float(record["accuracy"]) for _, record in played]
+
+        greedy_descent(self.base, evaluate, lambda: self.search.done)
+        return max(refine_from, self.search.count)
 
     def _model_based(self, imagination: Imagination, until: int) -> None:
         """Rounds of: fit the surrogate, learn on imagined episodes, evaluate the best of them."""
@@ -145,6 +169,12 @@ class _Agent:
         self, plans: list[list[LayerChoice] | None], origin: str = "learning"
     ) -> list[Episode]:
         """Play and evaluate episodes (None: sampled from the controllers) and remember them."""
+        return [ep for ep, _ in self._played(plans, origin)]
+
+    def _played(
+        self, plans: Sequence[list[LayerChoice] | None], origin: str
+    ) -> list[tuple[Episode, dict[str, Any]]]:
+        """``_learned``'s episodes with their search records."""
         played = self.evaluations.evaluate(
             [functools.partial(self.player.episode, fixed=plan) for plan in plans]
         )
@@ -156,7 +186,7 @@ class _Agent:
             self.learner.remember(ep)
             if self.best is None or ep.reward > self.best.reward:
                 self.best = ep
-        return [ep for ep, _ in played]
+        return played
 
 
 def run_two_level(search: Search, seed: int, config: TwoLevelConfig | None = None) -> None:

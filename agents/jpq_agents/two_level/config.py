@@ -25,6 +25,9 @@ class TwoLevelConfig:
         imitation: Weight of the self-imitation loss.
         refine_fraction: Share of the evaluations spent refining the best decisions at the end.
         warm_start: Play the prune-then-quantize warm-start episodes first.
+        greedy_start: Start with greedy's sensitivity probes instead (``greedy``'s rounds, each
+            probe an episode the controllers learn from), then learn and refine from greedy's
+            best with the evaluations left (``warm_start`` is then not played).
         accept_ties: During refinement, move to a neighbour that scores as well as the best (the
             proxy is coarse: 288 held-out samples move in steps of 0.35%, so plateaus are wide).
         refine_batch: Neighbours of the best tried per refinement round (the round's best is
@@ -55,6 +58,7 @@ class TwoLevelConfig:
     imitation: float = 0.5
     refine_fraction: float = 0.7
     warm_start: bool = True
+    greedy_start: bool = False
     accept_ties: bool = True
     refine_batch: int = 4
     surrogate: bool = True

@@ -125,3 +125,24 @@ def _scalars(folder: Path) -> dict[str, list[float]]:
 
 def _steps(folder: Path) -> dict[str, list[int]]:
     return {tag: [step for step, _ in pairs] for tag, pairs in tensorboard_scalars(folder).items()}
+
+
+def test_greedy_start_plays_greedys_rounds_then_refines_its_best(tmp_path, shared):
+    # Greedy on its own: its probes, until it converges (well within 60 evaluations here).
+    alone = Search(tmp_path / "greedy", RunSettings("greedy", 60, 0), _env(shared))
+    reason = BASELINES["greedy"](alone, 0)
+    assert reason and "converged" in reason and alone.count < 60
+    greedy_records = log_records(alone.out)
+    # The two-level controller started from greedy: the same probes first, in the same order,
+    # then its own evaluations from greedy's best, and a best at least as good.
+    search = Search(tmp_path / "two-level", RunSettings("two-level", 60, 0), _env(shared))
+    run_two_level(search, 0, TwoLevelConfig(greedy_start=True))
+    records = log_records(search.out)
+    assert search.count == 60
+    n = len(greedy_records)
+    assert [r["policy"] for r in records[:n]] == [r["policy"] for r in greedy_records]
+    assert {r["phase"] for r in records[:n]} == {"greedy"}
+    assert all(r["phase"] != "greedy" for r in records[n:])
+    assert "warm-start" not in {r["phase"] for r in records}
+    best_greedy = max(r["reward"] for r in greedy_records)
+    assert max(r["reward"] for r in records) >= best_greedy
