@@ -1,7 +1,9 @@
 """The agents grid on ResNet-20 / CIFAR-10: does a search method beat the cheap alternatives?
 
 JPQWeightsActs-v0 at 1/64 and 1/128 of FP32 BOPs, 300 evaluations per search: two-level,
-greedy, cmaes-warm, ppo and random with seeds 0-2, two-stage and uniform once (deterministic).
+greedy, cmaes-warm, ppo, random and two-level-greedy (the two-level controller started from
+greedy's rounds: ``TwoLevelConfig.greedy_start``) with seeds 0-2, two-stage and uniform once
+(deterministic).
 Each search appends one line to ``benchmarks/results/resnet20_grid_runs.jsonl`` as it ends
 (``agent``, ``budget``, ``seed``, ``val`` and ``test`` of the best policy, ``evaluations``,
 ``image_forwards``, ``seconds``, ``commit``, ``command``, and the best-so-far curve against
@@ -34,8 +36,10 @@ from benchmarks.common import RESULTS, commit, configure_threads, load_rows, run
 NAME = "resnet20_grid"
 LOG = RESULTS / f"{NAME}_runs.jsonl"
 RUNS = Path(__file__).parent / "runs" / NAME
-AGENTS = ("two-level", "greedy", "cmaes-warm", "ppo", "random")
+AGENTS = ("two-level", "greedy", "cmaes-warm", "ppo", "random", "two-level-greedy")
 ONCE = ("two-stage", "uniform")  # deterministic: one seed
+VARIANTS = {"two-level-greedy": ("two-level", {"greedy_start": True})}
+"""Grid agents that are another agent with options: two-level started from greedy's rounds."""
 BUDGETS = (1 / 64, 1 / 128)
 ENV_ID = "jpq_env/JPQWeightsActs-v0"
 
@@ -82,8 +86,9 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
         # A row measures one whole search: its minutes and image-forwards. A folder left by a
         # killed grid would resume and record only the resume's cost, so the search starts over.
         shutil.rmtree(out)
+    agent, options = VARIANTS.get(run["agent"], (run["agent"], None))
     summary = run_search(
-        run["agent"],
+        agent,
         out,
         run["episodes"],
         seed=run["seed"],
@@ -91,6 +96,7 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
         env_kwargs={"task": task, "budget_bops": budget},
         progress=False,
         fidelity="race",  # explicit: an old folder never resumes in another fidelity
+        agent_options=options,
     )
     best, images = _curves(out)
     proxy = summary.get("proxy", {})
