@@ -7,7 +7,9 @@ distillation from the FP32 model, SGD with a cosine schedule) on ResNet-20 / CIF
   two-level policy at 1/64 of FP32 BOPs fine-tuned with each (lr, distill) of a small grid;
   rows in ``results/resnet20_finetune_choice_runs.jsonl``.
 - default: the leaderboard's best policies at 1/64 (two-level, greedy, cmaes-warm, two-stage,
-  uniform) fine-tuned with one recipe and the same epochs; one row each in
+  uniform) fine-tuned with one recipe and the same epochs (``--frontier N``: and N more along
+  the 1/64 frontier of JPQ-Bench's data; the report's Kendall tau says whether the proxy's
+  ranking survives the fine-tune); one row each in
   ``results/resnet20_finetune_runs.jsonl`` (``source``, ``budget``, ``epochs``, ``seed``,
   ``test_before``, ``test_after``, ``val_after``, ``fp32_test``, the per-epoch ``history``,
   ``commit``, ``command``).
@@ -18,6 +20,7 @@ killed run continues at its last finished epoch and a killed benchmark at its fi
     python -m benchmarks.cifar_workload                          # once: data and checkpoint
     JPQ_THREADS=2 python -m benchmarks.resnet20_finetune --choose --epochs 2
     JPQ_THREADS=2 python -m benchmarks.resnet20_finetune --epochs 5
+    JPQ_THREADS=1 python -m benchmarks.resnet20_finetune --epochs 1 --frontier 10  # and tau
     python -m benchmarks.resnet20_finetune --report
     python -m benchmarks.resnet20_finetune --quick               # digits, 1 epoch, no files
 """
@@ -28,6 +31,8 @@ import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmarks.common import RESULTS, commit, configure_threads, load_rows, run_grid, write_result
 
@@ -62,6 +67,41 @@ def _evaluator(run: dict[str, Any]) -> Any:
     return LocalEvaluator(load_task("resnet20-cifar", **task_options(DATA)), device="cpu")
 
 
+def _policy_path(run: dict[str, Any]) -> Path:
+    """A row's policy file: the leaderboard's, or a frontier policy written under RUNS."""
+    name = run["policy"]
+    return RUNS / name if name.startswith("frontier/") else LEADERBOARD / name
+
+
+def frontier(n: int, budget: float = 1 / 64) -> list[dict[str, Any]]:
+    """``n`` policies along the budget's frontier from JPQ-Bench's data, as policy files.
+
+    The complete rows within budget and within 10% of it, sorted by the proxy's held-out score
+    and taken evenly from the best to the median (the part of the frontier a search ranks),
+    one per distinct score; each is written to ``RUNS/frontier/<id>.policy.json``.
+    """
+    from benchmarks.jpq_bench import data_path, decode
+    from jpq_env.proxy.bench import BenchModel
+
+    names = BenchModel.load("resnet20-cifar").meta["names"]
+    rows = [
+        r
+        for r in load_rows(data_path(False))
+        if r["complete"] and budget * 0.9 <= r["bops_ratio"] <= budget * (1 + 1e-9)
+    ]
+    rows.sort(key=lambda r: (-r["val"], r["id"]))
+    top = rows[: max(len(rows) // 2, 1)]
+    picks: list[dict[str, Any]] = []
+    for i in np.linspace(0, len(top) - 1, min(n, len(top))).round().astype(int):
+        if all(p["val"] != top[i]["val"] for p in picks):
+            picks.append(top[i])
+    folder = RUNS / "frontier"
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in picks:
+        decode(r, names).save(folder / f"{r['id']}.policy.json")
+    return picks
+
+
 def one(run: dict[str, Any]) -> dict[str, Any]:
     """One fine-tune, its row (resumes from its own checkpoints)."""
     from jpq_env import Policy
@@ -71,7 +111,7 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
     if run.get("task") == "digits":
         policy = Policy.uniform(evaluator.graph, 4, 4)
     else:
-        policy = Policy.load(LEADERBOARD / run["policy"])
+        policy = Policy.load(_policy_path(run))
     folder = Path(run["out"]) / "-".join(_key(run)[:-1])
     result = finetune(
         evaluator,
@@ -86,6 +126,8 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: run[k] for k in ("source", "budget", "epochs", "seed", "lr", "distill")},
         **({"task": "digits"} if run.get("task") == "digits" else {}),
+        **({"policy": run["policy"]} if "policy" in run else {}),
+        "val_before": evaluator.accuracy(policy),  # the proxy's score, what the search ranked by
         "test_before": result.accuracy_before,
         "test_after": result.accuracy_after,
         "val_after": result.history[-1]["val"],
@@ -134,9 +176,68 @@ def report(rows: list[dict[str, Any]], choice: list[dict[str, Any]]) -> str:
                 f"{r['distill']:g} | {r['test_before']:.2%} | {r['test_after']:.2%} | "
                 f"{r['fp32_test']:.2%} | {(r['test_after'] - r['fp32_test']) * 100:+.2f} |"
             )
+    tau = preference(rows)
+    if tau:
+        out += [
+            "",
+            "## Does the search's preference survive fine-tuning? (1/64)",
+            "",
+            "Kendall tau between the proxy's held-out score (what a search ranks by) and the test "
+            "accuracy, over the distinct policies fine-tuned with the same recipe and epochs "
+            "(the sources above and the JPQ-Bench frontier policies, `--frontier`):",
+            "",
+            "| epochs | policies | tau, before fine-tuning | tau, after |",
+            "|---|---|---|---|",
+        ]
+        for epochs, (n, before, after) in sorted(tau.items()):
+            out.append(f"| {epochs} | {n} | {before:.3f} | {after:.3f} |")
     commits = sorted({r["commit"] for r in [*rows, *choice]})
     out += ["", f"Rows from commits {', '.join(commits)}; each row names its command in the log."]
     return "\n".join(out)
+
+
+def _val_before(row: dict[str, Any]) -> float | None:
+    """The proxy's held-out score of a row's policy (older rows: from the leaderboard's file)."""
+    if row.get("val_before") is not None:
+        return float(row["val_before"])
+    if "policy" not in row and row["source"] in SOURCES:
+        row = {**row, "policy": f"1_64/{row['source']}-seed0.policy.json"}
+    if "policy" not in row or row["policy"].startswith("frontier/"):
+        return None
+    import json
+
+    value = json.loads((LEADERBOARD / row["policy"]).read_text()).get("accuracy_val")
+    return None if value is None else float(value)
+
+
+def preference(rows: list[dict[str, Any]], budget: float = 1 / 64) -> dict[int, tuple]:
+    """Per epochs: (policies, tau of the proxy's score against test before, and after).
+
+    One row per distinct policy (the same policy found by several agents counts once: equal
+    proxy scores and test accuracies before), at least three policies.
+    """
+    from scipy.stats import kendalltau
+
+    out = {}
+    for epochs in sorted({r["epochs"] for r in rows}):
+        seen, points = set(), []
+        for r in rows:
+            val = _val_before(r)
+            if r["epochs"] != epochs or abs(r["budget"] - budget) > 1e-12 or val is None:
+                continue
+            key = (round(val, 6), round(r["test_before"], 6))
+            if key in seen:
+                continue
+            seen.add(key)
+            points.append((val, r["test_before"], r["test_after"]))
+        if len(points) >= 3:
+            v, b, a = (np.array(x) for x in zip(*points, strict=True))
+            out[epochs] = (
+                len(points),
+                float(kendalltau(v, b).statistic),
+                float(kendalltau(v, a).statistic),
+            )
+    return out
 
 
 def main() -> None:
@@ -145,6 +246,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01, help="the recipe's learning rate")
     parser.add_argument("--distill", type=float, default=0.5, help="the distillation weight")
     parser.add_argument("--choose", action="store_true", help="the held-out choice of defaults")
+    parser.add_argument(
+        "--frontier",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also fine-tune N policies along the 1/64 frontier of JPQ-Bench's data (Kendall "
+        "tau of the proxy against test, before and after)",
+    )
     parser.add_argument("--report", action="store_true", help="the report from the rows so far")
     parser.add_argument("--quick", action="store_true", help="digits, 1 epoch; no files")
     args = parser.parse_args()
@@ -172,6 +281,12 @@ def main() -> None:
              "distill": args.distill, "out": str(RUNS)}
             for s in SOURCES
         ]  # fmt: skip
+        for r in frontier(args.frontier) if args.frontier else []:
+            name = f"frontier/{r['id']}.policy.json"
+            runs.append(
+                {**base, "source": f"frontier:{r['id']}", "policy": name, "lr": args.lr,
+                 "distill": args.distill, "out": str(RUNS)}
+            )  # fmt: skip
         run_grid(runs, LOG, one, _key)
     resnet = [r for r in load_rows(LOG) if r.get("task", "resnet20") == "resnet20"]
     choice = [r for r in load_rows(CHOICE_LOG) if r.get("task", "resnet20") == "resnet20"]
