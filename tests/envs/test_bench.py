@@ -286,3 +286,18 @@ def test_validate_real_scores_a_bench_policy_with_the_real_proxy(
         replay_real(plain)
     assert main(["validate", "--data", "somewhere", str(plain)]) != 0
     assert "go with --real" in capsys.readouterr().err
+
+
+def test_jpq_search_runs_on_a_bench_without_a_task(bench_file: str, tmp_path, capsys):
+    from jpq_agents.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["search", "--env", "jpq_env/JPQBench-v0", "--env-option", f"bench={bench_file}"]
+    argv += ["--agent", "random", "--episodes", "3", "--budget-bops", "1/64", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["env"]["bench"] == bench_file and "task" not in run["env"]
+    assert "evaluations" in capsys.readouterr().out
+    # A task given to a bench is refused by name, not ignored.
+    assert main([*argv, "--task", "digits", "--out", str(tmp_path / "refused")]) != 0
+    assert "takes no ['task']" in capsys.readouterr().err

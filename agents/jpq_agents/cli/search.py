@@ -50,7 +50,11 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--agent", default="two-level", choices=sorted(AGENT_NAMES), help="search agent"
     )
-    add_task_args(parser, "digits")
+    add_task_args(parser, None)  # digits, or a bench environment's own task
+    parser._option_string_actions["--task"].help = (
+        "built-in name or package.module:factory (default: digits; a JPQBench environment has "
+        "its own)"
+    )
     _add_env_args(parser)
     _add_run_args(parser)
     _add_option_args(parser)
@@ -190,11 +194,12 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, object]:
         if key in _ENV_FLAGS:
             raise ArgumentError(f"--env-option {key}=...: set it with {_ENV_FLAGS[key]}")
     env_kwargs: dict[str, object] = {
-        "task": args.task,
         "reward": args.reward,
         "budget_size": args.budget_size,
         "enforcement": args.enforcement,
     }
+    if args.task is not None or "JPQBench" not in args.env:  # a bench has its own task
+        env_kwargs["task"] = args.task or "digits"
     if hasattr(args, "budget_bops"):  # else the environment's own (1/128 or 1/64)
         env_kwargs["budget_bops"] = args.budget_bops
     options = task_options(args)
