@@ -11,6 +11,8 @@ seeds, against cold black-box optimizers through the same environment:
   (``surrogate=False``, jpq-env 0.1's learning);
 - ``pure-rl``: no warm start, no refinement: the controllers alone, model-based;
 - ``pure-rl-model-free``: the same, model-free;
+- ``greedy-start``: greedy's rounds as the warm start (each probe an episode the controllers learn
+  from), then learning and refinement from greedy's best (``greedy_start``);
 - ``cmaes`` and ``tpe``: Optuna's CMA-ES and TPE through the public Gymnasium API, cold;
 - ``ppo``, ``ddpg``: SB3's learners with the learning signals (sensitivity features in the
   observation, potential-based shaping on the predicted error), ``ppo-no-signals`` and
@@ -64,6 +66,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "model-free": {"surrogate": False},
     "pure-rl": {"warm_start": False, "refine_fraction": 0.0},
     "pure-rl-model-free": {"warm_start": False, "refine_fraction": 0.0, "surrogate": False},
+    "greedy-start": {"greedy_start": True},
 }
 OPTIMIZERS = ("cmaes", "tpe")
 # SB3 learners with the learning signals they get by default (sensitivities in the observation,
