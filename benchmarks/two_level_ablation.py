@@ -59,6 +59,7 @@ NAME = "two_level_ablation"
 ENVS = {"v0": "jpq_env/JPQWeights-v0", "v1": "jpq_env/JPQWeightsActs-v0"}
 CASES = ("digits:v1:1/128", "digits-deep:v0:1/64", "digits:v1:1/256")
 RESNET20 = "resnet20"  # the ResNet-20 / CIFAR-10 workload (``--cases resnet20:v1:1/128``)
+UNSEEN = "lenet5"  # a model no default was tuned on (``benchmarks.unseen``): ``lenet5:v1:1/64``
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "no-learning": {"refine_fraction": 1.0},
@@ -120,6 +121,8 @@ def _task(name: str) -> Any:
     ``resnet20`` is ResNet-20 on the workload ``python -m benchmarks.cifar_workload`` prepares
     (its fine-tuned checkpoint, the full 5,000-image held-out split).
     """
+    if name == UNSEEN:
+        return "benchmarks.unseen:lenet5_digits_task"
     if name != RESNET20:
         return name
     from benchmarks.cifar_workload import DATA, WEIGHTS_NAME, task_options
