@@ -123,13 +123,16 @@ class Problem:
         if quick:
             self.task = load_task("digits")
             self.name = "digits"
+            self.task_options: dict[str, Any] = {}
         else:
             from benchmarks.cifar_workload import DATA, WEIGHTS_NAME, task_options
 
             if not (DATA / WEIGHTS_NAME).exists():
                 sys.exit("run `python -m benchmarks.cifar_workload` first (data and checkpoint)")
-            self.task = load_task("resnet20-cifar", **task_options(DATA))
+            options = task_options(DATA)
+            self.task = load_task("resnet20-cifar", **options)
             self.name = "resnet20-cifar"
+            self.task_options = {k: v for k, v in options.items() if k not in ("data", "weights")}
         self.envs: dict[float, Any] = {}
         first = gym.make(ENV_ID, task=self.task, budget_bops=BUDGETS[0]).unwrapped
         self.graph = first.graph
@@ -494,6 +497,8 @@ def fit_bench(
             },
             "commit": commit(),
             "command": command(),
+            # What the real task needs besides its data and weights (jpq validate --real).
+            "task_options": prob.task_options,
         },
     )
     model.meta["metrics"] = compare_models(model, prob, fit, hold, seed)

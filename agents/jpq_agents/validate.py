@@ -226,7 +226,9 @@ def replay_real(
     kwargs = {k: v for k, v in settings.items() if k in allowed}
     kwargs.update(bench.meta["env"])
     kwargs["task"] = task or bench.meta["task"]
-    kwargs["task_options"] = dict(task_options or {})
+    # The options the bench's data were made with (e.g. ResNet-20's input normalisation), then
+    # the caller's (its data folder and weights).
+    kwargs["task_options"] = {**bench.meta.get("task_options", {}), **(task_options or {})}
     if device is not None:
         kwargs["device"] = device
     env = gym.make(REAL_ENV, **kwargs).unwrapped
