@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from jpq_env.core.policy import Policy
-from jpq_env.envs.decisions import DecisionSpace
 from jpq_env.envs.jpq import JPQEnv
 from jpq_env.errors import ArgumentError
 from jpq_env.proxy.bench import BenchEvaluator, BenchModel, Ensemble, bench_task, policy_features
@@ -68,26 +67,13 @@ class JPQBenchEnv(JPQEnv):
         kwargs.setdefault("evaluator", BenchEvaluator(model))
         super().__init__(task=bench_task(model), **kwargs)
 
-    def _decision_space(
-        self,
-        importance: str,
-        act_choices: tuple[int, ...],
-        max_sparsity: float,
-        channel_groups: int,
-    ) -> DecisionSpace:
-        """The decision space over the real task's kernel ranking (recorded in the bench)."""
+    def _ranking(self, importance: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The real task's kernel ranking and scaled scores, as recorded in the bench."""
         ranking = self.bench.meta["importance"]
-        orders = [np.asarray(o, dtype=np.int64) for o in ranking["order"]]
-        self.ranked_importance = [np.asarray(s, dtype=np.float32) for s in ranking["scaled"]]
-        return DecisionSpace(
-            self.graph,
-            orders,
-            self.bits,
-            act_choices,
-            max_sparsity,
-            self.conventions,
-            channel_groups,
-        )
+        return [
+            (np.asarray(order, dtype=np.int64), np.asarray(scaled, dtype=np.float32))
+            for order, scaled in zip(ranking["order"], ranking["scaled"], strict=True)
+        ]
 
     def _measure_sensitivity(self, importance: str, bn_recalibration: bool) -> SensitivityTable:
         """The real task's table, recorded in the bench (nothing to measure)."""

@@ -340,8 +340,7 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
         channel_groups: int,
     ) -> DecisionSpace:
         """The decision space over the kernels ranked by ``importance`` (computed once)."""
-        weights = [self.task.model.get_submodule(name).weight for name in self.graph.names]
-        ranked = [ranked_importance(w, importance) for w in weights]  # type: ignore[arg-type]
+        ranked = self._ranking(importance)
         # Importance of each layer's kernels in ranked order, scaled to [0, 1] (for agents).
         self.ranked_importance = [scaled for _, scaled in ranked]
         return DecisionSpace(
@@ -353,6 +352,11 @@ class JPQEnv(gym.Env[np.ndarray, np.ndarray]):
             self.conventions,
             channel_groups,
         )
+
+    def _ranking(self, importance: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per layer, its kernels most important first and their scaled scores (from weights)."""
+        weights = [self.task.model.get_submodule(name).weight for name in self.graph.names]
+        return [ranked_importance(w, importance) for w in weights]  # type: ignore[arg-type]
 
     def _check_budget(self, max_sparsity: float, act_choices: tuple[int, ...]) -> None:
         """Refuse a missing budget, or one that even the cheapest decisions exceed."""

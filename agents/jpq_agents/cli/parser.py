@@ -15,6 +15,7 @@ __all__ = [
     "CommandParser",
     "Subparsers",
     "add_task_args",
+    "add_task_data_args",
     "fraction",
     "natural",
     "positive",
@@ -92,17 +93,26 @@ def add_task_args(parser: argparse.ArgumentParser, task_default: str | None) -> 
     parser.add_argument(
         "--task", default=task_default, help="built-in name or package.module:factory"
     )
-    parser.add_argument("--data", default=None, help="data folder of the task (vision tasks)")
-    parser.add_argument("--weights", default=None, help="state_dict file of the task's model")
+    add_task_data_args(parser)
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+
+
+def add_task_data_args(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """Add --data, --weights and --task-option (``when`` prefixes their help, e.g. "--real: ")."""
+    parser.add_argument(
+        "--data", default=None, help=f"{when}data folder of the task (vision tasks)"
+    )
+    parser.add_argument(
+        "--weights", default=None, help=f"{when}state_dict file of the task's model"
+    )
     parser.add_argument(
         "--task-option",
         type=task_option,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="another argument of the task factory, e.g. val_size=1000 (repeatable)",
+        help=f"{when}another argument of the task factory, e.g. val_size=1000 (repeatable)",
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
 
 
 def task_options(args: argparse.Namespace) -> dict[str, object]:

@@ -9,7 +9,7 @@ import argparse
 
 from jpq_env.errors import ArgumentError
 
-from .parser import Subparsers, task_option, task_options
+from .parser import Subparsers, add_task_data_args, task_options
 
 __all__ = ["add_parser", "run"]
 
@@ -30,16 +30,7 @@ def add_parser(subparsers: Subparsers) -> None:
         help="a policy found on a bench (JPQBench-*): score it with the real proxy and print the "
         "bench's prediction beside it",
     )
-    parser.add_argument("--data", default=None, help="--real: data folder of the real task")
-    parser.add_argument("--weights", default=None, help="--real: state_dict of the real model")
-    parser.add_argument(
-        "--task-option",
-        type=task_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="--real: another argument of the real task's factory (repeatable)",
-    )
+    add_task_data_args(parser, when="--real: ")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
