@@ -20,8 +20,11 @@ JPQWeightsActs-v0 on ResNet-20 / CIFAR-10 with the grid's proxy):
 - ``id``: 16 hex digits of the policy's hash (a policy appears once);
 - ``source``: ``grid`` (a policy a search of ``benchmarks.resnet20_grid`` evaluated, imported from
   its ``evaluations.jsonl``: ``run`` names the search, ``episode`` the evaluation), ``random``
-  (uniform random actions), ``structured`` (one action repeated over the layers, plus noise
-  ``noise``: uniform-like policies as two-stage finds them) or ``perturb`` (one to three layer
+  (uniform random actions: most fall far below the budget, into the accuracy collapse),
+  ``structured`` (one action repeated over the layers plus noise ``noise``: the first rows only),
+  ``mixed`` (per-layer weight and activation widths within ``spread`` levels of a random centre,
+  with the least shared pruning that fits the budget: mixed precision along the budget, where
+  searches look) or ``perturb`` (one to three layer
   decisions of a good policy changed: ``parent`` is its id);
 - ``sample``: the sample's index (sampled rows; the schedule is a function of it, so a resumed
   run draws the same policies) and ``budget`` (the BOPs target it was drawn under: 1/16 to 1/256);
@@ -63,8 +66,8 @@ ENV_ID = "jpq_env/JPQWeightsActs-v0"
 BENCH_ID = "jpq_env/JPQBench-v0"  # any bench, named by the ``bench`` argument
 BUDGETS = (1 / 16, 1 / 32, 1 / 64, 1 / 128, 1 / 256)
 GRID_BUDGETS = (1 / 64, 1 / 128)
-KINDS = ("random", "structured", "perturb", "perturb", "structured", "perturb")
-NOISE = (0.0, 0.1, 0.3)
+KINDS = ("mixed", "perturb", "mixed", "random", "perturb", "mixed")
+SPREAD = (0, 1, 2)  # ``mixed``: how far a layer's width levels stray from the policy's centre
 TEST_EVERY = 3
 GRID_RUNS = Path(__file__).parent / "runs" / "resnet20_grid"
 SHIPPED = Path(__file__).resolve().parents[1] / "jpq_env" / "proxy" / "bench_models"
@@ -179,11 +182,11 @@ def problem(quick: bool) -> Problem:
 
 
 def schedule(i: int) -> dict[str, Any]:
-    """Sample ``i``'s kind, budget and noise (a fixed function of ``i``: resumable)."""
+    """Sample ``i``'s kind, budget and spread (a fixed function of ``i``: resumable)."""
     return {
         "kind": KINDS[i % len(KINDS)],
         "budget": BUDGETS[(i // len(KINDS)) % len(BUDGETS)],
-        "noise": NOISE[(i // (len(KINDS) * len(BUDGETS))) % len(NOISE)],
+        "spread": SPREAD[(i // (len(KINDS) * len(BUDGETS))) % len(SPREAD)],
     }
 
 
@@ -243,6 +246,29 @@ def _perturb(prob: Problem, base: Any, rng: np.random.Generator) -> Any:
     return None if policy.key() == base.key() else policy
 
 
+def _mixed(env: Any, spread: int, rng: np.random.Generator, seed: int) -> Any:
+    """A mixed-precision policy at the budget (None: too wide even at the largest sparsity).
+
+    Per-layer weight and activation width levels around a random centre (``spread`` levels
+    either way), with the least shared pruning that fits. What searches explore: mixed precision
+    along the budget (uniform random actions mostly fall far below it, into the collapse).
+    """
+    from jpq_agents.batch import choice_actions
+    from jpq_agents.play import least_uniform_pruning, uniform_choices
+
+    n = len(env.graph)
+    nb, na = len(env.bits), len(env.space.act_bits)
+    levels = np.clip(rng.integers(nb) + rng.integers(-spread, spread + 1, n), 0, nb - 1)
+    acts = np.clip(rng.integers(na) + rng.integers(-spread, spread + 1, n), 0, na - 1)
+    levels, acts = [int(v) for v in levels], [int(v) for v in acts]
+    pruned = least_uniform_pruning(env, levels, acts)
+    if pruned is None:
+        return None
+    actions = choice_actions(env, uniform_choices(env, pruned, levels, acts))
+    policy, _ = _episode(env, lambda k: actions[k], seed)
+    return policy
+
+
 def _parents(rows: list[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
     """The best complete rows near ``budget`` (BOPs ratio within 25%): perturbations' parents."""
     near = [
@@ -256,6 +282,7 @@ def _parents(rows: list[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
 def sample_row(i: int, rows: list[dict[str, Any]], quick: bool) -> dict[str, Any] | None:
     """Draw and score sample ``i`` (None: already in the data, or no valid perturbation)."""
     prob = problem(quick)
+    start = time.perf_counter()
     plan = schedule(i)
     budget, kind = plan["budget"], plan["kind"]
     env = prob.envs[budget]
@@ -273,18 +300,13 @@ def sample_row(i: int, rows: list[dict[str, Any]], quick: bool) -> dict[str, Any
             kind = "random"  # nothing good near this budget yet
     if kind == "random":
         policy, _ = _episode(env, lambda _: rng.uniform(-1, 1, slots).astype(np.float32), i)
-    elif kind == "structured":
-        base = rng.uniform(-1, 1, slots)
-        noise = plan["noise"]
-        policy, _ = _episode(
-            env,
-            lambda _: np.clip(base + noise * rng.standard_normal(slots), -1, 1).astype(np.float32),
-            i,
-        )
+    elif kind == "mixed":
+        policy = _mixed(env, plan["spread"], rng, i)
+        if policy is None:
+            return None  # too wide for the budget even at the largest sparsity
     pid = policy_id(policy)
     if any(r["id"] == pid for r in rows):
         return None
-    start = time.perf_counter()
     val = prob.evaluator.accuracy(policy)
     images = prob.evaluator.last.images if prob.evaluator.last else prob.evaluator.val_images
     test = prob.evaluator.test_accuracy(policy) if i % TEST_EVERY == 0 else None
@@ -294,7 +316,7 @@ def sample_row(i: int, rows: list[dict[str, Any]], quick: bool) -> dict[str, Any
         "source": kind,
         "sample": i,
         "budget": budget,
-        **({"noise": plan["noise"]} if kind == "structured" else {}),
+        **({"spread": plan["spread"]} if kind == "mixed" else {}),
         **({"parent": parent["id"]} if parent else {}),
         "val": float(val),
         "val_images": int(images),
@@ -665,7 +687,7 @@ def report(model_path: Path, agents_log: Path, speed_log: Path, grid_log: Path, 
     rows = load_rows(data)
     out = [f"# JPQ-Bench: {meta['task']}", ""]
     out += ["## The data", "", "| source | rows | complete | with test |", "|---|---|---|---|"]
-    for source in ("grid", "random", "structured", "perturb"):
+    for source in ("grid", "random", "structured", "mixed", "perturb"):
         sel = [r for r in rows if r["source"] == source]
         if sel:
             out.append(
