@@ -91,7 +91,9 @@ STAMPS = (  # what a row's commit stamp does not say
     "in between); "
     "their '+changes' was this log itself, which commit stamps no longer count. "
     "The digits v1 1/256 rows ran on one thread beside other work on the second core: their "
-    "seconds are not an idle machine's."
+    "seconds are not an idle machine's. "
+    "The lenet5 1/256 rows' '+changes' (6212e9519a) was an uncommitted edit of "
+    "benchmarks/jpq_bench.py, no search code."
 )
 ALL = (*VARIANTS, *OPTIMIZERS, *LEARNERS, *BASELINES)
 
