@@ -151,13 +151,15 @@ def build_bench(
         raise ArgumentError(f"build_bench needs at least 10 scored policies, got {len(policies)}")
     table = env.sensitivity or env._measure_sensitivity(env.importance, env.bn_recalibration)
     x = policy_features(policies, table)
-    val_model = Ensemble.fit(x, np.asarray(val), weights=weights, epochs=epochs, seed=seed)
+    val_model = Ensemble.fit(
+        x, np.asarray(val), weights=weights, epochs=epochs, seed=seed, logit=True
+    )
     test_model = None
     if test is not None:
         known = [i for i, t in enumerate(test) if t is not None]
         if len(known) >= 10:
             y = np.array([test[i] for i in known], dtype=np.float64)
-            test_model = Ensemble.fit(x[known], y, epochs=epochs, seed=seed)
+            test_model = Ensemble.fit(x[known], y, epochs=epochs, seed=seed, logit=True)
     evaluator = env.evaluator
     fp32_test = float(evaluator.test_accuracy(None)) if evaluator.has_test_split else None
     name = env.task.name

@@ -26,7 +26,8 @@ layer's decision adds at the output; globally, the log of the summed estimate. T
 orders policies well (``jpq_agents.surrogate``); the ensemble learns how the layers interact.
 
 **Ensemble**: members are two-hidden-layer ReLU networks fitted by Adam on bootstrap resamples of
-the data (member 0 on the data as it is); the prediction is their mean and the spread their
+the data (member 0 on the data as it is), on the log-odds of the score (a bench's ensembles:
+``build_bench``); the prediction is the mean of the members' scores and the spread their
 standard deviation. Inference is numpy only: a step of a bench environment never runs torch.
 """
 
@@ -176,6 +177,8 @@ class Ensemble:
         x_scale: Feature standard deviations (1 where a feature was constant).
         y_mean: Target mean.
         y_scale: Target standard deviation.
+        logit: The members predict the log-odds of the target (a share in (0, 1)): predictions
+            are mapped back through the sigmoid, so they stay inside (0, 1).
     """
 
     members: list[list[np.ndarray]]
@@ -183,6 +186,7 @@ class Ensemble:
     x_scale: np.ndarray
     y_mean: float
     y_scale: float
+    logit: bool = False
 
     def predict_members(self, x: np.ndarray) -> np.ndarray:
         """Every member's prediction, ``(members, n)``."""
@@ -192,7 +196,8 @@ class Ensemble:
             h = np.maximum(z0 @ w1 + b1, 0.0)
             h = np.maximum(h @ w2 + b2, 0.0)
             preds.append((h @ w3 + b3)[:, 0])
-        return np.array(preds) * self.y_scale + self.y_mean
+        out = np.array(preds) * self.y_scale + self.y_mean
+        return 1.0 / (1.0 + np.exp(-out)) if self.logit else out
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation over the members."""
@@ -212,6 +217,7 @@ class Ensemble:
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         seed: int = 0,
+        logit: bool = False,
     ) -> Ensemble:
         """Fit ``members`` networks on bootstrap resamples (deterministic for a seed).
 
@@ -225,9 +231,14 @@ class Ensemble:
             lr: Adam's learning rate.
             weight_decay: Adam's L2 penalty (decoupled: AdamW).
             seed: Seed of the resamples and the initial weights.
+            logit: Fit the log-odds of ``y`` (accuracies: shares in [0, 1], clipped to
+                [1e-3, 1 - 1e-3]); an accuracy's error is not the same at 10% and at 88%.
         """
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
+        if logit:
+            y = np.clip(y, 1e-3, 1 - 1e-3)
+            y = np.log(y / (1 - y))
         n = len(y)
         if x.ndim != 2 or x.shape[0] != n or n < 2:
             raise ArgumentError(f"Ensemble.fit needs n >= 2 rows of features, got {x.shape}")
@@ -274,7 +285,7 @@ class Ensemble:
                     )
                 ]
             )
-        return cls(fitted, x_mean, x_scale, y_mean, y_scale)
+        return cls(fitted, x_mean, x_scale, y_mean, y_scale, logit)
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """The ensemble as named arrays (for ``np.savez``)."""
@@ -282,6 +293,7 @@ class Ensemble:
             f"{prefix}/x_mean": self.x_mean,
             f"{prefix}/x_scale": self.x_scale,
             f"{prefix}/y": np.array([self.y_mean, self.y_scale]),
+            f"{prefix}/logit": np.array([1 if self.logit else 0], dtype=np.uint8),
         }
         for m, arrays in enumerate(self.members):
             for k, a in enumerate(arrays):
@@ -303,6 +315,7 @@ class Ensemble:
             np.asarray(data[f"{prefix}/x_scale"]),
             float(y[0]),
             float(y[1]),
+            bool(data[f"{prefix}/logit"][0]) if f"{prefix}/logit" in data else False,
         )
 
 

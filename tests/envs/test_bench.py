@@ -99,6 +99,21 @@ def test_ensemble_learns_a_function_and_is_deterministic():
     np.testing.assert_allclose(members.mean(0), mean)
 
 
+def test_logit_ensemble_stays_inside_0_1_and_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 4))
+    y = 1 / (1 + np.exp(-(2 * x[:, 0] - x[:, 1])))  # shares in (0, 1), as accuracies are
+    ens = Ensemble.fit(x[:150], y[:150], epochs=300, seed=0, members=3, logit=True)
+    members = ens.predict_members(x[150:] * 5)  # far outside the data: still shares
+    assert ((members > 0) & (members < 1)).all()
+    assert np.corrcoef(ens.predict(x[150:])[0], y[150:])[0, 1] > 0.9
+    np.savez(tmp_path / "e.npz", **ens.arrays("val"))
+    with np.load(tmp_path / "e.npz", allow_pickle=False) as data:
+        again = Ensemble.from_arrays(data, "val")
+    assert again.logit
+    np.testing.assert_array_equal(again.predict_members(x), ens.predict_members(x))
+
+
 def test_ensemble_refuses_too_few_rows():
     with pytest.raises(ArgumentError, match="n >= 2"):
         Ensemble.fit(np.zeros((1, 3)), np.zeros(1))
