@@ -58,7 +58,8 @@ def commit() -> str:
     """The checkout's commit (short hash), with ``+changes`` when the tree has edits.
 
     The recorded results themselves (``benchmarks/results/``, which a running benchmark appends
-    to) do not count as edits: only the code that produced them does.
+    to, and the bench files ``jpq_bench fit`` writes) do not count as edits: only the code that
+    produced them does.
     """
     import subprocess
 
@@ -76,6 +77,7 @@ def commit() -> str:
                 "--",
                 ".",
                 ":!benchmarks/results",
+                ":!jpq_env/proxy/bench_models",  # what ``jpq_bench fit`` writes: an output too
             ],
             cwd=root,
             capture_output=True,
