@@ -482,11 +482,17 @@ def compare_models(
         if near.sum() > 1:
             metrics[name]["near"] = ranking(p[near], y_hold[near])
     tested = [i for i, r in enumerate(hold) if r.get("test") is not None]
-    if model.test is not None and len(tested) > 1:
+    if "test" in predicted and len(tested) > 1:
+        from jpq_env.proxy.bench import Ensemble
+
         real = np.array([hold[i]["test"] for i in tested])
+        known = [i for i, r in enumerate(fit) if r.get("test") is not None]
+        ens = Ensemble.fit(
+            x_fit[known], np.array([fit[i]["test"] for i in known]), seed=seed, logit=True
+        )
         metrics["test accuracy"] = {
-            "ensemble": ranking(predicted["test"][tested], real),
-            "val ensemble": ranking(predicted["val"][tested], real),
+            "shipped": ranking(predicted["test"][tested], real),
+            "test ensemble": ranking(ens.predict(x_hold[tested])[0], real),
         }
     return metrics
 
@@ -733,14 +739,17 @@ def report(model_path: Path, agents_log: Path, speed_log: Path, grid_log: Path, 
         )
     near = meta["metrics"]["ensemble (8 MLPs, shipped)"].get("near", {})
     tests = meta["metrics"].get("test accuracy", {})
-    test = tests.get("ensemble", {})
+    test = tests.get("shipped", {})
     if tests:
+        alt = tests["test ensemble"]
         out += [
             "",
-            f"Test accuracy of {test['n']} held-out policies: the test ensemble's prediction, "
-            f"Kendall tau {test['tau']:.3f} (top-10 {test['top10']:.1f}, MAE {test['mae']:.2f} "
-            "points); the held-out score's ensemble, tau "
-            f"{tests['val ensemble']['tau']:.3f}.",
+            f"Test accuracy of {test['n']} held-out policies, predicted from the held-out score "
+            f"through a logit-linear map (what the bench ships): Kendall tau {test['tau']:.3f}, "
+            f"top-10 {test['top10']:.1f}, MAE {test['mae']:.2f} points; an ensemble fitted on "
+            f"the tested policies instead: tau {alt['tau']:.3f}, MAE {alt['mae']:.2f} points "
+            "(its policies are mostly poor ones: it was 30 points low on the best ResNet-20 "
+            "policies).",
         ]
     targets = [
         ("surrogate vs real proxy near the budgets, Kendall tau >= 0.9", near.get("tau")),

@@ -133,8 +133,8 @@ def build_bench(
             its sensitivity table is measured if it has none).
         policies: Scored policies of ``env``'s graph.
         val: Their held-out scores (the real proxy's).
-        test: Their test accuracies (None where not measured; the test ensemble is fitted on
-            the others, if there are at least 10).
+        test: Their test accuracies (None where not measured): with at least 10, the bench
+            predicts test accuracy from the held-out score (``test_map``, linear in log-odds).
         weights: Per-policy weights of the fit (e.g. the share of the held-out split a raced
             evaluation scored).
         architecture: The name ``bench_task`` rebuilds the graph from (default: the task's).
@@ -154,12 +154,18 @@ def build_bench(
     val_model = Ensemble.fit(
         x, np.asarray(val), weights=weights, epochs=epochs, seed=seed, logit=True
     )
-    test_model = None
+    test_map = None
     if test is not None:
         known = [i for i, t in enumerate(test) if t is not None]
-        if len(known) >= 10:
-            y = np.array([test[i] for i in known], dtype=np.float64)
-            test_model = Ensemble.fit(x[known], y, epochs=epochs, seed=seed, logit=True)
+        if len(known) >= 10:  # test log-odds linear in the held-out log-odds, on the real scores
+
+            def logit(v: np.ndarray) -> np.ndarray:
+                v = np.clip(v, 1e-3, 1 - 1e-3)
+                return np.log(v / (1 - v))
+
+            vt = np.array([[val[i], test[i]] for i in known], dtype=np.float64)
+            slope, intercept = np.polyfit(logit(vt[:, 0]), logit(vt[:, 1]), 1)
+            test_map = {"slope": float(slope), "intercept": float(intercept), "rows": len(known)}
     evaluator = env.evaluator
     fp32_test = float(evaluator.test_accuracy(None)) if evaluator.has_test_split else None
     name = env.task.name
@@ -179,6 +185,7 @@ def build_bench(
         "fp32": {"val": float(evaluator.fp32_accuracy), "test": fp32_test},
         "fit": {"members": len(val_model.members), "epochs": epochs, "seed": seed},
         "policies": len(policies),
+        **({"test_map": test_map} if test_map else {}),
         **(meta or {}),
     }
-    return BenchModel(record, table, val_model, test_model)
+    return BenchModel(record, table, val_model)
