@@ -35,7 +35,6 @@ standard deviation. Inference is numpy only: a step of a bench environment never
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from collections.abc import Sequence
@@ -49,6 +48,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from jpq_env.atomic import atomic_file
 from jpq_env.core.graph import LayerGraph
 from jpq_env.core.policy import Policy
 from jpq_env.errors import ArgumentError, PolicyError
@@ -370,9 +370,8 @@ class BenchModel:
         arrays.update(self.val.arrays("val"))
         if self.test is not None:
             arrays.update(self.test.arrays("test"))
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
-        Path(path).write_bytes(buf.getvalue())
+        with atomic_file(path, "wb") as f:  # never a half-written bench file
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> BenchModel:
