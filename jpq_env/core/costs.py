@@ -190,8 +190,6 @@ def layer_counts(
     bits: Sequence[np.ndarray],
     act_bits: Sequence[int],
     live: Liveness | None = None,
-    base: LayerCounts | None = None,
-    start: int = 0,
 ) -> LayerCounts:
     """MACs, BOPs and size of every compressible layer (the formula of the module docstring).
 
@@ -200,21 +198,13 @@ def layer_counts(
         bits: Per layer, the weight width of each output kernel (0 = pruned), channel order.
         act_bits: Per layer, the input activation width.
         live: The liveness of ``bits`` if already known (computed from ``bits > 0`` otherwise).
-        base: Counts of decisions equal to these on the layers before ``start`` (a layer's
-            counts depend only on it and the layers before it): those layers are copied.
-        start: See ``base``.
     """
     if live is None:
         live = graph.liveness([b > 0 for b in bits], batchnorms=False)
     n = len(graph.layers)
     pairs = np.empty(n, dtype=np.int64)
     weighted = np.empty(n, dtype=np.int64)
-    first = 0
-    if base is not None and start > 0:
-        first = start
-        pairs[:start] = base.macs[:start] // np.maximum(graph.connection_macs[:start], 1)
-        weighted[:start] = base.size_bits[:start] // np.maximum(graph.kernel_areas[:start], 1)
-    for info in graph.layers[first:]:
+    for info in graph.layers:
         pairs[info.index], weighted[info.index] = _connections(info, bits[info.index], live)
     acts = np.asarray(act_bits, dtype=np.int64)
     return LayerCounts(

@@ -216,30 +216,11 @@ class DecisionSpace:
         for cached, counts in self._recent:
             if len(cached) == len(full) and all(a is b for a, b in zip(cached, full, strict=True)):
                 return counts
-        quick = self._recount(full)
-        if quick is not None:
-            counts = quick
-        else:
-            # From the recent set sharing the longest run of leading layers (a budget check
-            # changes one layer): the layers before it keep their counts.
-            start, base = 0, None
-            for cached, other in self._recent:
-                same = 0
-                for a, b in zip(cached, full, strict=False):
-                    if a is not b:
-                        break
-                    same += 1
-                if same > start:
-                    start, base = same, other
-            counts = layer_counts(
-                self.graph,
-                [d.bits for d in full],
-                [d.act_bits for d in full],
-                base=base,
-                start=start,
-            )
-        self._recent = [(tuple(full), counts), *self._recent[:3]]
-        return counts
+        fresh = self._recount(full)
+        if fresh is None:
+            fresh = layer_counts(self.graph, [d.bits for d in full], [d.act_bits for d in full])
+        self._recent = [(tuple(full), fresh), *self._recent[:3]]
+        return fresh
 
     def _recount(self, full: list[LayerDecision]) -> LayerCounts | None:
         """Counts from a recent set that differs in widths only (same kernels kept), or None."""

@@ -216,7 +216,7 @@ def test_policy_fills_undecided_layers_with_what_it_is_given(graph):
 @pytest.mark.parametrize("net_name", ["ResidualNet", "SeparableNet", "ConcatNet", "OptionANet"])
 def test_costs_reused_from_recent_checks_equal_a_fresh_count(net_name):
     """The budget checks reuse recent counts (widths of one layer changed: only it is counted
-    again; kernels pruned: the layers before it are kept, liveness propagated from it): every
+    again; kernels pruned: liveness propagated from the first changed layer): every
     answer must equal a count from scratch on a fresh graph, over a long random walk."""
     import tests.nets as nets
     from jpq_env.core.costs import layer_counts
