@@ -33,3 +33,32 @@ def test_tau_counts_each_policy_once_and_compares_before_and_after():
     assert before == pytest.approx(1.0)  # the proxy orders the test accuracies before exactly
     # After: pairs (0.90,0.86) (0.88,0.87) (0.85,0.85) (0.80,0.84): 5 concordant, 1 discordant.
     assert after == pytest.approx((5 - 1) / 6)
+
+
+def test_sources_take_each_agents_best_entry_by_the_held_out_score(tmp_path, monkeypatch):
+    """The policy fine-tuned per agent is its best by held-out score (never by test), the lowest
+    seed among equals; other tasks and budgets and agents without an entry are left out."""
+    import json
+
+    import benchmarks.resnet20_finetune as ft
+
+    def entry(agent, seed, val, test, budget=1 / 128, task="resnet20-cifar"):
+        return {"task": task, "budget": budget, "agent": agent, "seed": seed, "val": val,
+                "test": test}  # fmt: skip
+
+    rows = [
+        entry("two-level", 0, 0.68, 0.66),
+        entry("two-level", 2, 0.70, 0.65),  # best held-out, not best test
+        entry("two-level", 1, 0.67, 0.69),
+        entry("greedy", 1, 0.69, 0.65),
+        entry("greedy", 0, 0.69, 0.65),  # a tie: the lowest seed
+        entry("uniform", 0, 0.99, 0.99, budget=1 / 64),  # another budget
+        entry("cmaes-warm", 0, 0.99, 0.99, task="digits"),  # another task
+    ]
+    (tmp_path / "entries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(ft, "LEADERBOARD", tmp_path / "resnet20-cifar")
+    assert ft.sources(1 / 128) == [
+        ("two-level", "1_128/two-level-seed2.policy.json"),
+        ("greedy", "1_128/greedy-seed0.policy.json"),
+    ]
+    assert ft.sources(1 / 64) == [("uniform", "1_64/uniform-seed0.policy.json")]
