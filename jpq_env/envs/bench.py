@@ -25,7 +25,14 @@ import numpy as np
 from jpq_env.core.policy import Policy
 from jpq_env.envs.jpq import JPQEnv
 from jpq_env.errors import ArgumentError
-from jpq_env.proxy.bench import BenchEvaluator, BenchModel, Ensemble, bench_task, policy_features
+from jpq_env.proxy.bench import (
+    BenchEvaluator,
+    BenchModel,
+    Ensemble,
+    TreeEnsemble,
+    bench_task,
+    policy_features,
+)
 from jpq_env.proxy.sensitivity import SensitivityTable
 
 __all__ = ["FIXED", "JPQBenchEnv", "build_bench", "settings_of"]
@@ -122,6 +129,7 @@ def build_bench(
     test: Sequence[float | None] | None = None,
     weights: Sequence[float] | None = None,
     architecture: str | None = None,
+    surrogate: str = "trees",
     epochs: int = 600,
     seed: int = 0,
     meta: dict[str, Any] | None = None,
@@ -138,22 +146,30 @@ def build_bench(
         weights: Per-policy weights of the fit (e.g. the share of the held-out split a raced
             evaluation scored).
         architecture: The name ``bench_task`` rebuilds the graph from (default: the task's).
-        epochs: Adam steps per ensemble member.
+        surrogate: ``trees`` (``TreeEnsemble``, the default) or ``mlp`` (``Ensemble``).
+        epochs: Adam steps per member of an ``mlp`` surrogate.
         seed: Seed of the fit.
         meta: More facts to record (where the data came from, metrics).
 
     Raises:
-        ArgumentError: If the lengths differ or there are fewer than 10 policies.
+        ArgumentError: If the lengths differ, there are fewer than 10 policies or the surrogate
+            is unknown.
     """
+    if surrogate not in ("trees", "mlp"):
+        raise ArgumentError(f"build_bench: surrogate must be 'trees' or 'mlp', got {surrogate!r}")
     if len(policies) != len(val) or (test is not None and len(test) != len(val)):
         raise ArgumentError("build_bench: policies, val (and test) must have the same length")
     if len(policies) < 10:
         raise ArgumentError(f"build_bench needs at least 10 scored policies, got {len(policies)}")
     table = env.sensitivity or env._measure_sensitivity(env.importance, env.bn_recalibration)
     x = policy_features(policies, table)
-    val_model = Ensemble.fit(
-        x, np.asarray(val), weights=weights, epochs=epochs, seed=seed, logit=True
-    )
+    val_model: Ensemble | TreeEnsemble
+    if surrogate == "trees":
+        val_model = TreeEnsemble.fit(x, np.asarray(val), weights=weights, seed=seed, logit=True)
+    else:
+        val_model = Ensemble.fit(
+            x, np.asarray(val), weights=weights, epochs=epochs, seed=seed, logit=True
+        )
     test_map = None
     if test is not None:
         known = [i for i, t in enumerate(test) if t is not None]
@@ -183,7 +199,14 @@ def build_bench(
         },
         "env": settings_of(env),
         "fp32": {"val": float(evaluator.fp32_accuracy), "test": fp32_test},
-        "fit": {"members": len(val_model.members), "epochs": epochs, "seed": seed},
+        "fit": {
+            "surrogate": surrogate,
+            "members": len(val_model.baselines)
+            if isinstance(val_model, TreeEnsemble)
+            else len(val_model.members),
+            **({"epochs": epochs} if surrogate == "mlp" else {}),
+            "seed": seed,
+        },
         "policies": len(policies),
         **({"test_map": test_map} if test_map else {}),
         **(meta or {}),

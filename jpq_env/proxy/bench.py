@@ -17,7 +17,7 @@ document, no code):
 - the task's sensitivity table (``jpq_env.proxy.sensitivity``), for features and observations;
 - the FP32 model's held-out and test scores, the environment settings of the data, where the data
   came from and how the surrogate scored on policies it was not fitted on;
-- the ensemble (``Ensemble``) of a policy's held-out score, and the map from it to the test
+- the ensemble (``TreeEnsemble``) of a policy's held-out score, and the map from it to the test
   accuracy (``test_map``: linear in log-odds, fitted on the policies with a test score).
 
 **Features** (``policy_features``), per layer: the share of pruned kernels, the mean width of the
@@ -26,10 +26,13 @@ quantization noise (``2^-bits``), and the log of the sensitivity table's estimat
 layer's decision adds at the output; globally, the log of the summed estimate. The summed KL alone
 orders policies well (``jpq_agents.surrogate``); the ensemble learns how the layers interact.
 
-**Ensemble**: members are two-hidden-layer ReLU networks fitted by Adam on bootstrap resamples of
-the data (member 0 on the data as it is), on the log-odds of the score (a bench's ensembles:
-``build_bench``); the prediction is the mean of the members' scores and the spread their
-standard deviation. Inference is numpy only: a step of a bench environment never runs torch.
+**Surrogate** (``TreeEnsemble``): 8 gradient-boosted tree models on bootstrap resamples of the
+data (member 0 on the data as it is), fitted on the log-odds of the score (``build_bench``); the
+prediction is the mean of the members' scores and the spread their standard deviation. Trees
+ranked ResNet-20's held-out policies near the budgets better than an ensemble of small ReLU
+networks (``Ensemble``, the surrogate of schema-1 files; both compared in
+``benchmarks/results/jpq_bench.md``). Inference is numpy only: a step of a bench environment never
+runs torch or scikit-learn.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -62,6 +65,7 @@ __all__ = [
     "BenchModel",
     "Ensemble",
     "FeatureMap",
+    "TreeEnsemble",
     "LAYER_FEATURES",
     "Prediction",
     "bench_names",
@@ -69,8 +73,10 @@ __all__ = [
     "policy_features",
 ]
 
-BENCH_SCHEMA = 1
-"""Version of the bench file's layout; files of another version are refused by name."""
+BENCH_SCHEMA = 2
+"""Version of the bench file's layout written (2: the surrogate may be trees); files of a version
+this jpq-env does not read are refused by name."""
+_READS = (1, 2)
 
 _WIDTH_BINS = ((1, 2), (3, 3), (4, 4), (5, 6), (7, 8), (9, 32))
 LAYER_FEATURES = (
@@ -320,6 +326,170 @@ class Ensemble:
         )
 
 
+def _logit(y: np.ndarray) -> np.ndarray:
+    y = np.clip(y, 1e-3, 1 - 1e-3)
+    return np.log(y / (1 - y))
+
+
+@dataclass
+class TreeEnsemble:
+    """Bootstrap ensemble of gradient-boosted regression trees (numpy inference).
+
+    Fitted with scikit-learn's ``HistGradientBoostingRegressor`` and kept as plain arrays: every
+    tree of every member is one block of a flat node table, so a prediction walks all trees at
+    once (one vectorised step per tree level), about as fast as the MLP ensemble.
+
+    Attributes:
+        feature: Per node, the feature it splits on (leaves: 0).
+        threshold: Per node, the split: ``x[feature] <= threshold`` goes left.
+        left: Per node, its left child's index in the table (leaves: itself).
+        right: Per node, its right child's index (leaves: itself).
+        value: Per node, the leaf's contribution (inner nodes: 0).
+        roots: Per tree, its root's index.
+        tree_member: Per tree, the member it belongs to.
+        baselines: Per member, its constant (the boosting's starting prediction).
+        depth: The deepest path: steps a prediction takes.
+        logit: The members predict the log-odds of the target (mapped back through the sigmoid).
+    """
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    roots: np.ndarray
+    tree_member: np.ndarray
+    baselines: np.ndarray
+    depth: int
+    logit: bool = True
+
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "feature",
+        "threshold",
+        "left",
+        "right",
+        "value",
+        "roots",
+        "tree_member",
+        "baselines",
+    )
+
+    def predict_members(self, x: np.ndarray) -> np.ndarray:
+        """Every member's prediction, ``(members, n)``."""
+        x = np.asarray(x, dtype=np.float64)
+        node = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()
+        rows = np.arange(len(x))[:, None]
+        for _ in range(self.depth):  # leaves point at themselves: extra steps stay put
+            go_left = x[rows, self.feature[node]] <= self.threshold[node]
+            node = np.where(go_left, self.left[node], self.right[node])
+        per_tree = self.value[node]  # (n, trees)
+        members = len(self.baselines)
+        out = np.zeros((members, len(x)))
+        np.add.at(out, self.tree_member, per_tree.T)
+        out += self.baselines[:, None]
+        return 1.0 / (1.0 + np.exp(-out)) if self.logit else out
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation over the members."""
+        p = self.predict_members(x)
+        return p.mean(0), p.std(0)
+
+    @classmethod
+    def fit(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        weights: Sequence[float] | np.ndarray | None = None,
+        members: int = 8,
+        seed: int = 0,
+        logit: bool = False,
+        **params: Any,
+    ) -> TreeEnsemble:
+        """Fit ``members`` boosted-tree models on bootstrap resamples (deterministic for a seed).
+
+        Args:
+            x: Feature rows ``(n, features)``.
+            y: Targets ``(n,)``.
+            weights: Per-row weights of the squared error (None: all 1).
+            members: Models in the ensemble (member 0 on the data as it is).
+            seed: Seed of the resamples and the models.
+            logit: Fit the log-odds of ``y`` (accuracies, clipped to [1e-3, 1 - 1e-3]).
+            params: More arguments of ``HistGradientBoostingRegressor`` (its defaults otherwise:
+                100 trees of at most 31 leaves, learning rate 0.1; leaves of at least 20 rows,
+                fewer on small data: ``n // 20``, at least 2, so 40 policies still split).
+        """
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        n = len(y)
+        if x.ndim != 2 or x.shape[0] != n or n < 2 or not np.isfinite(x).all():
+            raise ArgumentError(f"TreeEnsemble.fit needs n >= 2 finite feature rows, got {x.shape}")
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ArgumentError("TreeEnsemble.fit: weights must be n finite non-negative numbers")
+        target = _logit(y) if logit else y
+        params.setdefault("min_samples_leaf", max(2, min(20, n // 20)))
+        rng = np.random.default_rng(seed)
+        tables: list[np.ndarray] = []
+        roots, tree_member, baselines = [], [], []
+        offset = 0
+        for m in range(members):
+            idx = np.arange(n) if m == 0 else rng.integers(0, n, n)
+            model = HistGradientBoostingRegressor(random_state=seed + m, **params)
+            model.fit(x[idx], target[idx], sample_weight=w[idx])
+            baselines.append(float(np.ravel(model._baseline_prediction)[0]))
+            for (tree,) in model._predictors:  # one tree per boosting round (a regressor)
+                nodes = tree.nodes
+                if nodes["is_categorical"].any():
+                    raise ArgumentError("TreeEnsemble: categorical splits are not supported")
+                roots.append(offset)
+                tree_member.append(m)
+                tables.append(nodes)
+                offset += len(nodes)
+        nodes = np.concatenate(tables)
+        starts = np.repeat(np.array(roots), [len(t) for t in tables])
+        leaf = nodes["is_leaf"].astype(bool)
+        own = np.arange(len(nodes))
+        return cls(
+            feature=np.where(leaf, 0, nodes["feature_idx"]).astype(np.int64),
+            threshold=np.where(leaf, 0.0, nodes["num_threshold"]).astype(np.float64),
+            left=np.where(leaf, own, nodes["left"].astype(np.int64) + starts),
+            right=np.where(leaf, own, nodes["right"].astype(np.int64) + starts),
+            value=np.where(leaf, nodes["value"], 0.0).astype(np.float64),
+            roots=np.array(roots, dtype=np.int64),
+            tree_member=np.array(tree_member, dtype=np.int64),
+            baselines=np.array(baselines, dtype=np.float64),
+            depth=int(nodes["depth"].max()),
+            logit=logit,
+        )
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The ensemble as named arrays (for ``np.savez``)."""
+        out = {f"{prefix}/trees/{k}": np.asarray(getattr(self, k)) for k in self._FIELDS}
+        out[f"{prefix}/trees/meta"] = np.array([self.depth, 1 if self.logit else 0])
+        return out
+
+    @classmethod
+    def from_arrays(cls, data: Any, prefix: str) -> TreeEnsemble:
+        """Read what ``arrays`` wrote, checking that every child index is inside the table."""
+        fields = {k: np.asarray(data[f"{prefix}/trees/{k}"]) for k in cls._FIELDS}
+        depth, logit = (int(v) for v in np.asarray(data[f"{prefix}/trees/meta"]))
+        n = len(fields["value"])
+        for k in ("left", "right", "roots"):
+            if len(fields[k]) and (fields[k].min() < 0 or fields[k].max() >= n):
+                raise ArgumentError(f"'{prefix}' trees: a {k} index is outside the node table")
+        return cls(**fields, depth=depth, logit=bool(logit))
+
+
+def load_ensemble(data: Any, prefix: str) -> Ensemble | TreeEnsemble:
+    """The ensemble stored under ``prefix`` (trees or networks, whichever the file holds)."""
+    if f"{prefix}/trees/meta" in data:
+        return TreeEnsemble.from_arrays(data, prefix)
+    return Ensemble.from_arrays(data, prefix)
+
+
 @dataclass
 class BenchModel:
     """A bench file in memory: the task's graph as agents see it, its table, the ensembles.
@@ -328,7 +498,8 @@ class BenchModel:
         meta: The JSON document (schema, task, architecture, input shape, classes, layer names,
             fingerprint, importance ranking, env settings, FP32 scores, data and fit records).
         table: The task's sensitivity table.
-        val: The ensemble predicting the held-out score.
+        val: The ensemble predicting the held-out score (boosted trees; networks in files made
+            before schema 2).
         test: An ensemble predicting the test accuracy (None: none). A bench made by
             ``build_bench`` predicts test accuracy through ``meta["test_map"]`` instead: the
             held-out score's log-odds mapped linearly (an ensemble fitted on the few tested
@@ -337,8 +508,8 @@ class BenchModel:
 
     meta: dict[str, Any]
     table: SensitivityTable
-    val: Ensemble
-    test: Ensemble | None = None
+    val: Ensemble | TreeEnsemble
+    test: Ensemble | TreeEnsemble | None = None
     _features: FeatureMap | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -398,13 +569,13 @@ class BenchModel:
             if "meta" not in data:
                 raise ArgumentError(f"'{path}' is not a bench file: no 'meta' entry")
             meta = json.loads(bytes(data["meta"]).decode())
-            if meta.get("schema") != BENCH_SCHEMA:
+            if meta.get("schema") not in _READS:
                 raise ArgumentError(
                     f"'{path}' is a bench file of schema {meta.get('schema')!r}; this jpq-env "
-                    f"reads schema {BENCH_SCHEMA}"
+                    f"reads schemas {', '.join(map(str, _READS))}"
                 )
-            val = Ensemble.from_arrays(data, "val")
-            test = Ensemble.from_arrays(data, "test") if "test/y" in data else None
+            val = load_ensemble(data, "val")
+            test = Ensemble.from_arrays(data, "test") if "test/y" in data else None  # older files
         table = SensitivityTable.from_json(meta.pop("sensitivity"))
         return cls(meta, table, val, test)
 

@@ -23,8 +23,10 @@ from jpq_env.proxy.bench import (
     BenchEvaluator,
     BenchModel,
     Ensemble,
+    TreeEnsemble,
     bench_names,
     bench_task,
+    load_ensemble,
     policy_features,
 )
 from tests.episodes import ACTS, episode_actions, rollout
@@ -119,6 +121,47 @@ def test_ensemble_refuses_too_few_rows():
         Ensemble.fit(np.zeros((1, 3)), np.zeros(1))
 
 
+def test_tree_ensemble_walks_its_trees_as_scikit_learn_does(tmp_path):
+    """Member 0 is fitted on the data as it is: its numpy walk must equal scikit-learn's own
+    prediction of the same model; the arrays round-trip through a pickle-free file."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 6))
+    y = 1 / (1 + np.exp(-(x[:, 0] * x[:, 1] + np.sin(x[:, 2]))))
+    ens = TreeEnsemble.fit(x, y, members=3, seed=5, logit=True)
+    z = np.log(y / (1 - y))
+    ref = HistGradientBoostingRegressor(random_state=5).fit(x, z)
+    probe = rng.normal(size=(60, 6)) * 2  # also outside the data's range
+    members = ens.predict_members(probe)
+    np.testing.assert_allclose(members[0], 1 / (1 + np.exp(-ref.predict(probe))), rtol=1e-12)
+    assert ((members > 0) & (members < 1)).all()
+    mean, std = ens.predict(probe)
+    np.testing.assert_allclose(mean, members.mean(0))
+    assert (std > 0).any()  # bootstrap members disagree somewhere
+    again = TreeEnsemble.fit(x, y, members=3, seed=5, logit=True)  # deterministic
+    np.testing.assert_array_equal(again.predict_members(probe), members)
+    np.savez(tmp_path / "t.npz", **ens.arrays("val"))
+    with np.load(tmp_path / "t.npz", allow_pickle=False) as data:
+        loaded = load_ensemble(data, "val")
+    assert isinstance(loaded, TreeEnsemble)
+    np.testing.assert_array_equal(loaded.predict_members(probe), members)
+
+
+def test_tree_ensemble_refuses_bad_rows_and_a_corrupt_table(tmp_path):
+    with pytest.raises(ArgumentError, match="finite"):
+        TreeEnsemble.fit(np.full((5, 2), np.nan), np.zeros(5))
+    ens = TreeEnsemble.fit(np.arange(60.0).reshape(30, 2), np.arange(30.0), members=1)
+    arrays = ens.arrays("val")
+    arrays["val/trees/left"] = arrays["val/trees/left"] + 10**6  # points outside the table
+    np.savez(tmp_path / "t.npz", **arrays)
+    with (
+        np.load(tmp_path / "t.npz", allow_pickle=False) as data,
+        pytest.raises(ArgumentError, match="left index is outside"),
+    ):
+        load_ensemble(data, "val")
+
+
 # ---------------------------------------------------------------- the bench file
 
 
@@ -126,7 +169,8 @@ def test_bench_file_round_trips_without_pickle(bench_file: str, scored):
     model = BenchModel.load(bench_file)
     with np.load(bench_file, allow_pickle=False) as data:  # arrays and JSON only
         meta = json.loads(bytes(data["meta"]).decode())
-    assert meta["schema"] == 1 and meta["task"] == "digits"
+    assert meta["schema"] == 2 and meta["task"] == "digits"
+    assert isinstance(model.val, TreeEnsemble)  # build_bench's default surrogate
     again = BenchModel.load(bench_file)
     policies = scored[0][:5]
     for key, values in model.predict(policies).items():
