@@ -104,16 +104,43 @@ def frontier(n: int, budget: float = 1 / 64) -> list[dict[str, Any]]:
     return picks
 
 
+def _digest(policy: Any) -> str:
+    """16 hex digits naming a policy (equal policies, equal digests)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in policy.key():
+        h.update(part)
+    return h.hexdigest()[:16]
+
+
+def _same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a[k] == b[k] for k in ("budget", "epochs", "seed", "lr", "distill"))
+
+
 def one(run: dict[str, Any]) -> dict[str, Any]:
-    """One fine-tune, its row (resumes from its own checkpoints)."""
+    """One fine-tune, its row (resumes from its own checkpoints).
+
+    A policy already fine-tuned with the same recipe (two agents often find the same one) is not
+    run again: the row copies that row's numbers and names it in ``same_as``.
+    """
     from jpq_env import Policy
     from jpq_env.proxy.finetune import finetune
 
-    evaluator = _evaluator(run)
-    if run.get("task") == "digits":
-        policy = Policy.uniform(evaluator.graph, 4, 4)
-    else:
+    digits = run.get("task") == "digits"
+    if not digits:
         policy = Policy.load(_policy_path(run))
+        digest = _digest(policy)
+        for row in load_rows(Path(run["log"])) if "log" in run else []:
+            if row.get("policy_digest") == digest and _same_recipe(row, run):
+                keep = {k: run[k] for k in ("source", "budget", "epochs", "seed", "lr", "distill")}
+                numbers = {k: v for k, v in row.items() if k != "command"}  # this run's own
+                return {**numbers, **keep, "policy": run["policy"], "same_as": row["source"],
+                        "commit": run["commit"]}  # fmt: skip
+    evaluator = _evaluator(run)
+    if digits:
+        policy = Policy.uniform(evaluator.graph, 4, 4)
+        digest = _digest(policy)
     folder = Path(run["out"]) / "-".join(_key(run)[:-1])
     result = finetune(
         evaluator,
@@ -135,6 +162,7 @@ def one(run: dict[str, Any]) -> dict[str, Any]:
         "val_after": result.history[-1]["val"],
         "fp32_test": evaluator.test_accuracy(None),
         "history": result.history,
+        "policy_digest": digest,
         "commit": run["commit"],
     }
 
@@ -311,7 +339,7 @@ def main() -> None:
         base["budget"] = 1 / args.budget
         runs = [
             {**base, "source": s, "policy": name, "lr": args.lr, "distill": args.distill,
-             "out": str(RUNS)}
+             "out": str(RUNS), "log": str(LOG)}
             for s, name in sources(base["budget"])
         ]  # fmt: skip
         if args.frontier and args.budget != 64:
@@ -320,7 +348,7 @@ def main() -> None:
             name = f"frontier/{r['id']}.policy.json"
             runs.append(
                 {**base, "source": f"frontier:{r['id']}", "policy": name, "lr": args.lr,
-                 "distill": args.distill, "out": str(RUNS)}
+                 "distill": args.distill, "out": str(RUNS), "log": str(LOG)}
             )  # fmt: skip
         run_grid(runs, LOG, one, _key)
     resnet = [r for r in load_rows(LOG) if r.get("task", "resnet20") == "resnet20"]

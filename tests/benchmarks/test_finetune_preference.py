@@ -62,3 +62,36 @@ def test_sources_take_each_agents_best_entry_by_the_held_out_score(tmp_path, mon
         ("greedy", "1_128/greedy-seed0.policy.json"),
     ]
     assert ft.sources(1 / 64) == [("uniform", "1_64/uniform-seed0.policy.json")]
+
+
+def test_a_policy_fine_tuned_before_with_the_same_recipe_is_not_run_again(tmp_path, monkeypatch):
+    """Two agents that found the same policy share one fine-tune: the second row copies the
+    first's numbers (and says so); another recipe, or another policy, would run (not reached)."""
+    import json
+
+    import benchmarks.resnet20_finetune as ft
+    from jpq_env import Policy, load_task
+    from jpq_env.core.graph import LayerGraph
+
+    task = load_task("digits")
+    graph = LayerGraph.from_module(task.model, task.example_input)
+    policy = Policy.uniform(graph, 4, 4)
+    (tmp_path / "lb" / "1_64").mkdir(parents=True)
+    policy.save(tmp_path / "lb" / "1_64" / "b.policy.json")
+    monkeypatch.setattr(ft, "LEADERBOARD", tmp_path / "lb")
+    recipe = {"budget": 1 / 64, "epochs": 1, "seed": 0, "lr": 0.01, "distill": 0.5}
+    first = {**recipe, "source": "a", "test_after": 0.9, "policy_digest": ft._digest(policy),
+             "command": "old"}  # fmt: skip
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps(first) + "\n")
+
+    def no_finetune(run):
+        raise AssertionError("the shared policy was fine-tuned again")
+
+    monkeypatch.setattr(ft, "_evaluator", no_finetune)
+    run = {**recipe, "source": "b", "policy": "1_64/b.policy.json", "log": str(log), "commit": "c"}
+    row = ft.one(run)
+    assert row["source"] == "b" and row["same_as"] == "a" and row["test_after"] == 0.9
+    assert "command" not in row and row["commit"] == "c"
+    with pytest.raises(AssertionError, match="fine-tuned again"):
+        ft.one({**run, "lr": 0.003})  # another recipe: a fine-tune of its own
