@@ -702,6 +702,44 @@ def agreement(
     return table, (float(np.mean(taus)) if taus else None)
 
 
+def leaderboard(rows: list[dict[str, Any]]) -> list[str]:
+    """The bench's leaderboard: per budget, every agent at every search length it ran.
+
+    Cells: the best policy's predicted held-out score (what the searches rank by), mean ± sd over
+    the seeds run, the seeds in brackets; the predicted test accuracy is in the log.
+    """
+    lengths = sorted({r["episodes"] for r in rows})
+    out = [
+        "",
+        "## Leaderboard on the bench",
+        "",
+        "Best predicted held-out score (%) of each search, mean ± sd over seeds (seeds run in "
+        "brackets); learning curves in the picture below. Rows in "
+        "`jpq_bench_agents_runs.jsonl` (`python -m benchmarks.jpq_bench agents --episodes "
+        "300,1000,10000 --seeds 10` resumes row by row).",
+    ]
+    for budget in sorted({r["budget"] for r in rows}, reverse=True):
+        out += [
+            "",
+            f"### 1/{round(1 / budget)} of FP32 BOPs",
+            "",
+            "| agent | " + " | ".join(f"{n:,} episodes" for n in lengths) + " |",
+            "|---|" + "---|" * len(lengths),
+        ]
+        for agent in AGENTS:
+            cells = []
+            for n in lengths:
+                vals = [
+                    r["val"]
+                    for r in rows
+                    if r["agent"] == agent and r["budget"] == budget and r["episodes"] == n
+                ]
+                cells.append(f"{_mean_sd(vals)} ({len(vals)})" if vals else "-")
+            if any(c != "-" for c in cells):
+                out.append(f"| {agent} | " + " | ".join(cells) + " |")
+    return out
+
+
 def report(model_path: Path, agents_log: Path, speed_log: Path, grid_log: Path, data: Path) -> str:
     """The bench's report: data, surrogate against simpler models, agents, speed, targets."""
     from jpq_env.proxy.bench import BenchModel
@@ -791,17 +829,7 @@ def report(model_path: Path, agents_log: Path, speed_log: Path, grid_log: Path, 
             ("agents' ranking by held-out score, bench vs grid (per budget), tau >= 0.8", tau_val)
         )
         targets.append(("the same by test accuracy (the issue names no split), tau >= 0.8", tau))
-        longer = sorted({r["episodes"] for r in bench_rows} - {300})
-        for n in longer:
-            sel = [r for r in bench_rows if r["episodes"] == n]
-            out.append(
-                f"\n{n} episodes: "
-                + ", ".join(
-                    f"{a} {_mean_sd([r['test'] for r in sel if r['agent'] == a])}"
-                    for a in AGENTS
-                    if any(r["agent"] == a for r in sel)
-                )
-            )
+        out += leaderboard(bench_rows)
     speeds = load_rows(speed_log)
     if speeds:
         s = speeds[-1]
@@ -847,15 +875,19 @@ def plot(model_path: Path, data: Path, agents_log: Path, path: Path) -> None:
     axes[0].plot([0, 100], [0, 100], "k--", lw=0.8)
     axes[0].set(xlabel="real held-out score (%)", ylabel="predicted (%)", title="held-out policies")
     axes[0].legend()
+    runs = [r for r in load_rows(agents_log) if r["budget"] == 1 / 64]
     for agent in AGENTS:
-        curves = [
-            r["curve_best_val"]
-            for r in load_rows(agents_log)
-            if r["agent"] == agent and r["budget"] == 1 / 64 and r["episodes"] == 300
-        ]
-        if curves:
-            arr = np.array([[np.nan if v is None else v for v in c] for c in curves]) * 100
-            axes[1].plot(np.arange(1, arr.shape[1] + 1), np.nanmean(arr, 0), label=agent)
+        mine = [r for r in runs if r["agent"] == agent]
+        if not mine:
+            continue
+        longest = max(r["episodes"] for r in mine)  # each agent's longest searches, mean curve
+        curves = [r["curve_best_val"] for r in mine if r["episodes"] == longest]
+        size = min(len(c) for c in curves)
+        arr = np.array([[np.nan if v is None else v for v in c[:size]] for c in curves]) * 100
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(arr, 0)
+        axes[1].plot(np.arange(1, size + 1), mean, label=f"{agent} ({len(curves)} seeds)")
+    axes[1].set_xscale("log")
     axes[1].set(xlabel="evaluations", ylabel="best predicted held-out (%)", title="agents at 1/64")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
