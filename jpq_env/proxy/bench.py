@@ -174,8 +174,40 @@ def policy_features(policies: Sequence[Policy], table: SensitivityTable) -> np.n
     return FeatureMap(table)(policies)
 
 
+def _logit(y: np.ndarray) -> np.ndarray:
+    y = np.clip(y, 1e-3, 1 - 1e-3)
+    return np.log(y / (1 - y))
+
+
+def _fit_inputs(
+    who: str, x: Any, y: Any, weights: Any, logit: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fit's features, targets (log-odds if ``logit``) and row weights, checked by name."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    if x.ndim != 2 or x.shape[0] != n or n < 2 or not np.isfinite(x).all():
+        raise ArgumentError(f"{who} needs n >= 2 rows of finite features, got {x.shape}")
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ArgumentError(f"{who}: weights must be n finite non-negative numbers")
+    return x, (_logit(y) if logit else y), w
+
+
+class _Members:
+    """What both ensembles share: the mean and spread of their members' predictions."""
+
+    def predict_members(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation over the members."""
+        p = self.predict_members(x)
+        return p.mean(0), p.std(0)
+
+
 @dataclass
-class Ensemble:
+class Ensemble(_Members):
     """Bootstrap ensemble of small ReLU networks (numpy inference).
 
     Attributes:
@@ -205,11 +237,6 @@ class Ensemble:
             preds.append((h @ w3 + b3)[:, 0])
         out = np.array(preds) * self.y_scale + self.y_mean
         return 1.0 / (1.0 + np.exp(-out)) if self.logit else out
-
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation over the members."""
-        p = self.predict_members(x)
-        return p.mean(0), p.std(0)
 
     @classmethod
     def fit(
@@ -241,17 +268,8 @@ class Ensemble:
             logit: Fit the log-odds of ``y`` (accuracies: shares in [0, 1], clipped to
                 [1e-3, 1 - 1e-3]); an accuracy's error is not the same at 10% and at 88%.
         """
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        if logit:
-            y = np.clip(y, 1e-3, 1 - 1e-3)
-            y = np.log(y / (1 - y))
+        x, y, w = _fit_inputs("Ensemble.fit", x, y, weights, logit)
         n = len(y)
-        if x.ndim != 2 or x.shape[0] != n or n < 2:
-            raise ArgumentError(f"Ensemble.fit needs n >= 2 rows of features, got {x.shape}")
-        w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-        if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ArgumentError("Ensemble.fit: weights must be n finite non-negative numbers")
         x_mean, x_scale = x.mean(0), x.std(0)
         x_scale = np.where(x_scale > 1e-12, x_scale, 1.0)
         y_mean, y_scale = float(y.mean()), float(y.std()) or 1.0
@@ -326,13 +344,8 @@ class Ensemble:
         )
 
 
-def _logit(y: np.ndarray) -> np.ndarray:
-    y = np.clip(y, 1e-3, 1 - 1e-3)
-    return np.log(y / (1 - y))
-
-
 @dataclass
-class TreeEnsemble:
+class TreeEnsemble(_Members):
     """Bootstrap ensemble of gradient-boosted regression trees (numpy inference).
 
     Fitted with scikit-learn's ``HistGradientBoostingRegressor`` and kept as plain arrays: every
@@ -389,11 +402,6 @@ class TreeEnsemble:
         out += self.baselines[:, None]
         return 1.0 / (1.0 + np.exp(-out)) if self.logit else out
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation over the members."""
-        p = self.predict_members(x)
-        return p.mean(0), p.std(0)
-
     @classmethod
     def fit(
         cls,
@@ -421,15 +429,8 @@ class TreeEnsemble:
         """
         from sklearn.ensemble import HistGradientBoostingRegressor
 
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        n = len(y)
-        if x.ndim != 2 or x.shape[0] != n or n < 2 or not np.isfinite(x).all():
-            raise ArgumentError(f"TreeEnsemble.fit needs n >= 2 finite feature rows, got {x.shape}")
-        w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-        if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ArgumentError("TreeEnsemble.fit: weights must be n finite non-negative numbers")
-        target = _logit(y) if logit else y
+        x, target, w = _fit_inputs("TreeEnsemble.fit", x, y, weights, logit)
+        n = len(target)
         params.setdefault("min_samples_leaf", max(2, min(20, n // 20)))
         rng = np.random.default_rng(seed)
         tables: list[np.ndarray] = []
