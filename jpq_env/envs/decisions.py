@@ -120,7 +120,8 @@ class DecisionSpace:
         # The last few decisions' counts: an episode asks for the same ones several times (the
         # wall's checks, the observation's budget features, the final cost). Matched by
         # identity; the entries hold their decisions, so that no id is reused while cached.
-        self._recent: list[tuple[tuple[LayerDecision, ...], LayerCounts]] = []
+        # Recent decision sets (kept alive, so their ids stay theirs), their ids, their counts.
+        self._recent: list[tuple[tuple[LayerDecision, ...], tuple[int, ...], LayerCounts]] = []
 
     # ---- what a layer may take -----------------------------------------------------------------
 
@@ -213,21 +214,22 @@ class DecisionSpace:
     def counts(self, decisions: Sequence[LayerDecision | None]) -> LayerCounts:
         """Per-layer MACs, BOPs and size, undecided layers at their most aggressive."""
         full = self._complete(decisions)
-        for cached, counts in self._recent:
-            if len(cached) == len(full) and all(a is b for a, b in zip(cached, full, strict=True)):
+        ids = tuple(map(id, full))
+        for _, cached_ids, counts in self._recent:
+            if cached_ids == ids:  # the same decision objects: the same counts
                 return counts
-        fresh = self._recount(full)
+        fresh = self._recount(full, ids)
         if fresh is None:
             fresh = layer_counts(self.graph, [d.bits for d in full], [d.act_bits for d in full])
-        self._recent = [(tuple(full), fresh), *self._recent[:3]]
+        self._recent = [(tuple(full), ids, fresh), *self._recent[:3]]
         return fresh
 
-    def _recount(self, full: list[LayerDecision]) -> LayerCounts | None:
+    def _recount(self, full: list[LayerDecision], ids: tuple[int, ...]) -> LayerCounts | None:
         """Counts from a recent set that differs in widths only (same kernels kept), or None."""
-        for cached, counts in self._recent:
+        for cached, cached_ids, counts in self._recent:
             if len(cached) != len(full):
                 continue
-            diff = [i for i, (a, b) in enumerate(zip(cached, full, strict=True)) if a is not b]
+            diff = [i for i, (a, b) in enumerate(zip(cached_ids, ids, strict=True)) if a != b]
             if all(np.array_equal(cached[i].bits > 0, full[i].bits > 0) for i in diff):
                 return recount(
                     self.graph, counts, {i: (full[i].bits, full[i].act_bits) for i in diff}
