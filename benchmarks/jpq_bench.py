@@ -623,21 +623,34 @@ def run_agents(
 def speed(
     bench: str, quick: bool, real_episodes: int = 3, bench_episodes: int = 200
 ) -> dict[str, Any]:
-    """Seconds per episode on the bench and on the real environment (random actions, 1/64)."""
+    """Seconds per episode on the bench and on the real environment (random actions, 1/64).
+
+    Both after a warm-up, interleaved: one real episode, then ``bench_episodes /
+    real_episodes`` bench episodes, ``real_episodes`` times.
+    """
     from jpq_env.envs.bench import JPQBenchEnv
 
+    rng = np.random.default_rng(0)  # one stream: every episode draws new actions (no cache helps)
+
     def timed(env: Any, n: int) -> float:
-        rng = np.random.default_rng(0)
         slots = env.action_space.shape[0]
         start = time.perf_counter()
-        for i in range(n):
-            _episode(env, lambda _: rng.uniform(-1, 1, slots).astype(np.float32), 10_000 + i)
+        for _ in range(n):
+            seed = int(rng.integers(2**31))
+            _episode(env, lambda _: rng.uniform(-1, 1, slots).astype(np.float32), seed)
         return (time.perf_counter() - start) / n
 
     fast = JPQBenchEnv(bench=bench, budget_bops=1 / 64)
+    real = problem(quick).envs[1 / 64]
     timed(fast, 3)  # warm-up
-    b = timed(fast, bench_episodes)
-    r = timed(problem(quick).envs[1 / 64], real_episodes)
+    timed(real, 1)
+    # Interleaved (a real episode, then its share of bench episodes), so that a change of load
+    # on the machine during the measurement weighs on both sides alike.
+    b_times, r_times = [], []
+    for _ in range(real_episodes):
+        r_times.append(timed(real, 1))
+        b_times.append(timed(fast, max(bench_episodes // real_episodes, 1)))
+    b, r = float(np.mean(b_times)), float(np.mean(r_times))
     return {
         "bench_ms": round(b * 1000, 3),
         "real_s": round(r, 3),
