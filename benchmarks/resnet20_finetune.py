@@ -23,6 +23,7 @@ killed run continues at its last finished epoch and a killed benchmark at its fi
     JPQ_THREADS=2 python -m benchmarks.resnet20_finetune --epochs 5
     JPQ_THREADS=1 python -m benchmarks.resnet20_finetune --epochs 1 --frontier 10  # and tau
     JPQ_THREADS=1 python -m benchmarks.resnet20_finetune --epochs 1 --budget 128
+    JPQ_THREADS=1 python -m benchmarks.resnet20_finetune --epochs 3 --sources two-level,uniform
     python -m benchmarks.resnet20_finetune --report
     python -m benchmarks.resnet20_finetune --quick               # digits, 1 epoch, no files
 """
@@ -305,6 +306,11 @@ def main() -> None:
         metavar="N",
         help="fine-tune the leaderboard's best policy per agent at 1/N of FP32 BOPs",
     )
+    parser.add_argument(
+        "--sources",
+        default=",".join(SOURCES),
+        help="comma-separated agents whose best policy is fine-tuned",
+    )
     parser.add_argument("--choose", action="store_true", help="the held-out choice of defaults")
     parser.add_argument(
         "--frontier",
@@ -341,6 +347,7 @@ def main() -> None:
             {**base, "source": s, "policy": name, "lr": args.lr, "distill": args.distill,
              "out": str(RUNS), "log": str(LOG)}
             for s, name in sources(base["budget"])
+            if s in args.sources.split(",")
         ]  # fmt: skip
         if args.frontier and args.budget != 64:
             parser.error("--frontier is the 1/64 frontier: leave --budget at 64")
