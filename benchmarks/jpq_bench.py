@@ -621,7 +621,7 @@ def run_agents(
 
 
 def speed(
-    bench: str, quick: bool, real_episodes: int = 3, bench_episodes: int = 200
+    bench: str, quick: bool, real_episodes: int = 10, bench_episodes: int = 200
 ) -> dict[str, Any]:
     """Seconds per episode on the bench and on the real environment (random actions, 1/64).
 
