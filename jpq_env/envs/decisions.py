@@ -119,8 +119,8 @@ class DecisionSpace:
         self._sizes: dict[int, np.ndarray] = {}
         # The last few decisions' counts: an episode asks for the same ones several times (the
         # wall's checks, the observation's budget features, the final cost). Matched by
-        # identity; the entries hold their decisions, so that no id is reused while cached.
-        # Recent decision sets (kept alive, so their ids stay theirs), their ids, their counts.
+        # identity (tuples of ids); the entries hold their decisions, so that no id is reused
+        # while cached.
         self._recent: list[tuple[tuple[LayerDecision, ...], tuple[int, ...], LayerCounts]] = []
 
     # ---- what a layer may take -----------------------------------------------------------------
