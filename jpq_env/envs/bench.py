@@ -31,6 +31,7 @@ from jpq_env.proxy.bench import (
     Ensemble,
     TreeEnsemble,
     bench_task,
+    log_odds,
     policy_features,
 )
 from jpq_env.proxy.sensitivity import SensitivityTable
@@ -174,13 +175,8 @@ def build_bench(
     if test is not None:
         known = [i for i, t in enumerate(test) if t is not None]
         if len(known) >= 10:  # test log-odds linear in the held-out log-odds, on the real scores
-
-            def logit(v: np.ndarray) -> np.ndarray:
-                v = np.clip(v, 1e-3, 1 - 1e-3)
-                return np.log(v / (1 - v))
-
             vt = np.array([[val[i], test[i]] for i in known], dtype=np.float64)
-            slope, intercept = np.polyfit(logit(vt[:, 0]), logit(vt[:, 1]), 1)
+            slope, intercept = np.polyfit(log_odds(vt[:, 0]), log_odds(vt[:, 1]), 1)
             test_map = {"slope": float(slope), "intercept": float(intercept), "rows": len(known)}
     evaluator = env.evaluator
     fp32_test = float(evaluator.test_accuracy(None)) if evaluator.has_test_split else None
@@ -201,9 +197,7 @@ def build_bench(
         "fp32": {"val": float(evaluator.fp32_accuracy), "test": fp32_test},
         "fit": {
             "surrogate": surrogate,
-            "members": len(val_model.baselines)
-            if isinstance(val_model, TreeEnsemble)
-            else len(val_model.members),
+            "members": len(val_model),
             **({"epochs": epochs} if surrogate == "mlp" else {}),
             "seed": seed,
         },

@@ -174,9 +174,10 @@ def policy_features(policies: Sequence[Policy], table: SensitivityTable) -> np.n
     return FeatureMap(table)(policies)
 
 
-def _logit(y: np.ndarray) -> np.ndarray:
-    y = np.clip(y, 1e-3, 1 - 1e-3)
-    return np.log(y / (1 - y))
+def log_odds(p: np.ndarray) -> np.ndarray:
+    """The log-odds of shares (accuracies), clipped to [1e-3, 1 - 1e-3] first."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-3, 1 - 1e-3)
+    return np.log(p / (1 - p))
 
 
 def _fit_inputs(
@@ -191,13 +192,17 @@ def _fit_inputs(
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ArgumentError(f"{who}: weights must be n finite non-negative numbers")
-    return x, (_logit(y) if logit else y), w
+    return x, (log_odds(y) if logit else y), w
 
 
 class _Members:
     """What both ensembles share: the mean and spread of their members' predictions."""
 
     def predict_members(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """The number of members."""
         raise NotImplementedError
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,6 +231,9 @@ class Ensemble(_Members):
     y_mean: float
     y_scale: float
     logit: bool = False
+
+    def __len__(self) -> int:
+        return len(self.members)
 
     def predict_members(self, x: np.ndarray) -> np.ndarray:
         """Every member's prediction, ``(members, n)``."""
@@ -387,6 +395,9 @@ class TreeEnsemble(_Members):
         "baselines",
     )
 
+    def __len__(self) -> int:
+        return len(self.baselines)
+
     def predict_members(self, x: np.ndarray) -> np.ndarray:
         """Every member's prediction, ``(members, n)``."""
         x = np.asarray(x, dtype=np.float64)
@@ -527,8 +538,7 @@ class BenchModel:
         out = {"val": members.mean(0), "val_std": members.std(0)}
         test_map = self.meta.get("test_map")
         if test_map is not None:  # each member's score through the fitted logit-linear map
-            p = np.clip(members, 1e-3, 1 - 1e-3)
-            z = test_map["slope"] * np.log(p / (1 - p)) + test_map["intercept"]
+            z = test_map["slope"] * log_odds(members) + test_map["intercept"]
             tests = 1.0 / (1.0 + np.exp(-z))
             out["test"], out["test_std"] = tests.mean(0), tests.std(0)
         elif self.test is not None:
