@@ -148,11 +148,13 @@ def bit_connections(
     The building block of every count: MACs = pairs x kh x kw x H_out x W_out, BOPs = weighted
     pairs x kh x kw x H_out x W_out x activation bits, size = weighted pairs x kh x kw.
     """
-    pairs = np.empty(len(graph.layers), dtype=np.int64)
-    weighted = np.empty(len(graph.layers), dtype=np.int64)
-    for info in graph.layers:
-        pairs[info.index], weighted[info.index] = _connections(info, bits[info.index], live)
-    return pairs, weighted
+    kernels, group_starts, per_group = graph.segments
+    alive, alive_in = live.flat
+    # Live inputs of each group, given to each of its kernels; a dead kernel has no connections.
+    inputs = np.repeat(np.add.reduceat(alive_in, group_starts, dtype=np.int64), per_group)
+    conn = np.where(alive, inputs, 0)
+    weighted = conn * np.concatenate(bits).astype(np.int64, copy=False)
+    return np.add.reduceat(conn, kernels), np.add.reduceat(weighted, kernels)
 
 
 def uncompressed_costs(graph: LayerGraph) -> tuple[int, int, int]:
@@ -201,11 +203,7 @@ def layer_counts(
     """
     if live is None:
         live = graph.liveness([b > 0 for b in bits], batchnorms=False)
-    n = len(graph.layers)
-    pairs = np.empty(n, dtype=np.int64)
-    weighted = np.empty(n, dtype=np.int64)
-    for info in graph.layers:
-        pairs[info.index], weighted[info.index] = _connections(info, bits[info.index], live)
+    pairs, weighted = bit_connections(graph, bits, live)
     acts = np.asarray(act_bits, dtype=np.int64)
     return LayerCounts(
         live,

@@ -112,6 +112,15 @@ def wall_layer(
     return top, space.act_for(layer, space.act_bits[0])
 
 
+@cache
+def _chunks(n: int, chunks: int) -> tuple[np.ndarray, ...]:
+    """Positions ``0..n-1`` in ``chunks`` near-equal consecutive parts (empty ones dropped)."""
+    parts = tuple(p for p in np.array_split(np.arange(n), chunks) if p.size)
+    for p in parts:
+        p.flags.writeable = False
+    return parts
+
+
 def wall_channels(
     space: DecisionSpace,
     budget: Budget,
@@ -127,7 +136,7 @@ def wall_channels(
     """
     kept = proposed.ranked_bits[: len(proposed.ranked_bits) - proposed.n_pruned]
     start = np.searchsorted(space.bits, kept)
-    parts = [p for p in np.array_split(np.arange(len(kept)), min(chunks, len(kept))) if p.size]
+    parts = _chunks(len(kept), min(chunks, len(kept)))
     choices = np.asarray(space.bits)
 
     @cache  # the same objects again for the same steps: their costs are cached

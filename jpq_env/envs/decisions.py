@@ -61,6 +61,11 @@ class LayerDecision:
         """Mean weight width of the kept kernels, in bits (computed once)."""
         return float(self.ranked_bits[: len(self.ranked_bits) - self.n_pruned].mean())
 
+    @cached_property
+    def kept(self) -> bytes:
+        """Which kernels (channel order) have more than 0 bits, as bytes (compared often)."""
+        return (self.bits > 0).tobytes()
+
 
 class DecisionSpace:
     """What each layer of a graph may take, and the policy a set of decisions makes.
@@ -230,7 +235,7 @@ class DecisionSpace:
             if len(cached) != len(full):
                 continue
             diff = [i for i, (a, b) in enumerate(zip(cached_ids, ids, strict=True)) if a != b]
-            if all(np.array_equal(cached[i].bits > 0, full[i].bits > 0) for i in diff):
+            if all(cached[i].kept == full[i].kept for i in diff):
                 return recount(
                     self.graph, counts, {i: (full[i].bits, full[i].act_bits) for i in diff}
                 )

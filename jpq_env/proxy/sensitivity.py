@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,9 +139,13 @@ class SensitivityTable:
         """KL of the layer's weights at ``width`` (interpolated in the width; 0 at 32 bits)."""
         if width >= FULL_PRECISION:
             return 0.0
-        xs = np.asarray(self.bits, dtype=np.float64)
-        ys = np.log(np.maximum(self.weight[layer], 1e-12))
-        return float(np.exp(np.interp(width, xs, ys)))
+        xs, ys = self._log_weight
+        return float(np.exp(np.interp(width, xs, ys[layer])))
+
+    @cached_property
+    def _log_weight(self) -> tuple[np.ndarray, np.ndarray]:
+        """The widths and the log of every layer's weight KL, for ``weight_kl`` (per step)."""
+        return np.asarray(self.bits, dtype=np.float64), np.log(np.maximum(self.weight, 1e-12))
 
     def prune_kl(self, layer: int, sparsity: float) -> float:
         """KL of pruning a share ``sparsity`` of the layer's kernels (linear in between)."""
@@ -170,10 +175,13 @@ class SensitivityTable:
         """
         bits = np.asarray(bits)
         n = max(bits.size, 1)
-        total = self.prune_kl(layer, float(np.mean(bits == 0)))
-        for width in np.unique(bits[bits > 0]):
-            total += float(np.mean(bits == width)) * self.weight_kl(layer, int(width))
-        return total + self.act_kl(layer, int(act_bits)) * float(np.count_nonzero(bits)) / n
+        widths, counts = np.unique(bits, return_counts=True)
+        pruned = int(counts[0]) if widths.size and widths[0] == 0 else 0
+        total = self.prune_kl(layer, pruned / n)
+        for width, count in zip(widths.tolist(), counts.tolist(), strict=True):
+            if width > 0:  # widths in increasing order, each weighted by its share of kernels
+                total += count / n * self.weight_kl(layer, int(width))
+        return total + self.act_kl(layer, int(act_bits)) * (bits.size - pruned) / n
 
     def features(self, layer: int) -> np.ndarray:
         """The layer's sensitivities squashed into [0, 1): ``k / (k + median)`` per entry.
@@ -181,12 +189,18 @@ class SensitivityTable:
         Widths, then sparsities, then activation widths; the median is over the whole table,
         so the entries compare layers with one another.
         """
-        row = np.concatenate([self.weight[layer], self.prune[layer], self.act[layer]])
-        row = np.nan_to_num(row, posinf=1e3)
-        scale = self.scale
-        return (row / (row + scale)).astype(np.float32)
+        return self._features[layer]
 
-    @property
+    @cached_property
+    def _features(self) -> np.ndarray:
+        """Every layer's ``features`` (computed once: the observation reads them every step)."""
+        rows = np.concatenate([self.weight, self.prune, self.act], axis=1)
+        rows = np.nan_to_num(rows, posinf=1e3)
+        out = (rows / (rows + self.scale)).astype(np.float32)
+        out.flags.writeable = False
+        return out
+
+    @cached_property
     def scale(self) -> float:
         """Median of the finite, non-zero entries of the table (the squashing's midpoint)."""
         every = np.concatenate([self.weight.ravel(), self.prune.ravel(), self.act.ravel()])

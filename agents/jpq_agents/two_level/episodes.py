@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from jpq_env import Policy
+from jpq_env.core.quant import FULL_PRECISION
 from jpq_env.envs import JPQEnv
 
 from ..play import LayerChoice, channel_action, layer_action, play
@@ -70,9 +71,26 @@ class EpisodePlayer:
         self.acts = acts
         self.seed = seed
         self.slots = base.channel_slots
+        self._groups: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
+        # A width's level; 0 for 0 bits and for widths outside the choices (a pinned layer's).
+        level_of = np.zeros(max(*base.bits, FULL_PRECISION) + 1, dtype=np.int64)
+        level_of[list(base.bits)] = np.arange(len(base.bits))
+        self._level_of = level_of
 
     def groups(self, layer: int, kept: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Features ``(slots, F)``, a validity mask and the kernel indices of each group."""
+        """Features ``(slots, F)``, a validity mask and the kernel indices of each group.
+
+        The same for every episode (the ranking is fixed): computed once per layer and kept
+        kernels, and shared by every episode (not to be modified).
+        """
+        key = (layer, kept)
+        if key not in self._groups:
+            self._groups[key] = self._group_features(layer, kept)
+        return self._groups[key]
+
+    def _group_features(
+        self, layer: int, kept: int
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         importance = self.base.kernel_importance(layer)[:kept]
         parts = self.base.space.groups(kept)
         feats = np.zeros((self.slots, GROUP_FEATURES), dtype=np.float32)
@@ -183,11 +201,10 @@ class EpisodePlayer:
         applied = proposed.copy()
         if decision is None:
             return applied
-        index = {b: i for i, b in enumerate(self.base.bits)}
+        levels = self._level_of[decision.ranked_bits]
         for g, part in enumerate(parts[: self.slots]):
-            if part.size:
-                widths = decision.ranked_bits[part]
-                applied[g] = round(float(np.mean([index.get(int(w), 0) for w in widths])))
+            if part.size:  # the group's mean level, rounded half to even
+                applied[g] = round(int(levels[part].sum()) / part.size)
         return applied
 
     def replayed_choices(self, proposed: list[LayerChoice]) -> list[LayerChoice]:

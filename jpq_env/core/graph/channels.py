@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,6 +64,10 @@ class ChannelSources:
             if np.array_equal(pos, np.arange(n)) and np.array_equal(ch, np.arange(n)):
                 direct = layer
         object.__setattr__(self, "_direct", direct)
+        # Several producers: where each one's channels lie among all their kernels concatenated
+        # (set at the first ``alive``, which knows the producers' kernel counts).
+        self._gather: tuple[int, np.ndarray, np.ndarray] | None
+        object.__setattr__(self, "_gather", None)
 
     @classmethod
     def opaque(cls, n: int) -> ChannelSources:
@@ -126,8 +131,25 @@ class ChannelSources:
         if direct is not None:
             return alive_out[direct]
         live = self.external.copy()
-        for layer, pos, ch in self.producers:
+        if not self.producers:
+            return live
+        if len(self.producers) == 1:
+            layer, pos, ch = self.producers[0]
             live[pos[alive_out[layer][ch]]] = True
+            return live
+        # Several producers (a residual sum): all their kernels at once, one gather.
+        kernels = np.concatenate([alive_out[layer] for layer, _, _ in self.producers])
+        gather = self._gather
+        if gather is None or gather[0] != kernels.size:
+            sizes = [len(alive_out[layer]) for layer, _, _ in self.producers]
+            starts = np.cumsum([0, *sizes[:-1]])
+            index = np.concatenate(
+                [ch + s for (_, _, ch), s in zip(self.producers, starts, strict=True)]
+            )
+            positions = np.concatenate([pos for _, pos, _ in self.producers])
+            gather = (kernels.size, index, positions)
+            object.__setattr__(self, "_gather", gather)
+        live[gather[2][kernels[gather[1]]]] = True
         return live
 
 
@@ -144,6 +166,11 @@ class Liveness:
     alive_out: tuple[BoolArray, ...]
     alive_in: tuple[BoolArray, ...]
     bn_alive: dict[str, BoolArray]
+
+    @cached_property
+    def flat(self) -> tuple[BoolArray, BoolArray]:
+        """Every layer's live output kernels, and live input channels, concatenated."""
+        return np.concatenate(self.alive_out), np.concatenate(self.alive_in)
 
     def inputs_per_kernel(self, layer: LayerInfo) -> np.ndarray | int:
         """Live input channels each output kernel of ``layer`` reads (one count if ungrouped)."""

@@ -181,6 +181,26 @@ class LayerGraph:
         return np.array([x.macs_per_connection for x in self.layers], dtype=np.int64)
 
     @cached_property
+    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Offsets for sums over every layer's kernels and input channels at once.
+
+        With each layer's output kernels (and input channels) concatenated in execution order:
+        the position of each layer's first kernel, of each convolution group's first input
+        channel (one group per ungrouped layer), and the kernels of each group. The cost model
+        counts all layers' connections with a few array operations instead of a loop.
+        """
+        kernels = np.cumsum([0] + [x.out_channels for x in self.layers[:-1]])
+        inputs = np.cumsum([0] + [x.in_channels for x in self.layers[:-1]])
+        group_starts = np.concatenate(
+            [
+                start + np.arange(x.groups) * x.in_per_group
+                for start, x in zip(inputs, self.layers, strict=True)
+            ]
+        )
+        per_group = np.concatenate([np.full(x.groups, x.out_per_group) for x in self.layers])
+        return kernels.astype(np.int64), group_starts.astype(np.int64), per_group.astype(np.int64)
+
+    @cached_property
     def kernel_areas(self) -> np.ndarray:
         """Per layer, weights of one (kernel, input channel) pair: kh x kw."""
         return np.array([x.kernel[0] * x.kernel[1] for x in self.layers], dtype=np.int64)
@@ -271,7 +291,7 @@ class LayerGraph:
             as read-only arrays: the last few results are kept and handed out again.
         """
         masks = [np.array(k, dtype=bool) for k in kept]
-        parts = [np.packbits(m).tobytes() + len(m).to_bytes(4, "little") for m in masks]
+        parts = [m.tobytes() for m in masks]  # one byte a kernel: each layer's length is fixed
         key = b"".join(parts)
         # The same decisions are asked for several times per episode (the budget checks, the
         # final costs, the compressed view): each distinct one is propagated once, and only from
