@@ -551,14 +551,28 @@ ONCE = ("two-stage", "uniform")  # deterministic: one seed
 
 
 def agent_runs(
-    episodes: Sequence[int], seeds: int, budgets: Sequence[float]
+    episodes: Sequence[int],
+    seeds: int,
+    budgets: Sequence[float],
+    agents: Sequence[str] = AGENTS,
 ) -> list[dict[str, Any]]:
-    """The leaderboard's searches: every agent, budget, length and seed."""
+    """The leaderboard's searches: every agent of ``agents``, budget, length and seed.
+
+    In that order (lengths, then budgets, then agents in ``AGENTS``' order, then seeds), so that
+    a resumed run fills the shorter searches first. Deterministic agents (``ONCE``) run once.
+
+    Raises:
+        ValueError: If ``agents`` names an agent the leaderboard does not have.
+    """
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        raise ValueError(f"unknown agents {unknown}: the leaderboard's are {', '.join(AGENTS)}")
     return [
         {"agent": a, "budget": b, "episodes": n, "seed": s}
         for n in episodes
         for b in budgets
         for a in AGENTS
+        if a in agents
         for s in range(1 if a in ONCE else seeds)
     ]
 
@@ -601,15 +615,22 @@ def one_agent(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_agents(
-    bench: str, log: Path, episodes: Sequence[int], seeds: int, budgets: Sequence[float], out: Path
+    bench: str,
+    log: Path,
+    episodes: Sequence[int],
+    seeds: int,
+    budgets: Sequence[float],
+    out: Path,
+    agents: Sequence[str] = AGENTS,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """The bench's leaderboard runs not in ``log`` yet, row by row."""
+    """The bench's leaderboard runs not in ``log`` yet, row by row (``jobs`` processes)."""
     from benchmarks.common import run_grid
     from jpq_env.proxy.bench import BenchModel
 
     digest = BenchModel.load(bench).digest()
     extra = {"bench": bench, "bench_digest": digest, "commit": commit(), "out": str(out)}
-    runs = [{**r, **extra} for r in agent_runs(episodes, seeds, budgets)]
+    runs = [{**r, **extra} for r in agent_runs(episodes, seeds, budgets, agents)]
 
     def describe(row: dict[str, Any]) -> str:
         return (
@@ -617,7 +638,7 @@ def run_agents(
             f"{row['seed']}: predicted test {row['test']}, {row['seconds']} s"
         )
 
-    return run_grid(runs, log, one_agent, _agent_key, describe=describe)
+    return run_grid(runs, log, one_agent, _agent_key, jobs=jobs, describe=describe)
 
 
 def speed(
@@ -940,6 +961,12 @@ def main() -> None:
     parser.add_argument("--episodes", default="300", help="agents: comma-separated lengths")
     parser.add_argument("--seeds", type=int, default=3, help="agents: seeds 0..N-1")
     parser.add_argument("--budgets", default="1/64,1/128", help="agents: BOPs budgets")
+    parser.add_argument(
+        "--agents", default=",".join(AGENTS), help="agents: comma-separated subset to run"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="agents: searches at once (one core each)"
+    )
     args = parser.parse_args()
     configure_threads()
     if args.quick or args.step is None:
@@ -960,7 +987,14 @@ def main() -> None:
         ]
         episodes = [int(n) for n in args.episodes.split(",")]
         runs = Path(__file__).parent / "runs" / "jpq_bench"
-        run_agents("resnet20-cifar", AGENTS_LOG, episodes, args.seeds, budgets, runs)
+        agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+        try:
+            agent_runs(episodes, args.seeds, budgets, agents)  # names checked before any run
+        except ValueError as exc:
+            parser.error(str(exc))
+        run_agents(
+            "resnet20-cifar", AGENTS_LOG, episodes, args.seeds, budgets, runs, agents, args.jobs
+        )
     elif args.step == "speed":
         s = speed("resnet20-cifar", False)
         with SPEED_LOG.open("a") as f:
