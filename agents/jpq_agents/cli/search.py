@@ -270,8 +270,9 @@ def _print_summary(summary: dict[str, Any], episodes: int) -> None:
                 "best accuracy (val / test)",
                 f"{best['accuracy_val']:.2%} / {best['accuracy_test']:.2%}",
             ),
-            ("BOPs of FP32", f"{best['bops_ratio']:.5f} ({one_in(best['bops_ratio'])})"),
-            ("size of FP32", f"{best['size_ratio']:.4f} ({one_in(best['size_ratio'])})"),
+            # The best policy's costs as shares of the FP32 model's (not the FP32 model's own).
+            ("best BOPs / FP32 BOPs", f"{best['bops_ratio']:.5f} ({one_in(best['bops_ratio'])})"),
+            ("best size / FP32 size", f"{best['size_ratio']:.4f} ({one_in(best['size_ratio'])})"),
         ]
     print(table(("summary", ""), rows))
     if stopped:

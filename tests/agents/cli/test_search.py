@@ -58,6 +58,18 @@ def test_a_baseline_that_stops_early_says_so_and_why(two_stage_run, search_run):
     assert f"stopped early, after {n} of 300 evaluations: {summary['stopped_early']}" in printed
 
 
+def test_the_summary_labels_the_best_policys_costs_as_shares_of_fp32(two_stage_run):
+    from jpq_agents.cli.output import one_in
+
+    out, printed = two_stage_run
+    best = json.loads((out / "summary.json").read_text())["best"]
+    bops, size = best["bops_ratio"], best["size_ratio"]
+    rows = [" ".join(line.split()) for line in printed.splitlines()]
+    assert f"best BOPs / FP32 BOPs {bops:.5f} ({one_in(bops)})" in rows
+    assert f"best size / FP32 size {size:.4f} ({one_in(size)})" in rows
+    assert "of FP32" not in printed  # the old labels read like the FP32 model's own costs
+
+
 def test_search_lists_the_files_it_wrote(two_stage_run):
     out, printed = two_stage_run
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
