@@ -682,9 +682,116 @@ def speed(
     }
 
 
+# --------------------------------------------------------------------------- validation
+
+CHECKED = ("two-level", "greedy", "cmaes-warm")
+"""Agents whose best bench policies ``validate`` re-scores by default (the leaderboard's top)."""
+
+
+def validation_runs(
+    rows: Sequence[dict[str, Any]],
+    agents: Sequence[str] = CHECKED,
+    lengths: Sequence[int] = (300, 1000),
+    seeds: int = 3,
+) -> list[dict[str, Any]]:
+    """The leaderboard searches (rows of its log) whose best policy ``validate`` re-scores."""
+    return [
+        {k: r[k] for k in ("agent", "budget", "episodes", "seed")}
+        for r in rows
+        if r["agent"] in agents
+        and r["episodes"] in lengths
+        and r["seed"] < seeds
+        and r.get("val") is not None
+    ]
+
+
+def run_validation(
+    runs: Sequence[dict[str, Any]], log: Path, folder: Path, quick: bool
+) -> list[dict[str, Any]]:
+    """Each run's best policy re-scored with the real proxy (``jpq validate --real``), row by row.
+
+    How far long searches exploit the surrogate: a policy the bench over-rates scores below its
+    prediction on the real proxy, and the ensemble's spread may say so in advance. Runs whose
+    folder is not on this machine are skipped (named).
+    """
+    from benchmarks.common import run_grid
+    from jpq_agents.validate import replay_real
+
+    options = None
+    if not quick:
+        from benchmarks.cifar_workload import DATA, task_options
+
+        options = task_options(DATA)
+    here = [r for r in runs if (folder / "-".join(_agent_key(r)) / "policy.json").is_file()]
+    for r in runs:
+        if r not in here:
+            print(f"skipped (no run folder here): {'-'.join(_agent_key(r))}", flush=True)
+    envs: dict[str, Any] = {}  # one real environment for every policy
+
+    def one(run: dict[str, Any]) -> dict[str, Any]:
+        [row] = replay_real(folder / "-".join(_agent_key(run)), task_options=options, envs=envs)
+        del row["where"]
+        return {**run, **row, "commit": commit()}
+
+    def describe(row: dict[str, Any]) -> str:
+        gap = (row["real_val"] - row["predicted_val"]) * 100
+        return (
+            f"{row['agent']} 1/{round(1 / row['budget'])} {row['episodes']} episodes seed "
+            f"{row['seed']}: held-out predicted {row['predicted_val']:.4f} "
+            f"(spread {row['predicted_val_std']:.4f}), real {row['real_val']:.4f} ({gap:+.2f})"
+        )
+
+    return run_grid(here, log, one, _agent_key, describe=describe)
+
+
+def validation_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Report lines: predicted against real scores of the searches' best policies, per length."""
+    from scipy.stats import spearmanr
+
+    if not rows:
+        return []
+    out = [
+        "",
+        "## Long searches against the real proxy",
+        "",
+        "The best policy of leaderboard searches, re-scored with the real proxy (`python -m "
+        "benchmarks.jpq_bench validate`, rows in `jpq_bench_validate_runs.jsonl`): held-out "
+        "score predicted and real, the gap (real - predicted, points) and the ensemble's spread; "
+        "mean ± sd over the seeds and both budgets.",
+        "",
+        "| agent | evaluations | policies | predicted held-out | real held-out | gap (points) | "
+        "spread (points) | predicted test | real test |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for agent in AGENTS:
+        for n in sorted({r["episodes"] for r in rows}):
+            sel = [r for r in rows if r["agent"] == agent and r["episodes"] == n]
+            if not sel:
+                continue
+            gaps = [r["real_val"] - r["predicted_val"] for r in sel]
+            out.append(
+                f"| {agent} | {n:,} | {len(sel)} | "
+                f"{_mean_sd([r['predicted_val'] for r in sel])} | "
+                f"{_mean_sd([r['real_val'] for r in sel])} | {_mean_sd(gaps)} | "
+                f"{_mean_sd([r['predicted_val_std'] for r in sel])} | "
+                f"{_mean_sd([r['predicted_test'] for r in sel])} | "
+                f"{_mean_sd([r['real_test'] for r in sel])} |"
+            )
+    over = [r["predicted_val"] - r["real_val"] for r in rows]
+    spread = [r["predicted_val_std"] for r in rows]
+    if len(rows) > 2 and np.ptp(over) > 0 and np.ptp(spread) > 0:  # else no correlation
+        rho = spearmanr(spread, over).statistic
+        out.append(
+            f"\nSpearman correlation of the spread with the over-prediction (predicted - real) "
+            f"over the {len(rows)} policies: {rho:.3f}."
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 AGENTS_LOG = RESULTS / "jpq_bench_agents_runs.jsonl"
+VALIDATE_LOG = RESULTS / "jpq_bench_validate_runs.jsonl"
 SPEED_LOG = RESULTS / "jpq_bench_speed_runs.jsonl"
 GRID_LOG = RESULTS / "resnet20_grid_runs.jsonl"
 
@@ -774,7 +881,14 @@ def leaderboard(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def report(model_path: Path, agents_log: Path, speed_log: Path, grid_log: Path, data: Path) -> str:
+def report(
+    model_path: Path,
+    agents_log: Path,
+    speed_log: Path,
+    grid_log: Path,
+    data: Path,
+    validate_log: Path | None = None,
+) -> str:
     """The bench's report: data, surrogate against simpler models, agents, speed, targets."""
     from jpq_env.proxy.bench import BenchModel
 
@@ -864,6 +978,8 @@ def report(model_path: Path, agents_log: Path, speed_log: Path, grid_log: Path, 
         )
         targets.append(("the same by test accuracy (the issue names no split), tau >= 0.8", tau))
         out += leaderboard(bench_rows)
+    if validate_log is not None:
+        out += validation_table(load_rows(validate_log))
     speeds = load_rows(speed_log)
     if speeds:
         s = speeds[-1]
@@ -941,28 +1057,53 @@ def quick() -> None:
         bench = folder / "digits.npz"
         fit_bench(data, bench, True, epochs=60)
         log = folder / "agents.jsonl"
-        run_agents(str(bench), log, [12], 1, [1 / 64], folder / "runs")
+        rows = run_agents(str(bench), log, [12], 1, [1 / 64], folder / "runs")
+        checked = folder / "validate.jsonl"
+        run_validation(validation_runs(rows, lengths=[12]), checked, folder / "runs", True)
         s = speed(str(bench), True, real_episodes=2, bench_episodes=20)
         speed_log = folder / "speed.jsonl"
         speed_log.write_text(json.dumps({**s, "commit": commit(), "command": command()}) + "\n")
-        print(report(bench, log, speed_log, folder / "no-grid.jsonl", data))
+        print(report(bench, log, speed_log, folder / "no-grid.jsonl", data, checked))
+
+
+RUNS = Path(__file__).parent / "runs" / "jpq_bench"
+
+
+def _names(parser: argparse.ArgumentParser, given: str | None, default: Sequence[str]) -> list[str]:
+    """The agents named by ``--agents`` (default ``default``); unknown names end the program."""
+    agents = [a.strip() for a in given.split(",") if a.strip()] if given else list(default)
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        parser.error(f"unknown agents {unknown}: the leaderboard's are {', '.join(AGENTS)}")
+    return agents
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "step", nargs="?", choices=["data", "fit", "agents", "speed", "report"], default=None
+        "step",
+        nargs="?",
+        choices=["data", "fit", "agents", "validate", "speed", "report"],
+        default=None,
     )
     parser.add_argument("--quick", action="store_true", help="every step on digits, no files")
     parser.add_argument("--rows", type=int, default=500, help="data: sampled rows wanted")
     parser.add_argument(
         "--epochs", type=int, default=600, help="fit: Adam steps per network of the compared MLPs"
     )
-    parser.add_argument("--episodes", default="300", help="agents: comma-separated lengths")
-    parser.add_argument("--seeds", type=int, default=3, help="agents: seeds 0..N-1")
+    parser.add_argument(
+        "--episodes",
+        default=None,
+        help="agents, validate: comma-separated lengths (default 300; validate: 300,1000)",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="agents, validate: seeds 0..N-1")
     parser.add_argument("--budgets", default="1/64,1/128", help="agents: BOPs budgets")
     parser.add_argument(
-        "--agents", default=",".join(AGENTS), help="agents: comma-separated subset to run"
+        "--agents",
+        default=None,
+        help="agents, validate: comma-separated subset (default all; validate: "
+        + ",".join(CHECKED)
+        + ")",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="agents: searches at once (one core each)"
@@ -985,16 +1126,16 @@ def main() -> None:
         budgets = [
             1 / float(b.split("/")[1]) if "/" in b else float(b) for b in args.budgets.split(",")
         ]
-        episodes = [int(n) for n in args.episodes.split(",")]
-        runs = Path(__file__).parent / "runs" / "jpq_bench"
-        agents = [a.strip() for a in args.agents.split(",") if a.strip()]
-        try:
-            agent_runs(episodes, args.seeds, budgets, agents)  # names checked before any run
-        except ValueError as exc:
-            parser.error(str(exc))
+        episodes = [int(n) for n in (args.episodes or "300").split(",")]
+        agents = _names(parser, args.agents, AGENTS)
         run_agents(
-            "resnet20-cifar", AGENTS_LOG, episodes, args.seeds, budgets, runs, agents, args.jobs
+            "resnet20-cifar", AGENTS_LOG, episodes, args.seeds, budgets, RUNS, agents, args.jobs
         )
+    elif args.step == "validate":
+        lengths = [int(n) for n in (args.episodes or "300,1000").split(",")]
+        agents = _names(parser, args.agents, CHECKED)
+        todo = validation_runs(load_rows(AGENTS_LOG), agents, lengths, args.seeds)
+        run_validation(todo, VALIDATE_LOG, RUNS, False)
     elif args.step == "speed":
         s = speed("resnet20-cifar", False)
         with SPEED_LOG.open("a") as f:
@@ -1002,8 +1143,8 @@ def main() -> None:
         print(s)
     if args.step == "data":
         return
-    body = report(bench, AGENTS_LOG, SPEED_LOG, GRID_LOG, data)
-    if args.step in ("report", "fit", "agents", "speed"):
+    body = report(bench, AGENTS_LOG, SPEED_LOG, GRID_LOG, data, VALIDATE_LOG)
+    if args.step in ("report", "fit", "agents", "validate", "speed"):
         plot(bench, data, AGENTS_LOG, RESULTS / "jpq_bench.png")
         print(write_result("jpq_bench", body + "\n\n![JPQ-Bench](jpq_bench.png)"))
 

@@ -184,6 +184,7 @@ def replay_real(
     task_options: dict[str, Any] | None = None,
     device: str | None = None,
     progress: bool = False,
+    envs: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Score the policy of a bench run with the real proxy (``jpq validate --real``).
 
@@ -193,6 +194,8 @@ def replay_real(
         task_options: Its factory's arguments (the data folder and weights of ResNet-20).
         device: Where the real proxy runs.
         progress: Show a progress bar.
+        envs: Real environments already built, by their arguments: one found here is reused,
+            one built is added (a caller scoring many policies builds the real task once).
 
     Returns:
         One row per policy: predicted and real held-out score and test accuracy, the spread.
@@ -231,8 +234,11 @@ def replay_real(
     kwargs["task_options"] = {**bench.meta.get("task_options", {}), **(task_options or {})}
     if device is not None:
         kwargs["device"] = device
-    env = gym.make(REAL_ENV, **kwargs).unwrapped
+    key = json.dumps(kwargs, sort_keys=True, default=str)
+    env = (envs or {}).get(key) or gym.make(REAL_ENV, **kwargs).unwrapped
     assert isinstance(env, JPQEnv)
+    if envs is not None:
+        envs[key] = env
     rows = []
     for where, record in tqdm(records, desc="scoring", unit="policy", disable=not progress):
         try:

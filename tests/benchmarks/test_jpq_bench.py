@@ -49,3 +49,55 @@ def test_leaderboard_cells_are_mean_and_sd_over_seeds_per_length():
     assert f"| random | {mean:.2f} ± {sd:.2f} (3) | 50.00 ± 0.00 (1) |" in lines
     assert "| uniform | 84.37 ± 0.00 (1) | - |" in lines
     assert not any(line.startswith("| two-level") for line in lines)  # no rows: no line
+
+
+def _checked(agent, n, seed, predicted, real, spread):
+    return {
+        "agent": agent,
+        "budget": 1 / 64,
+        "episodes": n,
+        "seed": seed,
+        "predicted_val": predicted,
+        "predicted_val_std": spread,
+        "real_val": real,
+        "predicted_test": predicted - 0.02,
+        "real_test": real - 0.03,
+    }
+
+
+def test_validation_picks_the_named_agents_lengths_and_seeds_with_a_policy():
+    from benchmarks.jpq_bench import validation_runs
+
+    log = [
+        {"agent": a, "budget": 1 / 64, "episodes": n, "seed": s, "val": 0.5}
+        for a in ("two-level", "random")
+        for n in (300, 1000, 10000)
+        for s in range(4)
+    ] + [{"agent": "greedy", "budget": 1 / 64, "episodes": 300, "seed": 0, "val": None}]
+    runs = validation_runs(log, agents=["two-level", "greedy"], lengths=[300, 1000], seeds=3)
+    assert [(r["agent"], r["episodes"], r["seed"]) for r in runs] == [
+        ("two-level", n, s) for n in (300, 1000) for s in range(3)
+    ]  # random not asked, seed 3 and 10,000 not asked, greedy's search found no policy
+    assert set(runs[0]) == {"agent", "budget", "episodes", "seed"}
+
+
+def test_validation_table_gives_the_gap_per_agent_and_length_and_the_spreads_rank_correlation():
+    from benchmarks.jpq_bench import validation_table
+
+    rows = [
+        _checked("two-level", 1000, 0, 0.89, 0.87, 0.004),
+        _checked("two-level", 1000, 1, 0.893, 0.867, 0.003),
+        _checked("two-level", 300, 0, 0.8794, 0.8786, 0.0005),
+        _checked("greedy", 300, 0, 0.8865, 0.8864, 0.0006),
+    ]
+    lines = validation_table(rows)
+    gaps = [-2.0, -2.6]  # real - predicted, points
+    mean, sd = statistics.mean(gaps), statistics.stdev(gaps)
+    row = next(x for x in lines if x.startswith("| two-level | 1,000 | 2 |"))
+    assert f"| {mean:.2f} ± {sd:.2f} |" in row
+    assert "| 89.15 ± 0.21 | 86.85 ± 0.21 |" in row  # predicted and real held-out
+    assert next(x for x in lines if x.startswith("| greedy | 300 | 1 |"))
+    # Over-predictions 2.0, 2.6, 0.08, 0.01 and spreads 0.4, 0.3, 0.05, 0.06: ranks
+    # (3, 4, 2, 1) and (4, 3, 1, 2): Spearman 1 - 6 * (1 + 1 + 1 + 1) / (4 * 15) = 0.6.
+    assert lines[-1].endswith("over the 4 policies: 0.600.")
+    assert validation_table([]) == []

@@ -336,6 +336,12 @@ def test_validate_real_scores_a_bench_policy_with_the_real_proxy(
     assert rows[0]["real_test"] == real.evaluator.test_accuracy(policy)
     predicted = BenchModel.load(bench_file).predict([policy])
     assert rows[0]["predicted_val"] == pytest.approx(float(predicted["val"][0]))
+    # A cache of real environments: built once, reused by the next call, the same scores.
+    envs: dict = {}
+    assert replay_real(out, envs=envs) == rows and len(envs) == 1
+    built = next(iter(envs.values()))
+    assert replay_real(out / "policy.json", envs=envs)[0]["real_val"] == rows[0]["real_val"]
+    assert list(envs.values()) == [built]
     assert main(["validate", "--real", "--quiet", str(out)]) == 0
     assert "held-out score predicted" in capsys.readouterr().out
     # A policy of the real environment was not found on a bench: --real refuses it by name.
