@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -757,20 +758,22 @@ def validation_table(rows: Sequence[dict[str, Any]]) -> list[str]:
         "The best policy of leaderboard searches, re-scored with the real proxy (`python -m "
         "benchmarks.jpq_bench validate`, rows in `jpq_bench_validate_runs.jsonl`): held-out "
         "score predicted and real, the gap (real - predicted, points) and the ensemble's spread; "
-        "mean ± sd over the seeds and both budgets.",
+        "mean ± sd over the seeds.",
         "",
-        "| agent | evaluations | policies | predicted held-out | real held-out | gap (points) | "
-        "spread (points) | predicted test | real test |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| budget | agent | evaluations | searches | predicted held-out | real held-out | "
+        "gap (points) | spread (points) | predicted test | real test |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for agent in AGENTS:
-        for n in sorted({r["episodes"] for r in rows}):
-            sel = [r for r in rows if r["agent"] == agent and r["episodes"] == n]
-            if not sel:
-                continue
+    for budget, agent, n in itertools.product(
+        sorted({r["budget"] for r in rows}, reverse=True),
+        AGENTS,
+        sorted({r["episodes"] for r in rows}),
+    ):
+        sel = [r for r in rows if (r["budget"], r["agent"], r["episodes"]) == (budget, agent, n)]
+        if sel:
             gaps = [r["real_val"] - r["predicted_val"] for r in sel]
             out.append(
-                f"| {agent} | {n:,} | {len(sel)} | "
+                f"| 1/{round(1 / budget)} | {agent} | {n:,} | {len(sel)} | "
                 f"{_mean_sd([r['predicted_val'] for r in sel])} | "
                 f"{_mean_sd([r['real_val'] for r in sel])} | {_mean_sd(gaps)} | "
                 f"{_mean_sd([r['predicted_val_std'] for r in sel])} | "

@@ -51,10 +51,10 @@ def test_leaderboard_cells_are_mean_and_sd_over_seeds_per_length():
     assert not any(line.startswith("| two-level") for line in lines)  # no rows: no line
 
 
-def _checked(agent, n, seed, predicted, real, spread):
+def _checked(agent, n, seed, predicted, real, spread, budget=1 / 64):
     return {
         "agent": agent,
-        "budget": 1 / 64,
+        "budget": budget,
         "episodes": n,
         "seed": seed,
         "predicted_val": predicted,
@@ -89,15 +89,22 @@ def test_validation_table_gives_the_gap_per_agent_and_length_and_the_spreads_ran
         _checked("two-level", 1000, 1, 0.893, 0.867, 0.003),
         _checked("two-level", 300, 0, 0.8794, 0.8786, 0.0005),
         _checked("greedy", 300, 0, 0.8865, 0.8864, 0.0006),
+        _checked("two-level", 1000, 0, 0.7, 0.6, 0.01, budget=1 / 128),
     ]
-    lines = validation_table(rows)
+    lines = validation_table(rows[:4])
     gaps = [-2.0, -2.6]  # real - predicted, points
     mean, sd = statistics.mean(gaps), statistics.stdev(gaps)
-    row = next(x for x in lines if x.startswith("| two-level | 1,000 | 2 |"))
+    row = next(x for x in lines if x.startswith("| 1/64 | two-level | 1,000 | 2 |"))
     assert f"| {mean:.2f} ± {sd:.2f} |" in row
     assert "| 89.15 ± 0.21 | 86.85 ± 0.21 |" in row  # predicted and real held-out
-    assert next(x for x in lines if x.startswith("| greedy | 300 | 1 |"))
+    assert next(x for x in lines if x.startswith("| 1/64 | greedy | 300 | 1 |"))
     # Over-predictions 2.0, 2.6, 0.08, 0.01 and spreads 0.4, 0.3, 0.05, 0.06: ranks
     # (3, 4, 2, 1) and (4, 3, 1, 2): Spearman 1 - 6 * (1 + 1 + 1 + 1) / (4 * 15) = 0.6.
     assert lines[-1].endswith("over the 4 policies: 0.600.")
     assert validation_table([]) == []
+    # Budgets are not pooled: the 1/128 search has its own line, 1/64's lines are unchanged.
+    both = validation_table(rows)
+    assert both[-2].startswith(
+        "| 1/128 | two-level | 1,000 | 1 | 70.00 ± 0.00 | 60.00 ± 0.00 | -10.00 ± 0.00 |"
+    )
+    assert row in both
