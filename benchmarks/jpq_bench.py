@@ -696,14 +696,17 @@ def validation_runs(
     seeds: int = 3,
 ) -> list[dict[str, Any]]:
     """The leaderboard searches (rows of its log) whose best policy ``validate`` re-scores."""
-    return [
-        {k: r[k] for k in ("agent", "budget", "episodes", "seed")}
-        for r in rows
-        if r["agent"] in agents
-        and r["episodes"] in lengths
-        and r["seed"] < seeds
-        and r.get("val") is not None
-    ]
+    runs: dict[tuple[str, ...], dict[str, Any]] = {}  # one per search (the log's last row)
+    for r in rows:
+        if (
+            r["agent"] in agents
+            and r["episodes"] in lengths
+            and r["seed"] < seeds
+            and r.get("val") is not None
+        ):
+            runs[_agent_key(r)] = {k: r[k] for k in ("agent", "budget", "episodes", "seed")}
+            runs[_agent_key(r)]["bench"] = r.get("bench")  # the bench file's digest
+    return list(runs.values())
 
 
 def run_validation(
@@ -780,13 +783,20 @@ def validation_table(rows: Sequence[dict[str, Any]]) -> list[str]:
                 f"{_mean_sd([r['predicted_test'] for r in sel])} | "
                 f"{_mean_sd([r['real_test'] for r in sel])} |"
             )
-    over = [r["predicted_val"] - r["real_val"] for r in rows]
-    spread = [r["predicted_val_std"] for r in rows]
-    if len(rows) > 2 and np.ptp(over) > 0 and np.ptp(spread) > 0:  # else no correlation
-        rho = spearmanr(spread, over).statistic
+    # Per budget (pooled, the two budgets' different accuracy levels would weigh in).
+    rhos = []
+    for budget in sorted({r["budget"] for r in rows}, reverse=True):
+        sel = [r for r in rows if r["budget"] == budget]
+        over = [r["predicted_val"] - r["real_val"] for r in sel]
+        spread = [r["predicted_val_std"] for r in sel]
+        if len(sel) > 2 and np.ptp(over) > 0 and np.ptp(spread) > 0:  # else no correlation
+            rho = spearmanr(spread, over).statistic
+            rhos.append(f"1/{round(1 / budget)} {rho:.3f} ({len(sel)} policies)")
+    if rhos:
         out.append(
-            f"\nSpearman correlation of the spread with the over-prediction (predicted - real) "
-            f"over the {len(rows)} policies: {rho:.3f}."
+            "\nSpearman correlation of the spread with the over-prediction (predicted - real): "
+            + ", ".join(rhos)
+            + "."
         )
     return out
 
@@ -1109,13 +1119,16 @@ def main() -> None:
         + ")",
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="agents: searches at once (one core each)"
+        "--jobs",
+        type=int,
+        default=1,
+        help="agents: searches at once (worker processes run torch on one thread each)",
     )
     args = parser.parse_args()
     configure_threads()
     if args.quick or args.step is None:
         if not args.quick:
-            parser.error("name a step (data, fit, agents, speed, report) or give --quick")
+            parser.error("name a step (data, fit, agents, validate, speed, report) or give --quick")
         quick()
         return
     data = data_path(False)

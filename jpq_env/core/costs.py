@@ -149,6 +149,10 @@ def bit_connections(
     pairs x kh x kw x H_out x W_out x activation bits, size = weighted pairs x kh x kw.
     """
     kernels, group_starts, per_group = graph.segments
+    if [len(b) for b in bits] != graph.kernel_counts:
+        raise ValueError(
+            f"bits has {[len(b) for b in bits]} kernels per layer, the graph {graph.kernel_counts}"
+        )
     alive, alive_in = live.flat
     # Live inputs of each group, given to each of its kernels; a dead kernel has no connections.
     inputs = np.repeat(np.add.reduceat(alive_in, group_starts, dtype=np.int64), per_group)

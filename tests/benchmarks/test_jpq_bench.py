@@ -69,16 +69,18 @@ def test_validation_picks_the_named_agents_lengths_and_seeds_with_a_policy():
     from benchmarks.jpq_bench import validation_runs
 
     log = [
-        {"agent": a, "budget": 1 / 64, "episodes": n, "seed": s, "val": 0.5}
+        {"agent": a, "budget": 1 / 64, "episodes": n, "seed": s, "val": 0.5, "bench": "d1"}
         for a in ("two-level", "random")
         for n in (300, 1000, 10000)
         for s in range(4)
     ] + [{"agent": "greedy", "budget": 1 / 64, "episodes": 300, "seed": 0, "val": None}]
+    log.append({**log[0], "bench": "d2"})  # the same search logged twice: the last row counts
     runs = validation_runs(log, agents=["two-level", "greedy"], lengths=[300, 1000], seeds=3)
     assert [(r["agent"], r["episodes"], r["seed"]) for r in runs] == [
         ("two-level", n, s) for n in (300, 1000) for s in range(3)
     ]  # random not asked, seed 3 and 10,000 not asked, greedy's search found no policy
-    assert set(runs[0]) == {"agent", "budget", "episodes", "seed"}
+    assert set(runs[0]) == {"agent", "budget", "episodes", "seed", "bench"}
+    assert runs[0]["bench"] == "d2" and [r["bench"] for r in runs[1:]] == ["d1"] * 5
 
 
 def test_validation_table_gives_the_gap_per_agent_and_length_and_the_spreads_rank_correlation():
@@ -100,7 +102,7 @@ def test_validation_table_gives_the_gap_per_agent_and_length_and_the_spreads_ran
     assert next(x for x in lines if x.startswith("| 1/64 | greedy | 300 | 1 |"))
     # Over-predictions 2.0, 2.6, 0.08, 0.01 and spreads 0.4, 0.3, 0.05, 0.06: ranks
     # (3, 4, 2, 1) and (4, 3, 1, 2): Spearman 1 - 6 * (1 + 1 + 1 + 1) / (4 * 15) = 0.6.
-    assert lines[-1].endswith("over the 4 policies: 0.600.")
+    assert lines[-1].endswith("(predicted - real): 1/64 0.600 (4 policies).")
     assert validation_table([]) == []
     # Budgets are not pooled: the 1/128 search has its own line, 1/64's lines are unchanged.
     both = validation_table(rows)

@@ -203,3 +203,21 @@ def test_mixed_activation_bits_by_hand():
         4 * 6 * 16 * 6 * 3,
         5 * 64 * 2 * 5,
     ]
+
+
+def test_widths_of_the_wrong_length_are_refused_by_layer():
+    from jpq_env.core.costs import layer_counts
+
+    graph = _graph(LeNet5(), (1, 1, 28, 28))
+    bits = [np.full(x.out_channels, 8) for x in graph.layers]
+    acts = [8] * len(graph.layers)
+    counts = layer_counts(graph, bits, acts)
+    assert counts.size_bits.sum() == sum(x.weight_params for x in graph.layers) * 8
+    # One kernel moved from layer 1 to layer 0: the total matches, the layers do not.
+    moved = [np.full(len(bits[0]) + 1, 8), np.full(len(bits[1]) - 1, 8), *bits[2:]]
+    with pytest.raises(ValueError, match="kernels per layer"):
+        layer_counts(graph, moved, acts)
+    fresh = _graph(LeNet5(), (1, 1, 28, 28))  # nothing cached: the masks are checked first
+    with pytest.raises(ValueError, match="keep masks have"):
+        layer_counts(fresh, moved, acts)
+    assert np.array_equal(layer_counts(fresh, bits, acts).bops, counts.bops)

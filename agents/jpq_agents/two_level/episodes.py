@@ -33,6 +33,9 @@ __all__ = ["Episode", "EpisodePlayer"]
 _EPS = 1e-4  # the stored sparsity stays this far inside (0, 1), where the Beta is finite
 
 
+_GROUPS_KEPT = 4096  # (layer, kept kernels) pairs whose group features a player keeps
+
+
 @dataclass
 class Episode:
     """One episode: per layer, the observations and the applied decisions, and its outcome."""
@@ -85,7 +88,11 @@ class EpisodePlayer:
         """
         key = (layer, kept)
         if key not in self._groups:
-            self._groups[key] = self._group_features(layer, kept)
+            if len(self._groups) >= _GROUPS_KEPT:  # per-kernel slots on a wide network: bounded
+                self._groups.clear()
+            feats, mask, parts = self._group_features(layer, kept)
+            mask.flags.writeable = False  # (feats stays writable: torch.as_tensor warns otherwise)
+            self._groups[key] = (feats, mask, parts)
         return self._groups[key]
 
     def _group_features(

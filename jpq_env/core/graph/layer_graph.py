@@ -181,6 +181,11 @@ class LayerGraph:
         return np.array([x.macs_per_connection for x in self.layers], dtype=np.int64)
 
     @cached_property
+    def kernel_counts(self) -> list[int]:
+        """Output kernels of each layer, in execution order."""
+        return [x.out_channels for x in self.layers]
+
+    @cached_property
     def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Offsets for sums over every layer's kernels and input channels at once.
 
@@ -291,6 +296,11 @@ class LayerGraph:
             as read-only arrays: the last few results are kept and handed out again.
         """
         masks = [np.array(k, dtype=bool) for k in kept]
+        if [len(m) for m in masks] != self.kernel_counts:  # (the cache's keys rely on it)
+            raise ValueError(
+                f"keep masks have {[len(m) for m in masks]} kernels per layer, the graph "
+                f"{self.kernel_counts}"
+            )
         parts = [m.tobytes() for m in masks]  # one byte a kernel: each layer's length is fixed
         key = b"".join(parts)
         # The same decisions are asked for several times per episode (the budget checks, the

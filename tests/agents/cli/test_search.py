@@ -67,7 +67,8 @@ def test_the_summary_labels_the_best_policys_costs_as_shares_of_fp32(two_stage_r
     rows = [" ".join(line.split()) for line in printed.splitlines()]
     assert f"best BOPs / FP32 BOPs {bops:.5f} ({one_in(bops)})" in rows
     assert f"best size / FP32 size {size:.4f} ({one_in(size)})" in rows
-    assert "of FP32" not in printed  # the old labels read like the FP32 model's own costs
+    # The old labels read like the FP32 model's own costs.
+    assert "BOPs of FP32" not in printed and "size of FP32" not in printed
 
 
 def test_search_lists_the_files_it_wrote(two_stage_run):
