@@ -1049,7 +1049,11 @@ def plot(model_path: Path, data: Path, agents_log: Path, path: Path) -> None:
         arr = np.array([[np.nan if v is None else v for v in c[:size]] for c in curves]) * 100
         with np.errstate(all="ignore"):
             mean = np.nanmean(arr, 0)
-        axes[1].plot(np.arange(1, size + 1), mean, label=f"{agent} ({len(curves)} seeds)")
+        axes[1].plot(
+            np.arange(1, size + 1),
+            mean,
+            label=f"{agent} ({len(curves)} seed{'s' if len(curves) > 1 else ''})",
+        )
     axes[1].set_xscale("log")
     axes[1].set(xlabel="evaluations", ylabel="best predicted held-out (%)", title="agents at 1/64")
     axes[1].legend(fontsize=7)
