@@ -551,6 +551,18 @@ AGENTS = ("two-level", "greedy", "cmaes-warm", "ppo", "random", "two-stage", "un
 ONCE = ("two-stage", "uniform")  # deterministic: one seed
 
 
+def check_agents(agents: Sequence[str]) -> None:
+    """Raise ValueError naming the agents of ``agents`` the leaderboard does not have."""
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        raise ValueError(f"unknown agents {unknown}: the leaderboard's are {', '.join(AGENTS)}")
+
+
+def _folder(root: Path, run: dict[str, Any]) -> Path:
+    """A leaderboard search's run folder under ``root``."""
+    return root / "-".join(_agent_key(run))
+
+
 def agent_runs(
     episodes: Sequence[int],
     seeds: int,
@@ -565,9 +577,7 @@ def agent_runs(
     Raises:
         ValueError: If ``agents`` names an agent the leaderboard does not have.
     """
-    unknown = [a for a in agents if a not in AGENTS]
-    if unknown:
-        raise ValueError(f"unknown agents {unknown}: the leaderboard's are {', '.join(AGENTS)}")
+    check_agents(agents)
     return [
         {"agent": a, "budget": b, "episodes": n, "seed": s}
         for n in episodes
@@ -589,7 +599,7 @@ def one_agent(run: dict[str, Any]) -> dict[str, Any]:
     from jpq_agents.compare import load_run
     from jpq_agents.run import run_search
 
-    out = Path(run["out"]) / "-".join(_agent_key(run))
+    out = _folder(Path(run["out"]), run)
     if out.exists():
         shutil.rmtree(out)  # a row costs one whole search
     summary = run_search(
@@ -704,8 +714,8 @@ def validation_runs(
             and r["seed"] < seeds
             and r.get("val") is not None
         ):
-            runs[_agent_key(r)] = {k: r[k] for k in ("agent", "budget", "episodes", "seed")}
-            runs[_agent_key(r)]["bench"] = r.get("bench")  # the bench file's digest
+            keys = ("agent", "budget", "episodes", "seed")  # and the bench file's digest
+            runs[_agent_key(r)] = {**{k: r[k] for k in keys}, "bench": r.get("bench")}
     return list(runs.values())
 
 
@@ -726,14 +736,14 @@ def run_validation(
         from benchmarks.cifar_workload import DATA, task_options
 
         options = task_options(DATA)
-    here = [r for r in runs if (folder / "-".join(_agent_key(r)) / "policy.json").is_file()]
+    here = [r for r in runs if (_folder(folder, r) / "policy.json").is_file()]
     for r in runs:
         if r not in here:
-            print(f"skipped (no run folder here): {'-'.join(_agent_key(r))}", flush=True)
+            print(f"skipped (no run folder here): {_folder(folder, r)}", flush=True)
     envs: dict[str, Any] = {}  # one real environment for every policy
 
     def one(run: dict[str, Any]) -> dict[str, Any]:
-        [row] = replay_real(folder / "-".join(_agent_key(run)), task_options=options, envs=envs)
+        [row] = replay_real(_folder(folder, run), task_options=options, envs=envs)
         del row["where"]
         return {**run, **row, "commit": commit()}
 
@@ -1089,9 +1099,10 @@ RUNS = Path(__file__).parent / "runs" / "jpq_bench"
 def _names(parser: argparse.ArgumentParser, given: str | None, default: Sequence[str]) -> list[str]:
     """The agents named by ``--agents`` (default ``default``); unknown names end the program."""
     agents = [a.strip() for a in given.split(",") if a.strip()] if given else list(default)
-    unknown = [a for a in agents if a not in AGENTS]
-    if unknown:
-        parser.error(f"unknown agents {unknown}: the leaderboard's are {', '.join(AGENTS)}")
+    try:
+        check_agents(agents)
+    except ValueError as exc:
+        parser.error(str(exc))
     return agents
 
 

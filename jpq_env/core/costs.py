@@ -148,11 +148,18 @@ def bit_connections(
     The building block of every count: MACs = pairs x kh x kw x H_out x W_out, BOPs = weighted
     pairs x kh x kw x H_out x W_out x activation bits, size = weighted pairs x kh x kw.
     """
-    kernels, group_starts, per_group = graph.segments
     if [len(b) for b in bits] != graph.kernel_counts:
         raise ValueError(
             f"bits has {[len(b) for b in bits]} kernels per layer, the graph {graph.kernel_counts}"
         )
+    return _bit_connections(graph, bits, live)
+
+
+def _bit_connections(
+    graph: LayerGraph, bits: Sequence[np.ndarray], live: Liveness
+) -> tuple[np.ndarray, np.ndarray]:
+    """``bit_connections`` for widths whose per-layer lengths are known to match the graph."""
+    kernels, group_starts, per_group = graph.segments
     alive, alive_in = live.flat
     # Live inputs of each group, given to each of its kernels; a dead kernel has no connections.
     inputs = np.repeat(np.add.reduceat(alive_in, group_starts, dtype=np.int64), per_group)
@@ -205,9 +212,11 @@ def layer_counts(
         act_bits: Per layer, the input activation width.
         live: The liveness of ``bits`` if already known (computed from ``bits > 0`` otherwise).
     """
-    if live is None:
+    if live is None:  # the liveness checks the masks' lengths, which are the widths'
         live = graph.liveness([b > 0 for b in bits], batchnorms=False)
-    pairs, weighted = bit_connections(graph, bits, live)
+        pairs, weighted = _bit_connections(graph, bits, live)
+    else:
+        pairs, weighted = bit_connections(graph, bits, live)
     acts = np.asarray(act_bits, dtype=np.int64)
     return LayerCounts(
         live,
