@@ -45,6 +45,12 @@ class TwoLevelConfig:
         screen: Refinement: neighbours scored by the surrogate per neighbour evaluated.
         race: Refinement: stop an evaluation once it cannot beat the incumbent (the proxy's
             racing, ``JPQEnv.race``), paired with the incumbent's per-image results.
+        fit_window: The surrogate is fitted to at most this many real evaluations: the best
+            half by score and the most recent ones. A fit's cost grows with its data (on one
+            core, 0.6 s on 1,000 evaluations, 6 s on 10,000) and the surrogate is refitted every
+            round, so without a window a long search on a cheap evaluator (10,000 evaluations on
+            JPQ-Bench) spends hours fitting; searches of up to ``fit_window`` evaluations fit
+            to all of them, exactly as before the window.
     """
 
     hidden: int = 64
@@ -67,11 +73,13 @@ class TwoLevelConfig:
     optimism: float = 1.0
     screen: int = 8
     race: bool = True
+    fit_window: int = 1024
 
     def __post_init__(self) -> None:
         """Refuse values the controller cannot run with, naming the field."""
         for name in (
-            "hidden", "batch_episodes", "epochs", "refine_batch", "imagined", "real_per_round"
+            "hidden", "batch_episodes", "epochs", "refine_batch", "imagined", "real_per_round",
+            "fit_window",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ArgumentError(

@@ -18,8 +18,9 @@ stateful design would otherwise learn from imagined outcomes).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from jpq_env.envs import JPQEnv
 from jpq_env.proxy.sensitivity import SensitivityTable, measure_sensitivity
@@ -32,7 +33,26 @@ from .episodes import Episode, EpisodePlayer
 from .evaluations import Evaluations, PolicyKey
 from .learner import Learner
 
-__all__ = ["Imagination"]
+__all__ = ["Imagination", "fitted_records"]
+
+
+def fitted_records(records: Sequence[dict[str, Any]], window: int) -> list[dict[str, Any]]:
+    """The complete records a surrogate fit uses: all of them, or ``window`` of them.
+
+    Past ``window``: the ``window // 2`` best by accuracy (the earlier of equal scores first),
+    then the most recent others until ``window``, in the order they were recorded. The best
+    anchor the model where the search looks; the recent ones are the neighbourhood it is in.
+    """
+    complete = [r for r in records if r.get("proxy_complete", True)]
+    if len(complete) <= window:
+        return complete
+    order = sorted(range(len(complete)), key=lambda i: (-float(complete[i]["accuracy"]), i))
+    keep = set(order[: window // 2])
+    for i in range(len(complete) - 1, -1, -1):
+        if len(keep) == window:
+            break
+        keep.add(i)
+    return [complete[i] for i in sorted(keep)]
 
 
 class Imagination:
@@ -88,8 +108,8 @@ class Imagination:
         )
 
     def fit(self) -> None:
-        """Refit the surrogate to every complete real evaluation so far."""
-        records = [r for r in self.search.records if r.get("proxy_complete", True)]
+        """Refit the surrogate to the complete real evaluations so far (``fitted_records``)."""
+        records = fitted_records(self.search.records, self.config.fit_window)
         if records:
             self.surrogate.fit(
                 [self.evaluations.policy_of(r) for r in records], [r["accuracy"] for r in records]

@@ -89,3 +89,42 @@ def test_two_level_updates_stay_finite_at_the_sparsity_boundaries(tmp_path, acts
     agent._update(batch)
     assert all(torch.isfinite(p).all() for p in agent.net.parameters())
     agent.net.sparsity(torch.zeros(1, batch[0].layer_obs[0].shape[0]))  # still a valid Beta
+
+
+def test_fitted_records_keep_the_best_half_and_the_most_recent_past_the_window():
+    from jpq_agents.two_level.imagined import fitted_records
+
+    rng = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 20, (30,), generator=rng).tolist()  # ties on purpose
+    records = [{"i": i, "accuracy": s / 20} for i, s in enumerate(scores)]
+    records[5]["proxy_complete"] = False  # a raced evaluation: never fitted
+    complete = [r for r in records if r.get("proxy_complete", True)]
+    assert fitted_records(records, 29) == complete  # within the window: all, in order
+    kept = fitted_records(records, 10)
+    # independently: rank by score (earlier first among equals), five best, then the latest
+    ranked = sorted(complete, key=lambda r: (-r["accuracy"], r["i"]))
+    best = {r["i"] for r in ranked[:5]}
+    latest = [r["i"] for r in reversed(complete) if r["i"] not in best][:5]
+    assert [r["i"] for r in kept] == sorted(best | set(latest))
+    assert len(kept) == 10
+
+
+def test_the_surrogate_is_fitted_on_at_most_fit_window_evaluations(tmp_path, monkeypatch):
+    from jpq_agents.surrogate import Surrogate
+
+    sizes = []
+    fit = Surrogate.fit
+
+    def counted(self, policies, scores):
+        sizes.append(len(policies))
+        return fit(self, policies, scores)
+
+    monkeypatch.setattr(Surrogate, "fit", counted)
+    search, log = _two_level(
+        tmp_path, 48, imagined=8, real_per_round=4, refine_fraction=0.3, fit_window=12
+    )
+    assert len(log) == 48 and search.best is not None
+    complete = [r for r in log if r.get("proxy_complete", True)]
+    assert sizes and len(complete) > 12 and set(sizes) == {12}  # the warm start alone is more
+    with pytest.raises(Exception, match="fit_window"):
+        TwoLevelConfig(fit_window=0)
