@@ -55,6 +55,7 @@ import hashlib
 import itertools
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -901,6 +902,32 @@ def leaderboard(rows: list[dict[str, Any]]) -> list[str]:
                 cells.append(f"{_mean_sd(vals)} ({len(vals)})" if vals else "-")
             if any(c != "-" for c in cells):
                 out.append(f"| {agent} | " + " | ".join(cells) + " |")
+    return out + search_costs(rows, lengths)
+
+
+def search_costs(rows: list[dict[str, Any]], lengths: Sequence[int]) -> list[str]:
+    """What one search costs: its mean wall seconds per length, over budgets and seeds.
+
+    The bench makes evaluations nearly free, so what is left is the agent's own compute (a
+    model-based agent fits and imagines between evaluations): the reason a row may be missing.
+    """
+    out = [
+        "",
+        "### Seconds per search",
+        "",
+        "Wall seconds of one search (torch on one thread; `--jobs 2` runs two at once on the two "
+        "cores), mean over budgets and seeds, searches in brackets.",
+        "",
+        "| agent | " + " | ".join(f"{n:,} episodes" for n in lengths) + " |",
+        "|---|" + "---|" * len(lengths),
+    ]
+    for agent in AGENTS:
+        cells = []
+        for n in lengths:
+            secs = [r["seconds"] for r in rows if r["agent"] == agent and r["episodes"] == n]
+            cells.append(f"{statistics.mean(secs):,.1f} ({len(secs)})" if secs else "-")
+        if any(c != "-" for c in cells):
+            out.append(f"| {agent} | " + " | ".join(cells) + " |")
     return out
 
 

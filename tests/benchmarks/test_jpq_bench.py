@@ -36,18 +36,24 @@ def test_an_unknown_agent_is_refused_by_name():
 
 def test_leaderboard_cells_are_mean_and_sd_over_seeds_per_length():
     rows = [
-        {"agent": "random", "budget": 1 / 64, "episodes": 300, "seed": s, "val": v}
-        for s, v in enumerate([0.40, 0.42, 0.47])
+        {"agent": "random", "budget": 1 / 64, "episodes": 300, "seed": s, "val": v, "seconds": t}
+        for s, (v, t) in enumerate([(0.40, 3.0), (0.42, 4.0), (0.47, 8.0)])
     ] + [
-        {"agent": "random", "budget": 1 / 64, "episodes": 1000, "seed": 0, "val": 0.5},
-        {"agent": "uniform", "budget": 1 / 64, "episodes": 300, "seed": 0, "val": 0.8437},
-    ]
+        {"agent": "random", "budget": 1 / 64, "episodes": 1000, "seed": 0, "val": 0.5,
+         "seconds": 12.25},
+        {"agent": "uniform", "budget": 1 / 64, "episodes": 300, "seed": 0, "val": 0.8437,
+         "seconds": 0.1},
+    ]  # fmt: skip
     lines = leaderboard(rows)
     assert "| agent | 300 episodes | 1,000 episodes |" in lines
     vals = [40.0, 42.0, 47.0]
     mean, sd = statistics.mean(vals), statistics.stdev(vals)
     assert f"| random | {mean:.2f} ± {sd:.2f} (3) | 50.00 ± 0.00 (1) |" in lines
     assert "| uniform | 84.37 ± 0.00 (1) | - |" in lines
+    # what a search costs: mean wall seconds per agent and length, searches in brackets
+    costs = lines[lines.index("### Seconds per search") :]
+    assert "| random | 5.0 (3) | 12.2 (1) |" in costs  # (3 + 4 + 8) / 3; 12.25 to one place
+    assert "| uniform | 0.1 (1) | - |" in costs
     assert not any(line.startswith("| two-level") for line in lines)  # no rows: no line
 
 
