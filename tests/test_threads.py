@@ -1,6 +1,8 @@
 """Thread counts (``jpq_env.threads``): the variable that decides, its parsing, the affinity mask
 capped by a cgroup quota (v2 and v1 files written here), and torch's setting."""
 
+import os
+
 import pytest
 import torch
 
@@ -105,6 +107,8 @@ def test_configure_threads_sets_torch_only_when_it_differs(no_variables):
 
     no_variables.setattr(torch, "get_num_threads", lambda: current["n"])
     no_variables.setattr(torch, "set_num_threads", set_threads)
+    pools: list[int] = []
+    no_variables.setattr(threads, "_limit_native_pools", pools.append)
     assert threads.configure_threads(2) == 2 and calls == [2]
     assert threads.configure_threads(2) == 2 and calls == [2]  # already 2: left alone
     no_variables.setenv("JPQ_THREADS", "3")
@@ -112,3 +116,23 @@ def test_configure_threads_sets_torch_only_when_it_differs(no_variables):
     with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
         threads.configure_threads(0)
     assert calls == [2, 3]
+    assert pools == [2, 2, 3]  # the other pools are capped every time (cheap, idempotent)
+
+
+def test_the_blas_pools_outside_torch_get_the_same_cap(monkeypatch):
+    import numpy  # noqa: F401  (loads numpy's OpenBLAS)
+    import threadpoolctl
+
+    for name in threads._POOL_VARS:
+        monkeypatch.setenv(name, "7")  # restored after the test, like the pools below
+    keeper = threadpoolctl.threadpool_limits(limits=None)  # remembers every pool's size
+    try:
+        threadpoolctl.threadpool_limits(limits=2, user_api="blas")
+        blas = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(p["num_threads"] == 2 for p in blas)  # numpy's OpenBLAS at least
+        threads._limit_native_pools(1)
+        blas = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+        assert all(p["num_threads"] == 1 for p in blas)
+        assert all(os.environ[name] == "1" for name in threads._POOL_VARS)  # later loads, children
+    finally:
+        keeper.restore_original_limits()
