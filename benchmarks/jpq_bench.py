@@ -59,7 +59,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -884,25 +884,30 @@ def leaderboard(rows: list[dict[str, Any]]) -> list[str]:
         "300,1000,10000 --seeds 10` resumes row by row).",
     ]
     for budget in sorted({r["budget"] for r in rows}, reverse=True):
-        out += [
-            "",
-            f"### 1/{round(1 / budget)} of FP32 BOPs",
-            "",
-            "| agent | " + " | ".join(f"{n:,} episodes" for n in lengths) + " |",
-            "|---|" + "---|" * len(lengths),
-        ]
-        for agent in AGENTS:
-            cells = []
-            for n in lengths:
-                vals = [
-                    r["val"]
-                    for r in rows
-                    if r["agent"] == agent and r["budget"] == budget and r["episodes"] == n
-                ]
-                cells.append(f"{_mean_sd(vals)} ({len(vals)})" if vals else "-")
-            if any(c != "-" for c in cells):
-                out.append(f"| {agent} | " + " | ".join(cells) + " |")
+
+        def score(agent: str, n: int, budget: float = budget) -> str:
+            vals = [
+                r["val"]
+                for r in rows
+                if r["agent"] == agent and r["budget"] == budget and r["episodes"] == n
+            ]
+            return f"{_mean_sd(vals)} ({len(vals)})" if vals else "-"
+
+        out += ["", f"### 1/{round(1 / budget)} of FP32 BOPs", "", *_by_agent(lengths, score)]
     return out + search_costs(rows, lengths)
+
+
+def _by_agent(lengths: Sequence[int], cell: Callable[[str, int], str]) -> list[str]:
+    """A table with a row per agent that ran (``cell(agent, length)``, "-" if not run)."""
+    out = [
+        "| agent | " + " | ".join(f"{n:,} episodes" for n in lengths) + " |",
+        "|---|" + "---|" * len(lengths),
+    ]
+    for agent in AGENTS:
+        cells = [cell(agent, n) for n in lengths]
+        if any(c != "-" for c in cells):
+            out.append(f"| {agent} | " + " | ".join(cells) + " |")
+    return out
 
 
 def search_costs(rows: list[dict[str, Any]], lengths: Sequence[int]) -> list[str]:
@@ -918,17 +923,13 @@ def search_costs(rows: list[dict[str, Any]], lengths: Sequence[int]) -> list[str
         "Wall seconds of one search (torch on one thread; `--jobs 2` runs two at once on the two "
         "cores), mean over budgets and seeds, searches in brackets.",
         "",
-        "| agent | " + " | ".join(f"{n:,} episodes" for n in lengths) + " |",
-        "|---|" + "---|" * len(lengths),
     ]
-    for agent in AGENTS:
-        cells = []
-        for n in lengths:
-            secs = [r["seconds"] for r in rows if r["agent"] == agent and r["episodes"] == n]
-            cells.append(f"{statistics.mean(secs):,.1f} ({len(secs)})" if secs else "-")
-        if any(c != "-" for c in cells):
-            out.append(f"| {agent} | " + " | ".join(cells) + " |")
-    return out
+
+    def seconds(agent: str, n: int) -> str:
+        secs = [r["seconds"] for r in rows if r["agent"] == agent and r["episodes"] == n]
+        return f"{statistics.mean(secs):,.1f} ({len(secs)})" if secs else "-"
+
+    return out + _by_agent(lengths, seconds)
 
 
 def report(
