@@ -7,9 +7,10 @@ the accuracy proxy was measured 10x slower (2.2-2.6 s against 0.20-0.25 s for a 
 threads on two cores that another process was using).
 
 ``usable_cores`` takes the smallest of the affinity mask and the cgroup quota; ``configure_threads``
-sets torch's intra-op threads to it, unless ``JPQ_THREADS`` (or else ``OMP_NUM_THREADS``) says
-otherwise. The choice is
-deterministic (never read from the machine's load): results can depend in their last bits on the
+sets torch's intra-op threads to it (and caps numpy's OpenBLAS and the other native pools, and
+``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``, at the same count), unless ``JPQ_THREADS`` (or else
+``OMP_NUM_THREADS``) says otherwise. The choice is deterministic (never read from the machine's
+load): results can depend in their last bits on the
 thread count, and the same run must give the same numbers. On a machine shared with other busy
 processes, set ``JPQ_THREADS=1`` (or the cores left free): several single-threaded processes share
 cores far better than several multi-threaded ones.
@@ -120,5 +121,6 @@ def _limit_native_pools(n: int) -> None:
     from threadpoolctl import threadpool_limits
 
     for name in _POOL_VARS:
-        os.environ[name] = str(n)
+        if os.environ.get(name) != str(n):
+            os.environ[name] = str(n)
     threadpool_limits(limits=n)

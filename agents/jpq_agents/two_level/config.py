@@ -50,7 +50,8 @@ class TwoLevelConfig:
             core, 0.6 s on 1,000 evaluations, 6 s on 10,000) and the surrogate is refitted every
             round, so without a window a long search on a cheap evaluator (10,000 evaluations on
             JPQ-Bench) spends hours fitting; searches of up to ``fit_window`` evaluations fit
-            to all of them, exactly as before the window.
+            to all of them, exactly as before the window (a longer run logged before it existed
+            replays differently past it: resuming one stops, naming the policy replayed).
     """
 
     hidden: int = 64

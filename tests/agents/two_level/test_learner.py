@@ -9,6 +9,7 @@ import torch
 from jpq_agents.search import RunSettings, Search
 from jpq_agents.two_level import TwoLevelConfig, _Agent, run_two_level
 from jpq_env.envs import JPQEnv
+from jpq_env.errors import ArgumentError
 from tests.episodes import ACTS, log_records, policy_keys, widths
 
 ENV = "jpq_env/JPQWeightsActs-v0"
@@ -107,6 +108,8 @@ def test_fitted_records_keep_the_best_half_and_the_most_recent_past_the_window()
     latest = [r["i"] for r in reversed(complete) if r["i"] not in best][:5]
     assert [r["i"] for r in kept] == sorted(best | set(latest))
     assert len(kept) == 10
+    assert [r["i"] for r in fitted_records(records, 1)] == [29]  # no best half: the latest
+    assert fitted_records([{**r, "proxy_complete": False} for r in records], 4) == []
 
 
 def test_the_surrogate_is_fitted_on_at_most_fit_window_evaluations(tmp_path, monkeypatch):
@@ -126,5 +129,5 @@ def test_the_surrogate_is_fitted_on_at_most_fit_window_evaluations(tmp_path, mon
     assert len(log) == 48 and search.best is not None
     complete = [r for r in log if r.get("proxy_complete", True)]
     assert sizes and len(complete) > 12 and set(sizes) == {12}  # the warm start alone is more
-    with pytest.raises(Exception, match="fit_window"):
+    with pytest.raises(ArgumentError, match="fit_window"):
         TwoLevelConfig(fit_window=0)
