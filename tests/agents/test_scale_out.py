@@ -30,7 +30,10 @@ def test_cli_search_on_ray_gives_the_in_process_records(local_ray, tmp_path, age
     for summary in summaries:  # the wall-clock fields differ; everything else must not
         for key in ("seconds", "seconds_per_evaluation", "date", "setup_seconds"):
             summary.pop(key)
-        summary.get("sensitivity", {}).pop("seconds", None)
+        # where the sensitivity table came from (measured, or this process's memory) depends on
+        # what ran before in this process; the table itself is the same
+        for key in ("seconds", "source", "evaluations"):
+            summary.get("sensitivity", {}).pop(key, None)
     # What the proxy spent is counted in process only (a pool's actors keep their own counts).
     assert 0 < summaries[0].pop("proxy")["evaluations"] <= episodes + 1  # and FP32 once
     assert "proxy" not in summaries[1]
