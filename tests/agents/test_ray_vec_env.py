@@ -5,6 +5,7 @@ Uses the session's local Ray (``tests/conftest.py``); skipped when the ``ray`` e
 """
 
 import json
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -147,6 +148,16 @@ def test_vec_env_reset_waits_for_a_killed_actor(local_ray, tmp_path, monkeypatch
         if calls["n"] == 2 and not died:  # the second result the reset waits for: actor 1's
             died.append(ref)
             local_ray.kill(venv.actors[1], no_restart=False)
+            # ray.kill is asynchronous: wait until the actor really was replaced, as it is when
+            # a real death makes ray.get raise (else the reset may still reach the old one)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if ray_pid(venv.actors[1]) != pid:
+                        break
+                except local_ray.exceptions.RayActorError:
+                    pass
+                time.sleep(0.1)
             raise local_ray.exceptions.RayActorError()
         return real_get(ref, *args, **kwargs)
 
