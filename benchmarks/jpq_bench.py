@@ -923,7 +923,7 @@ def search_costs(rows: list[dict[str, Any]], lengths: Sequence[int]) -> list[str
         "Wall seconds of one search as recorded (`JPQ_THREADS=1`; `--jobs 2` runs two at once "
         "on the two cores), mean over budgets and seeds, searches in brackets. Rows before "
         "commit 34d6369 ran with numpy's OpenBLAS on two threads besides torch's one, which "
-        "slowed CMA-ES searches up to 3x (each row names its commit).",
+        "slowed CMA-ES searches 2-4x (each row names its commit).",
         "",
     ]
 

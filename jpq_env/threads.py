@@ -112,7 +112,8 @@ def _limit_native_pools(n: int) -> None:
 
     numpy's OpenBLAS starts a thread per core whatever torch is told, and its idle threads spin:
     with ``JPQ_THREADS=1`` a CMA-ES search (numpy linear algebra) kept a second core busy and
-    ran 2x slower beside another process (3,000 eigendecompositions of a 60x60 matrix on a
+    ran 2-4x slower beside another process (10,000-evaluation searches on JPQ-Bench: 1,092-1,318
+    s, then 302-585 s with one thread; 3,000 eigendecompositions of a 60x60 matrix on a
     shared 2-core machine: 7.8 s with OpenBLAS's two threads, 1.8 s with one). The pools loaded
     already are capped through threadpoolctl; the BLAS variables cap those loaded later (scipy
     brings its own OpenBLAS) and child processes'. ``OMP_NUM_THREADS`` is left alone: it is an
