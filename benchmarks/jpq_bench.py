@@ -59,6 +59,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -732,11 +733,15 @@ def run_validation(
     from benchmarks.common import run_grid
     from jpq_agents.validate import replay_real
 
-    options = None
+    options, weights = None, {}
     if not quick:
         from benchmarks.cifar_workload import DATA, task_options
 
         options = task_options(DATA)
+        # The checkpoint is prepared on each machine (its last bits, and a few test images,
+        # differ across CPUs): each row names the one that scored it.
+        digest = hashlib.sha256(Path(options["weights"]).read_bytes()).hexdigest()[:12]
+        weights = {"weights": digest}
     here = [r for r in runs if (_folder(folder, r) / "policy.json").is_file()]
     for r in runs:
         if r not in here:
@@ -746,7 +751,7 @@ def run_validation(
     def one(run: dict[str, Any]) -> dict[str, Any]:
         [row] = replay_real(_folder(folder, run), task_options=options, envs=envs)
         del row["where"]
-        return {**run, **row, "commit": commit()}
+        return {**run, **row, **weights, "commit": commit()}
 
     def describe(row: dict[str, Any]) -> str:
         gap = (row["real_val"] - row["predicted_val"]) * 100
@@ -757,6 +762,17 @@ def run_validation(
         )
 
     return run_grid(here, log, one, _agent_key, describe=describe)
+
+
+def _checkpoints(rows: Sequence[dict[str, Any]]) -> str:
+    """Which prepared checkpoints scored the rows (rows before the digest was recorded: none)."""
+    seen = Counter(r.get("weights", "not recorded") for r in rows)
+    return (
+        "The real proxy's checkpoint (`resnet20-jpeg-ft.pt`, prepared on each machine by `python "
+        "-m benchmarks.cifar_workload`; sha256 prefix: rows): "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(seen.items()))
+        + "."
+    )
 
 
 def validation_table(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -772,7 +788,7 @@ def validation_table(rows: Sequence[dict[str, Any]]) -> list[str]:
         "The best policy of leaderboard searches, re-scored with the real proxy (`python -m "
         "benchmarks.jpq_bench validate`, rows in `jpq_bench_validate_runs.jsonl`): held-out "
         "score predicted and real, the gap (real - predicted, points) and the ensemble's spread; "
-        "mean ± sd over the seeds.",
+        "mean ± sd over the seeds. " + _checkpoints(rows),
         "",
         "| budget | agent | evaluations | searches | predicted held-out | real held-out | "
         "gap (points) | spread (points) | predicted test | real test |",

@@ -43,12 +43,21 @@ def version() -> str:
 
 def listing() -> str:
     """Tasks, agents, reward designs and environment ids, one section each."""
-    from jpq_env.envs.registration import PRESETS
+    import gymnasium as gym
+
+    import jpq_env  # noqa: F401 - registers the ids (the benches whose file ships)
+    from jpq_env.envs.registration import BENCHES, PRESETS
     from jpq_env.envs.rewards import REWARDS
     from jpq_env.tasks.registry import BUILTIN_TASKS
 
     # The renamed ids still work (with a warning) but are not offered.
     ids = [f"{env_id}  {kwargs or '(defaults)'}" for env_id, kwargs in PRESETS.items()]
+    # JPQ-Bench: the real problem scored by a surrogate (registered where the bench file ships).
+    ids += [
+        f"{env_id}  {kwargs} (JPQ-Bench: scores predicted by a surrogate)"
+        for env_id, kwargs in BENCHES.items()
+        if env_id in gym.registry
+    ]
     sections = {
         "tasks (--task; or package.module:factory)": sorted(BUILTIN_TASKS),
         "agents (jpq search --agent)": list(AGENT_NAMES),

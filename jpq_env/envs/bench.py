@@ -20,11 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+from torch import nn
 
 from jpq_env.core.policy import Policy
 from jpq_env.envs.jpq import JPQEnv
-from jpq_env.errors import ArgumentError
+from jpq_env.errors import ArgumentError, PolicyError
 from jpq_env.proxy.bench import (
     BenchEvaluator,
     BenchModel,
@@ -49,31 +51,36 @@ class JPQBenchEnv(JPQEnv):
 
     Args:
         bench: A shipped bench's name (``jpq_env.proxy.bench.bench_names()``) or a bench file.
+        model: The network a bench file was made for where jpq-env does not build its
+            architecture (a bench of your own model: ``build_bench``); its weights are not used
+            and it is not changed.
         **kwargs: ``JPQEnv``'s arguments (budgets, reward, enforcement, ...); those of ``FIXED``
             only with the data's values, and no task or proxy settings (``evaluator``: default
             the bench's own, ``BenchEvaluator``).
     """
 
-    def __init__(self, bench: str = "resnet20-cifar", **kwargs: Any) -> None:
-        model = BenchModel.load(bench)
-        settings = model.meta["env"]
+    def __init__(
+        self, bench: str = "resnet20-cifar", model: nn.Module | None = None, **kwargs: Any
+    ) -> None:
+        bench_model = BenchModel.load(bench)
+        settings = bench_model.meta["env"]
         bad = [k for k in _NOT_HERE if k in kwargs]
         if bad:
             raise ArgumentError(
                 f"a bench environment takes no {bad}: its task and scores are bench "
-                f"'{model.name}''s"
+                f"'{bench_model.name}''s"
             )
         for key in FIXED:
             if key in kwargs and _normal(kwargs[key]) != _normal(settings[key]):
                 raise ArgumentError(
-                    f"bench '{model.name}' was made with {key}={settings[key]!r}; got "
+                    f"bench '{bench_model.name}' was made with {key}={settings[key]!r}; got "
                     f"{kwargs[key]!r} (its surrogate knows only the data's setting)"
                 )
             kwargs[key] = settings[key]
-        self.bench = model
+        self.bench = bench_model
         # An evaluator given here (a search's wrapper around this bench's) is used as given.
-        kwargs.setdefault("evaluator", BenchEvaluator(model))
-        super().__init__(task=bench_task(model), **kwargs)
+        kwargs.setdefault("evaluator", BenchEvaluator(bench_model))
+        super().__init__(task=bench_task(bench_model, model), **kwargs)
 
     def _ranking(self, importance: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """The real task's kernel ranking and scaled scores, as recorded in the bench."""
@@ -122,9 +129,38 @@ def settings_of(env: JPQEnv) -> dict[str, Any]:
     }
 
 
+def _real_env(env: Any) -> JPQEnv:
+    """The ``JPQEnv`` under ``gym.make``'s wrappers (refused by name if there is none)."""
+    inner = getattr(env, "unwrapped", env)
+    if not isinstance(inner, JPQEnv):
+        raise ArgumentError(
+            f"build_bench needs a jpq-env environment (gym.make('jpq_env/...') or JPQEnv), got "
+            f"{type(env).__name__}"
+        )
+    return inner
+
+
+def _policy_of(env: JPQEnv, policy: Any, index: int) -> Policy:
+    """A ``Policy`` of ``env``'s graph from a ``Policy`` or an ``info["policy"]`` list."""
+    if not isinstance(policy, (Policy, list, tuple)):
+        raise ArgumentError(
+            f"build_bench: policies[{index}] is a {type(policy).__name__}: give Policy objects "
+            "(env.unwrapped.last_policy) or the last step's info['policy']"
+        )
+    try:
+        if not isinstance(policy, Policy):
+            policy = Policy.from_layers(list(policy), env.graph.fingerprint)
+        policy.validate(env.graph)
+    except PolicyError as exc:
+        raise ArgumentError(
+            f"build_bench: policies[{index}] is not a policy of task '{env.task.name}': {exc}"
+        ) from None
+    return policy
+
+
 def build_bench(
-    env: JPQEnv,
-    policies: Sequence[Policy],
+    env: JPQEnv | gym.Env[Any, Any],
+    policies: Sequence[Policy | Sequence[dict[str, Any]]],
     val: Sequence[float],
     *,
     test: Sequence[float | None] | None = None,
@@ -138,24 +174,31 @@ def build_bench(
     """A bench of ``env``'s task, fitted on policies the real proxy scored.
 
     Args:
-        env: The real environment (its task, graph, kernel ranking and settings are recorded;
-            its sensitivity table is measured if it has none).
-        policies: Scored policies of ``env``'s graph.
+        env: The real environment, as made or wrapped by ``gym.make`` (its task, graph, kernel
+            ranking and settings are recorded; its sensitivity table is measured if it has none:
+            on the first call for a task a minute or two, then read from the cache).
+        policies: Scored policies of ``env``'s graph: ``Policy`` objects (``env.unwrapped.
+            last_policy`` after an episode) or the last step's ``info["policy"]``.
         val: Their held-out scores (the real proxy's).
         test: Their test accuracies (None where not measured): with at least 10, the bench
             predicts test accuracy from the held-out score (``test_map``, linear in log-odds).
         weights: Per-policy weights of the fit (e.g. the share of the held-out split a raced
             evaluation scored).
-        architecture: The name ``bench_task`` rebuilds the graph from (default: the task's).
+        architecture: The name ``bench_task`` rebuilds the graph from (default: the task's). A
+            bench of an architecture jpq-env does not build is made with ``model=`` (the
+            network) in ``JPQBenchEnv``.
         surrogate: ``trees`` (``TreeEnsemble``, the default) or ``mlp`` (``Ensemble``).
         epochs: Adam steps per member of an ``mlp`` surrogate.
         seed: Seed of the fit.
         meta: More facts to record (where the data came from, metrics).
 
     Raises:
-        ArgumentError: If the lengths differ, there are fewer than 10 policies or the surrogate
-            is unknown.
+        ArgumentError: If ``env`` is not a jpq-env environment, the lengths differ, there are
+            fewer than 10 policies, a policy is not one of ``env``'s graph or the surrogate is
+            unknown.
     """
+    env = _real_env(env)
+    checked = [_policy_of(env, p, i) for i, p in enumerate(policies)]
     if surrogate not in ("trees", "mlp"):
         raise ArgumentError(f"build_bench: surrogate must be 'trees' or 'mlp', got {surrogate!r}")
     if len(policies) != len(val) or (test is not None and len(test) != len(val)):
@@ -163,7 +206,7 @@ def build_bench(
     if len(policies) < 10:
         raise ArgumentError(f"build_bench needs at least 10 scored policies, got {len(policies)}")
     table = env.sensitivity or env._measure_sensitivity(env.importance, env.bn_recalibration)
-    x = policy_features(policies, table)
+    x = policy_features(checked, table)
     val_model: Ensemble | TreeEnsemble
     if surrogate == "trees":
         val_model = TreeEnsemble.fit(x, np.asarray(val), weights=weights, seed=seed, logit=True)

@@ -37,6 +37,7 @@ runs torch or scikit-learn.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -575,7 +576,11 @@ class BenchModel:
         except FileNotFoundError:
             raise ArgumentError(f"bench file '{path}' does not exist") from None
         except (OSError, ValueError) as exc:
-            raise ArgumentError(f"'{path}' is not a bench file: {exc}") from exc
+            # numpy's reason for a text file is about pickles, which says nothing useful here.
+            raise ArgumentError(
+                f"'{path}' is not a bench file: not an .npz archive of arrays and JSON as "
+                "BenchModel.save writes"
+            ) from exc
         with data:
             if "meta" not in data:
                 raise ArgumentError(f"'{path}' is not a bench file: no 'meta' entry")
@@ -616,28 +621,41 @@ def _skeleton(architecture: str, num_classes: int) -> nn.Module:
     builders: dict[str, Any] = {"digits": DigitsCNN, "digits-deep": DeepDigitsNet, **ARCHITECTURES}
     if architecture not in builders:
         raise ArgumentError(
-            f"bench architecture '{architecture}' is not built in: one of {sorted(builders)}"
+            f"bench architecture '{architecture}' is not built in (one of {sorted(builders)}): "
+            "give the network the bench was made for as model= "
+            "(gym.make('jpq_env/JPQBench-v0', bench=..., model=net))"
         )
     torch.manual_seed(0)
     model: nn.Module = builders[architecture](num_classes).eval()
     return model
 
 
-def bench_task(model: BenchModel) -> Task:
+def bench_task(model: BenchModel, network: nn.Module | None = None) -> Task:
     """The bench's task: its architecture, no data (every score comes from the surrogate).
+
+    Args:
+        model: The bench.
+        network: The network the bench was made for, where jpq-env does not build its
+            architecture (a user's own model; a copy is used, its weights do not matter).
 
     Raises:
         ArgumentError: If the architecture's graph is not the one the bench was made for.
     """
     meta = model.meta
-    net = _skeleton(meta["architecture"], int(meta["num_classes"]))
+    if network is None:
+        net = _skeleton(meta["architecture"], int(meta["num_classes"]))
+        made = f"this jpq-env builds for '{meta['architecture']}'"
+    elif isinstance(network, nn.Module):
+        net = copy.deepcopy(network).eval()
+        made = f"the model given ({type(network).__name__})"
+    else:
+        raise ArgumentError(f"model must be a torch.nn.Module, got {type(network).__name__}")
     example = torch.zeros(1, *meta["input_shape"])
     graph = LayerGraph.from_module(net, example)
     if graph.fingerprint != meta["fingerprint"]:
         raise ArgumentError(
-            f"bench '{model.name}' was made for another graph than this jpq-env builds for "
-            f"'{meta['architecture']}' (fingerprint {meta['fingerprint']}, built "
-            f"{graph.fingerprint})"
+            f"bench '{model.name}' was made for another graph than {made} (fingerprint "
+            f"{meta['fingerprint']}, got {graph.fingerprint})"
         )
     empty = TensorDataset(torch.zeros(0, *meta["input_shape"]), torch.zeros(0, dtype=torch.long))
     return Task(

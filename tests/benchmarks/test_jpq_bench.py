@@ -110,6 +110,9 @@ def test_validation_table_gives_the_gap_per_agent_and_length_and_the_spreads_ran
     # (3, 4, 2, 1) and (4, 3, 1, 2): Spearman 1 - 6 * (1 + 1 + 1 + 1) / (4 * 15) = 0.6.
     assert lines[-1].endswith("(predicted - real): 1/64 0.600 (4 policies).")
     assert validation_table([]) == []
+    assert "sha256 prefix: rows): not recorded: 4." in lines[3]
+    rows[0]["weights"] = "e08b753fdd72"
+    assert "rows): e08b753fdd72: 1, not recorded: 3." in validation_table(rows[:4])[3]
     # Budgets are not pooled: the 1/128 search has its own line, 1/64's lines are unchanged.
     both = validation_table(rows)
     assert both[-2].startswith(

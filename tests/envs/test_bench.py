@@ -13,6 +13,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from jpq_env import Policy
 from jpq_env.envs import JPQEnv
@@ -362,7 +363,67 @@ def test_jpq_search_runs_on_a_bench_without_a_task(bench_file: str, tmp_path, ca
     assert main([*argv, "--out", str(out)]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["env"]["bench"] == bench_file and "task" not in run["env"]
-    assert "evaluations" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "evaluations" in printed and "best accuracy (val / test), predicted" in printed
     # A task given to a bench is refused by name, not ignored.
     assert main([*argv, "--task", "digits", "--out", str(tmp_path / "refused")]) != 0
     assert "takes no ['task']" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a bench of the user's own model
+
+
+class _Mine(torch.nn.Module):
+    """A user's own network: an architecture jpq-env does not build."""
+
+    def __init__(self, width: int = 6) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, width, 3)
+        self.fc = torch.nn.Linear(width * 6 * 6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_a_bench_of_the_users_own_model_from_info_policies(tmp_path):
+    """The README's way: a gym.make env, info["policy"] lists, then the bench with model=."""
+    from torch.utils.data import TensorDataset
+
+    from jpq_env import make_task
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 3, 8, 8, generator=g), torch.arange(64) % 4)
+    torch.manual_seed(0)
+    net = _Mine().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    task = make_task(net, train=data, val=data, test=data, name="mine")
+    env = gym.make("jpq_env/JPQWeightsActs-v0", task=task, budget_bops=1 / 8)
+    policies, val = [], []
+    for seed in range(12):
+        trace = rollout(env.unwrapped, episode_actions(env.unwrapped, seed), seed=seed)
+        policies.append(trace[-1][-1]["policy"])  # the JSON form, as a user reads it from info
+        val.append(trace[-1][-1]["accuracy"])
+    with pytest.raises(ArgumentError, match=r"policies\[0\] is a str"):
+        build_bench(env, ["nope", *policies[1:]], val)
+    with pytest.raises(ArgumentError, match="needs a jpq-env environment"):
+        build_bench(object(), policies, val)  # type: ignore[arg-type]
+    path = tmp_path / "mine.npz"
+    build_bench(env, policies, val, epochs=50).save(path)
+    # jpq-env cannot build 'mine': the bench says how to give the network.
+    with pytest.raises(ArgumentError, match=r"not built in .* model="):
+        gym.make("jpq_env/JPQBench-v0", bench=str(path), budget_bops=1 / 8)
+    with pytest.raises(ArgumentError, match="made for another graph than the model given"):
+        JPQBenchEnv(bench=str(path), model=_Mine(width=5))
+    with pytest.raises(ArgumentError, match=r"model must be a torch\.nn\.Module"):
+        JPQBenchEnv(bench=str(path), model="mine")  # type: ignore[arg-type]
+    bench = gym.make("jpq_env/JPQBench-v0", bench=str(path), model=net, budget_bops=1 / 8)
+    assert bench.action_space == env.action_space
+    assert bench.observation_space == env.observation_space
+    actions = episode_actions(env.unwrapped, 3)
+    rollout(env.unwrapped, actions, seed=3)
+    info = rollout(bench.unwrapped, actions, seed=3)[-1][-1]
+    assert bench.unwrapped.last_policy.key() == env.unwrapped.last_policy.key()
+    predicted = BenchModel.load(path).predict([env.unwrapped.last_policy])["val"][0]
+    assert info["accuracy"] == pytest.approx(float(np.clip(predicted, 0, 1)))
+    for key, value in net.state_dict().items():  # the user's network is only read
+        assert torch.equal(value, before[key])

@@ -245,6 +245,8 @@ def _stopped(out: str, exc: KeyboardInterrupt) -> int:
 def _print_summary(summary: dict[str, Any], episodes: int) -> None:
     """The summary table: agent, evaluations, time, FP32 accuracy, the best policy found."""
     best = summary["best"]
+    env = summary.get("env")
+    bench = env.get("bench") if isinstance(env, dict) else None
     rows: list[tuple[str, object]] = [
         ("agent", summary["agent"]),
         ("evaluations", summary["evaluations"]),
@@ -267,7 +269,8 @@ def _print_summary(summary: dict[str, Any], episodes: int) -> None:
         rows += [
             ("best episode", best["episode"]),
             (
-                "best accuracy (val / test)",
+                # On JPQ-Bench the scores are the surrogate's (`jpq validate --real` measures).
+                f"best accuracy (val / test){', predicted' if bench else ''}",
                 f"{best['accuracy_val']:.2%} / {best['accuracy_test']:.2%}",
             ),
             # The best policy's costs as shares of the FP32 model's (not the FP32 model's own).

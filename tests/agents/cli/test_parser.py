@@ -29,6 +29,9 @@ def test_list_names_tasks_agents_rewards_and_env_ids(capsys):
         assert f"  {name}" in out, name
     assert "jpq_env/JPQWeightsActs-v0" in out
     assert "jpq_env/JPQ-v1" not in out  # a renamed id still works but is not offered
+    # The bench ids: the generic one always, a named one only where its bench file ships.
+    assert "  jpq_env/JPQBench-v0  " in out and "  jpq_env/JPQBench-ResNet20-v0  " in out
+    assert "JPQBench-Digits-v0" not in out  # no digits bench ships
 
 
 def test_the_agent_names_are_the_runners():
