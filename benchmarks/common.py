@@ -22,6 +22,7 @@ __all__ = [
     "command",
     "commit",
     "configure_threads",
+    "cpu",
     "load_rows",
     "machine",
     "mean_sd",
@@ -52,6 +53,27 @@ def machine() -> str:
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}"
     )
+
+
+def cpu() -> str:
+    """The processor's model and widest vector unit (``AMD EPYC, avx512``), for reproducibility.
+
+    Float kernels (torch's, BLAS's) pick their code path by the CPU: the same code and seed give
+    other last bits on another CPU, and a learning agent's search can then diverge.
+    """
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name":
+                model = value.strip()
+            elif name.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux: the model as platform gives it
+        pass
+    wide = next((f for f in ("avx512f", "avx2", "avx", "asimd") if f in flags), None)
+    return f"{model}, {wide.removesuffix('f')}" if wide else model
 
 
 def commit() -> str:

@@ -10,6 +10,7 @@ Steps (each resumable; run them in order, the data over as many sittings as it t
     JPQ_THREADS=1 python -m benchmarks.jpq_bench data --rows 500   # real evaluations
     python -m benchmarks.jpq_bench fit                     # the surrogate, into jpq_env/proxy
     JPQ_THREADS=1 python -m benchmarks.jpq_bench agents         # the agents on the bench
+    JPQ_THREADS=1 python -m benchmarks.jpq_bench agents --rerun # the same, another machine
     JPQ_THREADS=1 python -m benchmarks.jpq_bench speed          # bench episode vs real episode
     python -m benchmarks.jpq_bench report                      # results/jpq_bench.md and .png
     python -m benchmarks.jpq_bench quick                       # digits, all steps, small: CI
@@ -66,7 +67,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, command, commit, configure_threads, load_rows, write_result
+from benchmarks.common import (
+    RESULTS,
+    command,
+    commit,
+    configure_threads,
+    cpu,
+    load_rows,
+    write_result,
+)
 
 ENV_ID = "jpq_env/JPQWeightsActs-v0"
 BENCH_ID = "jpq_env/JPQBench-v0"  # any bench, named by the ``bench`` argument
@@ -623,6 +632,7 @@ def one_agent(run: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(float(summary["seconds"]), 2),
         "curve_best_val": [None if math.isnan(v) else round(float(v), 5) for v in curve],
         "bench": run["bench_digest"],
+        "cpu": run.get("cpu"),
         "commit": run["commit"],
     }
 
@@ -636,13 +646,19 @@ def run_agents(
     out: Path,
     agents: Sequence[str] = AGENTS,
     jobs: int = 1,
+    rerun: bool = False,
 ) -> list[dict[str, Any]]:
-    """The bench's leaderboard runs not in ``log`` yet, row by row (``jobs`` processes)."""
+    """The bench's leaderboard runs not in ``log`` yet, row by row (``jobs`` processes).
+
+    With ``rerun``, ``log`` holds searches run again (``rerun_table`` compares them with the
+    leaderboard's rows): one row per search and CPU, as float kernels differ across CPUs.
+    """
     from benchmarks.common import run_grid
     from jpq_env.proxy.bench import BenchModel
 
     digest = BenchModel.load(bench).digest()
     extra = {"bench": bench, "bench_digest": digest, "commit": commit(), "out": str(out)}
+    extra["cpu"] = cpu()
     runs = [{**r, **extra} for r in agent_runs(episodes, seeds, budgets, agents)]
 
     def describe(row: dict[str, Any]) -> str:
@@ -651,7 +667,52 @@ def run_agents(
             f"{row['seed']}: predicted test {row['test']}, {row['seconds']} s"
         )
 
-    return run_grid(runs, log, one_agent, _agent_key, jobs=jobs, describe=describe)
+    def per_cpu(row: dict[str, Any]) -> tuple[str, ...]:
+        return (*_agent_key(row), str(row.get("cpu")))
+
+    key = per_cpu if rerun else _agent_key
+    return run_grid(runs, log, one_agent, key, jobs=jobs, describe=describe)
+
+
+def rerun_table(rows: Sequence[dict[str, Any]], reruns: Sequence[dict[str, Any]]) -> list[str]:
+    """Report lines: leaderboard searches run again (on another machine), against their rows.
+
+    Per agent, budget and length: the recorded and the rerun best predicted held-out score over
+    the same seeds, and how many reruns found exactly the recorded score.
+    """
+    if not reruns:
+        return []
+    recorded = {_agent_key(r): r for r in rows}
+    out = [
+        "",
+        "## Searches run again",
+        "",
+        "Leaderboard searches run again with the same seeds (`python -m benchmarks.jpq_bench "
+        "agents --rerun`, rows in `jpq_bench_rerun_runs.jsonl`): the best predicted held-out "
+        "score (%) recorded and rerun, mean ± sd over the same seeds, and the reruns that found "
+        "exactly the recorded score. The bench is deterministic; float kernels are not the same "
+        "on every CPU, so a learning agent's search can take another path on another machine.",
+        "",
+        "| agent | budget | evaluations | CPU (rerun) | seeds | recorded | rerun | identical |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[Any, ...], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for r in reruns:
+        old = recorded.get(_agent_key(r))
+        if old is not None and r.get("val") is not None and old.get("val") is not None:
+            g = (r["agent"], r["budget"], r["episodes"], r.get("cpu") or "not recorded")
+            groups.setdefault(g, []).append((old, r))
+    for (agent, budget, n, where), pairs in sorted(
+        groups.items(), key=lambda kv: (AGENTS.index(kv[0][0]), -kv[0][1], kv[0][2], kv[0][3])
+    ):
+        cpus = sorted({str(old.get("cpu") or "not recorded") for old, _ in pairs})
+        same = sum(old["val"] == new["val"] for old, new in pairs)
+        out.append(
+            f"| {agent} | 1/{round(1 / budget)} | {n:,} | {where} (recorded: {', '.join(cpus)}) "
+            f"| {len(pairs)} | {_mean_sd([old['val'] for old, _ in pairs])} | "
+            f"{_mean_sd([new['val'] for _, new in pairs])} | {same} of {len(pairs)} |"
+        )
+    return out
 
 
 def speed(
@@ -832,6 +893,7 @@ def validation_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 AGENTS_LOG = RESULTS / "jpq_bench_agents_runs.jsonl"
 VALIDATE_LOG = RESULTS / "jpq_bench_validate_runs.jsonl"
+RERUN_LOG = RESULTS / "jpq_bench_rerun_runs.jsonl"
 SPEED_LOG = RESULTS / "jpq_bench_speed_runs.jsonl"
 GRID_LOG = RESULTS / "resnet20_grid_runs.jsonl"
 
@@ -957,6 +1019,7 @@ def report(
     grid_log: Path,
     data: Path,
     validate_log: Path | None = None,
+    rerun_log: Path | None = None,
 ) -> str:
     """The bench's report: data, surrogate against simpler models, agents, speed, targets."""
     from jpq_env.proxy.bench import BenchModel
@@ -1049,6 +1112,8 @@ def report(
         out += leaderboard(bench_rows)
     if validate_log is not None:
         out += validation_table(load_rows(validate_log))
+    if rerun_log is not None:
+        out += rerun_table(load_rows(agents_log), load_rows(rerun_log))
     speeds = load_rows(speed_log)
     if speeds:
         s = speeds[-1]
@@ -1185,6 +1250,12 @@ def main() -> None:
         default=1,
         help="agents: searches at once (worker processes run torch on one thread each)",
     )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="agents: run leaderboard searches again (another machine) into "
+        "jpq_bench_rerun_runs.jsonl, compared in the report",
+    )
     args = parser.parse_args()
     configure_threads()
     if args.quick or args.step is None:
@@ -1205,9 +1276,22 @@ def main() -> None:
         ]
         episodes = [int(n) for n in (args.episodes or "300").split(",")]
         agents = _names(parser, args.agents, AGENTS)
-        run_agents(
-            "resnet20-cifar", AGENTS_LOG, episodes, args.seeds, budgets, RUNS, agents, args.jobs
-        )
+        if args.rerun:
+            run_agents(
+                "resnet20-cifar",
+                RERUN_LOG,
+                episodes,
+                args.seeds,
+                budgets,
+                RUNS / "rerun",
+                agents,
+                args.jobs,
+                rerun=True,
+            )
+        else:
+            run_agents(
+                "resnet20-cifar", AGENTS_LOG, episodes, args.seeds, budgets, RUNS, agents, args.jobs
+            )
     elif args.step == "validate":
         lengths = [int(n) for n in (args.episodes or "300,1000").split(",")]
         agents = _names(parser, args.agents, CHECKED)
@@ -1220,7 +1304,7 @@ def main() -> None:
         print(s)
     if args.step == "data":
         return
-    body = report(bench, AGENTS_LOG, SPEED_LOG, GRID_LOG, data, VALIDATE_LOG)
+    body = report(bench, AGENTS_LOG, SPEED_LOG, GRID_LOG, data, VALIDATE_LOG, RERUN_LOG)
     if args.step in ("report", "fit", "agents", "validate", "speed"):
         plot(bench, data, AGENTS_LOG, RESULTS / "jpq_bench.png")
         print(write_result("jpq_bench", body + "\n\n![JPQ-Bench](jpq_bench.png)"))

@@ -119,3 +119,39 @@ def test_validation_table_gives_the_gap_per_agent_and_length_and_the_spreads_ran
         "| 1/128 | two-level | 1,000 | 1 | 70.00 ± 0.00 | 60.00 ± 0.00 | -10.00 ± 0.00 |"
     )
     assert row in both
+
+
+def test_rerun_table_compares_reruns_with_the_recorded_rows_over_the_same_seeds():
+    from benchmarks.jpq_bench import rerun_table
+
+    def row(agent, seed, val, cpu=None, n=300):
+        return {
+            "agent": agent,
+            "budget": 1 / 64,
+            "episodes": n,
+            "seed": seed,
+            "val": val,
+            "cpu": cpu,
+        }
+
+    recorded = [row("two-level", s, v) for s, v in enumerate([0.88, 0.87, 0.86])]
+    recorded.append(row("greedy", 0, 0.885))
+    reruns = [
+        row("two-level", 0, 0.89, "EPYC, avx512"),
+        row("two-level", 1, 0.87, "EPYC, avx512"),  # identical
+        row("greedy", 0, 0.885, "EPYC, avx512"),  # identical
+        row("greedy", 5, 0.5, "EPYC, avx512"),  # no recorded row: left out
+    ]
+    lines = rerun_table(recorded, reruns)
+    two = next(x for x in lines if x.startswith("| two-level |"))
+    # Seeds 0 and 1 only (seed 2 was not rerun): recorded 88 and 87, rerun 89 and 87.
+    rec = f"{statistics.mean([88, 87]):.2f} ± {statistics.stdev([88, 87]):.2f}"
+    new = f"{statistics.mean([89, 87]):.2f} ± {statistics.stdev([89, 87]):.2f}"
+    assert two == (
+        f"| two-level | 1/64 | 300 | EPYC, avx512 (recorded: not recorded) | 2 | {rec} | {new} "
+        "| 1 of 2 |"
+    )
+    greedy = next(x for x in lines if x.startswith("| greedy |"))
+    assert greedy.endswith("| 1 | 88.50 ± 0.00 | 88.50 ± 0.00 | 1 of 1 |")
+    assert lines.index(two) < lines.index(greedy)  # the leaderboard's agent order
+    assert rerun_table(recorded, []) == []
