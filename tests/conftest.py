@@ -86,15 +86,22 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_dir():
-    """``JPQ_CACHE_DIR`` (the sensitivity tables' disk cache) in a folder removed afterwards."""
+    """``JPQ_CACHE_DIR`` (the sensitivity tables' disk cache) in a folder removed afterwards.
+
+    ``SB3_LOGDIR`` too: SB3 makes a ``SB3-<time>`` folder in the system's temporary folder for
+    every model that learns without a logger set (tests that call ``.learn`` directly), and
+    leaves it there.
+    """
     with tempfile.TemporaryDirectory(prefix="jpq-cache-") as folder:
-        old = os.environ.get("JPQ_CACHE_DIR")
+        old = {k: os.environ.get(k) for k in ("JPQ_CACHE_DIR", "SB3_LOGDIR")}
         os.environ["JPQ_CACHE_DIR"] = folder
+        os.environ["SB3_LOGDIR"] = os.path.join(folder, "sb3")
         yield folder
-        if old is None:
-            os.environ.pop("JPQ_CACHE_DIR", None)
-        else:
-            os.environ["JPQ_CACHE_DIR"] = old
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # ---- Ray ----------------------------------------------------------------------------------------
