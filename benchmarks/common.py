@@ -49,7 +49,7 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[
 def machine() -> str:
     """One line describing where a benchmark ran."""
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{cpu()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}"
     )

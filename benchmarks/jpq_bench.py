@@ -668,10 +668,15 @@ def run_agents(
         )
 
     def per_cpu(row: dict[str, Any]) -> tuple[str, ...]:
-        return (*_agent_key(row), str(row.get("cpu")))
+        return (*_agent_key(row), _cpu_of(row))
 
     key = per_cpu if rerun else _agent_key
     return run_grid(runs, log, one_agent, key, jobs=jobs, describe=describe)
+
+
+def _cpu_of(row: dict[str, Any]) -> str:
+    """The CPU a row ran on (rows from before it was recorded: "not recorded")."""
+    return str(row.get("cpu") or "not recorded")
 
 
 def rerun_table(rows: Sequence[dict[str, Any]], reruns: Sequence[dict[str, Any]]) -> list[str]:
@@ -700,12 +705,12 @@ def rerun_table(rows: Sequence[dict[str, Any]], reruns: Sequence[dict[str, Any]]
     for r in reruns:
         old = recorded.get(_agent_key(r))
         if old is not None and r.get("val") is not None and old.get("val") is not None:
-            g = (r["agent"], r["budget"], r["episodes"], r.get("cpu") or "not recorded")
+            g = (r["agent"], r["budget"], r["episodes"], _cpu_of(r))
             groups.setdefault(g, []).append((old, r))
     for (agent, budget, n, where), pairs in sorted(
         groups.items(), key=lambda kv: (AGENTS.index(kv[0][0]), -kv[0][1], kv[0][2], kv[0][3])
     ):
-        cpus = sorted({str(old.get("cpu") or "not recorded") for old, _ in pairs})
+        cpus = sorted({_cpu_of(old) for old, _ in pairs})
         same = sum(old["val"] == new["val"] for old, new in pairs)
         out.append(
             f"| {agent} | 1/{round(1 / budget)} | {n:,} | {where} (recorded: {', '.join(cpus)}) "

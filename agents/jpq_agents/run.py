@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from jpq_env.core.policy import Policy, record_key
 from jpq_env.envs import JPQEnv
+from jpq_env.envs.bench import JPQBenchEnv
 from jpq_env.envs.registration import RENAMED
 from jpq_env.errors import ArgumentError
 from jpq_env.proxy import sensitivity
@@ -631,6 +632,8 @@ def _summarize(
         "budget_violations": sum(not r["budget_met"] for r in search.records),
         **provenance(env.budget.targets, seconds, search.count),
     }
+    if isinstance(env, JPQBenchEnv):  # the accuracies are the bench's predictions
+        summary["bench"] = env.bench.name
     if search.stop_reason:
         summary["cut_short_by_budget"] = search.stop_reason
     if replayed:

@@ -365,6 +365,11 @@ def test_jpq_search_runs_on_a_bench_without_a_task(bench_file: str, tmp_path, ca
     assert run["env"]["bench"] == bench_file and "task" not in run["env"]
     printed = capsys.readouterr().out
     assert "evaluations" in printed and "best accuracy (val / test), predicted" in printed
+    assert json.loads((out / "summary.json").read_text())["bench"] == "digits"
+    # The named id, bench from its registration (no --env-option): predicted all the same.
+    named = ["search", "--env", "jpq_env/JPQBench-ResNet20-v0", "--agent", "random"]
+    assert main([*named, "--episodes", "2", "--quiet", "--out", str(tmp_path / "named")]) == 0
+    assert "best accuracy (val / test), predicted" in capsys.readouterr().out
     # A task given to a bench is refused by name, not ignored.
     assert main([*argv, "--task", "digits", "--out", str(tmp_path / "refused")]) != 0
     assert "takes no ['task']" in capsys.readouterr().err
